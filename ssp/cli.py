@@ -1,0 +1,75 @@
+"""The ``ssp`` command line.
+
+Each subcommand lives in the module that implements it; that module defines
+``add_arguments(parser)`` and ``main(args) -> int``. Only the chosen subcommand's
+module is imported, so ``ssp --help`` and light commands start fast (no torch import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ssp import __version__
+from ssp.errors import SSPError
+
+# name -> (module, one-line help). Order = pipeline order, as shown by `ssp --help`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("ssp.data.synthetic", "generate the AVSBench-format benchmark (default data)"),
+    "validate": ("ssp.data.validation", "check a dataset (either AVSBench layout) before any stage uses it"),
+    "frames": ("ssp.preprocess.frames", "raw videos -> 1 frame/s + 16 kHz mono audio"),
+    "logmel": ("ssp.audio", "VGGish log-mel features (96x64 per second) for every video"),
+    "flow": ("ssp.preprocess.flow", "optical flow -> per-frame magnitude maps and binary flow masks"),
+    "prompts": ("ssp.preprocess.prompts", "MLLM text prompts (A1 description, A2 sounding nouns) per video"),
+    "train": ("ssp.train", "train stage 1 (binary AVS) or stage 2 (AVSS)"),
+    "stage1-masks": ("ssp.inference", "write stage 1's predicted masks (stage 2's stepping stones)"),
+    "evaluate": ("ssp.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),
+    "report": ("ssp.report", "ablation table, lambda' curve and per-scenario results"),
+    "predict": ("ssp.predict", "segment a user's video: masks, class names, overlays"),
+}
+
+
+def build_parser(selected: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ssp",
+        description="Stepping Stone Plus: audio-visual (semantic) segmentation pipeline. "
+        "Run `ssp COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"ssp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == selected:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(selected if selected in COMMANDS else None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except SSPError as e:
+        print(f"ssp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ssp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Datasets: AVSBench readers, the generated benchmark, validation."""

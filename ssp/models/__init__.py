@@ -1,0 +1,1 @@
+"""Models: the AAVS baseline and the SSP additions."""

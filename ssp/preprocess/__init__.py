@@ -1,0 +1,1 @@
+"""Preprocessing stages: frames and audio, optical flow, MLLM prompts."""
