@@ -1,0 +1,254 @@
+"""MLflow tracking: one place that knows where runs go and what every run records.
+
+- Store: ``MLFLOW_TRACKING_URI`` if set (e.g. a tracking server), else the embedded
+  ``sqlite:///mlruns/mlflow.db`` (artifacts land under ``mlruns/`` beside it).
+- Experiments: one per task (``ssp-avs`` for stage 1 / binary AVS, ``ssp-avss`` for
+  stage 2 / AVSS) unless the caller names another.
+- Nesting: a pipeline run (the Prefect ``reproduce`` flow) opens a parent run and
+  exports its id in ``SSP_MLFLOW_PARENT_RUN_ID``; every ``ssp train``/``evaluate``
+  process started under it becomes a nested run. Environment, not params: DVC must
+  not see a new parent id as a changed input.
+- Tags on every run: git commit, DVC stage name (``DVC_STAGE`` / caller), data hash.
+
+We use ``MlflowClient`` with explicit run ids rather than mlflow's global "active run"
+so that several runs can be open in one process (tests, the ablation flow) and only
+the process that owns a run touches it. Only rank 0 of a DDP job logs
+(``RunLogger(enabled=False)`` elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+PARENT_RUN_ENV = "SSP_MLFLOW_PARENT_RUN_ID"
+EXPERIMENTS = {1: "ssp-avs", 2: "ssp-avss"}
+
+T = TypeVar("T")
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # relative sqlite path: make sure its folder exists (fresh clone: mlruns/ is empty)
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def get_client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+    """SQLite allows one writer at a time; two pipelines logging at once can see
+    'database is locked'. Retry those with backoff instead of losing the run."""
+    delay = 0.2
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # mlflow wraps sqlalchemy errors in MlflowException
+            if "locked" not in str(e).lower() or i == attempts - 1:
+                raise
+            log.debug("%s: store busy, retrying in %.1fs", what, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def get_or_create_experiment(name: str) -> str:
+    client = get_client()
+
+    def go() -> str:
+        exp = client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(name)
+        except Exception as e:  # created meanwhile by a concurrent run
+            if "already exists" in str(e).lower() or "unique" in str(e).lower():
+                return client.get_experiment_by_name(name).experiment_id
+            raise
+
+    return _retry(go, f"experiment {name}")
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def data_hash(root: str | Path) -> str:
+    """A short fingerprint of a dataset: DVC's md5 of the folder when dvc.lock records
+    it, else a hash of the manifest files and the sizes of all files (cheap, stable)."""
+    root = Path(root)
+    lock = Path("dvc.lock")
+    if lock.exists():
+        import yaml
+
+        try:
+            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        except yaml.YAMLError:
+            stages = {}
+        for stage in stages.values():
+            for out in stage.get("outs", []) or []:
+                if Path(out.get("path", "")).resolve() == root.resolve() and out.get("md5"):
+                    return "dvc:" + out["md5"].split(".")[0]
+    h = hashlib.md5()
+    for name in ("metadata.csv", "s4_meta_data.csv", "ms3_meta_data.csv", "label2idx.json"):
+        p = root / name
+        if p.exists():
+            h.update(p.read_bytes())
+    sizes = sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*") if p.is_file())
+    h.update(repr(sizes).encode())
+    return "files:" + h.hexdigest()
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": 1e-3} (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class RunLogger:
+    """One MLflow run. Use as a context manager; a disabled logger does nothing.
+
+    >>> with RunLogger("ssp-avss", "full-seed0", params=cfg, tags={"row": "full"}) as run:
+    ...     run.log_metrics({"loss": 0.3}, step=1)
+    """
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+        enabled: bool = True,
+    ):
+        self.experiment = experiment
+        self.run_name = run_name
+        self.params = dict(params or {})
+        self.tags = dict(tags or {})
+        self.parent_run_id = parent_run_id if parent_run_id is not None else os.environ.get(PARENT_RUN_ENV)
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self._client = None
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> "RunLogger":
+        if not self.enabled:
+            return self
+        self._client = get_client()
+        exp_id = get_or_create_experiment(self.experiment)
+        tags = {"mlflow.runName": self.run_name, **default_tags(), **self.tags}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        run = _retry(lambda: self._client.create_run(exp_id, run_name=self.run_name, tags=tags), "create_run")
+        self.run_id = run.info.run_id
+        if self.params:
+            self.log_params(self.params)
+        return self
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            _retry(lambda: self._client.set_terminated(self.run_id, status=status), "set_terminated")
+
+    def __enter__(self) -> "RunLogger":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end("KILLED")
+        else:
+            self.end("FAILED")
+
+    # -- logging -----------------------------------------------------------------
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            chunk = items[i : i + 100]
+            _retry(lambda: self._client.log_batch(self.run_id, params=chunk), "log_params")
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items() if _is_number(v)]
+        for i in range(0, len(items), 1000):
+            chunk = items[i : i + 1000]
+            _retry(lambda: self._client.log_batch(self.run_id, metrics=chunk), "log_metrics")
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        _retry(lambda: self._client.log_batch(self.run_id, tags=items), "set_tags")
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if not (self.enabled and self.run_id):
+            return
+        p = Path(path)
+        if p.is_dir():
+            self._client.log_artifacts(self.run_id, str(p), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(p), artifact_path)
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            self.log_artifact(p, artifact_path)
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f  # drop NaN: MLflow accepts it but the UI charts break on it
+
+
+def default_tags(stage: str | None = None) -> dict[str, str]:
+    tags = {"ssp.version": _version()}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    stage = stage or os.environ.get("DVC_STAGE")
+    if stage:
+        tags["dvc.stage"] = stage
+    return tags
+
+
+def _version() -> str:
+    from ssp import __version__
+
+    return __version__
