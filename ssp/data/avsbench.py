@@ -1,7 +1,5 @@
 """AVSBench readers: both on-disk layouts, one record type, torch datasets on top.
 
-CONTRACT (other modules rely on it; implementation in progress):
-
 Layouts (see DESIGN.md, "AVSBench layouts to read"):
 - ``semantic``: AVSBench-semantic (subsets v1s = S4, v1m = MS3, v2 = AVSS).
   ``metadata.csv`` (vid,uid,s_min,s_sec,a_obj,split,label), ``label2idx.json``,
@@ -12,17 +10,37 @@ Layouts (see DESIGN.md, "AVSBench layouts to read"):
   The generated benchmark (``ssp synth``) uses this layout and adds per video
   ``scene.json`` (ground truth of the scene, for the ``scene`` prompt backend and
   the per-scenario tables).
-- ``object``: AVSBench-object v1 (S4 ``s4_meta_data.csv``, MS3 ``ms3_meta_data.csv``).
+- ``object``: AVSBench-object v1 (S4 ``s4_meta_data.csv``, MS3 ``ms3_meta_data.csv``),
+  either flat under the root or as the official release tree
+  (``Single-source/s4_meta_data.csv`` + ``Single-source/s4_data/...``,
+  ``Multi-sources/ms3_meta_data.csv`` + ``Multi-sources/ms3_data/...``).
+  S4 becomes subset ``v1s``, MS3 ``v1m``.
 
 Every reader returns :class:`VideoRecord` objects. Preprocessing stages write their
-outputs under ``{out}/{record.rel_dir}/...`` so outputs mirror the dataset layout.
+outputs under ``{out}/{record.rel_dir}/...`` so outputs mirror the dataset layout:
+``{label}/{uid}`` (semantic), ``v1s/{split}/{category}/{name}`` (S4) and
+``v1m/{split}/{name}`` (MS3). Frame ``i`` of a record (0-based) is
+``record.frame_paths[i]`` in both layouts, and per-frame outputs use that ``i``.
+
+The readers build paths from the manifest and the labelling rules; they do not check
+that every referenced file exists (that is :mod:`ssp.data.validation`'s job, which
+reports all bad files at once). Reading a missing or broken file raises a
+:class:`~ssp.errors.DataError` naming it.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal
+
+import numpy as np
+
+from ssp.data.palette import NUM_CLASSES, colour_to_index
+from ssp.errors import DataError, SSPError
 
 Layout = Literal["semantic", "object"]
 Subset = Literal["v1s", "v1m", "v2"]
@@ -30,7 +48,19 @@ Split = Literal["train", "val", "test"]
 
 SUBSETS: tuple[str, ...] = ("v1s", "v1m", "v2")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+LAYOUTS: tuple[str, ...] = ("semantic", "object")
+MASK_TASKS: tuple[str, ...] = ("avs", "avss")
 FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
+SAMPLE_RATE = 16_000
+
+SEMANTIC_CSV = "metadata.csv"
+SEMANTIC_COLUMNS: tuple[str, ...] = ("vid", "uid", "s_min", "s_sec", "a_obj", "split", "label")
+LABEL2IDX_JSON = "label2idx.json"
+
+# AVSBench-object v1: (csv name, folder of the official release, data folder inside it)
+S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR = "s4_meta_data.csv", "Single-source", "s4_data"
+MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR = "ms3_meta_data.csv", "Multi-sources", "ms3_data"
+OBJECT_FRAMES = 5  # both S4 and MS3 clips are 5 s, one frame per second, files numbered 1..5
 
 
 @dataclass
@@ -53,3 +83,388 @@ class VideoRecord:
     @property
     def num_frames(self) -> int:
         return len(self.frame_paths)
+
+    @property
+    def labelled_indices(self) -> list[int]:
+        """0-based indices of the frames that have a ground-truth mask."""
+        return [i for i, flag in enumerate(self.labelled) if flag]
+
+    def display_path(self, path: str | Path) -> str:
+        """``path`` relative to the dataset root when it lies inside it (for messages)."""
+        return _display_path(path, self.root)
+
+
+# ---------------------------------------------------------------------------------
+# Layout detection
+# ---------------------------------------------------------------------------------
+def _display_path(path: str | Path, root: str | Path | None = None) -> str:
+    path = Path(path)
+    if root is not None:
+        try:
+            return str(path.relative_to(root))
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _find_object_part(root: Path, csv_name: str, release_dir: str, data_dir: str) -> tuple[Path, Path] | None:
+    """``(csv, data folder)`` of one AVSBench-object part (S4 or MS3), or None."""
+    for csv_dir in (root, root / release_dir):
+        csv = csv_dir / csv_name
+        if csv.is_file():
+            data = csv_dir / data_dir
+            return csv, data if data.is_dir() else csv_dir
+    return None
+
+
+def detect_layout(root: str | Path) -> str:
+    """``"semantic"`` if ``root`` holds ``metadata.csv``, ``"object"`` if it holds an
+    AVSBench-object manifest (S4 and/or MS3, flat or release tree)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder does not exist")
+    if (root / SEMANTIC_CSV).is_file():
+        return "semantic"
+    if _find_object_part(root, S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR) or _find_object_part(
+        root, MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR
+    ):
+        return "object"
+    raise DataError(
+        root,
+        f"not an AVSBench dataset: no {SEMANTIC_CSV} (AVSBench-semantic) and no {S4_CSV} / "
+        f"{MS3_CSV} (AVSBench-object, also looked in {S4_RELEASE_DIR}/ and {MS3_RELEASE_DIR}/)",
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Manifests
+# ---------------------------------------------------------------------------------
+def _read_csv(path: Path, root: Path):
+    import pandas as pd
+
+    shown = _display_path(path, root)
+    try:
+        # everything as text: uids such as "0001" or "1e5" must stay what they are
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise DataError(shown, "manifest is missing") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(shown, "manifest is empty (no header)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(shown, f"manifest is not a readable CSV ({e})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def _require_columns(df, columns: Iterable[str], shown: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(shown, f"missing column(s) {', '.join(missing)}; header is {','.join(df.columns)}")
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def split_objects(a_obj: str) -> list[str]:
+    """``a_obj`` cell -> object names (comma, semicolon or ``|`` separated)."""
+    return [name.strip() for name in re.split(r"[,;|]", a_obj or "") if name.strip()]
+
+
+def _check_filters(subsets: Iterable[str] | None, splits: Iterable[str] | None):
+    subsets = None if subsets is None else tuple(subsets)
+    splits = None if splits is None else tuple(splits)
+    for value in subsets or ():
+        if value not in SUBSETS:
+            raise SSPError(f"unknown subset {value!r}; choose from {', '.join(SUBSETS)}")
+    for value in splits or ():
+        if value not in SPLITS:
+            raise SSPError(f"unknown split {value!r}; choose from {', '.join(SPLITS)}")
+    return subsets, splits
+
+
+def _indexed_count(folder: Path, suffix: str) -> int | None:
+    """1 + the largest ``{i}{suffix}`` index in ``folder`` (None if none / no folder).
+    Gaps stay in the count, so a missing file shows up as a missing path, not a shift."""
+    try:
+        names = os.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    indices = [int(n[: -len(suffix)]) for n in names if n.endswith(suffix) and n[: -len(suffix)].isdigit()]
+    return max(indices) + 1 if indices else None
+
+
+def _semantic_records(root: Path, subsets, splits) -> list[VideoRecord]:
+    csv = root / SEMANTIC_CSV
+    shown = _display_path(csv, root)
+    df = _read_csv(csv, root)
+    _require_columns(df, ("uid", "split", "label"), shown)
+    records = []
+    for row_number, row in enumerate(df.to_dict("records")):
+        line = row_number + 2  # 1-based, after the header
+        uid, subset, split = row["uid"].strip(), row["label"].strip(), row["split"].strip()
+        if not uid:
+            raise DataError(shown, f"line {line}: empty uid")
+        if subset not in SUBSETS:
+            raise DataError(shown, f"line {line} ({uid}): label {subset!r} is not a subset ({', '.join(SUBSETS)})")
+        if split not in SPLITS:
+            raise DataError(shown, f"line {line} ({uid}): split {split!r} is not one of {', '.join(SPLITS)}")
+        if (subsets and subset not in subsets) or (splits and split not in splits):
+            continue
+        rel_dir = f"{subset}/{uid}"
+        video_dir = root / rel_dir
+        num_frames = _indexed_count(video_dir / "frames", ".jpg") or FRAMES_PER_SUBSET[subset]
+        # Official rule: a v1s (S4) train video has only its first frame annotated.
+        labelled = [i == 0 for i in range(num_frames)] if (subset == "v1s" and split == "train") else [True] * num_frames
+        semantic_dir = video_dir / "labels_semantic"
+        has_semantic = semantic_dir.is_dir()
+        a_obj = row.get("a_obj", "").strip()
+        records.append(VideoRecord(
+            uid=uid,
+            subset=subset,
+            split=split,
+            category=a_obj,
+            root=root,
+            rel_dir=rel_dir,
+            frame_paths=[video_dir / "frames" / f"{i}.jpg" for i in range(num_frames)],
+            audio_path=video_dir / "audio.wav",
+            mask_paths=[video_dir / "labels_rgb" / f"{i}.png" if labelled[i] else None for i in range(num_frames)],
+            semantic_mask_paths=[
+                semantic_dir / f"{i}.png" if labelled[i] and has_semantic and (semantic_dir / f"{i}.png").is_file() else None
+                for i in range(num_frames)
+            ],
+            labelled=labelled,
+            objects=split_objects(a_obj),
+            layout="semantic",
+            start=60.0 * _parse_float(row.get("s_min", "")) + _parse_float(row.get("s_sec", "")),
+        ))
+    return records
+
+
+def _column_or_position(df, name: str, position: int, shown: str) -> str:
+    """Column ``name`` if the header has it, else the column at ``position`` (the
+    official loaders index these manifests by position)."""
+    if name in df.columns:
+        return name
+    if position < len(df.columns):
+        return df.columns[position]
+    raise DataError(shown, f"missing column {name!r}; header is {','.join(df.columns)}")
+
+
+def _object_records(root: Path, subsets, splits) -> list[VideoRecord]:
+    records = []
+    s4 = _find_object_part(root, S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR)
+    if s4 and (not subsets or "v1s" in subsets):
+        csv, data = s4
+        shown = _display_path(csv, root)
+        df = _read_csv(csv, root)
+        _require_columns(df, ("split",), shown)
+        name_col = _column_or_position(df, "name", 0, shown)
+        start_col = _column_or_position(df, "start", 1, shown)
+        category_col = _column_or_position(df, "category", 2, shown)
+        for row_number, row in enumerate(df.to_dict("records")):
+            name, category, split = row[name_col].strip(), row[category_col].strip(), row["split"].strip()
+            _check_object_row(name, split, row_number, shown)
+            if splits and split not in splits:
+                continue
+            frames_dir = data / "visual_frames" / split / category / name
+            masks_dir = data / "gt_masks" / split / category / name
+            labelled = [i == 0 for i in range(OBJECT_FRAMES)] if split == "train" else [True] * OBJECT_FRAMES
+            records.append(VideoRecord(
+                uid=name,
+                subset="v1s",
+                split=split,
+                category=category,
+                root=root,
+                rel_dir=f"v1s/{split}/{category}/{name}",
+                frame_paths=[frames_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+                audio_path=data / "audio_wav" / split / category / f"{name}.wav",
+                mask_paths=[masks_dir / f"{name}_{i + 1}.png" if labelled[i] else None for i in range(OBJECT_FRAMES)],
+                semantic_mask_paths=[None] * OBJECT_FRAMES,
+                labelled=labelled,
+                objects=[category] if category else [],
+                layout="object",
+                start=_parse_float(row[start_col]),
+            ))
+    ms3 = _find_object_part(root, MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR)
+    if ms3 and (not subsets or "v1m" in subsets):
+        csv, data = ms3
+        shown = _display_path(csv, root)
+        df = _read_csv(csv, root)
+        _require_columns(df, ("split",), shown)
+        name_col = "video_id" if "video_id" in df.columns else _column_or_position(df, "name", 0, shown)
+        for row_number, row in enumerate(df.to_dict("records")):
+            name, split = row[name_col].strip(), row["split"].strip()
+            _check_object_row(name, split, row_number, shown)
+            if splits and split not in splits:
+                continue
+            masks_dir = data / "gt_masks" / split / name
+            records.append(VideoRecord(
+                uid=name,
+                subset="v1m",
+                split=split,
+                category="",
+                root=root,
+                rel_dir=f"v1m/{split}/{name}",
+                # frames were extracted from "{name}.mp4", hence the odd file names
+                frame_paths=[data / "visual_frames" / name / f"{name}.mp4_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+                audio_path=data / "audio_wav" / split / f"{name}.wav",
+                mask_paths=[masks_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+                semantic_mask_paths=[None] * OBJECT_FRAMES,
+                labelled=[True] * OBJECT_FRAMES,
+                objects=[],
+                layout="object",
+            ))
+    return records
+
+
+def _check_object_row(name: str, split: str, row_number: int, shown: str) -> None:
+    line = row_number + 2
+    if not name:
+        raise DataError(shown, f"line {line}: empty video name")
+    if split not in SPLITS:
+        raise DataError(shown, f"line {line} ({name}): split {split!r} is not one of {', '.join(SPLITS)}")
+
+
+def load_records(
+    root: str | Path,
+    layout: str = "auto",
+    subsets: Iterable[str] | None = None,
+    splits: Iterable[str] | None = None,
+) -> list[VideoRecord]:
+    """Read a dataset's manifest(s) into :class:`VideoRecord` objects, in manifest order.
+
+    ``layout``: ``"auto"`` (see :func:`detect_layout`), ``"semantic"`` or ``"object"``.
+    ``subsets`` / ``splits``: keep only these (default: all).
+    """
+    root = Path(root)
+    subsets, splits = _check_filters(subsets, splits)
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout == "semantic":
+        return _semantic_records(root, subsets, splits)
+    if layout == "object":
+        if not root.is_dir():
+            raise DataError(root, "dataset folder does not exist")
+        if not (_find_object_part(root, S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR)
+                or _find_object_part(root, MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR)):
+            raise DataError(root, f"no AVSBench-object manifest ({S4_CSV} or {MS3_CSV})")
+        return _object_records(root, subsets, splits)
+    raise SSPError(f"unknown layout {layout!r}; choose from auto, {', '.join(LAYOUTS)}")
+
+
+# ---------------------------------------------------------------------------------
+# Classes
+# ---------------------------------------------------------------------------------
+def load_label2idx(root: str | Path) -> dict[str, int]:
+    """``label2idx.json`` of an AVSBench-semantic dataset: class name -> index."""
+    path = Path(root) / LABEL2IDX_JSON
+    shown = _display_path(path, root)
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(shown, "class list is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(shown, f"not valid JSON ({e})") from None
+    if not isinstance(mapping, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in mapping.items()
+    ):
+        raise DataError(shown, "expected a JSON object mapping class name -> integer index")
+    return mapping
+
+
+def class_names(root: str | Path) -> list[str]:
+    """Class names ordered by index (index 0 = background).
+
+    AVSBench-semantic: from ``label2idx.json`` (indices must be exactly 0..N-1).
+    AVSBench-object has no classes: ``["background", "sounding"]``.
+    """
+    if detect_layout(root) == "object":
+        return ["background", "sounding"]
+    mapping = load_label2idx(root)
+    by_index = sorted(mapping.items(), key=lambda kv: kv[1])
+    if [v for _, v in by_index] != list(range(len(by_index))):
+        raise DataError(_display_path(Path(root) / LABEL2IDX_JSON, root),
+                        "class indices must be exactly 0..N-1, each once")
+    return [name for name, _ in by_index]
+
+
+# ---------------------------------------------------------------------------------
+# Frames and masks
+# ---------------------------------------------------------------------------------
+def _open_image(path: Path, root: Path | None, what: str):
+    from PIL import Image, UnidentifiedImageError
+
+    shown = _display_path(path, root)
+    try:
+        image = Image.open(path)
+        image.load()  # decode now: a truncated file fails here, not later
+        return image
+    except FileNotFoundError:
+        raise DataError(shown, f"{what} is missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(shown, f"cannot decode {what} ({e})") from None
+
+
+def read_frame(path: str | Path, root: str | Path | None = None) -> np.ndarray:
+    """Read an image as ``H x W x 3`` uint8 RGB. ``root`` shortens paths in errors."""
+    image = _open_image(Path(path), Path(root) if root else None, "frame")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray:
+    """Class-index mask of frame ``i`` of a semantic-layout record (H x W uint8)."""
+    semantic_path = record.semantic_mask_paths[i] if i < len(record.semantic_mask_paths) else None
+    if semantic_path is not None:
+        image = _open_image(semantic_path, record.root, "class-index mask")
+        if image.mode not in ("L", "P", "I", "I;16", "1"):
+            raise DataError(record.display_path(semantic_path),
+                            f"class-index mask must be single-channel, got mode {image.mode}")
+        index = np.asarray(image, dtype=np.int64)
+        invalid = (index < 0) | (index >= NUM_CLASSES)
+        if invalid.any():
+            if strict:
+                bad = sorted(set(index[invalid].tolist()))[:5]
+                raise DataError(record.display_path(semantic_path),
+                                f"{int(invalid.sum())} pixels have class indices outside 0..{NUM_CLASSES - 1}, e.g. {bad}")
+            index = np.where(invalid, 0, index)
+        return index.astype(np.uint8)
+
+    path = record.mask_paths[i]
+    image = _open_image(path, record.root, "colour mask")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    index, unknown = colour_to_index(rgb)
+    if unknown.any() and strict:
+        colours = np.unique(rgb[unknown].reshape(-1, 3), axis=0)[:5]
+        shown_colours = ", ".join(str(tuple(int(v) for v in c)) for c in colours)
+        raise DataError(record.display_path(path),
+                        f"{int(unknown.sum())} pixels have colours outside the AVSBench palette, e.g. {shown_colours}")
+    # strict=False: unknown colours stay 0 (background), as in the official loader
+    return index.astype(np.uint8)
+
+
+def read_mask(record: VideoRecord, i: int, task: str = "avs", strict: bool = True) -> np.ndarray:
+    """Ground-truth mask of frame ``i`` (0-based) as ``H x W`` uint8.
+
+    ``task="avs"``: binary {0, 1}, 1 = sounding pixel (semantic layout: any non-background
+    class; object layout: gray value > 0). ``task="avss"``: class indices 0..70 (semantic
+    layout only), from ``labels_semantic`` when present, else decoded from the colour mask.
+    ``strict``: a colour outside the palette (or an index >= 71) is a DataError naming
+    the file; ``strict=False`` maps such pixels to background like the official loader.
+    """
+    if task not in MASK_TASKS:
+        raise SSPError(f"unknown task {task!r}; choose from {', '.join(MASK_TASKS)}")
+    if not 0 <= i < record.num_frames:
+        raise IndexError(f"frame {i} out of range for {record.uid} ({record.num_frames} frames)")
+    if not record.labelled[i] or record.mask_paths[i] is None:
+        raise DataError(record.rel_dir, f"frame {i} has no ground-truth mask")
+    if record.layout == "object":
+        if task == "avss":
+            raise DataError(record.rel_dir, "AVSBench-object masks are binary; task 'avss' needs the semantic layout")
+        image = _open_image(record.mask_paths[i], record.root, "binary mask")
+        return (np.asarray(image.convert("L")) > 0).astype(np.uint8)
+    index = _read_class_indices(record, i, strict)
+    return index if task == "avss" else (index > 0).astype(np.uint8)
