@@ -19,6 +19,7 @@ the process that owns a run touches it. Only rank 0 of a DDP job logs
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -63,6 +64,21 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
+
+
+def parent_run_from_env(experiment: str) -> str | None:
+    """The parent run a pipeline exported for ``experiment``, if any.
+
+    ``SSP_MLFLOW_PARENT_RUN_ID`` holds either one run id, or a JSON object mapping
+    experiment name -> run id (a pipeline run spans the avs and avss experiments, and
+    MLflow nests runs only within one experiment).
+    """
+    value = os.environ.get(PARENT_RUN_ENV, "").strip()
+    if not value:
+        return None
+    if value.startswith("{"):
+        return json.loads(value).get(experiment)
+    return value
 
 
 def get_or_create_experiment(name: str) -> str:
@@ -150,7 +166,7 @@ class RunLogger:
         self.run_name = run_name
         self.params = dict(params or {})
         self.tags = dict(tags or {})
-        self.parent_run_id = parent_run_id if parent_run_id is not None else os.environ.get(PARENT_RUN_ENV)
+        self.parent_run_id = parent_run_id if parent_run_id is not None else parent_run_from_env(experiment)
         self.enabled = enabled
         self.run_id: str | None = None
         self._client = None

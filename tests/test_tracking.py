@@ -75,3 +75,16 @@ def test_flatten_and_data_hash(tmp_path):
     h1 = data_hash(tmp_path)
     (tmp_path / "extra.bin").write_bytes(b"123")
     assert data_hash(tmp_path) != h1
+
+
+def test_parent_mapping_env_nests_per_experiment(mlflow_store, monkeypatch):
+    import json
+
+    with RunLogger("ssp-avs", "pipeline") as p_avs, RunLogger("ssp-avss", "pipeline") as p_avss:
+        monkeypatch.setenv("SSP_MLFLOW_PARENT_RUN_ID", json.dumps({"ssp-avs": p_avs.run_id, "ssp-avss": p_avss.run_id}))
+        with RunLogger("ssp-avs", "stage1") as c1, RunLogger("ssp-avss", "stage2") as c2, RunLogger("other", "x") as c3:
+            pass
+    client = MlflowClient(mlflow_store)
+    assert client.get_run(c1.run_id).data.tags["mlflow.parentRunId"] == p_avs.run_id
+    assert client.get_run(c2.run_id).data.tags["mlflow.parentRunId"] == p_avss.run_id
+    assert "mlflow.parentRunId" not in client.get_run(c3.run_id).data.tags

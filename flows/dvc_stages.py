@@ -1,0 +1,95 @@
+"""What the flows know about DVC: the stages of dvc.yaml in dependency order, whether
+one is stale, and running one. DVC stays the source of truth for *what* to run and
+caching; Prefect adds retries, logs, states and scheduling on top.
+
+Each stage runs as its own ``dvc repro --single-item STAGE`` process: DVC holds a repo
+lock while it works, so stages run one after another (on one machine that is also what
+the CPU wants).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ssp.errors import SSPError
+
+
+def dvc_executable() -> str:
+    # the dvc next to the running python (the project's venv) before any other on PATH
+    here = Path(sys.executable).parent / "dvc"
+    return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
+
+
+def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
+    """Stage names (``foreach`` stages expanded, e.g. ``ablation@full``) in an order
+    where every stage comes after the stages it depends on; ties keep dvc.yaml order.
+    With ``targets`` (stage names or ``foreach`` group names), only those stages and
+    what they depend on."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(project_dir)) as repo:
+        graph = repo.index.graph  # edges: stage -> stage it depends on
+        stages = list(repo.index.stages)
+    position = {s: i for i, s in enumerate(stages)}
+    if targets:
+        wanted = set(targets)
+        chosen = [s for s in stages if s.name in wanted or s.name.split("@")[0] in wanted]
+        if not chosen:
+            known = sorted({s.name.split("@")[0] for s in stages})
+            raise SSPError(f"no DVC stage named {sorted(wanted)} (stages: {', '.join(known)})")
+        keep = set(chosen)
+        for s in chosen:
+            keep |= nx.descendants(graph, s)
+        graph = graph.subgraph(keep)
+    order = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: position[s])
+    return [s.name for s in order]
+
+
+def stale_stages(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
+    """Stages whose deps, params, outs or command changed (``dvc status``)."""
+    cmd = [dvc_executable(), "status", "--json", *(targets or [])]
+    out = subprocess.run(cmd, cwd=project_dir, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SSPError(f"dvc status failed in {project_dir}: {out.stderr.strip() or out.stdout.strip()}")
+    return [name.split(":")[-1] for name in json.loads(out.stdout or "{}")]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    ran: bool          # False: DVC found it up to date and skipped it
+    returncode: int
+    output: str
+
+
+def run_stage(
+    stage: str,
+    project_dir: str | Path = ".",
+    env: dict[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> StageResult:
+    """``dvc repro --single-item STAGE``, streaming its output line by line."""
+    full_env = {**os.environ, **(env or {}), "DVC_STAGE": stage, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [dvc_executable(), "repro", "--single-item", stage],
+        cwd=project_dir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        if on_line:
+            on_line(line)
+    code = proc.wait()
+    output = "\n".join(lines)
+    ran = "didn't change, skipping" not in output
+    return StageResult(stage, ran, code, output)

@@ -1,0 +1,129 @@
+"""The ``reproduce`` flow: every DVC stage of the pipeline as a Prefect task, in
+dependency order, under one MLflow parent run per experiment.
+
+    python -m flows.reproduce                 # whole pipeline (what `make demo` runs)
+    python -m flows.reproduce --targets ablation sweep
+
+With no ``PREFECT_API_URL`` Prefect starts a temporary local API for the run;
+set it to use a server (see infra/). DVC decides what is stale: an up-to-date stage
+is a task that finishes at once with ``ran=False``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from flows.dvc_stages import run_stage, stage_order
+from ssp.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
+
+# Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
+# are cached, so a retry only asks for the rest). Deterministic stages (validate,
+# training) fail the same way twice; retrying them only delays the report.
+DEFAULT_RETRIES = {"prompts": 2}
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@task(name="dvc-stage")
+def dvc_stage(stage: str, project_dir: str, env: dict[str, str]) -> dict[str, Any]:
+    logger = get_run_logger()
+    result = run_stage(stage, project_dir, env=env, on_line=logger.info)
+    if result.returncode != 0:
+        tail = "\n".join(result.output.splitlines()[-40:])
+        raise StageFailed(f"DVC stage '{stage}' failed (exit {result.returncode}):\n{tail}")
+    logger.info("stage %s: %s", stage, "ran" if result.ran else "up to date, skipped")
+    return {"stage": stage, "ran": result.ran}
+
+
+def pipeline_params(project_dir: str | Path) -> dict[str, Any]:
+    path = Path(project_dir) / "params.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def dvc_metrics(project_dir: str | Path) -> dict[str, float]:
+    """All metrics DVC knows (``dvc metrics show``), flattened to name -> number."""
+    from dvc.repo import Repo
+
+    with Repo(str(project_dir)) as repo:
+        shown = repo.metrics.show()
+    out: dict[str, float] = {}
+    for rev in shown.values():
+        for path, entry in (rev.get("data") or {}).items():
+            for key, value in flatten(entry.get("data") or {}).items():
+                if isinstance(value, (int, float)):
+                    out[f"{Path(path).stem}.{key}"] = float(value)
+    return out
+
+
+@flow(name="reproduce", log_prints=True)
+def reproduce(
+    project_dir: str = ".",
+    targets: list[str] | None = None,
+    retries: dict[str, int] | None = None,
+    track: bool = True,
+) -> dict[str, Any]:
+    """Run the DVC pipeline stage by stage; returns which stages ran and the metrics."""
+    logger = get_run_logger()
+    project_dir = str(Path(project_dir).resolve())
+    params = pipeline_params(project_dir)
+    retries = {**DEFAULT_RETRIES, **(params.get("pipeline", {}).get("retries") or {}), **(retries or {})}
+    stages = stage_order(project_dir, targets)
+    logger.info("%d stages: %s", len(stages), ", ".join(stages))
+
+    run_name = f"pipeline-{flow_run.get_name() or 'local'}"
+    tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "ssp.kind": "pipeline"}
+    parents = {exp: RunLogger(exp, run_name, params=params, tags=tags, parent_run_id="", enabled=track)
+               for exp in EXPERIMENTS.values()}
+    for p in parents.values():
+        p.start()
+    env = {PARENT_RUN_ENV: json.dumps({exp: p.run_id for exp, p in parents.items() if p.run_id})} if track else {}
+
+    results: list[dict[str, Any]] = []
+    status = "FAILED"
+    try:
+        for stage in stages:
+            group = stage.split("@")[0]
+            task_fn = dvc_stage.with_options(task_run_name=f"dvc:{stage}", retries=retries.get(group, 0),
+                                             retry_delay_seconds=5)
+            results.append(task_fn(stage, project_dir, env))
+        status = "FINISHED"
+    finally:
+        metrics = dvc_metrics(project_dir) if status == "FINISHED" else {}
+        for p in parents.values():
+            p.log_metrics(metrics)
+            p.set_tags({"ssp.stages_ran": ",".join(r["stage"] for r in results if r["ran"]) or "none"})
+            p.end(status)
+
+    ran = [r["stage"] for r in results if r["ran"]]
+    summary = (
+        f"# SSP pipeline\n\n{len(ran)} of {len(results)} stages ran "
+        f"({', '.join(ran) or 'none'}); the rest were up to date.\n"
+    )
+    create_markdown_artifact(summary, key="pipeline-summary", description="stages run by reproduce")
+    logger.info(summary)
+    return {"stages": results, "metrics": metrics,
+            "parent_runs": {exp: p.run_id for exp, p in parents.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run the SSP DVC pipeline as a Prefect flow.")
+    ap.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
+    ap.add_argument("--targets", nargs="*", help="only these stages (and what they depend on)")
+    ap.add_argument("--no-track", action="store_true", help="do not open MLflow parent runs")
+    args = ap.parse_args(argv)
+    reproduce(project_dir=args.project_dir, targets=args.targets, track=not args.no_track)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
