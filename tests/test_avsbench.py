@@ -295,3 +295,196 @@ def test_layout_override(tmp_path):
         load_records(root, layout="coco")
     with pytest.raises(DataError, match="no AVSBench-object manifest"):
         load_records(write_semantic_dataset(tmp_path / "only_sem", videos=[{"uid": "a"}]), layout="object")
+
+
+# ---------------------------------------------------------------------------------
+# Torch dataset and collate (ssp.data.datasets)
+# ---------------------------------------------------------------------------------
+import torch  # noqa: E402  (reader tests above do not need torch)
+
+from ssp.data.datasets import AVSDataset, collate_frames  # noqa: E402
+
+MIXED_VIDEOS = [
+    {"uid": "five", "subset": "v1m", "split": "val", "objects": ["guitar", "man"]},
+    {"uid": "ten", "subset": "v2", "split": "val", "objects": ["car", "dog", "cat"]},
+    {"uid": "s4train", "subset": "v1s", "split": "train", "objects": ["dog"]},
+]
+
+
+@pytest.fixture(scope="module")
+def mixed_root(tmp_path_factory):
+    return write_semantic_dataset(tmp_path_factory.mktemp("mixed"), videos=MIXED_VIDEOS, size=(48, 40))
+
+
+def _write_extras(base, records, with_flow=True, with_stage1=True, with_prompts=True, size=(48, 40)):
+    """Extras the way the stages write them; returns what was written per uid."""
+    rng = np.random.default_rng(3)
+    written = {}
+    for r in records:
+        flows = rng.integers(0, 2, size=(r.num_frames, *size)).astype(np.uint8) * 255
+        probs = rng.integers(0, 256, size=(r.num_frames, *size)).astype(np.uint8)
+        for i in range(r.num_frames):
+            if with_flow:
+                (base / "flow" / r.rel_dir / "mask").mkdir(parents=True, exist_ok=True)
+                Image.fromarray(flows[i]).save(base / "flow" / r.rel_dir / "mask" / f"{i}.png")
+            if with_stage1:
+                (base / "stage1" / r.rel_dir).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(probs[i]).save(base / "stage1" / r.rel_dir / f"{i}.png")
+        prompts = {"a1": f"A video of {r.uid}.", "a2": list(r.objects)}
+        if with_prompts:
+            (base / "prompts" / r.rel_dir).mkdir(parents=True, exist_ok=True)
+            (base / "prompts" / r.rel_dir / "prompts.json").write_text(json.dumps(prompts))
+        written[r.uid] = (flows, probs, prompts)
+    return written
+
+
+def test_item_shapes_dtypes_and_resize_conventions(mixed_root):
+    records = load_records(mixed_root)
+    dataset = AVSDataset(records, task="avss", image_size=32)
+    assert len(dataset) == 3
+    item = dataset[1]  # the 10-frame v2 video, 48x40 -> 32x32
+    assert item["uid"] == "ten" and item["subset"] == "v2" and item["rel_dir"] == "v2/ten"
+    assert item["frames"].shape == (10, 3, 32, 32) and item["frames"].dtype == torch.float32
+    assert 0.0 <= item["frames"].min() and item["frames"].max() <= 1.0
+    assert item["masks"].shape == (10, 32, 32) and item["masks"].dtype == torch.int64
+    assert item["labelled"].dtype == torch.bool and item["labelled"].all()
+    assert item["logmel"].shape == (10, 96, 64) and item["logmel"].dtype == torch.float32
+
+    record = records[1]
+    # frames: bilinear to S x S, [0, 1], not normalised
+    expected_frame = np.asarray(Image.fromarray(read_frame(record.frame_paths[4])).resize((32, 32), Image.BILINEAR))
+    np.testing.assert_allclose(item["frames"][4].permute(1, 2, 0).numpy(), expected_frame / 255.0, atol=1e-6)
+    # masks: nearest, so only the classes that were written come out (bilinear would mix them)
+    expected_classes = {0} | {LABEL2IDX[n] for n in record.objects}
+    for i in range(10):
+        expected_mask = np.asarray(Image.fromarray(read_mask(record, i, "avss")).resize((32, 32), Image.NEAREST))
+        np.testing.assert_array_equal(item["masks"][i].numpy(), expected_mask)
+    assert set(torch.unique(item["masks"]).tolist()) == expected_classes
+
+    binary = AVSDataset(records, task="avs", image_size=32)[1]["masks"]
+    torch.testing.assert_close(binary, (item["masks"] > 0).long())
+
+
+def test_unlabelled_frames_are_zero_and_flagged(mixed_root):
+    item = AVSDataset(load_records(mixed_root), task="avss", image_size=24)[2]  # v1s train
+    assert item["labelled"].tolist() == [True, False, False, False, False]
+    assert item["masks"][0].sum() > 0 and (item["masks"][1:] == 0).all()
+
+
+def test_logmel_in_process_matches_the_logmel_files(mixed_root, tmp_path):
+    from ssp.audio import logmel_from_wav
+
+    records = load_records(mixed_root)
+    for r in records:
+        (tmp_path / r.rel_dir).mkdir(parents=True)
+        np.save(tmp_path / r.rel_dir / "logmel.npy", logmel_from_wav(r.audio_path, r.num_frames))
+    in_process = AVSDataset(records, image_size=16)
+    from_files = AVSDataset(records, image_size=16, logmel_dir=tmp_path)
+    for k in range(len(records)):
+        torch.testing.assert_close(in_process[k]["logmel"], from_files[k]["logmel"])
+    assert float(in_process[1]["logmel"].std()) > 0.1  # a real spectrogram, not a constant
+
+    # the official T x 1 x 96 x 64 shape is accepted; too few seconds / wrong shape are errors
+    np.save(tmp_path / records[0].rel_dir / "logmel.npy", np.zeros((5, 1, 96, 64), np.float32))
+    assert from_files[0]["logmel"].shape == (5, 96, 64)
+    np.save(tmp_path / records[0].rel_dir / "logmel.npy", np.zeros((3, 96, 64), np.float32))
+    with pytest.raises(DataError, match="covers 3 s but the video has 5 frames"):
+        from_files[0]
+    np.save(tmp_path / records[0].rel_dir / "logmel.npy", np.zeros((5, 64, 96), np.float32))
+    with pytest.raises(DataError, match="T x 96 x 64"):
+        from_files[0]
+    (tmp_path / records[0].rel_dir / "logmel.npy").unlink()
+    with pytest.raises(DataError) as info:
+        from_files[0]
+    assert info.value.path.endswith("v1m/five/logmel.npy") and "ssp logmel" in info.value.problem
+
+
+def test_extras_are_loaded(mixed_root, tmp_path):
+    records = load_records(mixed_root)
+    written = _write_extras(tmp_path, records)
+    dataset = AVSDataset(records, image_size=48, logmel_dir=None, flow_dir=tmp_path / "flow",
+                         stage1_dir=tmp_path / "stage1", prompts_dir=tmp_path / "prompts")
+    item = dataset[1]
+    flows, probs, prompts = written["ten"]
+    # written at 48 x 40 (H x W), read at 48 x 48
+    assert item["flow_mask"].shape == (10, 48, 48) and item["flow_mask"].dtype == torch.float32
+    assert set(torch.unique(item["flow_mask"]).tolist()) == {0.0, 1.0}
+    expected_flow = np.asarray(Image.fromarray(flows[7]).resize((48, 48), Image.NEAREST)) / 255.0
+    np.testing.assert_array_equal(item["flow_mask"][7].numpy(), expected_flow)
+    assert item["stage1_mask"].shape == (10, 48, 48) and item["stage1_mask"].dtype == torch.float32
+    expected_probs = np.asarray(Image.fromarray(probs[2]).resize((48, 48), Image.BILINEAR)) / 255.0
+    np.testing.assert_allclose(item["stage1_mask"][2].numpy(), expected_probs, atol=1e-6)
+    assert item["prompt_a1"] == "A video of ten." and item["prompt_a2"] == ["car", "dog", "cat"]
+
+
+@pytest.mark.parametrize("missing,stage", [("flow", "ssp flow"), ("stage1", "ssp stage1-masks"),
+                                           ("prompts", "ssp prompts")])
+def test_missing_extras_name_the_file(mixed_root, tmp_path, missing, stage):
+    records = load_records(mixed_root)
+    _write_extras(tmp_path, records, **{f"with_{missing}": False})
+    dataset = AVSDataset(records, image_size=16, flow_dir=tmp_path / "flow",
+                         stage1_dir=tmp_path / "stage1", prompts_dir=tmp_path / "prompts")
+    with pytest.raises(DataError) as info:
+        dataset[0]
+    expected = {"flow": "flow/v1m/five/mask/0.png", "stage1": "stage1/v1m/five/0.png",
+                "prompts": "prompts/v1m/five/prompts.json"}[missing]
+    assert info.value.path == str(tmp_path / expected)
+    assert stage in info.value.problem
+
+
+def test_bad_prompts_file_is_an_error(mixed_root, tmp_path):
+    records = load_records(mixed_root)
+    _write_extras(tmp_path, records)
+    (tmp_path / "prompts" / records[0].rel_dir / "prompts.json").write_text(json.dumps({"a1": "x", "a2": "dog"}))
+    with pytest.raises(DataError, match="a2"):
+        AVSDataset(records, image_size=16, prompts_dir=tmp_path / "prompts")[0]
+
+
+def test_collate_flattens_mixed_5_and_10_frame_videos(mixed_root, tmp_path):
+    records = load_records(mixed_root)
+    _write_extras(tmp_path, records)
+    dataset = AVSDataset(records, task="avss", image_size=16, flow_dir=tmp_path / "flow",
+                         stage1_dir=tmp_path / "stage1", prompts_dir=tmp_path / "prompts")
+    items = [dataset[k] for k in range(3)]
+    batch = collate_frames(items)
+    n = 5 + 10 + 5
+    assert batch["uid"] == ["five", "ten", "s4train"] and batch["subset"] == ["v1m", "v2", "v1s"]
+    assert batch["num_frames"].tolist() == [5, 10, 5]
+    assert batch["frames"].shape == (n, 3, 16, 16)
+    for key in ("masks", "flow_mask", "stage1_mask"):
+        assert batch[key].shape == (n, 16, 16)
+    assert batch["labelled"].shape == (n,) and int(batch["labelled"].sum()) == 5 + 10 + 1
+    assert batch["logmel"].shape == (n, 96, 64)
+    assert batch["video_index"].tolist() == [0] * 5 + [1] * 10 + [2] * 5
+    assert batch["frame_index"].tolist() == list(range(5)) + list(range(10)) + list(range(5))
+    assert batch["video_index"].dtype == batch["frame_index"].dtype == torch.long
+    # frame j of the batch is frame frame_index[j] of video video_index[j]
+    for j in (0, 7, 14, 15, 19):
+        v, f = int(batch["video_index"][j]), int(batch["frame_index"][j])
+        torch.testing.assert_close(batch["frames"][j], items[v]["frames"][f])
+        torch.testing.assert_close(batch["masks"][j], items[v]["masks"][f])
+    assert batch["prompt_a1"] == ["A video of five."] * 5 + ["A video of ten."] * 10 + ["A video of s4train."] * 5
+    assert batch["prompt_a2"][5] == ["car", "dog", "cat"] and len(batch["prompt_a2"]) == n
+    assert "flow_mask" not in collate_frames([AVSDataset(records, image_size=16)[0]])
+    with pytest.raises(ValueError, match="flow_mask"):
+        collate_frames([items[0], AVSDataset(records, image_size=16)[1]])
+
+
+def test_dataloader_with_workers_is_deterministic(mixed_root):
+    dataset = AVSDataset(load_records(mixed_root), task="avs", image_size=16, max_frames=4)
+    assert [dataset.num_frames(k) for k in range(3)] == [4, 4, 4]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=collate_frames)
+    batches = list(loader)
+    assert [b["frames"].shape[0] for b in batches] == [8, 4]
+    sequential = collate_frames([dataset[0], dataset[1]])
+    for key in ("frames", "masks", "labelled", "logmel", "video_index", "frame_index"):
+        torch.testing.assert_close(batches[0][key], sequential[key])
+
+
+def test_dataset_argument_errors(mixed_root, object_root):
+    with pytest.raises(SSPError, match="unknown task"):
+        AVSDataset(load_records(mixed_root), task="seg")
+    with pytest.raises(SSPError, match="AVSBench-object"):
+        AVSDataset(load_records(object_root), task="avss")
+    item = AVSDataset(load_records(object_root), task="avs", image_size=16)[0]
+    assert item["masks"].shape == (5, 16, 16) and set(torch.unique(item["masks"]).tolist()) == {0, 1}
