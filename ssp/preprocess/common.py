@@ -37,7 +37,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
@@ -90,13 +89,14 @@ def is_up_to_date(out_dir: str | Path, stage: str, fingerprint_: str) -> bool:
 
 
 class VideoOutputs:
-    """Context manager for writing one video's outputs of one stage.
+    """Context manager for (re)writing one video's outputs of one stage.
 
-    On entry the old stamp is removed (the outputs are incomplete from now on). Use
-    :meth:`path` to get an atomic temp path for each output file (or :meth:`write_json`).
-    On success the stamp is written last; on any exception every file written in this
-    attempt is deleted, and so are the folders this attempt created (with whatever is in
-    them), so a failed video leaves no partial output.
+    Enter it before doing the work. On entry the old stamp is removed (the outputs are
+    incomplete from now on). Use :meth:`path` to get an atomic temp path for each output
+    file (or :meth:`write_json`). On success the stamp is written last. On any exception
+    the video is left with no output of this stage: every file written in this attempt,
+    and every output listed by the previous stamp, is deleted, and so are the folders
+    that end up empty (the video's folder included).
     """
 
     def __init__(self, out_dir: str | Path, stage: str, fingerprint_: str, info: dict | None = None):
@@ -105,24 +105,18 @@ class VideoOutputs:
         self.fingerprint = fingerprint_
         self.info = dict(info or {})
         self.written: list[Path] = []
-        self._created_dirs: list[Path] = []
+        self._previous: list[Path] = []
 
     def __enter__(self) -> "VideoOutputs":
-        stamp_path(self.out_dir, self.stage).unlink(missing_ok=True)
-        # Parents of out_dir may be shared with other videos: created untracked, never removed.
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._mkdir(self.out_dir)
+        stamp = stamp_path(self.out_dir, self.stage)
+        try:
+            old = json.loads(stamp.read_text())
+            self._previous = [self.out_dir / rel for rel in old.get("outputs", [])]
+        except (OSError, ValueError):
+            pass
+        stamp.unlink(missing_ok=True)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         return self
-
-    def _mkdir(self, folder: Path) -> None:
-        """Create ``folder`` (inside out_dir) and remember the folders this created."""
-        missing = []
-        while not folder.exists():
-            missing.append(folder)
-            folder = folder.parent
-        for d in reversed(missing):
-            d.mkdir(exist_ok=True)
-            self._created_dirs.append(d)
 
     @contextmanager
     def path(self, rel: str | Path) -> Iterator[Path]:
@@ -130,14 +124,14 @@ class VideoOutputs:
         ``{out_dir}/frames/0.jpg`` (the temp file keeps the suffix, for writers that pick
         the format from it)."""
         target = self.out_dir / rel
-        self._mkdir(target.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             yield tmp
         self.written.append(target)
 
     def write_json(self, rel: str | Path, obj: Any) -> Path:
         target = self.out_dir / rel
-        self._mkdir(target.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, obj)
         self.written.append(target)
         return target
@@ -150,20 +144,49 @@ class VideoOutputs:
                 {"stage": self.stage, "fingerprint": self.fingerprint, "outputs": outputs, **self.info},
             )
             return
-        for p in self.written:
+        for p in [*self.written, *self._previous]:
             p.unlink(missing_ok=True)
-        # Folders this attempt created hold nothing but this attempt's files: remove them
-        # whole (shallowest first), so a failed video leaves no output folder behind.
-        for d in self._created_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+        _remove_empty_dirs(self.out_dir)
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    """Remove ``folder`` and its subfolders, deepest first, where they are empty
+    (never touching anything that another stage or video put there)."""
+    if not folder.is_dir():
+        return
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _item_name(item: Any) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
     for attr in ("uid", "name"):
         value = getattr(item, attr, None)
         if isinstance(value, str):
             return value
     return str(item)
+
+
+def _failure_message(err: BaseException) -> str:
+    return str(err) if isinstance(err, SSPError) else f"{type(err).__name__}: {err}"
+
+
+def _call_in_worker(fn: Callable[[T], R], item: T) -> tuple[bool, R | str]:
+    """Run in a pool worker: failures come back as their message, because exceptions
+    do not always survive pickling (an unpicklable one would break the whole pool)."""
+    try:
+        return True, fn(item)
+    except Exception as err:  # noqa: BLE001 - reported by run_per_video
+        logger.debug("%s failed", _item_name(item), exc_info=True)
+        return False, _failure_message(err)
 
 
 def run_per_video(
@@ -183,13 +206,6 @@ def run_per_video(
     """
     results: dict[int, R] = {}
     failures: list[tuple[int, str]] = []
-
-    def record_failure(i: int, err: BaseException) -> None:
-        message = str(err) if isinstance(err, SSPError) else f"{type(err).__name__}: {err}"
-        if not isinstance(err, SSPError):
-            logger.debug("%s failed", name(items[i]), exc_info=err)
-        failures.append((i, message))
-
     bar = tqdm(total=len(items), desc=desc, unit="video", disable=len(items) == 0)
     try:
         if workers <= 1 or len(items) <= 1:
@@ -197,25 +213,30 @@ def run_per_video(
                 try:
                     results[i] = fn(item)
                 except Exception as err:  # noqa: BLE001 - collected and reported below
-                    record_failure(i, err)
+                    logger.debug("%s failed", name(item), exc_info=True)
+                    failures.append((i, _failure_message(err)))
                 bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx) as pool:
-                futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+                futures = {pool.submit(_call_in_worker, fn, item): i for i, item in enumerate(items)}
                 for future in as_completed(futures):
                     i = futures[future]
                     try:
-                        results[i] = future.result()
-                    except Exception as err:  # noqa: BLE001
-                        record_failure(i, err)
+                        ok, value = future.result()
+                    except Exception as err:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
+                        ok, value = False, _failure_message(err)
+                    if ok:
+                        results[i] = value
+                    else:
+                        failures.append((i, value))
                     bar.update()
     finally:
         bar.close()
 
     if failures:
         failures.sort()
-        lines = [f"  {name(items[i])}: {msg}" for i, msg in failures]
+        lines = [f"  {msg}" if msg.startswith(name(items[i])) else f"  {name(items[i])}: {msg}" for i, msg in failures]
         raise SSPError(
             f"{desc}: {len(failures)} of {len(items)} failed (the others are written):\n" + "\n".join(lines)
         )
