@@ -488,3 +488,13 @@ def test_dataset_argument_errors(mixed_root, object_root):
         AVSDataset(load_records(object_root), task="avss")
     item = AVSDataset(load_records(object_root), task="avs", image_size=16)[0]
     assert item["masks"].shape == (5, 16, 16) and set(torch.unique(item["masks"]).tolist()) == {0, 1}
+
+
+def test_record_helpers(semantic_root, object_root):
+    record = next(r for r in load_records(semantic_root) if r.uid == "s4_dog_train")
+    assert record.video_dir == semantic_root / "v1s" / "s4_dog_train"
+    paths = record.referenced_paths()
+    assert len(paths) == 5 + 1 + 1 + 1  # frames, audio, one colour mask, one class-index mask
+    assert all(p.is_file() for p in paths)
+    s4 = load_records(object_root)[0]
+    assert s4.video_dir is None and len(s4.referenced_paths()) == 5 + 1 + 1

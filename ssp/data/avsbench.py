@@ -89,6 +89,21 @@ class VideoRecord:
         """0-based indices of the frames that have a ground-truth mask."""
         return [i for i, flag in enumerate(self.labelled) if flag]
 
+    @property
+    def video_dir(self) -> Path | None:
+        """The video's own folder (semantic layout: ``{root}/{label}/{uid}``, where e.g.
+        ``scene.json`` of the generated benchmark lives); None for the object layout,
+        whose files are spread over ``visual_frames/``, ``gt_masks/``, ``audio_wav/``."""
+        return self.root / self.rel_dir if self.layout == "semantic" else None
+
+    def referenced_paths(self) -> list[Path]:
+        """Every file the record points at: frames, audio, masks of labelled frames and
+        the class-index masks found on disk (for validation)."""
+        paths = [*self.frame_paths, self.audio_path]
+        paths += [p for p in self.mask_paths if p is not None]
+        paths += [p for p in self.semantic_mask_paths if p is not None]
+        return paths
+
     def display_path(self, path: str | Path) -> str:
         """``path`` relative to the dataset root when it lies inside it (for messages)."""
         return _display_path(path, self.root)

@@ -138,7 +138,8 @@ class AVSDataset(Dataset):
             "uid": record.uid,
             "subset": record.subset,
             "rel_dir": record.rel_dir,
-            "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0),
+            # T x H x W x 3 uint8 -> T x 3 x S x S float in [0, 1] (transpose while still uint8: cheaper)
+            "frames": torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).float().div_(255.0),
             "masks": torch.from_numpy(masks),
             "labelled": torch.from_numpy(labelled),
             "logmel": torch.from_numpy(self._logmel(record, num_frames)),
