@@ -134,7 +134,8 @@ def _find_object_part(root: Path, csv_name: str, release_dir: str, data_dir: str
 
 def detect_layout(root: str | Path) -> str:
     """``"semantic"`` if ``root`` holds ``metadata.csv``, ``"object"`` if it holds an
-    AVSBench-object manifest (S4 and/or MS3, flat or release tree)."""
+    AVSBench-object manifest (S4 and/or MS3, flat or release tree). A folder holding
+    both is read as semantic; ``load_records(root, layout="object")`` overrides that."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "dataset folder does not exist")
