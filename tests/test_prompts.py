@@ -215,6 +215,56 @@ def test_scene_backend_fails_clearly_without_scene_records(dataset, tmp_path):
     assert not (tmp_path / "p" / records_of(dataset)[0].rel_dir / "prompts.json").exists()
 
 
+@pytest.fixture(scope="module")
+def synth_dataset(tmp_path_factory) -> Path:
+    from ssp.data.synthetic import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    return generate_dataset(SynthConfig(size="tiny", image_size=32, seed=3), root, progress=False)
+
+
+def test_scene_backend_answers_and_quality_knob(synth_dataset, tmp_path):
+    from ssp.data.synthetic import scene_answers
+    from ssp.preprocess.prompts import SceneBackend
+
+    records = records_of(synth_dataset)
+    scenes = [json.loads((synth_dataset / r.rel_dir / "scene.json").read_text()) for r in records]
+    out = tmp_path / "clean"
+    summary = run_prompts(records, SceneBackend(quality=1.0), PromptsConfig(out_dir=out, workers=2))
+    assert summary.asked == 2 * len(records)
+    for record, scene in zip(records, scenes):
+        p = read_prompts(out, record)
+        assert (p["a1"], p["a2"]) == (scene["answers"]["A1"], scene["answers"]["A2"])
+        assert p["backend"] == "scene" and p["question_variant"] == "d"
+
+    noisy_out = tmp_path / "noisy"
+    run_prompts(records, SceneBackend(quality=0.2, seed=5), PromptsConfig(out_dir=noisy_out))
+    noisy = [read_prompts(noisy_out, r) for r in records]
+    for p, scene in zip(noisy, scenes):
+        a1, a2 = scene_answers(scene, 0.2, 5)
+        assert (p["a1"], p["a2"]) == (a1, parse_nouns(", ".join(a2)))
+    assert any(p["a2"] != s["answers"]["A2"] or p["a1"] != s["answers"]["A1"] for p, s in zip(noisy, scenes))
+    # another quality is another cache entry; the same quality again asks nothing
+    assert run_prompts(records, SceneBackend(quality=0.2, seed=5), PromptsConfig(out_dir=noisy_out)).asked == 0
+    with pytest.raises(SSPError, match="quality"):
+        SceneBackend(quality=1.5)
+
+
+def test_cli_scene_on_generated_data(synth_dataset, tmp_path):
+    from ssp.cli import main
+
+    out = tmp_path / "p"
+    argv = ["prompts", str(synth_dataset), "--out", str(out), "--backend", "scene", "--quality", "0.5",
+            "--question-variant", "c"]
+    assert main(argv) == 0
+    files = sorted(out.rglob("prompts.json"))
+    assert len(files) == len(load_records(synth_dataset))
+    assert json.loads(files[0].read_text())["questions"]["q1"] == QUESTION_1_VARIANTS["c"]
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    assert main(argv) == 0                                   # up to date: nothing rewritten
+    assert {f: f.stat().st_mtime_ns for f in files} == stamps
+
+
 def test_cli_none_backend_and_clear_error(dataset, tmp_path, capsys):
     from ssp.cli import main
 

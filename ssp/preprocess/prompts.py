@@ -185,8 +185,8 @@ def load_frames(record: VideoRecord, count: int) -> list:
 class SceneBackend:
     """Answers from the generated benchmark's ``scene.json`` (no model): A1/A2 come from
     :func:`ssp.data.synthetic.scene_answers`, degraded with probability ``1 - quality``.
-    Each video draws from its own seed (derived from ``seed`` and its uid), so the
-    answers do not depend on which videos are processed together."""
+    Each video draws from its own stream (``seed`` and its uid), so the answers do not
+    depend on which videos are processed together."""
 
     name = "scene"
     parallel = True
@@ -216,8 +216,7 @@ class SceneBackend:
             scene = json.loads(path.read_text())
         except (OSError, ValueError) as e:
             raise DataError(path, f"unreadable scene record: {e}") from e
-        video_seed = int(hashlib.sha256(f"{self.seed}:{record.uid}".encode()).hexdigest()[:8], 16)
-        a1, a2 = scene_answers(scene, self.quality, video_seed)
+        a1, a2 = scene_answers(scene, self.quality, self.seed)   # seeded per video by (seed, uid)
         with self._lock:
             self._answers[record.rel_dir] = (a1, list(a2))
         return a1, list(a2)
