@@ -16,6 +16,7 @@ import soundfile
 
 from ssp.cli import main as cli_main
 from ssp.data import synthetic as S
+from ssp.data.avsbench import split_objects
 from ssp.data.palette import NUM_CLASSES, colour_to_index
 from ssp.errors import SSPError
 
@@ -81,7 +82,7 @@ def test_layout_is_complete_and_follows_the_labelling_rules(tiny):
     assert len(labels) == NUM_CLASSES and sorted(labels.values()) == list(range(NUM_CLASSES))
     assert labels["background"] == 0
     assert [n for n, i in sorted(labels.items(), key=lambda kv: kv[1])][1:9] == [c.name for c in S.CLASS_CATALOGUE[:8]]
-    assert all("_" not in name for name in labels)  # "_" separates names in a_obj
+    assert not any(sep in name for name in labels for sep in ",;|_")  # a_obj separators
 
     for r in rows:
         video = tiny / r["label"] / r["uid"]
@@ -99,7 +100,7 @@ def test_layout_is_complete_and_follows_the_labelling_rules(tiny):
         assert (scene["uid"], scene["subset"], scene["split"]) == (r["uid"], r["label"], r["split"])
         assert scene["labelled"] == [f"{i}.png" in expected_masks for i in range(n_frames)]
         sounding = list(dict.fromkeys(o["class_name"] for o in scene["objects"] if any(o["sounding"])))
-        assert r["a_obj"].split("_") == sounding
+        assert split_objects(r["a_obj"]) == sounding
         assert scene["answers"]["A2"] == sounding
         if r["label"] == "v1s":
             assert len(sounding) == 1
@@ -397,3 +398,30 @@ def test_a_failed_run_leaves_nothing_behind(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         _generate(tmp_path / "d")
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the data helper's readers
+
+
+def test_readers_load_the_generated_dataset(tiny):
+    from ssp.data.avsbench import class_names, detect_layout, load_records, read_frame, read_mask
+
+    assert detect_layout(tiny) == "semantic"
+    names = class_names(tiny)
+    assert len(names) == NUM_CLASSES and names[:3] == ["background", "bell", "drum"]
+    records = load_records(tiny)
+    scenes = {s["uid"]: s for s in _scenes(tiny)}
+    assert [r.uid for r in records] == [r["uid"] for r in _metadata(tiny)]
+    for record in records:
+        scene = scenes[record.uid]
+        assert (record.subset, record.split, record.num_frames) == (scene["subset"], scene["split"], scene["num_frames"])
+        assert record.labelled == scene["labelled"]
+        assert record.objects == scene["answers"]["A2"]
+        assert (record.video_dir / "scene.json").is_file()
+        assert all(p.is_file() for p in record.referenced_paths())
+        assert read_frame(record.frame_paths[-1], record.root).shape == (64, 64, 3)
+        for t in record.labelled_indices:
+            semantic = read_mask(record, t, task="avss")
+            expected = cv2.imread(str(record.video_dir / "labels_semantic" / f"{t}.png"), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(semantic, expected)
+            np.testing.assert_array_equal(read_mask(record, t, task="avs"), (expected > 0).astype(np.uint8))

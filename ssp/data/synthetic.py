@@ -26,7 +26,7 @@ on it):
 On disk (``{root}``)::
 
     metadata.csv          vid,uid,s_min,s_sec,a_obj,split,label  (label = subset,
-                          a_obj = sounding class names joined by "_", as in AVSBench)
+                          a_obj = the sounding class names, comma-separated)
     label2idx.json        71 entries: background, our K classes, then AVSBench names
     scenarios.csv         one row per video: scenario and counts, for per-scenario tables
     manifest.json         generation settings, counts and a digest of every file
@@ -124,8 +124,8 @@ class SoundingClass:
 
 # The first 8 (the default K) have distinct shapes, colours and pitches spread over
 # three octaves (130-1050 Hz, at least 3 semitones apart); the rest reuse shapes and
-# colours in new combinations and differ by modulation. Names avoid "_" (the a_obj
-# separator) and most are AVSBench class names.
+# colours in new combinations and differ by modulation. Names contain no separator
+# ("," ";" "|" "_") and most are AVSBench class names.
 CLASS_CATALOGUE: tuple[SoundingClass, ...] = (
     SoundingClass("bell", "rings", "triangle", "yellow", "solid", 1047.0, 3, am_hz=4.0, am_depth=0.8),
     SoundingClass("drum", "beats", "disc", "orange", "checker", 131.0, 6, am_hz=3.0, am_depth=1.0),
@@ -764,7 +764,7 @@ def scene_summary(scene: dict[str, Any]) -> dict[str, Any]:
         "n_still_silent": sum(not s and not m for s, m in zip(snd, mov)),
         "same_class_distractor": int(any(not s and o["class_name"] in sounding_classes for o, s in zip(objs, snd))),
         "silent_frames": sum(not any(o["sounding"][t] for o in objs) for t in range(scene["num_frames"])),
-        "sounding_classes": "_".join(dict.fromkeys(o["class_name"] for o, s in zip(objs, snd) if s)),
+        "sounding_classes": ",".join(dict.fromkeys(o["class_name"] for o, s in zip(objs, snd) if s)),
     }
 
 
