@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -53,8 +52,6 @@ from ssp.data.avsbench import (
 from ssp.data.palette import NUM_CLASSES, colour_to_index
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
-
-logger = logging.getLogger(__name__)
 
 AUDIO_RATE = 16_000            # Hz; the rate every audio stage works at
 AUDIO_TOLERANCE_S = 0.05       # audio may be this much shorter than frames x 1 s
@@ -170,7 +167,7 @@ def read_manifest(path: Path, manifest: Manifest) -> pd.DataFrame:
     the usual names are read by position, as the official loaders (and ours) do."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     df.columns = [str(c).strip() for c in df.columns]
-    if manifest.subset == "v1s" and manifest.data_dir is not None and "name" not in df.columns:
+    if manifest.subset == "v1s" and "name" not in df.columns:
         df = df.rename(columns=dict(zip(df.columns[:3], ("name", "start", "category"))))
     if manifest.subset == "v1m" and "video_id" not in df.columns and "name" in df.columns:
         df = df.rename(columns={"name": "video_id"})
@@ -465,11 +462,10 @@ class _Validator:
         self.rule_names: list[str] = []
 
     def validate(self, table: str, records: list[dict[str, Any]], rules: list[Rule], index_columns: list[str],
-                 path_of: Callable[[dict[str, Any]], str] | None = None,
-                 columns: list[str] | None = None) -> list[Failure]:
+                 source: str | None = None, columns: list[str] | None = None) -> list[Failure]:
         """Run ``rules`` over the table of ``records``; return one Failure per failing
-        row (table-level rules: one per table). ``path_of`` maps a failing row to the
-        file to name."""
+        row (table-level rules: one per table). Failures name ``source`` (the manifest
+        a table was read from) when given, else each failing row's ``path``."""
         # dtype=object keeps ints as ints and None as None (pandas would make floats).
         df = pd.DataFrame(records, columns=columns, dtype=object)
         asset = self.source.add_dataframe_asset(table)
@@ -495,7 +491,8 @@ class _Validator:
                 checked, unexpected = 1, []
             self.checks_total += checked
             if res.exception_info and res.exception_info.get("raised_exception"):
-                failures.append(Failure(table, rule.name, f"check could not run: {res.exception_info['exception_message']}"))
+                message = res.exception_info["exception_message"]
+                failures.append(Failure(source or table, rule.name, f"check could not run: {message}"))
                 continue
             if res.success:
                 self.checks_passed += checked
@@ -503,18 +500,24 @@ class _Validator:
             if not unexpected:  # a table-level rule
                 self.checks_passed += checked - 1
                 missing = (info.get("details") or {}).get("mismatched", {}).get("missing", [])
-                failures.append(Failure(table, rule.name, rule.describe({"missing": missing})))
+                failures.append(Failure(source or table, rule.name, rule.describe({"missing": missing})))
                 continue
             self.checks_passed += checked - len(unexpected)
             for hit in unexpected:
                 row = rows_by_key[tuple(hit[c] for c in index_columns)]
-                failures.append(Failure(path_of(row) if path_of else row["path"], rule.name, rule.describe(row)))
+                failures.append(Failure(source or row["path"], rule.name, rule.describe(row)))
         return failures
 
 
 # ----------------------------------------------------------------------------------
 # The whole run
 # ----------------------------------------------------------------------------------
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    """A reader's error path, relative to the dataset root ("." for the root)."""
+    shown = _display_path(path, root)
+    return "." if shown in ("", ".") or Path(shown) == root else shown
 
 
 def _check_classes(root: Path, failures: list[Failure]) -> set[str] | None:
@@ -525,7 +528,7 @@ def _check_classes(root: Path, failures: list[Failure]) -> set[str] | None:
     try:
         return set(class_names(root))
     except DataError as e:
-        failures.append(Failure(e.path, "class list", e.problem))
+        failures.append(Failure(_relative(e.path, root), "class list", e.problem))
         return None
 
 
@@ -537,7 +540,7 @@ def _check_reader(root: Path, layout: str, failures: list[Failure]) -> None:
     try:
         load_records(root, layout=layout)
     except DataError as e:
-        failures.append(Failure(e.path, "loads with ssp.data.avsbench", e.problem))
+        failures.append(Failure(_relative(e.path, root), "loads with ssp.data.avsbench", e.problem))
     except Exception as e:  # a reader bug must not hide the data report
         failures.append(Failure(".", "loads with ssp.data.avsbench", f"{type(e).__name__}: {e}"))
 
@@ -570,7 +573,8 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
     failures: list[Failure] = []
     videos: list[ExpectedVideo] = []
     counts: dict[str, Any] = {"manifest_rows": 0, "videos_per_subset_split": {}}
-    classes = _check_classes(root, failures) if layout == "semantic" else None
+    has_manifest = layout == "semantic" and (root / SEMANTIC_CSV).is_file()
+    classes = _check_classes(root, failures) if has_manifest else None
     for manifest in find_manifests(root, layout):
         manifest_path = root / manifest.path
         if not manifest_path.is_file():
@@ -594,7 +598,7 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
         failures += validator.validate(
             f"manifest_{Path(manifest.path).stem}", records,
             manifest_rules(validator.gxe, manifest.columns, manifest.id_column, present), ["line"],
-            path_of=lambda row, m=manifest.path: m, columns=["line", *table.columns, *extra],
+            source=manifest.path, columns=["line", *table.columns, *extra],
         )
         counts["manifest_rows"] += len(table)
 
