@@ -177,6 +177,11 @@ def test_failed_videos_are_named_and_others_written(dataset, tmp_path):
     retry = FakeBackend()
     run_prompts(records, retry, PromptsConfig(out_dir=out))
     assert sorted({uid for uid, _ in retry.asked}) == ["vid1", "vid3"]
+    # another question variant that fails for vid1: its old (variant d) prompts do not stay behind
+    with pytest.raises(SSPError, match=records[1].rel_dir):
+        run_prompts(records, FakeBackend(fail_uids={"vid1"}), PromptsConfig(out_dir=out, question_variant="a"))
+    assert [(out / r.rel_dir / "prompts.json").is_file() for r in records] == [True, False, True, True]
+    assert read_prompts(out, records[0])["question_variant"] == "a"
 
 
 def test_question_variant_changes_the_question_and_the_cache(dataset, tmp_path):

@@ -43,7 +43,9 @@ from typing import Any, Callable, Iterable, Protocol, Sequence
 from ssp.data.avsbench import VideoRecord
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
-from ssp.preprocess.common import VideoOutputs, fingerprint, is_up_to_date, run_per_video, stage_output_dir
+from ssp.preprocess.common import (
+    VideoOutputs, fingerprint, is_up_to_date, run_per_video, stage_output_dir, stamp_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -378,6 +380,10 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None,
         stamp = fingerprint(_inputs(record, backend), params)
         if is_up_to_date(out_dir, STAGE, stamp):
             return -1
+        # out of date: drop the old prompts now, so that if this video fails no stale
+        # prompts (other questions, other model) stay behind for downstream stages
+        stamp_path(out_dir, STAGE).unlink(missing_ok=True)
+        (out_dir / PROMPTS_FILE).unlink(missing_ok=True)
         asked = 0
         a1, a2_raw = "", ""
         if backend is not None:
@@ -490,7 +496,11 @@ def main(args: argparse.Namespace) -> int:
     backend = build_backend(args.backend, args)
     config = PromptsConfig(out_dir=args.out, question_variant=args.question_variant,
                            cache_dir=args.cache_dir, workers=max(1, args.workers))
-    summary = run_prompts(records, backend, config)
+    try:
+        summary = run_prompts(records, backend, config)
+    finally:
+        if hasattr(backend, "close"):
+            backend.close()
     logger.info("prompts: %d videos, %d questions asked, %d prompts.json written to %s",
                 summary.videos, summary.asked, summary.written, args.out)
     return 0
