@@ -265,3 +265,23 @@ def test_logmel_stage_writes_skips_and_reports(tmp_path):
 
     assert compute_logmel([good, short], out, LogMelStageParams(pad_short_audio=True)) == [True, True]
     assert np.load(out / "v2" / "short" / "logmel.npy").shape == (5, 96, 64)
+
+
+def test_ssp_logmel_cli_on_an_avsbench_dataset(tmp_path):
+    from avsbench_fixtures import write_semantic_dataset
+
+    from ssp.cli import main as ssp_main
+    from ssp.data.avsbench import load_records
+
+    root = write_semantic_dataset(tmp_path / "avsbench", videos=[
+        {"uid": "s4_dog", "subset": "v1s", "split": "train", "objects": ["dog"]},
+        {"uid": "v2_car", "subset": "v2", "split": "val", "objects": ["car"]},
+    ])
+    out = tmp_path / "logmel"
+    assert ssp_main(["logmel", str(root), "--out", str(out)]) == 0
+    records = load_records(root)
+    files = [out / r.rel_dir / "logmel.npy" for r in records]
+    assert [np.load(f).shape for f in files] == [(r.num_frames, 96, 64) for r in records] == [(5, 96, 64), (10, 96, 64)]
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    assert ssp_main(["logmel", str(root), "--out", str(out)]) == 0
+    assert [f.stat().st_mtime_ns for f in files] == mtimes

@@ -14,8 +14,9 @@ per second, at frame indices ``int(l * fps + k / 16 * fps)``, and keeps ``k = 15
 i.e. the frame shown at ``l + 15/16`` s, near the end of each second. Pass
 ``--instant 0.5`` for mid-second frames, ``--instant 0`` for the first frame of each second.
 
-N (the number of frames) is ``--seconds`` times fps when given (a shorter video is an
-error), else every complete second (1/fps interval) of the video.
+N (the number of frames) is ``--seconds`` times fps when given (the first ``--seconds``
+of a longer video are taken; a shorter video is an error), else every complete second
+(1/fps interval) of the video.
 
 Frames are decoded sequentially with OpenCV (exact timestamps; seeking is not reliable
 across containers). Audio is decoded with PyAV (FFmpeg bundled in the pip wheel; no
@@ -116,7 +117,7 @@ def _decode_frames(
                     raise DataError(path, f"cannot encode the frame at {t:.3f} s as JPEG")
                 encoded_previous = (t, buf.tobytes())
             chosen.append(encoded_previous[1])
-            chosen_times.append(t)
+            chosen_times.append(round(t, 6))
 
         previous: tuple[float, np.ndarray] | None = None
         index, last_time = 0, -math.inf
@@ -328,8 +329,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder: {out}/{video name}/frames/{i}.jpg and audio.wav")
     parser.add_argument("--fps", type=float, default=1.0, help="frames written per second (default: 1)")
     parser.add_argument("--seconds", type=int, default=None,
-                        help="expected video length in seconds; shorter videos are an error "
-                             "(default: every complete second of each video)")
+                        help="take the first N seconds of each video (N * fps frames, N s of audio); "
+                             "a shorter video is an error (default: every complete second of each video)")
     parser.add_argument("--instant", type=float, default=AVSBENCH_INSTANT,
                         help="where within each second the frame is taken, as a fraction: the frame on "
                              "screen at t = (i + instant) / fps (default: 15/16 = 0.9375, as AVSBench)")
