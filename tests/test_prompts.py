@@ -423,6 +423,35 @@ def test_openai_retry_policy(dataset, tmp_path, server, script, requests, error)
     assert len(server.requests) == requests
 
 
+def test_openai_connection_refused_is_retried_then_named(dataset):
+    import socket
+
+    from ssp.preprocess.mllm_openai import EndpointError, OpenAIBackend, OpenAIConfig
+
+    with socket.socket() as s:           # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = OpenAIBackend(OpenAIConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1",
+                                         connect_timeout=0.5, max_retries=1, backoff=0.01))
+    with pytest.raises(EndpointError, match=r"connection error \(ConnectError.*gave up after 2 attempts"):
+        backend.answer_q1(records_of(dataset)[0], Questions.from_variant("d"))
+
+
+def test_openai_dead_endpoint_stops_asking(dataset, tmp_path, server):
+    out = tmp_path / "prompts"
+    records = records_of(dataset)
+    server.script = ["500"] * 100
+    backend = openai_backend(server, max_retries=1, give_up_after=2)
+    with pytest.raises(SSPError) as err:
+        run_prompts(records, backend, PromptsConfig(out_dir=out))
+    assert len(server.requests) == 4                 # 2 videos x 2 attempts, then no more requests
+    lines = str(err.value).splitlines()
+    assert "4 of 4 failed" in lines[0]
+    for record, expected in zip(records, ["gave up after 2", "gave up after 2", "not asked", "not asked"]):
+        assert expected in next(line for line in lines if record.rel_dir in line)
+    assert not list(out.rglob("prompts.json"))
+
+
 def test_openai_settings_from_env_and_parallel_workers(dataset, tmp_path, server, monkeypatch):
     from ssp.preprocess.mllm_openai import OpenAIBackend, OpenAIConfig
 

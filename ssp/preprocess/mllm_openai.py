@@ -5,7 +5,9 @@ a hosted API, ...).
 (``image_url`` content parts) in the first user turn, A1 as the assistant turn before Q2,
 temperature 0. Transient failures (HTTP 5xx, 429, timeouts, connection errors) are
 retried with exponential backoff and jitter; other 4xx answers and malformed replies
-fail the video at once with a message naming it.
+fail the video at once with a message naming it. After ``give_up_after`` questions in
+a row have failed, the endpoint is taken for dead and the remaining videos fail at once
+("not asked") instead of each waiting through its retries.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import logging
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass
 
@@ -47,6 +50,7 @@ class OpenAIConfig:
     read_timeout: float = 300.0
     max_retries: int = 4            # retries after the first attempt
     backoff: float = 1.0            # first retry delay (s); doubles each retry, plus up to 100% jitter
+    give_up_after: int = 3          # after this many questions failed in a row, stop asking (0: never)
 
     @classmethod
     def from_env(cls, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
@@ -86,6 +90,8 @@ class OpenAIBackend:
         self.model = config.model
         self.cache_key = config.model
         self.settings = {"frames_per_video": config.frames_per_video, "max_new_tokens": config.max_new_tokens}
+        self._failures_in_a_row = 0
+        self._lock = threading.Lock()
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self.client = client or httpx.Client(
             base_url=config.base_url.rstrip("/") + "/",
@@ -112,6 +118,22 @@ class OpenAIBackend:
                 "max_tokens": self.config.max_new_tokens, "temperature": 0.0}
 
     def chat(self, record: VideoRecord, turns: list[dict[str, str]]) -> str:
+        # A dead endpoint would cost every remaining video its full retry schedule:
+        # after `give_up_after` failures in a row the remaining videos are not asked.
+        if 0 < self.config.give_up_after <= self._failures_in_a_row:
+            raise EndpointError(f"not asked: {self._failures_in_a_row} questions in a row failed at "
+                                f"{self.config.base_url} (is the endpoint up?)")
+        try:
+            answer = self._chat(record, turns)
+        except EndpointError:
+            with self._lock:
+                self._failures_in_a_row += 1
+            raise
+        with self._lock:
+            self._failures_in_a_row = 0
+        return answer
+
+    def _chat(self, record: VideoRecord, turns: list[dict[str, str]]) -> str:
         body = self.request_body(record, turns)
         video = record.rel_dir
         attempts = self.config.max_retries + 1

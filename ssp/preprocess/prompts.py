@@ -438,7 +438,7 @@ def build_backend(name: str, args: argparse.Namespace) -> PromptBackend | None:
             model=args.model, base_url=args.base_url, api_key=args.api_key,
             frames_per_video=args.frames_per_video, max_new_tokens=args.max_new_tokens,
             connect_timeout=args.connect_timeout, read_timeout=args.read_timeout,
-            max_retries=args.max_retries, backoff=args.backoff,
+            max_retries=args.max_retries, backoff=args.backoff, give_up_after=args.give_up_after,
         ))
     raise SSPError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
@@ -485,6 +485,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="retries on 5xx/429/timeouts/connection errors, exponential backoff. Default: 4")
     oa.add_argument("--backoff", type=float, default=1.0,
                     help="first retry delay in seconds (doubles each retry, plus jitter). Default: 1")
+    oa.add_argument("--give-up-after", type=int, default=3,
+                    help="after this many questions in a row failed (retries included), take the endpoint "
+                         "for dead and do not ask the remaining videos; 0 = never. Default: 3")
 
 
 def main(args: argparse.Namespace) -> int:
