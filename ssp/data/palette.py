@@ -35,6 +35,8 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 
 
 _PACKED = _pack(PALETTE)
+_ORDER = np.argsort(_PACKED)   # built once: decoding runs per mask in the data loader
+_SORTED_KEYS = _PACKED[_ORDER]
 
 
 def colour_to_index(rgb: np.ndarray, num_classes: int = NUM_CLASSES) -> tuple[np.ndarray, np.ndarray]:
@@ -48,9 +50,12 @@ def colour_to_index(rgb: np.ndarray, num_classes: int = NUM_CLASSES) -> tuple[np
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 colour mask, got shape {rgb.shape}")
     packed = _pack(rgb)
-    keys = _pack(voc_palette(num_classes)) if num_classes != NUM_CLASSES else _PACKED
-    order = np.argsort(keys)
-    sorted_keys = keys[order]
+    if num_classes == NUM_CLASSES:
+        order, sorted_keys = _ORDER, _SORTED_KEYS
+    else:
+        keys = _pack(voc_palette(num_classes))
+        order = np.argsort(keys)
+        sorted_keys = keys[order]
     pos = np.clip(np.searchsorted(sorted_keys, packed), 0, len(sorted_keys) - 1)
     found = sorted_keys[pos] == packed
     index = np.where(found, order[pos], 0).astype(np.int64)
