@@ -352,3 +352,12 @@ def test_cli_valid_dataset_prints_summary_and_writes_report(obj, tmp_path, capsy
 def test_missing_root_is_a_user_error(tmp_path, capsys):
     assert cli_main(["validate", str(tmp_path / "nope")]) == 2
     assert "nope: dataset root is not a directory" in capsys.readouterr().err
+
+
+def test_generated_benchmark_is_valid(tmp_path, capsys):
+    out = tmp_path / "synth"
+    assert cli_main(["synth", "--out", str(out), "--seed", "0", "--size", "tiny", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert cli_main(["validate", str(out)]) == 0
+    summary = capsys.readouterr().out.strip()
+    assert summary.startswith("OK: semantic layout, 12 videos")
