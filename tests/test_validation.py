@@ -361,3 +361,18 @@ def test_generated_benchmark_is_valid(tmp_path, capsys):
     assert cli_main(["validate", str(out)]) == 0
     summary = capsys.readouterr().out.strip()
     assert summary.startswith("OK: semantic layout, 12 videos")
+
+
+@pytest.mark.parametrize("layout", ["semantic", "object", "object-release"])
+def test_checks_exactly_the_files_the_reader_loads(tmp_path, layout):
+    from ssp.data.avsbench import load_records
+    from ssp.data.validation import expected_videos
+
+    if layout == "semantic":
+        root = write_semantic_dataset(tmp_path / "d", semantic_labels=True)
+    else:
+        root = write_object_dataset(tmp_path / "d", release_tree=layout == "object-release")
+    read = {str(p.relative_to(root)) for r in load_records(root) for p in r.referenced_paths()}
+    checked = {f.path for v in expected_videos(root) for f in v.files}
+    assert checked == read
+    assert len(checked) == sum(1 for p in root.rglob("*") if p.suffix in (".jpg", ".png", ".wav"))

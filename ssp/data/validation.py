@@ -241,6 +241,21 @@ def object_videos(manifest: Manifest, table: pd.DataFrame) -> list[ExpectedVideo
     return list(videos.values())
 
 
+def expected_videos(root: str | Path, layout: str = "auto") -> list[ExpectedVideo]:
+    """Every video, and every file of it, that the manifests of ``root`` imply (rows
+    too broken to name a folder are skipped; :func:`validate_dataset` reports them)."""
+    from ssp.data.avsbench import detect_layout
+
+    root = Path(root)
+    layout = detect_layout(root) if layout == "auto" else layout
+    videos: list[ExpectedVideo] = []
+    for manifest in find_manifests(root, layout):
+        if (root / manifest.path).is_file():
+            table = read_manifest(root / manifest.path, manifest)
+            videos += semantic_videos(root, table) if manifest.subset is None else object_videos(manifest, table)
+    return videos
+
+
 # ----------------------------------------------------------------------------------
 # Measuring files (runs in worker threads; never raises for bad data)
 # ----------------------------------------------------------------------------------
