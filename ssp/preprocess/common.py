@@ -5,7 +5,8 @@ Conventions every stage follows:
 - Outputs mirror the dataset: a video's outputs go to ``stage_output_dir(out, record)``
   = ``{out}/{record.rel_dir}``.
 - Every file is written atomically (``ssp.fileio``), through :class:`VideoOutputs`, which
-  remembers what it wrote so that a video that fails leaves none of its files behind.
+  remembers what it wrote so that a video that fails leaves no output of the stage behind
+  (neither this attempt's files nor the previous run's, which are stale by then).
 - A video's outputs are complete iff its stamp file ``_done_{stage}.json`` exists, was
   written LAST, and holds the fingerprint the stage computes now: a hash of the inputs
   that matter (file sizes + mtimes) and of the stage's parameters. Change a parameter or
@@ -63,9 +64,10 @@ def stamp_path(out_dir: str | Path, stage: str) -> Path:
 
 
 def fingerprint(inputs: Iterable[str | Path], params: dict[str, Any]) -> str:
-    """Hash of what a video's outputs depend on: each input's path, size and mtime, and
-    the stage parameters (JSON-serialisable). Sizes + mtimes instead of content hashes:
-    cheap on large videos, and a copy that changes mtimes only costs one recomputation."""
+    """Hash of what a video's outputs depend on: each input's file name, size and mtime,
+    and the stage parameters (JSON-serialisable). File names, not full paths, so that a
+    moved dataset stays up to date; sizes + mtimes instead of content hashes: cheap on
+    large videos, and a copy that changes mtimes only costs one recomputation."""
     items = []
     for path in inputs:
         path = Path(path)
