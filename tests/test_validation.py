@@ -376,3 +376,10 @@ def test_checks_exactly_the_files_the_reader_loads(tmp_path, layout):
     checked = {f.path for v in expected_videos(root) for f in v.files}
     assert checked == read
     assert len(checked) == sum(1 for p in root.rglob("*") if p.suffix in (".jpg", ".png", ".wav"))
+
+
+def test_colour_image_as_class_index_mask_is_rejected(semantic):
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(semantic / V2_DIR / "labels_semantic" / "2.png")
+    report = validate_dataset(semantic)
+    assert problems(report) == {f"{V2_DIR}/labels_semantic/2.png": {"file decodable"}}
+    assert "single-channel, got mode RGB" in detail(report, f"{V2_DIR}/labels_semantic/2.png", "file decodable")

@@ -271,8 +271,8 @@ def _decode_image(path: Path) -> Any:
     from PIL import Image
 
     with Image.open(path) as image:
-        image.load()
-        return image.copy()
+        image.load()  # the pixels stay in memory after the file is closed
+    return image
 
 
 def _measure_image(path: Path, kind: str, row: dict[str, Any]) -> None:
@@ -286,9 +286,11 @@ def _measure_image(path: Path, kind: str, row: dict[str, Any]) -> None:
             y, x = np.argwhere(unknown)[0]
             row["off_palette_example"] = f"rgb{tuple(int(c) for c in rgb[y, x])} at (x={x}, y={y})"
     elif kind == "index_mask":
-        # Class indices are the raw pixel values (mode L, or P read as indices).
-        values = np.asarray(image) if image.mode in ("L", "P", "I", "I;16") else np.asarray(image.convert("L"))
-        row["max_class_index"] = int(values.max(initial=0))
+        # Class indices are the raw pixel values (mode L, or P read as indices); an RGB
+        # file here cannot be read as indices, as the reader would also refuse it.
+        if image.mode not in ("L", "P", "I", "I;16", "1"):
+            raise ValueError(f"class-index mask must be single-channel, got mode {image.mode}")
+        row["max_class_index"] = int(np.asarray(image).max(initial=0))
     elif kind == "binary_mask":
         grey = np.asarray(image.convert("L"))
         high = 255 if grey.max(initial=0) > 1 else 1
