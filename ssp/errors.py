@@ -20,3 +20,8 @@ class DataError(SSPError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # picklable with its real arguments: errors raised in pool workers must cross
+        # the process boundary intact (the default would call __init__(message))
+        return (type(self), (self.path, self.problem))
