@@ -383,3 +383,14 @@ def test_colour_image_as_class_index_mask_is_rejected(semantic):
     report = validate_dataset(semantic)
     assert problems(report) == {f"{V2_DIR}/labels_semantic/2.png": {"file decodable"}}
     assert "single-channel, got mode RGB" in detail(report, f"{V2_DIR}/labels_semantic/2.png", "file decodable")
+
+
+def test_a_rule_that_cannot_run_fails_instead_of_passing():
+    from ssp.data.validation import Rule, _Validator
+
+    validator = _Validator()
+    rules = [Rule("needs a column", validator.gxe.ExpectColumnValuesToBeInSet(column="absent", value_set=[1]),
+                  lambda row: "unused")]
+    failures = validator.validate("table", [{"path": "a", "present": True}], rules, ["path"], source="x.csv")
+    assert [(f.path, f.rule) for f in failures] == [("x.csv", "needs a column")]
+    assert failures[0].detail.startswith("check could not run:") and "absent" in failures[0].detail

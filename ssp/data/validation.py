@@ -453,6 +453,19 @@ def video_rules(gxe: Any) -> list[Rule]:
     ]
 
 
+def _exception_message(info: dict[str, Any] | None) -> str | None:
+    """The error of an expectation that could not run. GX reports it either at the top
+    level or per metric (``{metric id: {"raised_exception": ..., ...}}``)."""
+    if not info:
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for value in info.values():
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return str(value.get("exception_message"))
+    return None
+
+
 class _Validator:
     """One ephemeral GX context per run; one dataframe asset per table."""
 
@@ -507,8 +520,8 @@ class _Validator:
             else:
                 checked, unexpected = 1, []
             self.checks_total += checked
-            if res.exception_info and res.exception_info.get("raised_exception"):
-                message = res.exception_info["exception_message"]
+            message = _exception_message(res.exception_info)
+            if message is not None:
                 failures.append(Failure(source or table, rule.name, f"check could not run: {message}"))
                 continue
             if res.success:
