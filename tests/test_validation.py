@@ -394,3 +394,9 @@ def test_a_rule_that_cannot_run_fails_instead_of_passing():
     failures = validator.validate("table", [{"path": "a", "present": True}], rules, ["path"], source="x.csv")
     assert [(f.path, f.rule) for f in failures] == [("x.csv", "needs a column")]
     assert failures[0].detail.startswith("check could not run:") and "absent" in failures[0].detail
+
+
+def test_a_obj_names_match_classes_loosely(semantic):
+    edit_csv(semantic / "metadata.csv", '"guitar,man"', '"Guitar, MAN"')
+    edit_csv(semantic / "metadata.csv", ",violin,", ",emergency_car,")
+    assert validate_dataset(semantic).ok

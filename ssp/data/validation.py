@@ -5,7 +5,8 @@ with great-expectations (GX) suites:
 
 1. the manifest (``metadata.csv`` for AVSBench-semantic, ``s4_meta_data.csv`` /
    ``ms3_meta_data.csv`` for AVSBench-object): required columns, unique ids, known
-   splits and subsets, no empty fields;
+   splits and subsets (the ``label`` column), no empty fields, numeric start times,
+   and, with ``label2idx.json``, ``a_obj`` names that are classes;
 2. one row per file the manifest implies (every frame, mask and audio file) plus one
    row per video: present, decodable, frame count, sizes, mask colours, class indices,
    audio rate and length.
@@ -15,6 +16,12 @@ while decoding); GX then evaluates the rules as ordinary expectations with
 ``result_format="COMPLETE"`` and ``unexpected_index_column_names=["path"]``, so every
 failing row comes back with the file that caused it. Nothing is raised for bad data:
 a missing or corrupt file becomes a row of the report, so one run names every problem.
+When the manifests pass, :func:`ssp.data.avsbench.load_records` (what training uses)
+must also accept the dataset; its complaint, if any, is one more row.
+
+The expected files are derived from the manifest with the readers' naming rules and
+the canonical frame counts (not from what is on disk), so a missing last frame is
+named as such.
 
 Rules and their thresholds:
 - frames per video: v1s and v1m 5, v2 10 (``FRAMES_PER_SUBSET``);
@@ -550,13 +557,19 @@ def _relative(path: str | Path, root: Path) -> str:
     return "." if shown in ("", ".") or Path(shown) == root else shown
 
 
+def _class_key(name: str) -> str:
+    """Class names compared loosely ("Emergency car" == "emergency-car"): the check is
+    about unknown classes, not about spelling conventions."""
+    return "-".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
 def _check_classes(root: Path, failures: list[Failure]) -> set[str] | None:
     """Class names of ``label2idx.json`` (semantic layout), or None (reported) when the
     file is missing or malformed. The reader's own checks decide what is malformed."""
     from ssp.data.avsbench import class_names
 
     try:
-        return set(class_names(root))
+        return {_class_key(name) for name in class_names(root)}
     except DataError as e:
         failures.append(Failure(_relative(e.path, root), "class list", e.problem))
         return None
@@ -620,7 +633,7 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
         for line, record in enumerate(records, start=2):  # csv line numbers (header = 1)
             record["line"] = line
             if classes is not None and "a_obj" in table.columns and isinstance(record["a_obj"], str):
-                unknown = [name for name in split_objects(record["a_obj"]) if name not in classes]
+                unknown = [name for name in split_objects(record["a_obj"]) if _class_key(name) not in classes]
                 record["objects_known"], record["unknown_objects"] = not unknown, unknown
         if classes is not None and "a_obj" in table.columns:
             present.append("objects_known")
@@ -699,14 +712,17 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data_root", type=Path, help="dataset root (holds metadata.csv, or s4_meta_data.csv / "
+    parser.add_argument("data_root", type=Path, metavar="DATA_ROOT", help="dataset root (holds metadata.csv, or s4_meta_data.csv / "
                         "ms3_meta_data.csv for AVSBench-object)")
     parser.add_argument("--layout", choices=["auto", "semantic", "object"], default="auto",
                         help="dataset layout; auto detects it from the manifest file present (default: auto)")
-    parser.add_argument("--report", type=Path, default=None,
+    parser.epilog = ("Exit status 0 when every check passes (one summary line is printed); otherwise the "
+                     "failures are listed, each with the file (relative to DATA_ROOT) and the rule it breaks, "
+                     "and the exit status is 2.")
+    parser.add_argument("--report", type=Path, default=None, metavar="FILE.json",
                         help="also write the full report as JSON to this file, whether or not the data "
                         "is valid (default: no file)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="threads that decode files in parallel (default: min(8, CPU count))")
 
 
