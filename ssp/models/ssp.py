@@ -1,0 +1,211 @@
+"""The SSP model: AAVS (audio-aware Mask2Former, two stages) + pre-mask, text prompts/VTA.
+
+Interface (used by ``ssp.train``, ``ssp.inference``, ``ssp.evaluate``, ``ssp.predict``):
+
+- ``SSPModel(config: SSPConfig)``; local weights named in the config load at build time
+  (:func:`ssp.models.weights.load_pretrained`).
+- ``forward(batch) -> SSPOutput`` on the flattened-frames batch of
+  ``ssp.data.datasets.collate_frames``:
+
+  ==================  ===================================================================
+  ``frames``          N×3×S×S float in [0, 1], NOT normalised (the model normalises with
+                      the ImageNet mean/std after the pre-mask multiply), S = image_size
+  ``logmel``          N×96×64 VGGish log-mel patch per frame
+  ``masks``           N×S×S int64 GT (binary in stage 1, class indices in stage 2).
+                      Read by the model ONLY in training mode (stage 2's stepping stone,
+                      the pre-mask's M_GT); never in eval mode.
+  ``labelled``        N bool (the loss uses labelled frames only)
+  ``flow_mask``       N×S×S {0,1} optical-flow mask M_O (needed by pre_mask/post_mask)
+  ``stage1_mask``     N×S×S stage 1's predicted foreground probability: stage 2's stepping
+                      stone at eval time, and the pre-mask's M_GT stand-in at eval time
+                      (``premask_test_source="stage1"``)
+  ``prompt_a1``       list[str] per frame (text != "none")
+  ``prompt_a2``       list[list[str]] per frame (text != "none")
+  ==================  ===================================================================
+
+- ``predict(batch) -> Tensor`` (no gradient): stage 1 returns N×S×S binary logits
+  (foreground iff sigmoid > 0.5); stage 2 returns N×C×S×S per-class scores (argmax = class
+  index, 0 = background), Mask2Former's semantic inference softmax(class)[..., :-1] ⊗
+  sigmoid(mask) with the masks upsampled to S first.
+
+Stage 1's foreground probability (``foreground_probability``) combines the queries as
+"at least one query covers the pixel": 1 - Π_q (1 - p_q(fg) · sigmoid(m_q)). It is
+Mask2Former's semantic score for one class (Σ_q p_q · sigmoid(m_q)) when queries do not
+overlap, but stays in [0, 1], so its logit is defined everywhere. The post-mask loss is
+computed on the same map (see :mod:`ssp.losses`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ssp.errors import SSPError
+from ssp.models.audio_queries import AudioProjection
+from ssp.models.backbones import build_audio_encoder, build_visual_backbone
+from ssp.models.config import SSPConfig
+from ssp.models.mask2former import (
+    AudioAwareTransformerModule,
+    PixelLevelModule,
+    build_mask2former_config,
+    init_mask2former_weights,
+)
+from ssp.models.premask import apply_pre_mask, pre_mask
+from ssp.models.vta import TextEncoder, build_text_module
+from ssp.models.weights import load_pretrained
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SSPOutput:
+    """What the model returns; all logits at the mask resolution h×w = S/4 × S/4.
+
+    class_logits: N×Q×(K+1) of the last decoder layer (K = config.num_labels; the last
+        logit is Mask2Former's "no object").
+    mask_logits: N×Q×h×w of the last decoder layer.
+    aux_outputs: (class_logits, mask_logits) of every earlier prediction, first to last.
+    premask: N×S×S M_Pre that was multiplied into the frames (pre_mask), else None.
+    stepping_stone: N×S×S stage-2 mask that was injected, else None.
+    """
+
+    class_logits: Tensor
+    mask_logits: Tensor
+    aux_outputs: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    premask: Tensor | None = None
+    stepping_stone: Tensor | None = None
+
+
+class SSPModel(nn.Module):
+    def __init__(self, config: SSPConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        m2f_config = build_mask2former_config(config)
+        self.m2f_config = m2f_config
+
+        self.pixel_level_module = PixelLevelModule(m2f_config, build_visual_backbone(config))
+        self.transformer_module = AudioAwareTransformerModule(
+            in_features=config.hidden_dim, config=m2f_config, stepping_stone=config.stage == 2
+        )
+        self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
+        self.audio_encoder = build_audio_encoder(config)
+        self.audio_projection = AudioProjection(config.hidden_dim)
+        self.text_module = build_text_module(config)
+        init_mask2former_weights(self, m2f_config)
+
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+        # (timm backbone and VGGish weights are loaded when those modules are built)
+        load_pretrained(self, {"mask2former_weights": config.mask2former_weights})
+        if config.vggish_weights is not None and config.freeze_audio_encoder:
+            self.audio_encoder.requires_grad_(False)
+
+    # -------------------------------------------------------------------------------------------
+    def forward(self, batch: dict) -> SSPOutput:
+        config = self.config
+        frames = batch["frames"].float()
+        if frames.shape[-1] != config.image_size or frames.shape[-2] != config.image_size:
+            raise SSPError(f"frames are {tuple(frames.shape[-2:])}, the model expects {config.image_size}²")
+
+        premask = None
+        if config.pre_mask:
+            premask = pre_mask(self._require(batch, "flow_mask", "pre_mask"), self._premask_gt(batch))
+            frames = apply_pre_mask(frames, premask)
+        pixel_values = (frames - self.pixel_mean) / self.pixel_std
+
+        mask_features, multi_scale, _ = self.pixel_level_module(pixel_values)
+
+        if self.text_module is not None:
+            keys = TextEncoder.prompt_keys(
+                self._require(batch, "prompt_a1", f"text={config.text!r}"),
+                self._require(batch, "prompt_a2", f"text={config.text!r}"),
+            )
+            residual = self.text_module(multi_scale[1], keys)
+            multi_scale = [
+                f + nn.functional.interpolate(residual, size=f.shape[-2:], mode="bilinear", align_corners=False)
+                for f in multi_scale
+            ]
+
+        audio = self.audio_encoder(batch["logmel"].float().unsqueeze(1))
+        audio_embedding = self.audio_projection(audio)
+
+        stone = None
+        if config.stage == 2:
+            stone = self._stepping_stone(batch)
+            # AAVS: the stepping stone is added to the mask features (all channels).
+            mask_features = mask_features + nn.functional.interpolate(
+                stone[:, None], size=mask_features.shape[-2:], mode="bilinear", align_corners=False
+            )
+
+        decoded = self.transformer_module(multi_scale, mask_features, audio_embedding, stone)
+        class_logits = [self.class_predictor(h.transpose(0, 1)) for h in decoded.intermediate_hidden_states]
+        masks = list(decoded.masks_queries_logits)
+        return SSPOutput(
+            class_logits=class_logits[-1],
+            mask_logits=masks[-1],
+            aux_outputs=list(zip(class_logits[:-1], masks[:-1])),
+            premask=premask,
+            stepping_stone=stone,
+        )
+
+    @torch.no_grad()
+    def predict(self, batch: dict) -> Tensor:
+        """Stage 1: N×S×S binary logits; stage 2: N×C×S×S class scores (see module doc)."""
+        output = self.forward(batch)
+        size = (self.config.image_size, self.config.image_size)
+        masks = nn.functional.interpolate(output.mask_logits, size=size, mode="bilinear", align_corners=False)
+        if self.config.stage == 1:
+            probability = foreground_probability(output.class_logits, masks, stage=1)
+            eps = torch.finfo(probability.dtype).eps
+            return torch.logit(probability.clamp(eps, 1 - eps))
+        class_probs = output.class_logits.softmax(-1)[..., :-1]
+        return torch.einsum("nqc,nqhw->nchw", class_probs, masks.sigmoid())
+
+    # -------------------------------------------------------------------------------------------
+    def _premask_gt(self, batch: dict) -> Tensor:
+        """M_GT of eq. 2: the GT in training, a stand-in at eval (premask_test_source)."""
+        if self.training:
+            return (batch["masks"] > 0).float()
+        source = self.config.premask_test_source
+        flow = batch["flow_mask"].float()
+        if source == "stage1":
+            if "stage1_mask" in batch and batch["stage1_mask"] is not None:
+                return (batch["stage1_mask"].float() > 0.5).float()
+            if self.config.stage == 2:
+                raise SSPError("pre_mask at eval with premask_test_source='stage1' needs batch['stage1_mask']")
+            source = "all"  # a stage-1 model has no earlier prediction (see SSPConfig)
+        if source == "flow":
+            return flow
+        return torch.ones_like(flow)
+
+    def _stepping_stone(self, batch: dict) -> Tensor:
+        """Stage 2's binary mask: GT foreground in training, stage 1's prediction at eval."""
+        if self.training:
+            return (batch["masks"] > 0).float()
+        return self._require(batch, "stage1_mask", "stage 2 at eval (the stepping stone)").float()
+
+    @staticmethod
+    def _require(batch: dict, key: str, why: str):
+        value = batch.get(key) if hasattr(batch, "get") else batch[key]
+        if value is None:
+            raise SSPError(f"{why} needs batch[{key!r}], which this batch does not have")
+        return value
+
+
+def foreground_probability(class_logits: Tensor, mask_logits: Tensor, stage: int) -> Tensor:
+    """N×h×w probability that some query covers the pixel with a foreground class.
+
+    Stage 1: the single foreground class; stage 2: any class but background (index 0).
+    Computed as 1 - Π_q (1 - p_q · sigmoid(m_q)) in log space.
+    """
+    probs = class_logits.softmax(-1)
+    query_fg = probs[..., 0] if stage == 1 else probs[..., 1:-1].sum(-1)  # N×Q
+    covered = query_fg[:, :, None, None] * mask_logits.sigmoid()
+    eps = torch.finfo(covered.dtype).eps
+    log_uncovered = torch.log1p(-covered.clamp(max=1 - eps)).sum(1)
+    return 1 - torch.exp(log_uncovered)
