@@ -330,8 +330,11 @@ def scan_video(root: Path, video: ExpectedVideo) -> tuple[list[dict[str, Any]], 
             "audio_margin_s": None, "audio_peak": None, "frames_expected": video.expected_frames,
         }
         path = root / expected.path
-        if path.is_file():
-            row["present"] = True
+        try:
+            row["present"] = path.is_file()
+        except OSError as e:  # e.g. a folder we may not read: the file is not usable
+            row["error"] = f"{type(e).__name__}: {e}"
+        if row["present"]:
             try:
                 if expected.kind == "audio":
                     _measure_audio(path, video.expected_frames, row)
@@ -354,13 +357,13 @@ def scan_video(root: Path, video: ExpectedVideo) -> tuple[list[dict[str, Any]], 
         elif r["kind"] != "audio":
             r["paired_frame_size"] = frame_sizes.get(r["index"])
 
-    frames_dir = root / video.frames_dir
-    found = 0
-    if frames_dir.is_dir():
+    try:
         found = sum(
-            1 for p in frames_dir.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and p.name.startswith(video.frame_prefix)
+            1 for name in os.listdir(root / video.frames_dir)
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and name.startswith(video.frame_prefix)
         )
+    except OSError:  # no folder (or an unreadable one): no frames
+        found = 0
     video_row = {
         "path": video.frames_dir, "subset": video.subset, "split": video.split,
         "frames_found": found, "frames_expected": video.expected_frames,
@@ -424,7 +427,7 @@ def file_rules(gxe: Any) -> list[Rule]:
 
     return [
         Rule("file present", gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True]),
-             lambda r: f"missing ({r['kind'].replace('_', ' ')})"),
+             lambda r: f"missing ({r['kind'].replace('_', ' ')})" + (f": {r['error']}" if r["error"] else "")),
         Rule("file decodable", gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
              lambda r: f"cannot decode: {r['error']}"),
         Rule("frame size consistent within video",
@@ -603,6 +606,8 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
     root = Path(root)
     if not root.is_dir():
         raise SSPError(f"{root}: dataset root is not a directory")
+    if workers is not None and workers < 1:
+        raise SSPError(f"--workers must be at least 1, got {workers}")
     if layout not in ("auto", "semantic", "object"):
         raise SSPError(f"unknown layout {layout!r} (auto, semantic or object)")
     if layout == "auto":
