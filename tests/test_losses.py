@@ -1,0 +1,151 @@
+"""SSPCriterion: targets, parts, labelled frames only, the post-mask loss, and that a tiny
+model overfits one batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssp.errors import SSPError
+from ssp.losses import SSPCriterion
+from ssp.models import ABLATION_ROWS, SSPConfig, SSPModel
+from ssp.models.ssp import SSPOutput, foreground_probability
+from test_model import SIZE, make_batch, tiny_config, tiny_text_model  # noqa: F401  (fixture)
+
+
+def random_output(config: SSPConfig, n: int = 2, seed: int = 0, requires_grad: bool = False) -> SSPOutput:
+    g = torch.Generator().manual_seed(seed)
+    q, k, h = config.num_queries, config.num_labels + 1, SIZE // 4
+
+    def make(*shape):
+        return torch.randn(*shape, generator=g).requires_grad_(requires_grad)
+
+    aux = [(make(n, q, k), make(n, q, h, h)) for _ in range(config.decoder_layers - 1)]
+    return SSPOutput(class_logits=make(n, q, k), mask_logits=make(n, q, h, h), aux_outputs=aux)
+
+
+def test_targets_stage1_and_stage2():
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    masks[0, :2, :2] = 1
+    labels, classes = SSPCriterion(SSPConfig.tiny(stage=1)).targets(masks)
+    assert [c.tolist() for c in classes] == [[0], []]  # one foreground mask, none in a silent frame
+    assert torch.equal(labels[0][0], (masks[0] > 0).float()) and labels[1].shape == (0, 4, 4)
+
+    masks[1, 1:, 1:] = 5
+    masks[1, 0, 0] = 2
+    labels, classes = SSPCriterion(SSPConfig.tiny(stage=2)).targets(masks)
+    assert [c.tolist() for c in classes] == [[0, 1], [0, 2, 5]]  # background is a class
+    assert labels[1].sum(0).eq(1).all()  # the class masks partition the frame
+    with pytest.raises(SSPError, match="out of range"):
+        SSPCriterion(SSPConfig.tiny(stage=2)).targets(torch.full((1, 2, 2), 71))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_parts_sum_to_total_and_only_labelled_frames_count(stage):
+    config = SSPConfig.tiny(stage=stage, post_mask=True)
+    criterion = SSPCriterion(config)
+    batch = make_batch(stage)
+    output = random_output(config)
+
+    torch.manual_seed(0)
+    losses = criterion(output, batch)
+    assert set(losses) == {"loss", "loss_ce", "loss_mask", "loss_dice", "loss_post"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    assert all(losses[k] > 0 for k in ("loss_ce", "loss_mask", "loss_dice", "loss_post"))
+    assert torch.allclose(losses["loss"], sum(losses[k] for k in ("loss_ce", "loss_mask", "loss_dice", "loss_post")))
+
+    # Frame 1 unlabelled: its masks and flow do not matter (same point-sampling RNG).
+    batch["labelled"] = torch.tensor([True, False])
+    torch.manual_seed(0)
+    reference = criterion(output, batch)
+    batch["masks"][1] = 0
+    batch["flow_mask"][1] = 1 - batch["flow_mask"][1]
+    torch.manual_seed(0)
+    changed = criterion(output, batch)
+    for key in reference:
+        assert torch.equal(reference[key], changed[key]), key
+
+    # Nothing labelled: zero loss that still backpropagates (DDP needs the graph).
+    batch["labelled"] = torch.tensor([False, False])
+    output = random_output(config, requires_grad=True)
+    losses = criterion(output, batch)
+    assert losses["loss"].item() == 0.0
+    losses["loss"].backward()
+    assert output.mask_logits.grad is not None
+
+
+def test_auxiliary_losses_are_included():
+    config = SSPConfig.tiny(stage=1)
+    criterion = SSPCriterion(config)
+    batch = make_batch(1)
+    output = random_output(config)
+    torch.manual_seed(0)
+    with_aux = criterion(output, batch)
+    output.aux_outputs = []
+    torch.manual_seed(0)
+    last_only = criterion(output, batch)
+    assert with_aux["loss_ce"] > last_only["loss_ce"] and with_aux["loss_mask"] > last_only["loss_mask"]
+    # weights: class 2, mask 5, dice 5 (Mask2Former's unweighted terms are ~O(1))
+    assert criterion.weights == {"loss_cross_entropy": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    assert criterion.mask2former_loss.empty_weight[-1].item() == pytest.approx(0.1)
+
+
+def test_post_mask_loss_targets_flow_and_gt_intersection():
+    config = SSPConfig.tiny(stage=1, post_mask=True, lambda_post=10.0)
+    criterion = SSPCriterion(config)
+    h = SIZE // 4
+    target = torch.zeros(1, SIZE, SIZE)
+    target[:, : SIZE // 2] = 1  # M_Post = top half
+
+    def output_covering(region: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        class_logits = torch.tensor([[[8.0, -8.0], [-8.0, 8.0]]])  # query 0 = foreground, query 1 = no object
+        masks = torch.full((1, 2, h, h), -10.0)
+        masks[0, 0][region] = 10.0
+        return class_logits, masks
+
+    top = torch.zeros(h, h, dtype=torch.bool)
+    top[: h // 2] = True
+    right = criterion.post_mask_loss(*output_covering(top), target)
+    wrong = criterion.post_mask_loss(*output_covering(~top), target)
+    assert right < 0.05 < 1.0 < wrong
+
+    # in the criterion: the label is M_O ∩ M_GT and the weight λ' = 10
+    batch = make_batch(1)
+    output = random_output(config)
+    losses = criterion(output, batch)
+    m_post = ((batch["flow_mask"] > 0) & (batch["masks"] > 0)).float()
+    expected = 10.0 * criterion.post_mask_loss(output.class_logits, output.mask_logits, m_post)
+    assert torch.allclose(losses["loss_post"], expected)
+    off = SSPCriterion(SSPConfig.tiny(stage=1, post_mask=False))(output, batch)
+    assert off["loss_post"] == 0
+    with pytest.raises(SSPError, match="flow_mask"):
+        criterion(output, {k: v for k, v in batch.items() if k != "flow_mask"})
+
+
+def test_foreground_probability_is_a_probabilistic_or():
+    class_logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75]]]))  # p(fg) = 0.5, 0.25
+    masks = torch.zeros(1, 2, 1, 1)  # sigmoid = 0.5
+    p = foreground_probability(class_logits, masks, stage=1)
+    assert p.item() == pytest.approx(1 - (1 - 0.25) * (1 - 0.125))
+    # stage 2: any class but background (0) and no-object (last)
+    class_logits = torch.log(torch.tensor([[[0.5, 0.3, 0.1, 0.1]]]))
+    p = foreground_probability(class_logits, torch.full((1, 1, 1, 1), 100.0), stage=2)
+    assert p.item() == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_full_model_overfits_one_batch(stage, tiny_text_model):  # noqa: F811
+    torch.manual_seed(0)
+    config = tiny_config(stage, tiny_text_model, **ABLATION_ROWS["full"])
+    model, criterion = SSPModel(config), SSPCriterion(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    batch = make_batch(stage)
+    history = []
+    for _ in range(12):
+        losses = criterion(model(batch), batch)
+        assert all(torch.isfinite(v) for v in losses.values())
+        optimizer.zero_grad()
+        losses["loss"].backward()
+        optimizer.step()
+        history.append(losses["loss"].item())
+    assert min(history[-3:]) < 0.6 * history[0], history
