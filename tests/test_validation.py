@@ -89,6 +89,7 @@ def test_valid_semantic_fixture_passes(tmp_path):
     assert report.counts["videos_per_subset_split"] == {
         "v1m/train": 1, "v1m/val": 1, "v1s/test": 1, "v1s/train": 1, "v2/test": 1, "v2/train": 1, "v2/val": 1,
     }
+    assert report.counts["videos_per_category"]["dog"] == 2 and report.counts["videos_per_category"]["man"] == 1
     assert 0 < report.checks_passed == report.checks_total
     assert report.summary.startswith("OK: semantic layout, 7 videos, 50 frames")
 

@@ -634,15 +634,17 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
             failures.append(Failure(manifest.path, "manifest readable", f"{type(e).__name__}: {e}"))
             continue
         present = [c for c in table.columns if c in manifest.columns]
+        check_objects = classes is not None and "a_obj" in table.columns
         records = table.to_dict("records")
         for line, record in enumerate(records, start=2):  # csv line numbers (header = 1)
             record["line"] = line
-            if classes is not None and "a_obj" in table.columns and isinstance(record["a_obj"], str):
-                unknown = [name for name in split_objects(record["a_obj"]) if _class_key(name) not in classes]
-                record["objects_known"], record["unknown_objects"] = not unknown, unknown
-        if classes is not None and "a_obj" in table.columns:
-            present.append("objects_known")
-        extra = ["objects_known", "unknown_objects"] if "objects_known" in present else []
+            if check_objects:
+                a_obj = record["a_obj"] if isinstance(record["a_obj"], str) else None  # null: its own rule
+                unknown = [n for n in split_objects(a_obj or "") if _class_key(n) not in classes]
+                record["objects_known"] = None if a_obj is None else not unknown
+                record["unknown_objects"] = unknown
+        extra = ["objects_known", "unknown_objects"] if check_objects else []
+        present += extra[:1]
         failures += validator.validate(
             f"manifest_{Path(manifest.path).stem}", records,
             manifest_rules(validator.gxe, manifest.columns, manifest.id_column, present), ["line"],
@@ -659,11 +661,13 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
         per = Counter(f"{subset}/{split}" for subset, split in subset_split)
         for key, n in sorted(per.items()):
             counts["videos_per_subset_split"][key] = counts["videos_per_subset_split"].get(key, 0) + n
+        # videos per sounding-object category (a_obj may name several per video)
         category_column = "a_obj" if manifest.subset is None else "category"
         if category_column in table.columns:
-            counts.setdefault("categories", {})
-            for value, n in table[category_column].dropna().value_counts().items():
-                counts["categories"][str(value)] = counts["categories"].get(str(value), 0) + int(n)
+            per_category = counts.setdefault("videos_per_category", {})
+            for value in table[category_column].dropna():
+                for name in split_objects(value) if category_column == "a_obj" else [value]:
+                    per_category[name] = per_category.get(name, 0) + 1
 
     # The reader stops at its first complaint, which, when a manifest rule failed, is
     # most likely that same problem again; ask it only about manifests that passed.
