@@ -274,19 +274,20 @@ def plan_videos(config: SynthConfig) -> list[VideoPlan]:
 # ----------------------------------------------------------------------------------
 
 # Anchor of each location word, as a fraction of the frame (x, y). Objects reach at
-# most 1.1 radius from their centre, so with the radius (<= 0.11), motion box
-# (half-size 0.055) and anchor jitter (0.015) below, objects at two edge anchors are
-# always apart (the closest pair, e.g. left/top, is 0.396 apart; 2 x (0.121 + 0.055 +
-# 0.015 x 1.42) = 0.394) and inside the frame; the centre only hosts a lone object.
+# most SHAPE_REACH x radius from their centre, so with the radius (<= 0.125), motion
+# box (half-size 0.045) and anchor jitter (0.015) below, objects at two edge anchors
+# are always apart (the closest pair, e.g. left/top, is 0.424 apart; 2 x (1.1 x 0.125
+# + 0.045 + 0.015 x 1.42) = 0.407) and inside the frame (0.2 - 0.015 - 0.045 - 0.1375
+# > 0); the centre only hosts a lone object.
 ANCHORS = {
-    "left": (0.22, 0.5), "right": (0.78, 0.5), "top": (0.5, 0.22), "bottom": (0.5, 0.78),
+    "left": (0.2, 0.5), "right": (0.8, 0.5), "top": (0.5, 0.2), "bottom": (0.5, 0.8),
     "centre": (0.5, 0.5),
 }
 EDGE_LOCATIONS = ("left", "right", "top", "bottom")
-RADIUS_RANGE = (0.095, 0.11)
-MOTION_BOX = 0.055
+RADIUS_RANGE = (0.105, 0.125)
+MOTION_BOX = 0.045
 SHAPE_REACH = 1.1
-SPEED_RANGE = (0.035, 0.05)     # per second (= per frame), fraction of the frame size
+SPEED_RANGE = (0.03, 0.042)     # per second (= per frame), fraction of the frame size; < MOTION_BOX
 ANCHOR_JITTER = 0.015
 SOURCE_RMS = 0.1                # level of one sounding object in the mix
 
