@@ -401,3 +401,13 @@ def test_a_obj_names_match_classes_loosely(semantic):
     edit_csv(semantic / "metadata.csv", '"guitar,man"', '"Guitar, MAN"')
     edit_csv(semantic / "metadata.csv", ",violin,", ",emergency_car,")
     assert validate_dataset(semantic).ok
+
+
+def test_manifest_without_rows_and_padded_cells(semantic, obj):
+    text = (semantic / "metadata.csv").read_text()
+    (semantic / "metadata.csv").write_text(text.replace(",test,v2", ", test , v2 "))  # spaces are ignored
+    assert validate_dataset(semantic).ok
+
+    (obj / "ms3_meta_data.csv").write_text("video_id,split\n")
+    report = validate_dataset(obj)
+    assert problems(report) == {"ms3_meta_data.csv": {"manifest not empty"}}

@@ -174,10 +174,12 @@ def read_manifest(path: Path, manifest: Manifest) -> pd.DataFrame:
     the usual names are read by position, as the official loaders (and ours) do."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     df.columns = [str(c).strip() for c in df.columns]
+    # Surrounding spaces are ignored (as the reader does); a blank cell is a missing one.
+    df = df.apply(lambda column: column.str.strip()).replace("", None)
     if manifest.subset == "v1s" and "name" not in df.columns:
         df = df.rename(columns=dict(zip(df.columns[:3], ("name", "start", "category"))))
-    if manifest.subset == "v1m" and "video_id" not in df.columns and "name" in df.columns:
-        df = df.rename(columns={"name": "video_id"})
+    if manifest.subset == "v1m" and "video_id" not in df.columns:
+        df = df.rename(columns={("name" if "name" in df.columns else df.columns[0]): "video_id"})
     return df
 
 
