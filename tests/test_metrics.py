@@ -492,3 +492,74 @@ def test_semantic_merge_and_state_roundtrip():
     reduced.load_state_tensors(summed)
     assert reduced.compute()["per_class_iou"] == pytest.approx(whole["per_class_iou"], abs=1e-12)
     assert reduced.compute()["num_frames"] == 8
+
+
+# ---------------------------------------------------------------------------------------
+# DDP: sync() over two gloo ranks equals one process seeing every frame
+# ---------------------------------------------------------------------------------------
+def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        logits, gt = random_binary(num_frames=10, seed=6)
+        # a DistributedSampler-like split: strided, the last rank padded with frame 0
+        ids = {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9, 0]}[rank]
+        binary = M.BinaryMeter(batch_frames=4)
+        binary.update(logits[ids], gt[ids], frame_ids=ids)
+        binary.sync()
+        in_rank_order = M.BinaryMeter(batch_frames=4)
+        in_rank_order.update(logits[ids[:5]], gt[ids[:5]])
+        in_rank_order.sync()
+        sem_logits, sem_gt = random_semantic(num_frames=6, seed=7)
+        semantic = M.SemanticMeter(num_classes=7)
+        semantic.update(sem_logits[rank::2], sem_gt[rank::2])
+        semantic.sync()
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump({"binary": binary.compute(), "rank_order": in_rank_order.compute(),
+                       "semantic": semantic.compute()}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_across_two_gloo_ranks(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    # fork: the workers reuse the imported torch (fast); gloo on CPU only
+    context = mp.get_context("fork")
+    workers = [context.Process(target=_ddp_worker,
+                               args=(rank, 2, str(tmp_path / "init"), str(tmp_path)))
+               for rank in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join(timeout=60)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.kill()
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results[0] == results[1]
+
+    logits, gt = random_binary(num_frames=10, seed=6)
+    single = M.BinaryMeter(batch_frames=4)
+    single.update(logits, gt)
+    assert results[0]["binary"] == pytest.approx(single.compute(), abs=1e-12)
+    # without frame ids: rank 0's frames, then rank 1's
+    rank_order = torch.tensor([0, 2, 4, 6, 8, 1, 3, 5, 7, 9])
+    expected = M.BinaryMeter(batch_frames=4)
+    expected.update(logits[rank_order], gt[rank_order])
+    assert results[0]["rank_order"] == pytest.approx(expected.compute(), abs=1e-12)
+
+    sem_logits, sem_gt = random_semantic(num_frames=6, seed=7)
+    whole = M.semantic_scores(sem_logits, sem_gt)
+    for key in ("miou", "fscore", "per_class_iou", "per_class_count", "num_frames"):
+        assert results[0]["semantic"][key] == pytest.approx(whole[key], abs=1e-12), key
