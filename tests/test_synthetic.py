@@ -178,6 +178,21 @@ def test_objects_never_overlap_and_stay_in_frame():
                 assert reach <= x <= size - reach and reach <= y <= size - reach
 
 
+def test_layout_constants_guarantee_no_overlap_and_in_frame():
+    # worst case: both objects jittered and moved towards each other
+    worst_reach = S.SHAPE_REACH * S.RADIUS_RANGE[1]
+    slack = S.MOTION_BOX + S.ANCHOR_JITTER * np.sqrt(2)
+    for a in S.EDGE_LOCATIONS:
+        ax, ay = S.ANCHORS[a]
+        for coord in (ax, ay):
+            assert coord - S.MOTION_BOX - S.ANCHOR_JITTER - worst_reach >= 0
+            assert coord + S.MOTION_BOX + S.ANCHOR_JITTER + worst_reach <= 1
+        for b in S.EDGE_LOCATIONS:
+            if a != b:
+                assert np.hypot(*np.subtract(S.ANCHORS[a], S.ANCHORS[b])) - 2 * slack >= 2 * worst_reach
+    assert S.SPEED_RANGE[1] <= S.MOTION_BOX
+
+
 def test_shapes_stay_within_their_reach():
     grid = np.linspace(-2, 2, 801)
     dx, dy = np.meshgrid(grid, grid)

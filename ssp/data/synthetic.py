@@ -66,6 +66,7 @@ import cv2
 import numpy as np
 import soundfile
 
+from ssp.data.avsbench import FRAMES_PER_SUBSET, SAMPLE_RATE, SPLITS, SUBSETS
 from ssp.data.palette import NUM_CLASSES, index_to_colour
 from ssp.errors import SSPError
 from ssp.fileio import write_json, write_text
@@ -73,10 +74,6 @@ from ssp.fileio import write_json, write_text
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-SAMPLE_RATE = 16_000
-SUBSETS = ("v1s", "v1m", "v2")
-SPLITS = ("train", "val", "test")
-FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
 SCENARIOS = ("moving_sounding", "still_sounding", "silent_distractor", "same_class_distractor")
 METADATA_COLUMNS = ("vid", "uid", "s_min", "s_sec", "a_obj", "split", "label")
 SCENARIO_COLUMNS = (
@@ -275,7 +272,7 @@ def plan_videos(config: SynthConfig) -> list[VideoPlan]:
 
 # Anchor of each location word, as a fraction of the frame (x, y). Objects reach at
 # most SHAPE_REACH x radius from their centre, so with the radius (<= 0.125), motion
-# box (half-size 0.045) and anchor jitter (0.015) below, objects at two edge anchors
+# disc (radius 0.045 around the anchor) and anchor jitter (+-0.015 per axis) below, objects at two edge anchors
 # are always apart (the closest pair, e.g. left/top, is 0.424 apart; 2 x (1.1 x 0.125
 # + 0.045 + 0.015 x 1.42) = 0.407) and inside the frame (0.2 - 0.015 - 0.045 - 0.1375
 # > 0); the centre only hosts a lone object.
@@ -299,7 +296,7 @@ def _round2(x: float) -> float:
 def _trajectory(rng: np.random.Generator, start: np.ndarray, centre: np.ndarray, box: float,
                 speed: float, steps_moving: list[bool]) -> list[np.ndarray]:
     """Positions per frame. Each moving step has length exactly ``speed`` (so moving
-    objects visibly move every step) and stays within ``box`` of ``centre``."""
+    objects visibly move every step) and stays within distance ``box`` of ``centre``."""
     positions = [start]
     heading = rng.uniform(0, 2 * math.pi)
     for moving in steps_moving:
@@ -317,10 +314,10 @@ def _trajectory(rng: np.random.Generator, start: np.ndarray, centre: np.ndarray,
                 to_centre = centre - pos
                 h = math.atan2(to_centre[1], to_centre[0]) + turn
             cand = pos + speed * np.array([math.cos(h), math.sin(h)])
-            if np.all(np.abs(cand - centre) <= box):
+            if math.hypot(*(cand - centre)) <= box:
                 new, heading = cand, h
                 break
-        if new is None:  # straight at the centre: inside the box because speed < box
+        if new is None:  # straight at the centre: ends within |distance - speed| <= box
             d = centre - pos
             n = float(np.hypot(*d))
             unit = d / n if n > 1e-9 else np.array([math.cos(heading), math.sin(heading)])
@@ -390,7 +387,7 @@ def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
         if moving and plan.subset == "v2" and rng.random() < 0.25:
             start, n = _stretch(rng, n_frames - 1, 2, 3)   # the object pauses a while
             steps[start:start + n] = [False] * n
-        start_pos = anchor + (rng.uniform(-box / 2, box / 2, 2) if moving else 0.0)
+        start_pos = anchor + (rng.uniform(-box / 2, box / 2, 2) if moving else 0.0)  # within box * 0.71
         positions = _trajectory(rng, start_pos, anchor, box, rng.uniform(*SPEED_RANGE) * size, steps)
         positions = [[_round2(p[0]), _round2(p[1])] for p in positions]
         # moving at frame t = displaced from a neighbour frame (what eq. (1)'s averaged
