@@ -328,16 +328,20 @@ def test_clean_answers_describe_the_scene():
             assert ("moving" in sentence or "moves" in sentence) == any(obj["moving"])
 
 
-def _quality_scene() -> dict:
-    """One source (a bell, left) and a silent drum (right)."""
-    scene = copy.deepcopy(next(s for s in _many_scenes(40) if len(s["objects"]) == 2 and s["subset"] == "v1s"
-                               and s["objects"][0]["class_name"] != s["objects"][1]["class_name"]))
-    return scene
+def _quality_scene() -> tuple[dict, dict, dict]:
+    """A v1s scene with one source and one silent object of another class."""
+    for scene in _many_scenes(40):
+        objs = scene["objects"]
+        if scene["subset"] == "v1s" and len(objs) == 2 and objs[0]["class_name"] != objs[1]["class_name"]:
+            source = next(o for o in objs if any(o["sounding"]))
+            silent = next(o for o in objs if not any(o["sounding"]))
+            return copy.deepcopy(scene), source, silent
+    raise AssertionError("no such scene in the plan")
 
 
 def test_quality_knob_corrupts_nouns_at_the_right_rate():
-    scene = _quality_scene()
-    source, silent = scene["objects"][0]["noun"], scene["objects"][1]["noun"]
+    scene, source_obj, silent_obj = _quality_scene()
+    source, silent = source_obj["noun"], silent_obj["noun"]
     clean = S.scene_answers(scene, 1.0, seed=0)
     assert clean == (S._answers(scene, None, 0.0))
     n, p = 3000, 0.3
@@ -351,7 +355,7 @@ def test_quality_knob_corrupts_nouns_at_the_right_rate():
             kinds["clean"] += 1
         elif a2 == []:
             kinds["drop"] += 1
-            assert source in a1 and f"{source} {scene['objects'][0]['verb']}" not in a1
+            assert source in a1 and f"{source} {source_obj['verb']}" not in a1
         elif a2[0] in S.VAGUE_NOUNS:
             kinds["blur"] += 1
             assert source not in a1
@@ -367,7 +371,7 @@ def test_quality_knob_corrupts_nouns_at_the_right_rate():
 
 
 def test_quality_knob_is_deterministic_and_monotone():
-    scene = _quality_scene()
+    scene, _, _ = _quality_scene()
     for seed in range(200):
         scene["uid"] = f"m{seed}"
         assert S.scene_answers(scene, 0.5, seed=1) == S.scene_answers(scene, 0.5, seed=1)

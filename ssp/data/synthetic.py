@@ -375,10 +375,11 @@ def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
     else:
         locations = [str(x) for x in rng.choice(EDGE_LOCATIONS, size=n_objects, replace=False)]
 
+    # objects in random order, so that "first mentioned" says nothing about sounding
+    drawn = list(zip(sounding_classes + silent_classes, [True] * n_sounding + [False] * n_silent, moves))
+    drawn = [drawn[k] for k in rng.permutation(n_objects)]
     objects = []
-    for i, (cls_pos, sounds, moving) in enumerate(
-        zip(sounding_classes + silent_classes, [True] * n_sounding + [False] * n_silent, moves)
-    ):
+    for i, (cls_pos, sounds, moving) in enumerate(drawn):
         cls = classes[cls_pos]
         radius = rng.uniform(*RADIUS_RANGE) * size
         anchor = (np.array(ANCHORS[locations[i]]) + rng.uniform(-ANCHOR_JITTER, ANCHOR_JITTER, 2)) * size
