@@ -606,7 +606,8 @@ class SemanticMeter:
         self.num_padding_skipped = 0
 
     # -- updates -----------------------------------------------------------------------
-    def update(self, logits: ArrayLike, gt: ArrayLike, frame_valid: ArrayLike | None = None) -> None:
+    def update(self, logits: ArrayLike, gt: ArrayLike,
+               frame_valid: ArrayLike | None = None) -> None:
         """Add N frames of class logits (N x C x H x W) and class-index GT (N x H x W).
 
         ``frame_valid`` (N,) bool marks real frames; frames flagged False (padding) are
@@ -625,7 +626,8 @@ class SemanticMeter:
             pred = torch.softmax(chunk_logits, dim=1).argmax(1)
             self._add(pred, gt.index_select(0, chunk.to(gt.device)))
 
-    def update_labels(self, pred: ArrayLike, gt: ArrayLike, frame_valid: ArrayLike | None = None) -> None:
+    def update_labels(self, pred: ArrayLike, gt: ArrayLike,
+                      frame_valid: ArrayLike | None = None) -> None:
         """Add N frames of already-argmaxed predictions (N x H x W class indices)."""
         import torch
 

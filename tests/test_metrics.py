@@ -183,7 +183,8 @@ def test_binary_inputs_numpy_channel_dim_and_bad_gt():
     expected = M.binary_miou(logits, gt)
     assert M.binary_miou(logits.numpy(), gt.numpy()) == expected
     assert M.binary_miou(logits.unsqueeze(1), gt.unsqueeze(1).bool()) == expected
-    assert M.binary_fscore(logits.numpy(), gt.numpy().astype(np.uint8)) == M.binary_fscore(logits, gt)
+    from_numpy = M.binary_fscore(logits.numpy(), gt.numpy().astype(np.uint8))
+    assert from_numpy == M.binary_fscore(logits, gt)
     with pytest.raises(ValueError, match="0 and 1"):
         M.binary_miou(logits, gt * 255)
     with pytest.raises(ValueError, match="shape"):
