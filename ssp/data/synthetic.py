@@ -626,6 +626,7 @@ USELESS_SENTENCES = (
     "The video is short and slightly grainy.",
 )
 _PAD_SLOTS = 4
+_VERBS = {c.name: c.verb for c in CLASS_CATALOGUE}
 
 
 def _article(word: str) -> str:
@@ -634,7 +635,8 @@ def _article(word: str) -> str:
 
 def _sentence(colour: str, noun: str, verb: str | None, moving: bool, location: str | None,
               at_times: bool = False) -> str:
-    """"A red bell rings while moving on the left." / "A blue drum sits silent ..."."""
+    """One A1 sentence, e.g. 'A red bell rings while moving on the left.' (``verb``),
+    'A blue drum sits silent at the top.' (None) or 'A blue drum is at the top.' ("")."""
     head = f"{_article(colour)} {colour} {noun}" if colour else f"{_article(noun)} {noun}"
     if verb is None:  # silent
         action = "moves silently" if moving else "sits silent"
@@ -650,8 +652,8 @@ def _answers(scene: dict[str, Any], rng: np.random.Generator | None, p: float) -
     """Build (A1, A2); with ``rng`` each sounding noun is corrupted with probability
     ``p`` (dropped, a wrong noun added, or blurred) and A1 gets padding sentences.
 
-    Every draw is made whatever ``p`` is, so a lower quality corrupts a superset of
-    what a higher quality corrupts (same seed): the quality curve is monotone.
+    Every draw is made whatever ``p`` is, so with the same seed a lower quality
+    corrupts a superset of the nouns a higher quality corrupts (monotone quality curve).
     """
     objects = scene["objects"]
     sounding = [o for o in objects if any(o["sounding"])]
@@ -690,12 +692,11 @@ def _answers(scene: dict[str, Any], rng: np.random.Generator | None, p: float) -
                 a2.append(target["noun"])
             elif absent:
                 name = absent[min(len(absent) - 1, int(pick * len(absent)))]
-                verb = {c.name: c.verb for c in CLASS_CATALOGUE}.get(name, "makes a sound")
+                verb = _VERBS.get(name, "makes a sound")
                 extra_sentences.append(f"{_article(name)} {name} {verb} somewhere out of view.")
                 a2.append(name)
 
     sentences = []
-    by_verb = {c.name: c.verb for c in CLASS_CATALOGUE}
     for o in objects:
         moving = any(o["moving"])
         noun = blurred.get(o["id"], o["noun"])
@@ -705,7 +706,7 @@ def _answers(scene: dict[str, Any], rng: np.random.Generator | None, p: float) -
             sentences.append(_sentence(o["colour"], noun, verb, moving, o["location"],
                                        at_times=not all(o["sounding"])))
         elif state == "claimed":
-            sentences.append(_sentence(o["colour"], noun, by_verb.get(noun, o["verb"]), moving, o["location"]))
+            sentences.append(_sentence(o["colour"], noun, o["verb"], moving, o["location"]))
         elif state == "missed":
             sentences.append(_sentence(o["colour"], noun, "", moving, o["location"]))
         else:
