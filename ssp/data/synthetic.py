@@ -928,23 +928,25 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="dataset folder to create (AVSBench-semantic layout)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed -> byte-identical files (default 0)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="dataset folder to create (AVSBench-semantic layout); written to "
+                        "DIR/../.NAME.partial first and renamed when complete")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed; same seed -> byte-identical files (default 0)")
     parser.add_argument("--size", choices=list(PRESETS), default="demo",
                         help="preset video counts: tiny = 12 videos (tests), demo = 304 (default; "
                         "minutes of CPU training), small = 1216")
-    parser.add_argument("--scale", type=float, default=1.0,
+    parser.add_argument("--scale", type=float, default=1.0, metavar="X",
                         help="multiply the preset's video counts (at least 1 per subset and split; default 1)")
-    parser.add_argument("--classes", type=int, default=8, dest="num_classes",
+    parser.add_argument("--classes", type=int, default=8, dest="num_classes", metavar="K",
                         help=f"number of classes K, {MIN_CLASSES}..{MAX_CLASSES} (default 8)")
-    parser.add_argument("--image-size", type=int, default=64, help="frame and mask side in pixels (default 64)")
-    parser.add_argument("--snr-db", type=float, default=20.0,
+    parser.add_argument("--image-size", type=int, default=64, metavar="PX", help="frame and mask side in pixels (default 64)")
+    parser.add_argument("--snr-db", type=float, default=20.0, metavar="DB",
                         help="level of one sounding object over the background noise, dB (default 20)")
-    parser.add_argument("--scenario-mix", default=",".join(f"{s}=1" for s in SCENARIOS),
+    parser.add_argument("--scenario-mix", default=",".join(f"{s}=1" for s in SCENARIOS), metavar="MIX",
                         help="relative proportions of the scenarios, NAME=WEIGHT,... (missing names get 0; "
                         "default: equal shares of " + ", ".join(SCENARIOS) + ")")
-    parser.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the frames (default 90)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality of the frames (default 90)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="parallel processes (default: number of CPUs); the output does not depend on it")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
