@@ -885,6 +885,8 @@ def generate_dataset(config: SynthConfig, out: str | Path, workers: int = 1, for
                      progress: bool = True) -> Path:
     """Write the whole dataset to ``out`` (staged beside it, then renamed). Returns ``out``."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SSPError(f"{out} exists and is not a folder")
     if out.exists() and not force:
         raise SSPError(f"{out} already exists; pass --force to replace it")
     staging = out.parent / f".{out.name}.partial"
