@@ -37,6 +37,16 @@ On disk (``{root}``)::
 
 Unlabelled frames (v1s train, frames 1-4) have no mask file, as in AVSBench-semantic.
 
+scene.json: ``uid, vid, subset, split, scenario, num_frames, image_size [H, W],
+sample_rate, snr_db, seed, vocabulary`` (the K class nouns), ``labelled`` (per frame),
+``objects`` and ``answers`` (``{"A1": str, "A2": [nouns]}``, the clean answers; see
+:func:`scene_answers` for degraded ones). Each object: ``id, class_index`` (label2idx),
+``class_name, noun, verb, colour`` (word), ``rgb, shape, texture, radius`` (px),
+``location`` (left/right/top/bottom/centre), per frame ``positions`` ([x, y] px, pixel
+centres at +0.5), ``moving`` (displaced from a neighbouring frame, i.e. what the
+averaged flow of eq. (1) sees at that frame) and ``sounding``; ``pitch_hz, gain``.
+:func:`render_object_mask` turns an object and a frame index back into its mask.
+
 Atomicity: the whole dataset is written into a staging folder beside ``--out``
 (``.{name}.partial``) and renamed onto ``--out`` once complete, ``manifest.json``
 last. A killed run leaves no ``--out`` at all (or the previous one untouched), never
