@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ssp synth --out data/synth --seed 0
+	$(BIN)/ssp synth --out data/synth --seed 0 --force
 	$(BIN)/ssp validate data/synth
 
 test: $(STAMP)

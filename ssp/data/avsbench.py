@@ -186,8 +186,10 @@ def _parse_float(text: str) -> float:
 
 
 def split_objects(a_obj: str) -> list[str]:
-    """``a_obj`` cell -> object names (comma, semicolon or ``|`` separated)."""
-    return [name.strip() for name in re.split(r"[,;|]", a_obj or "") if name.strip()]
+    """``a_obj`` cell -> object names. Real AVSBench joins several names with ``_``
+    (multi-word class names use ``-``, e.g. ``emergency-car``); we also accept comma,
+    semicolon and ``|``."""
+    return [name.strip() for name in re.split(r"[,;|_]", a_obj or "") if name.strip()]
 
 
 def _check_filters(subsets: Iterable[str] | None, splits: Iterable[str] | None):
