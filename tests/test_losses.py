@@ -13,6 +13,16 @@ from ssp.models.ssp import SSPOutput, foreground_probability
 from test_model import SIZE, make_batch, tiny_config, tiny_text_model  # noqa: F401  (fixture)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These models are tiny: one intra-op thread is as fast, and immune to the
+    oversubscription that makes 2-thread runs 10x slower when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def random_output(config: SSPConfig, n: int = 2, seed: int = 0, requires_grad: bool = False) -> SSPOutput:
     g = torch.Generator().manual_seed(seed)
     q, k, h = config.num_queries, config.num_labels + 1, SIZE // 4

@@ -18,6 +18,16 @@ SIZE = 64
 WORDS = "a man is playing the piano guitar dog barks in front of microphone car engine , . singing".split()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These models are tiny: one intra-op thread is as fast, and immune to the
+    oversubscription that makes 2-thread runs 10x slower when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory) -> str:
     """A random 2-layer, 32-wide BERT with a word-level vocab, saved like a HF model dir."""
