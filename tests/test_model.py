@@ -305,7 +305,7 @@ def test_transformers_seam():
         "masks_queries_logits", "class_queries_logits", "mask_labels", "class_labels", "auxiliary_predictions"}
 
 
-def test_paper_preset_and_hf_parameter_names():
+def test_paper_preset_and_hf_parameter_names(tmp_path):
     """The paper preset's plumbing (HF Swin, 256-d, 10 predictions, 30/100 queries) at a
     reduced Swin and input, and that its names match Hugging Face Mask2Former's."""
     from transformers import Mask2FormerModel, SwinConfig
@@ -329,11 +329,27 @@ def test_paper_preset_and_hf_parameter_names():
     m2f = build_mask2former_config(config)
     m2f.backbone_config = SwinConfig(image_size=128, out_features=["stage1", "stage2", "stage3", "stage4"], **small_swin)
     reference = set(Mask2FormerModel(m2f).state_dict())
-    ours = {k.replace("pixel_level_module.encoder.swin.", "pixel_level_module.encoder.")
-            for k in model.state_dict() if k.startswith(("pixel_level_module.", "transformer_module."))}
+    ours = {k for k in model.state_dict() if k.startswith(("pixel_level_module.", "transformer_module."))}
     additions = {k for k in ours if "_embed.weight" in k and k.split(".")[1] in
                  ("silence_embed", "uncertain_embed", "audio_embed")}
     assert ours - additions == reference
+
+    # A Hugging Face Mask2Former checkpoint (AVSS head: 71 classes, 100 queries) loads as is.
+    from safetensors.torch import save_file
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from ssp.models.weights import load_pretrained
+
+    m2f.num_labels = 71
+    checkpoint = Mask2FormerForUniversalSegmentation(m2f)
+    path = tmp_path / "mask2former.safetensors"
+    save_file({k: v.contiguous() for k, v in checkpoint.state_dict().items()}, str(path))
+    skipped = load_pretrained(model, {"mask2former_weights": path})["mask2former_weights"]
+    assert skipped == []
+    loaded = model.state_dict()
+    for key, value in checkpoint.state_dict().items():
+        if not key.startswith("criterion."):
+            assert torch.equal(loaded[key.removeprefix("model.")], value), key
 
 
 def test_vggish_audio_encoder_is_wired():
@@ -424,3 +440,16 @@ def test_pvt_v2_backbone_from_timm():
     assert model.pixel_level_module.encoder.channels == [32, 64, 160, 256]
     output = model(make_batch(1))
     assert output.mask_logits.shape == (2, config.num_queries, SIZE // 4, SIZE // 4)
+
+
+@pytest.mark.parametrize("text", ["att", "vta"])
+def test_trainable_text_model_gets_gradients(text, tiny_text_model):
+    from ssp.losses import SSPCriterion
+
+    config = tiny_config(1, tiny_text_model, text=text, text_trainable=True)
+    model, criterion = SSPModel(config), SSPCriterion(config)
+    bert = model.text_module.text_encoder.bert
+    assert all(p.requires_grad for p in bert.parameters()) and bert.training
+    batch = make_batch(1)
+    criterion(model(batch), batch)["loss"].backward()
+    assert [n for n, p in bert.named_parameters() if p.grad is None or p.grad.abs().sum() == 0] == []

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from transformers import SwinBackbone, SwinConfig
 
 from ssp.errors import DataError, SSPError
 from ssp.models.config import HF_SWIN_BACKBONE, SSPConfig
@@ -65,23 +66,20 @@ class TimmBackbone(nn.Module):
         return list(features)
 
 
-class HFSwinBackbone(nn.Module):
-    """Hugging Face's Swin (as inside Mask2Former), returning the four stage maps."""
+class HFSwinBackbone(SwinBackbone):
+    """Hugging Face's Swin (as inside Mask2Former), returning the four stage maps.
+
+    A subclass rather than a wrapper, so that parameter names are exactly those under
+    ``model.pixel_level_module.encoder.`` in Mask2Former checkpoints.
+    """
 
     def __init__(self, image_size: int, swin: dict):
-        super().__init__()
-        from transformers import SwinBackbone, SwinConfig
-
-        config = SwinConfig(
-            image_size=image_size,
-            out_features=["stage1", "stage2", "stage3", "stage4"],
-            **swin,
+        super().__init__(
+            SwinConfig(image_size=image_size, out_features=["stage1", "stage2", "stage3", "stage4"], **swin)
         )
-        self.swin = SwinBackbone(config)
-        self.channels = list(self.swin.channels)
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
-        return list(self.swin(pixel_values).feature_maps)
+        return list(super().forward(pixel_values).feature_maps)
 
 
 def build_visual_backbone(config: SSPConfig) -> nn.Module:

@@ -79,7 +79,7 @@ class TextEncoder(nn.Module):
         self.trainable = trainable
         if not trainable:
             self.bert.requires_grad_(False)
-            self.bert.eval()
+        self.train()  # from_pretrained returns eval mode; follow this module's mode instead
         self.hidden_size = self.bert.config.hidden_size
         self.max_tokens = max_tokens
         self.cache_size = cache_size
