@@ -1,0 +1,426 @@
+"""The pipeline against real servers, without Docker: what infra/docker-compose.yml runs,
+started here as plain processes on 127.0.0.1 (ephemeral ports, everything in temp
+folders) and stopped afterwards, with a check that no process or port is left.
+
+- PostgreSQL: Debian's binaries (/usr/lib/postgresql/*/bin, not on PATH), a throwaway
+  cluster initialised by the ``postgres`` system user when the tests run as root
+  (initdb refuses root), trust auth on 127.0.0.1 and a unix socket in the temp dir.
+- ``mlflow server`` with that PostgreSQL as backend store and a local folder as
+  artifact destination (proxied through the server, as the S3 bucket is in compose);
+  a training-like run logs through ssp.tracking and is read back with MlflowClient.
+- ``prefect server start`` on the same PostgreSQL and ``prefect worker start`` on a
+  process pool; infra/prefect/deploy.py deploys ``retrain`` from prefect.yaml onto the
+  pool params.yaml names; one run of it over a toy DVC project completes.
+- ``docker compose config`` validates infra/docker-compose.yml where the docker client
+  has the compose plugin.
+
+Without PostgreSQL's binaries (a laptop) the server tests skip: `bash
+infra/ci/install-services.sh` installs them (CI runs it before the tests).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+BIN = Path(PY).parent
+
+pytestmark = pytest.mark.servers
+
+
+# -- processes ---------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Service:
+    """A server process in its own session, its output in a log file. ``stop()`` ends it
+    and every process it started, then checks that none is left and the port is closed."""
+
+    def __init__(self, name: str, command: list[str], log: Path, port: int | None = None,
+                 env: dict[str, str] | None = None, cwd: Path | None = None, user: pwd.struct_passwd | None = None,
+                 stop_signal: int = signal.SIGTERM):
+        self.name, self.command, self.log, self.port, self.stop_signal = name, command, log, port, stop_signal
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                         start_new_session=True, **as_user)
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} log ({self.log}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before {what}\n{self.tail()}")
+            try:
+                if ready():
+                    return
+            except (OSError, httpx.HTTPError):
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.name}: no {what} after {timeout:.0f} s\n{self.tail()}")
+
+    def wait_http(self, url: str, timeout: float = 120) -> None:
+        self.wait_until(lambda: httpx.get(url, timeout=5).status_code == 200, f"200 from {url}", timeout)
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 30) -> None:
+        family = self.descendants()  # before the signal: children that left the session too
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, self.stop_signal)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for p in family:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        self.proc.wait(10)
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, f"{self.name}: processes left behind: {alive}"
+        if self.port:
+            deadline = time.monotonic() + 10
+            while port_open(self.port) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not port_open(self.port), f"{self.name}: port {self.port} still open"
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+def postgres_bindir() -> Path | None:
+    """Debian keeps the server binaries out of PATH, one folder per major version."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")  # Homebrew, other distributions
+    return Path(initdb).parent if initdb else None
+
+
+class Postgres:
+    def __init__(self, service: Service, port: int, user: str):
+        self.service, self.port, self.user = service, port, user
+
+    def url(self, database: str, driver: str = "") -> str:
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def connect(self, database: str = "postgres"):
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname=database, autocommit=True)
+
+    def accepts_connections(self) -> bool:
+        import psycopg
+
+        try:
+            self.connect().close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    def create_database(self, name: str) -> str:
+        with self.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) not installed in this environment")
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin or initdb on PATH): "
+                    "run `bash infra/ci/install-services.sh` (Debian/Ubuntu) to install them")
+    owner = None
+    if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` system user to own the cluster")
+    workdir = Path(tempfile.mkdtemp(prefix="ssp-pg-"))
+    if owner:
+        os.chown(workdir, owner.pw_uid, owner.pw_gid)
+    as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
+    init = subprocess.run(
+        [str(bindir / "initdb"), "-D", str(workdir / "data"), "-U", "ssp", "--auth=trust", "-E", "UTF8",
+         "--no-locale", "--no-sync"],
+        cwd=workdir, capture_output=True, text=True, **as_user,
+    )
+    assert init.returncode == 0, f"initdb failed:\n{init.stdout}\n{init.stderr}"
+    port = free_port()
+    service = Service(
+        "postgres",
+        # -F: no fsync (a throwaway cluster); -k: socket in our folder, not /var/run
+        [str(bindir / "postgres"), "-D", str(workdir / "data"), "-k", str(workdir), "-h", "127.0.0.1",
+         "-p", str(port), "-F"],
+        log=workdir / "postgres.log", port=port, cwd=workdir, user=owner, stop_signal=signal.SIGINT,
+    )
+    pg = Postgres(service, port, "ssp")
+    try:
+        service.wait_until(pg.accepts_connections, "connection", timeout=60)
+        yield pg
+    finally:
+        try:
+            service.stop()
+        finally:
+            print(service.tail(20))
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+# -- MLflow ----------------------------------------------------------------------
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    database = postgres.create_database("mlflow")
+    port = free_port()
+    artifacts = tmp_path / "artifacts"
+    service = Service(
+        "mlflow",
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres.url(database, "psycopg"),
+         "--artifacts-destination", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        log=tmp_path / "mlflow.log", port=port, cwd=tmp_path,
+        # the job runner (huey consumers) is for GenAI jobs; not needed, and 2 cores are few
+        env=server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        service.wait_http(f"{url}/health", timeout=150)
+        yield {"url": url, "artifacts": artifacts, "database": database}
+    finally:
+        try:
+            service.stop()
+        finally:
+            print(service.tail())  # shown by pytest when the test failed
+
+
+def test_mlflow_server_with_postgres_backend_records_a_training_run(mlflow_server, postgres, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from ssp.tracking import RunLogger
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
+    monkeypatch.delenv("SSP_MLFLOW_PARENT_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "checkpoint.txt"
+    checkpoint.write_text("weights")
+    losses = [0.9, 0.6, 0.45]
+    # what `ssp train` records: a pipeline parent run, a nested training run with params,
+    # per-epoch metrics, final metrics and the checkpoint as an artifact
+    with RunLogger("ssp-avss", "pipeline", params={"profile": "demo"}, parent_run_id="") as parent:
+        with RunLogger("ssp-avss", "train-stage2", params={"train2": {"epochs": 3, "lr": 1e-4}},
+                       tags={"dvc.stage": "train_stage2"}, parent_run_id=parent.run_id) as run:
+            for epoch, loss in enumerate(losses, start=1):
+                run.log_metrics({"train": {"loss": loss}, "val_miou": 0.1 * epoch}, step=epoch)
+            run.log_metrics({"miou": 0.3, "fscore": 0.5})
+            run.log_artifact(checkpoint, "checkpoints")
+
+    client = MlflowClient(mlflow_server["url"])
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["train2.epochs"] == "3" and float(got.data.params["train2.lr"]) == 1e-4
+    assert got.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert got.data.tags["dvc.stage"] == "train_stage2"
+    history = client.get_metric_history(run.run_id, "train.loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == list(zip([1, 2, 3], losses))
+    assert got.data.metrics["miou"] == pytest.approx(0.3)
+    assert [f.path for f in client.list_artifacts(run.run_id, "checkpoints")] == ["checkpoints/checkpoint.txt"]
+    downloaded = client.download_artifacts(run.run_id, "checkpoints/checkpoint.txt", str(tmp_path / "dl"))
+    assert Path(downloaded).read_text() == "weights"
+
+    # the runs live in PostgreSQL and the artifact in the server's destination, not locally
+    with postgres.connect(mlflow_server["database"]) as conn:
+        rows = conn.execute("SELECT name, status FROM runs ORDER BY name").fetchall()
+    assert rows == [("pipeline", "FINISHED"), ("train-stage2", "FINISHED")]
+    stored = list(mlflow_server["artifacts"].rglob("checkpoint.txt"))
+    assert len(stored) == 1 and stored[0].read_text() == "weights"
+    assert not (tmp_path / "mlruns").exists()
+
+
+# -- Prefect -----------------------------------------------------------------------
+def make_dvc_project(root: Path, work_pool: str) -> Path:
+    """A two-stage DVC project whose params.yaml names the work pool."""
+    root.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True)
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"n": 4}, "pipeline": {"work_pool": work_pool}}))
+    make_data = "import yaml; n = yaml.safe_load(open('params.yaml'))['data']['n']; open('data.txt', 'w').write('x' * n)"
+    score = "import json; json.dump({'score': len(open('data.txt').read())}, open('score.json', 'w'))"
+    stages = {
+        "synth": {"cmd": f'{PY} -c "{make_data}"', "params": ["data"], "outs": ["data.txt"]},
+        "train": {"cmd": f'{PY} -c "{score}"', "deps": ["data.txt"],
+                  "metrics": [{"score.json": {"cache": False}}]},
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "toy"], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture
+def prefect_server(postgres, tmp_path):
+    database = postgres.create_database("prefect")
+    port = free_port()
+    home = tmp_path / "prefect-home"
+    env = server_env(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=postgres.url(database, "asyncpg"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+    )
+    service = Service(
+        "prefect-server",
+        # the API only: schedules and the other loop services are not what this checks
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+        log=tmp_path / "prefect-server.log", port=port, env=env, cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        service.wait_http(f"{url}/health", timeout=150)
+        yield {"url": url, "home": home}
+    finally:
+        try:
+            service.stop()
+        finally:
+            print(service.tail())
+
+
+def test_retrain_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
+    pool = "ssp-test-pool"
+    project = make_dvc_project(tmp_path / "project", work_pool=pool)
+    mlflow_db = tmp_path / "mlflow.db"
+    env = server_env(
+        PREFECT_API_URL=prefect_server["url"],
+        PREFECT_HOME=str(prefect_server["home"]),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        SSP_PROJECT_DIR=str(ROOT),  # prefect.yaml's pull step: flows run from this checkout
+        MLFLOW_TRACKING_URI=f"sqlite:///{mlflow_db}",
+    )
+    env.pop("SSP_WORK_POOL", None)
+
+    # SSP_PROJECT_DIR unset when deploying: `prefect deploy` would bake its value in;
+    # unset, the pull step keeps the placeholder and each worker resolves its own
+    deploy_env = {k: v for k, v in env.items() if k != "SSP_PROJECT_DIR"}
+    deploy = subprocess.run(
+        [PY, str(ROOT / "infra/prefect/deploy.py"), "--params-file", str(project / "params.yaml"),
+         "--name", "retrain", "--flow-params", json.dumps({"project_dir": str(project)})],
+        env=deploy_env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+    )
+    assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+    api = httpx.Client(base_url=prefect_server["url"], timeout=30)
+    deployment = api.get("/deployments/name/retrain/retrain").json()
+    assert deployment["work_pool_name"] == pool
+    assert deployment["parameters"] == {"project_dir": str(project)}
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] \
+        == "{{ $SSP_PROJECT_DIR }}"
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
+    assert api.get(f"/work_pools/{pool}").json()["type"] == "process"
+
+    worker = Service("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "1"],
+                     log=tmp_path / "worker.log", env=env, cwd=tmp_path)
+    try:
+        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "retrain/retrain"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1)
+
+        state: dict = {}
+
+        def finished() -> bool:
+            state.update(api.get(f"/flow_runs/{flow_run_id}").json()["state"])
+            return state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+        worker.wait_until(finished, "finished flow run", timeout=240)
+        assert state["type"] == "COMPLETED", f"{state}\n{worker.tail(120)}"
+    finally:
+        try:
+            worker.stop()
+        finally:
+            print(worker.tail(120))
+
+    # the flow ran the DVC stages of the toy project and logged the pipeline run
+    assert json.loads((project / "score.json").read_text()) == {"score": 4}
+    status = subprocess.run([str(BIN / "dvc"), "status", "--json"], cwd=project, capture_output=True, text=True)
+    assert json.loads(status.stdout) == {}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{mlflow_db}")
+    experiment = client.get_experiment_by_name("ssp-avss")
+    (parent,) = client.search_runs([experiment.experiment_id])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["score.score"] == 4
+
+
+# -- docker compose ----------------------------------------------------------------
+def compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        version = subprocess.run([standalone, "version", "--short"], capture_output=True, text=True).stdout
+        if version.strip().startswith(("2", "v2", "3", "v3")):  # compose v1 does not know this file format
+            return [standalone]
+    return None
+
+
+def test_compose_file_validates(tmp_path):
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("no docker client with the compose plugin (`docker compose`) or docker-compose v2 here")
+    env = {**os.environ}
+    for line in (ROOT / "infra/.env.example").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            env.setdefault(key.strip(), value.strip())
+    out = subprocess.run([*compose, "-f", str(ROOT / "infra/docker-compose.yml"), "config", "--format", "json"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    services = json.loads(out.stdout)["services"]
+    assert {"postgres", "objectstore", "mlflow", "prefect-server", "prefect-worker"} <= set(services)
