@@ -469,12 +469,12 @@ def train(
             log.info("--resume: no checkpoint in %s, starting from scratch", checkpoints.root)
         else:
             weights_path, state_path = last
-            load_weights_into(model, weights_path)
             state = read_training_state(state_path)
             saved_config = state.extra.get("config")
             if saved_config is not None and saved_config != config.to_dict():
                 raise SSPError(f"{state_path}: was trained with another model config; "
                                "use a new --out or the same params")
+            load_weights_into(model, weights_path)
             position = state.position
             history = state.extra.get("history", [])
             best = state.extra.get("best", best)
@@ -513,7 +513,7 @@ def train(
             if batches_done == 0:
                 running.zero_()
                 running_steps = 0
-            epoch_start = time.time()
+            epoch_start, epoch_lr = time.time(), optimizer.param_groups[0]["lr"]
             bar = tqdm(train_loader, desc=f"stage {stage} epoch {epoch + 1}/{tp.epochs}", unit="step",
                        disable=not (progress and dist_info.is_main), leave=False)
             for batch in bar:
@@ -559,7 +559,7 @@ def train(
                 steps = torch.tensor([running_steps], dtype=torch.float64, device=device)
                 dist.all_reduce(steps)
                 epoch_losses = (reduced / steps.clamp(min=1)).tolist()
-            row_out: dict[str, Any] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+            row_out: dict[str, Any] = {"epoch": epoch + 1, "lr": epoch_lr,
                                        "seconds": round(time.time() - epoch_start, 2)}
             row_out.update({f"train_{k}": v for k, v in zip(loss_names, epoch_losses)})
             if (epoch + 1) % tp.val_every == 0 or epoch + 1 == tp.epochs:
