@@ -75,6 +75,13 @@ class SSPCriterion(nn.Module):
         return mask_labels, class_labels
 
     def forward(self, output: SSPOutput, batch: dict) -> dict[str, Tensor]:
+        # The loss runs in float32 even under bf16 autocast: the matcher hands its cost
+        # matrix to scipy, and point-sampled BCE/dice are precision-sensitive.
+        device = output.mask_logits.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._losses(_to_float(output), batch)
+
+    def _losses(self, output: SSPOutput, batch: dict) -> dict[str, Tensor]:
         labelled = batch["labelled"].to(output.mask_logits.device).bool()
         zero = output.mask_logits.sum() * 0.0  # keeps the graph (DDP) when nothing is labelled
         parts = {"loss_ce": zero, "loss_mask": zero, "loss_dice": zero, "loss_post": zero}
@@ -122,3 +129,13 @@ class SSPCriterion(nn.Module):
         denominator = probability.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
         dice = 1 - (numerator + 1) / (denominator + 1)
         return (bce + dice).mean()
+
+
+def _to_float(output: SSPOutput) -> SSPOutput:
+    return SSPOutput(
+        class_logits=output.class_logits.float(),
+        mask_logits=output.mask_logits.float(),
+        aux_outputs=[(c.float(), m.float()) for c, m in output.aux_outputs],
+        premask=output.premask,
+        stepping_stone=output.stepping_stone,
+    )

@@ -159,3 +159,27 @@ def test_full_model_overfits_one_batch(stage, tiny_text_model):  # noqa: F811
         optimizer.step()
         history.append(losses["loss"].item())
     assert min(history[-2:]) < 0.7 * history[0], history
+
+
+def test_loss_is_computed_in_float32_under_bf16_autocast():
+    """bf16 matmuls in the matcher and the post-mask map shift the loss by several units."""
+    config = SSPConfig.tiny(stage=2, post_mask=True)
+    output = random_output(config)
+    output = SSPOutput(
+        class_logits=output.class_logits.bfloat16(),
+        mask_logits=output.mask_logits.bfloat16(),
+        aux_outputs=[(c.bfloat16(), m.bfloat16()) for c, m in output.aux_outputs],
+    )
+    upcast = SSPOutput(
+        class_logits=output.class_logits.float(),
+        mask_logits=output.mask_logits.float(),
+        aux_outputs=[(c.float(), m.float()) for c, m in output.aux_outputs],
+    )
+    criterion, batch = SSPCriterion(config), make_batch(2)
+    torch.manual_seed(0)
+    reference = criterion(upcast, batch)
+    torch.manual_seed(0)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        losses = criterion(output, batch)
+    for key, value in losses.items():
+        assert value.dtype == torch.float32 and torch.equal(value, reference[key]), key
