@@ -453,3 +453,22 @@ def test_trainable_text_model_gets_gradients(text, tiny_text_model):
     batch = make_batch(1)
     criterion(model(batch), batch)["loss"].backward()
     assert [n for n, p in bert.named_parameters() if p.grad is None or p.grad.abs().sum() == 0] == []
+
+
+def test_timm_backbone_weights_from_a_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from ssp.models.backbones import TimmBackbone
+
+    source = timm.create_model("pvt_v2_b0", pretrained=False)
+    path = tmp_path / "pvt_v2_b0.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = SSPModel(tiny_config(1, backbone="pvt_v2_b0", backbone_kwargs={}, backbone_weights=str(path)))
+    loaded = model.pixel_level_module.encoder.body.state_dict()
+    assert torch.equal(loaded["patch_embed.proj.weight"], source.state_dict()["patch_embed.proj.weight"])
+
+    other = tmp_path / "pvt_v2_b1.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("pvt_v2_b1").state_dict().items()}, str(other))
+    with pytest.raises(DataError, match="pvt_v2_b1.safetensors"):
+        TimmBackbone("pvt_v2_b0", SIZE, weights=str(other))
