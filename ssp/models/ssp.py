@@ -80,6 +80,17 @@ class SSPOutput:
 
 
 class SSPModel(nn.Module):
+    """AAVS + SSP. Submodules (names follow Hugging Face Mask2Former where they exist):
+
+    - ``pixel_level_module``: ``encoder`` (visual backbone) + ``decoder`` (Mask2Former
+      pixel decoder);
+    - ``transformer_module``: audio-aware queries + masked-attention decoder (+ stage-2
+      silence/uncertain/audio embeddings);
+    - ``class_predictor``: Linear(D, num_labels + 1);
+    - ``audio_encoder`` (VGGish or the tiny CNN) and ``audio_projection`` (AAVS's MLP);
+    - ``text_module``: VTA or "att" with its text encoder, only when ``text != "none"``.
+    """
+
     def __init__(self, config: SSPConfig):
         super().__init__()
         config.validate()
