@@ -1,0 +1,94 @@
+"""ssp evaluate: the JSON (binary v1s/v1m, semantic v2/all, conventions), the per-class and
+per-scenario CSVs, and stage 2 never seeing GT masks as model input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssp.errors import SSPError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny benchmark (logmel only), random-init stage-1/2 checkpoints, stage-1 masks."""
+    from ssp.audio import compute_logmel
+    from ssp.checkpoint import save_weights
+    from ssp.data.avsbench import load_records
+    from ssp.data.synthetic import SynthConfig, generate_dataset
+    from ssp.inference import write_stage1_masks
+    from ssp.models import SSPConfig, SSPModel
+
+    root = tmp_path_factory.mktemp("eval")
+    data = generate_dataset(SynthConfig(seed=1, size="tiny"), root / "data", progress=False)
+    compute_logmel(load_records(data), root / "logmel")
+    torch.manual_seed(0)
+    s1, s2 = root / "s1.safetensors", root / "s2.safetensors"
+    save_weights(s1, SSPModel(SSPConfig.tiny(1, num_points=64)), {"epoch": 1})
+    save_weights(s2, SSPModel(SSPConfig.tiny(2, num_points=64)), {"epoch": 1})
+    write_stage1_masks(s1, data, root / "stage1", ("test",), logmel=root / "logmel", progress=False)
+    return {"root": root, "data": data, "logmel": root / "logmel", "s1": s1, "s2": s2, "stage1": root / "stage1"}
+
+
+def test_stage2_report_and_csvs(setup, monkeypatch):
+    from ssp.evaluate import evaluate
+    from ssp.models.ssp import SSPModel
+
+    seen: list[set] = []
+    original = SSPModel.forward
+
+    def spy(self, batch):
+        seen.append(set(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(SSPModel, "forward", spy)
+    out = setup["root"] / "report" / "test.json"
+    result = evaluate(setup["s2"], setup["data"], "test", out, stage1_masks=setup["stage1"],
+                      logmel=setup["logmel"], fscore_batch_videos=2, progress=False)
+    assert seen and all("masks" not in keys and "stage1_mask" in keys for keys in seen)
+
+    saved = json.loads(out.read_text())
+    assert saved["binary"].keys() >= {"v1s", "v1m"} and saved["semantic"].keys() >= {"v2", "all"}
+    assert saved["binary"]["v1s"]["batch_frames"] == 10  # 2 videos x 5 frames
+    for numbers in [*saved["binary"].values(), *saved["semantic"].values()]:
+        assert 0 <= numbers["miou"] <= 1 and 0 <= numbers["fscore"] <= 1
+    assert saved["semantic"]["all"]["num_frames"] == 5 + 5 + 10  # one test video per subset, real frames
+    assert "batch" in saved["conventions"]["binary"]["fscore"]
+    assert "ALL classes" in saved["conventions"]["semantic"]["miou"]
+
+    per_class = list(csv.DictReader(Path(result["per_class_csv"]).open()))
+    assert len(per_class) == 71 and per_class[0]["class"] == "background"
+    names = json.loads((setup["data"] / "label2idx.json").read_text())
+    assert {r["class"] for r in per_class} == set(names)
+    scenarios = {row["uid"]: row["scenario"] for row in csv.DictReader((setup["data"] / "scenarios.csv").open())
+                 if row["split"] == "test"}
+    per_scenario = list(csv.DictReader(Path(result["per_scenario_csv"]).open()))
+    assert {r["scenario"] for r in per_scenario} == set(scenarios.values())
+    assert sum(int(r["frames"]) for r in per_scenario) == 20
+
+
+def test_stage1_report_and_missing_stage1_masks(setup, tmp_path):
+    from ssp.evaluate import evaluate
+
+    result = evaluate(setup["s1"], setup["data"], "test", tmp_path / "s1.json", logmel=setup["logmel"],
+                      progress=False)
+    assert result["semantic"] == {} and result["binary"].keys() == {"v1s", "v1m", "v2"}
+    assert result["binary"]["v1m"]["batch_frames"] == 20
+    assert (tmp_path / "s1.per_scenario.csv").is_file()
+    with pytest.raises(SSPError, match="--stage1-masks"):
+        evaluate(setup["s2"], setup["data"], "test", tmp_path / "x.json", logmel=setup["logmel"], progress=False)
+
+
+def test_binary_from_semantic():
+    from ssp.evaluate import binary_from_semantic
+
+    scores = torch.zeros(1, 3, 1, 2)
+    scores[0, 0, 0, 0], scores[0, 2, 0, 0] = 0.9, 0.1  # mostly background
+    scores[0, 0, 0, 1], scores[0, 1, 0, 1] = 0.2, 0.6  # mostly class 1
+    logits = binary_from_semantic(scores)
+    assert logits[0, 0, 0] < 0 < logits[0, 0, 1]
+    assert torch.sigmoid(logits[0, 0, 1]).item() == pytest.approx(0.75, abs=1e-5)
