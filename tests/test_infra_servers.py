@@ -45,7 +45,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 BIN = Path(PY).parent
 
-pytestmark = pytest.mark.servers
 
 
 # -- processes ---------------------------------------------------------------------
@@ -240,6 +239,7 @@ def mlflow_server(postgres, tmp_path):
             print(service.tail())  # shown by pytest when the test failed
 
 
+@pytest.mark.servers
 def test_mlflow_server_with_postgres_backend_records_a_training_run(mlflow_server, postgres, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
@@ -331,6 +331,7 @@ def prefect_server(postgres, tmp_path):
             print(service.tail())
 
 
+@pytest.mark.servers
 def test_retrain_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     pool = "ssp-test-pool"
     project = make_dvc_project(tmp_path / "project", work_pool=pool)
@@ -405,22 +406,97 @@ def compose_command() -> list[str] | None:
     standalone = shutil.which("docker-compose")
     if standalone:
         version = subprocess.run([standalone, "version", "--short"], capture_output=True, text=True).stdout
-        if version.strip().startswith(("2", "v2", "3", "v3")):  # compose v1 does not know this file format
+        if version.strip().lstrip("v")[:1] in {"2", "3"}:  # compose v1 does not know this file format
             return [standalone]
     return None
 
 
-def test_compose_file_validates(tmp_path):
-    compose = compose_command()
-    if compose is None:
-        pytest.skip("no docker client with the compose plugin (`docker compose`) or docker-compose v2 here")
-    env = {**os.environ}
+def example_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"COMPOSE_FILE", "COMPOSE_PROJECT_NAME"}}
     for line in (ROOT / "infra/.env.example").read_text().splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             key, value = line.split("=", 1)
-            env.setdefault(key.strip(), value.strip())
-    out = subprocess.run([*compose, "-f", str(ROOT / "infra/docker-compose.yml"), "config", "--format", "json"],
-                         env=env, capture_output=True, text=True, timeout=60)
+            env[key.strip()] = value.strip()
+    return env
+
+
+@pytest.mark.servers
+def test_compose_file_validates():
+    compose = compose_command()
+    if compose is None:
+        pytest.skip("no docker client with the compose plugin (`docker compose`) or docker-compose v2 here")
+    files = ["-f", str(ROOT / "infra/docker-compose.yml"), "-f", str(ROOT / "infra/docker-compose.gpu.yml")]
+    out = subprocess.run([*compose, *files, "config", "--format", "json"],
+                         env=example_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     services = json.loads(out.stdout)["services"]
-    assert {"postgres", "objectstore", "mlflow", "prefect-server", "prefect-worker"} <= set(services)
+    long_running = {"postgres", "objectstore", "mlflow", "prefect-server", "prefect-worker"}
+    assert long_running | {"buckets", "prefect-deploy"} == set(services)
+    for name in long_running:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert all(p["host_ip"] == "127.0.0.1" for p in services[name].get("ports", [])), name
+    mlflow_args = " ".join(services["mlflow"]["command"])
+    assert "postgresql+psycopg://mlflow:change-me-mlflow@postgres:5432/mlflow" in mlflow_args
+    assert "--artifacts-destination=s3://ssp-mlflow/artifacts" in mlflow_args
+    worker = services["prefect-worker"]
+    assert worker["environment"]["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+    # a required secret left unset is an error, not an empty password
+    env = example_env()
+    del env["POSTGRES_PASSWORD"]
+    missing = subprocess.run([*compose, "-f", str(ROOT / "infra/docker-compose.yml"), "config", "-q"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+# -- work pool templates and pool choice (no server) --------------------------------
+def render_job(template: dict, **values) -> dict:
+    """What a worker makes of a base job template: defaults, then the deployment's values."""
+    from prefect.utilities.templating import apply_values
+
+    defaults = {k: v.get("default") for k, v in template["variables"]["properties"].items()}
+    return apply_values(template["job_configuration"], {**defaults, **values})
+
+
+def test_kubernetes_template_requests_the_gpus_asked_for():
+    template = json.loads((ROOT / "infra/prefect/kubernetes-gpu.json").read_text())
+    job = render_job(template, gpus=4, image="registry.example/ssp:1", memory="96Gi")
+    container = job["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["limits"]["memory"] == "96Gi"
+    assert container["image"] == "registry.example/ssp:1"
+    assert job["job_manifest"]["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory"
+    assert job["env"]["SSP_PROJECT_DIR"] == "/opt/ssp"
+
+
+def test_docker_template_requests_gpus_through_device_requests():
+    template = json.loads((ROOT / "infra/prefect/docker-gpu.json").read_text())
+    job = render_job(template, gpus=2)
+    (request,) = job["container_create_kwargs"]["device_requests"]
+    assert request == {"driver": "nvidia", "count": 2, "capabilities": [["gpu"]]}
+    assert render_job(template)["container_create_kwargs"]["device_requests"][0]["count"] == -1  # all
+    assert job["networks"] == ["ssp"]  # the compose network: mlflow, prefect-server by name
+    docker = pytest.importorskip("docker")  # docker-py accepts the request as written
+    assert docker.types.DeviceRequest(**request)["Count"] == 2
+
+
+def test_deploy_picks_the_pool_from_cli_then_env_then_params(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "infra/prefect"))
+    try:
+        import deploy
+    finally:
+        sys.path.remove(str(ROOT / "infra/prefect"))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"pipeline": {"work_pool": "gpu-k8s", "work_pool_type": "kubernetes"}}))
+    monkeypatch.delenv("SSP_WORK_POOL", raising=False)
+    monkeypatch.delenv("SSP_WORK_POOL_TYPE", raising=False)
+    assert deploy.choose_pool(None, None, params) == ("gpu-k8s", "kubernetes")
+    assert deploy.choose_pool(None, None, tmp_path / "none.yaml") == ("ssp-process", "process")
+    monkeypatch.setenv("SSP_WORK_POOL", "from-env")
+    assert deploy.choose_pool(None, None, params) == ("from-env", "kubernetes")
+    assert deploy.choose_pool("from-cli", "docker", params) == ("from-cli", "docker")
+    assert deploy.base_job_template("kubernetes")["job_configuration"]["job_manifest"]["kind"] == "Job"
+    assert "command" in deploy.base_job_template("process")["job_configuration"]
+    assert "retrain" in deploy.deployment_names(ROOT / "prefect.yaml")
