@@ -14,13 +14,14 @@ Targets per frame (labelled frames only, the others are dropped before matching)
   (index 0) included -- Mask2Former's semantic-segmentation targets.
 
 Post-mask loss L'_mask (``post_mask=True``): the label is M_Post = M_O ∩ M_GT
-(flow ∩ GT foreground). The prediction it supervises is the model's foreground map from
-the final queries, ``ssp.models.ssp.foreground_probability`` (the probability that some
-query covers the pixel with a non-background class -- for stage 1 the same map whose
-logit ``predict`` returns). Its form: binary cross-entropy + dice, each averaged over the
-labelled frames, computed at the mask-logit resolution (S/4) against M_Post average-
-pooled to that resolution -- coarser than L_mask, as the paper wants ("a higher fault
-tolerance rate"). It enters the total multiplied by ``lambda_post`` (λ'_mask, default 10).
+(flow ∩ GT foreground). The prediction it supervises is the model's additional post-mask
+prediction ``SSPOutput.post_mask_logits`` (a learned embedding dotted with the per-pixel
+mask features; why not the segmentation itself: see :mod:`ssp.models.ssp`). Its form:
+sigmoid binary cross-entropy + dice, each averaged over the labelled frames, computed at
+the mask-feature resolution (S/4) against M_Post average-pooled to that resolution --
+coarser than L_mask's point-sampled full-resolution targets, as the paper wants ("a
+higher fault tolerance rate"). It enters the total multiplied by ``lambda_post``
+(λ'_mask, default 10).
 
 ``SSPCriterion(config)(output, batch)`` returns a dict of scalar tensors:
 ``loss`` (the total, to backpropagate), ``loss_ce``, ``loss_mask``, ``loss_dice`` (each
@@ -38,7 +39,7 @@ from ssp.errors import SSPError
 from ssp.models.config import SSPConfig
 from ssp.models.mask2former import build_mask2former_config
 from ssp.models.premask import post_mask_target
-from ssp.models.ssp import SSPOutput, foreground_probability
+from ssp.models.ssp import SSPOutput
 
 
 class SSPCriterion(nn.Module):
@@ -111,20 +112,22 @@ class SSPCriterion(nn.Module):
                 flow = batch.get("flow_mask")
                 if flow is None:
                     raise SSPError("post_mask needs batch['flow_mask']")
+                if output.post_mask_logits is None:
+                    raise SSPError("post_mask is on but the model output has no post_mask_logits")
                 target = post_mask_target(flow.to(masks.device)[index], masks)
                 parts["loss_post"] = self.config.lambda_post * self.post_mask_loss(
-                    output.class_logits[index], output.mask_logits[index], target
+                    output.post_mask_logits[index], target
                 )
         parts["loss"] = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"] + parts["loss_post"]
         return parts
 
-    def post_mask_loss(self, class_logits: Tensor, mask_logits: Tensor, target: Tensor) -> Tensor:
-        """L'_mask: BCE + dice between the foreground map and M_Post (pooled to h×w)."""
-        probability = foreground_probability(class_logits, mask_logits, self.config.stage).float()
-        target = nn.functional.adaptive_avg_pool2d(target[:, None].float(), probability.shape[-2:])[:, 0]
-        eps = 1e-6
-        probability = probability.clamp(eps, 1 - eps)
-        bce = nn.functional.binary_cross_entropy(probability, target, reduction="none").mean(dim=(1, 2))
+    @staticmethod
+    def post_mask_loss(logits: Tensor, target: Tensor) -> Tensor:
+        """L'_mask: sigmoid BCE + dice between N×h×w logits and M_Post (pooled to h×w)."""
+        logits = logits.float()
+        target = nn.functional.adaptive_avg_pool2d(target[:, None].float(), logits.shape[-2:])[:, 0]
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+        probability = logits.sigmoid()
         numerator = 2 * (probability * target).sum(dim=(1, 2))
         denominator = probability.sum(dim=(1, 2)) + target.sum(dim=(1, 2))
         dice = 1 - (numerator + 1) / (denominator + 1)
@@ -138,4 +141,5 @@ def _to_float(output: SSPOutput) -> SSPOutput:
         aux_outputs=[(c.float(), m.float()) for c, m in output.aux_outputs],
         premask=output.premask,
         stepping_stone=output.stepping_stone,
+        post_mask_logits=None if output.post_mask_logits is None else output.post_mask_logits.float(),
     )

@@ -114,6 +114,7 @@ def test_every_ablation_row_shapes_and_gradients(stage, row, tiny_text_model):
     assert len(output.aux_outputs) == config.decoder_layers - 1
     assert (output.premask is not None) == config.pre_mask
     assert (output.stepping_stone is not None) == (stage == 2)
+    assert (output.post_mask_logits is not None) == config.post_mask
 
     # Upstream Mask2Former zero-initialises the deformable attention's offset and weight
     # projections, so at step 0 the pixel decoder's level embedding has an exactly-zero

@@ -31,8 +31,18 @@ Interface (used by ``ssp.train``, ``ssp.inference``, ``ssp.evaluate``, ``ssp.pre
 Stage 1's foreground probability (``foreground_probability``) combines the queries as
 "at least one query covers the pixel": 1 - Π_q (1 - p_q(fg) · sigmoid(m_q)). It is
 Mask2Former's semantic score for one class (Σ_q p_q · sigmoid(m_q)) when queries do not
-overlap, but stays in [0, 1], so its logit is defined everywhere. The post-mask loss is
-computed on the same map (see :mod:`ssp.losses`).
+overlap, but stays in [0, 1], so its logit is defined everywhere.
+
+Post-mask (``post_mask=True``): L'_mask is "an additional mask prediction loss" (paper
+§4.3) whose label M_Post = M_O ∩ M_GT leaves out the still parts of sounding objects.
+Put on the segmentation itself it would contradict L_AVS on exactly those pixels (we
+tried: with λ' = 10 a tiny model overfitting two frames stalls at IoU 0.62 instead of
+0.99). So the model makes one more mask prediction in Mask2Former's form: a learned
+post-mask embedding dotted with the per-pixel mask features (a 1×1 conv,
+``post_mask_head``), ``SSPOutput.post_mask_logits``. Supervising it with M_Post makes the
+shared mask features encode "moving and sounding", which is the paper's stated purpose
+("encourage the model to learn features that are dynamic and sound-related"); it is not
+used by ``predict``.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ class SSPOutput:
     aux_outputs: (class_logits, mask_logits) of every earlier prediction, first to last.
     premask: N×S×S M_Pre that was multiplied into the frames (pre_mask), else None.
     stepping_stone: N×S×S stage-2 mask that was injected, else None.
+    post_mask_logits: N×h×w prediction supervised by the post-mask loss (post_mask), else None.
     """
 
     class_logits: Tensor
@@ -77,6 +88,7 @@ class SSPOutput:
     aux_outputs: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     premask: Tensor | None = None
     stepping_stone: Tensor | None = None
+    post_mask_logits: Tensor | None = None
 
 
 class SSPModel(nn.Module):
@@ -88,7 +100,8 @@ class SSPModel(nn.Module):
       silence/uncertain/audio embeddings);
     - ``class_predictor``: Linear(D, num_labels + 1);
     - ``audio_encoder`` (VGGish or the tiny CNN) and ``audio_projection`` (AAVS's MLP);
-    - ``text_module``: VTA or "att" with its text encoder, only when ``text != "none"``.
+    - ``text_module``: VTA or "att" with its text encoder, only when ``text != "none"``;
+    - ``post_mask_head``: the post-mask prediction, only when ``post_mask``.
     """
 
     def __init__(self, config: SSPConfig):
@@ -106,6 +119,7 @@ class SSPModel(nn.Module):
         self.audio_encoder = build_audio_encoder(config)
         self.audio_projection = AudioProjection(config.hidden_dim)
         self.text_module = build_text_module(config)
+        self.post_mask_head = nn.Conv2d(config.hidden_dim, 1, kernel_size=1) if config.post_mask else None
         init_mask2former_weights(self, m2f_config)
 
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -156,12 +170,14 @@ class SSPModel(nn.Module):
         decoded = self.transformer_module(multi_scale, mask_features, audio_embedding, stone)
         class_logits = [self.class_predictor(h.transpose(0, 1)) for h in decoded.intermediate_hidden_states]
         masks = list(decoded.masks_queries_logits)
+        post_mask_logits = self.post_mask_head(mask_features)[:, 0] if self.post_mask_head is not None else None
         return SSPOutput(
             class_logits=class_logits[-1],
             mask_logits=masks[-1],
             aux_outputs=list(zip(class_logits[:-1], masks[:-1])),
             premask=premask,
             stepping_stone=stone,
+            post_mask_logits=post_mask_logits,
         )
 
     @torch.no_grad()
