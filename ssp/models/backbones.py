@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from transformers import SwinBackbone, SwinConfig
 
