@@ -23,14 +23,16 @@ and the post-mask loss use. This module has three layers, each usable on its own
    **The mean is taken over magnitudes, not vectors**: the paper converts the flows to
    grayscale images first and averages those; averaging vectors would also cancel an
    object that moves back and forth, which is exactly the kind of motion (a bow, a
-   drumstick) that marks a sound source.
+   drumstick) that marks a sound source. As in the paper, all flows are forward flows,
+   so the incoming pair's half of a middle frame's map lies on the previous frame's
+   grid: a fast object leaves a trail of one step behind it in M_O.
 
 3. :func:`flow_mask` — magnitude map → binary M_O by a threshold rule:
    ``fixed`` (moving iff magnitude > ``value`` px), ``fraction_of_max`` (> ``value`` ×
    the frame's maximum magnitude) or ``otsu`` (> Otsu's threshold of the frame's
    magnitudes; ``value`` unused). Whatever the rule, a pixel slower than
-   ``min_magnitude`` px is never moving, so that a still frame gives an empty mask
-   instead of Otsu splitting estimator noise in two. Optional clean-up: a morphological
+   ``min_magnitude`` px (default 1) is never moving, so that a still frame gives an
+   empty mask instead of Otsu splitting estimator noise in two. Optional clean-up: a morphological
    opening with a ``cleanup``×``cleanup`` square (0 = off, the default) removes specks.
 
 The ``ssp flow`` stage runs the three over every video of a dataset and writes, per
@@ -406,7 +408,7 @@ def per_frame_magnitudes(pair_flows: Sequence[np.ndarray]) -> list[np.ndarray]:
 class ThresholdRule:
     rule: str = "otsu"  # fixed | fraction_of_max | otsu
     value: float | None = None  # fixed: pixels; fraction_of_max: fraction in (0, 1]; otsu: unused
-    min_magnitude: float = 0.5  # pixels slower than this are never "moving" (any rule)
+    min_magnitude: float = 1.0  # pixels slower than this are never "moving" (any rule)
     cleanup: int = 0  # side of the square used for a morphological opening; 0 = off
 
     def __post_init__(self) -> None:
@@ -456,7 +458,7 @@ class FlowStageConfig:
     size: int | None = None  # flow computed on frames resized to size×size; None = native
     rule: str = "otsu"
     value: float | None = None
-    min_magnitude: float = 0.5
+    min_magnitude: float = 1.0
     cleanup: int = 0
     device: str | None = None  # RAFT / Perceiver; None = cuda when available
     threads: int | None = None  # OpenCV / torch threads of the process running a video
@@ -634,9 +636,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="magnitude threshold for the mask: fixed (VALUE pixels), fraction_of_max "
                         "(VALUE x the frame's max), otsu (per frame; VALUE unused). Default: otsu")
     parser.add_argument("--value", type=float, default=None, help="the rule's value (see --rule)")
-    parser.add_argument("--min-magnitude", type=float, default=0.5,
+    parser.add_argument("--min-magnitude", type=float, default=1.0,
                         help="pixels moving less than this many pixels are never in the mask, whatever the "
-                        "rule (keeps still frames empty). Default: 0.5")
+                        "rule (keeps still frames empty). Default: 1.0 (measured in bench/README.md)")
     parser.add_argument("--cleanup", type=int, default=0,
                         help="side of the square of a morphological opening applied to each mask "
                         "(removes specks); 0 = off (default)")
