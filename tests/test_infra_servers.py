@@ -7,7 +7,8 @@ folders) and stopped afterwards, with a check that no process or port is left.
   (initdb refuses root), trust auth on 127.0.0.1 and a unix socket in the temp dir.
 - ``mlflow server`` with that PostgreSQL as backend store and a local folder as
   artifact destination (proxied through the server, as the S3 bucket is in compose);
-  a training-like run logs through ssp.tracking and is read back with MlflowClient.
+  a real tiny ``ssp train`` (started through ``ssp launch``, nested under a pipeline
+  run) logs to it; params, metrics and the checkpoint are read back with MlflowClient.
 - ``prefect server start`` on the same PostgreSQL and ``prefect worker start`` on a
   process pool; infra/prefect/deploy.py deploys ``retrain`` from prefect.yaml onto the
   pool params.yaml names; one run of it over a toy DVC project completes.
@@ -239,47 +240,69 @@ def mlflow_server(postgres, tmp_path):
             print(service.tail())  # shown by pytest when the test failed
 
 
+def tiny_benchmark(root: Path) -> dict[str, Path]:
+    """`ssp synth --size tiny` and its log-mel features: what stage 1's `aavs` row reads."""
+    from ssp.audio import compute_logmel
+    from ssp.data.avsbench import load_records
+    from ssp.data.synthetic import SynthConfig, generate_dataset
+
+    data = generate_dataset(SynthConfig(seed=0, size="tiny"), root / "data", progress=False)
+    compute_logmel(load_records(data), root / "logmel")
+    return {"data": data, "logmel": root / "logmel"}
+
+
+# one short epoch on two subsets, 64 px, no workers: seconds on a CPU
+TINY_TRAINING = ["train1.epochs=1", "train1.batch_size=1", "train1.max_frames=2", "train1.num_workers=0",
+                 "train1.threads=1", "train1.overlays=0", "train1.subsets=[v1m,v2]", "model.num_points=64"]
+
+
 @pytest.mark.servers
-def test_mlflow_server_with_postgres_backend_records_a_training_run(mlflow_server, postgres, tmp_path, monkeypatch):
+def test_training_logs_to_the_mlflow_server_with_postgres_backend(mlflow_server, postgres, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from ssp.tracking import RunLogger
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server["url"])
-    monkeypatch.delenv("SSP_MLFLOW_PARENT_RUN_ID", raising=False)
+    bench = tiny_benchmark(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train": {"gpus": 1, "nodes": 1}}))
+    url = mlflow_server["url"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     monkeypatch.chdir(tmp_path)
-    checkpoint = tmp_path / "checkpoint.txt"
-    checkpoint.write_text("weights")
-    losses = [0.9, 0.6, 0.45]
-    # what `ssp train` records: a pipeline parent run, a nested training run with params,
-    # per-epoch metrics, final metrics and the checkpoint as an artifact
-    with RunLogger("ssp-avss", "pipeline", params={"profile": "demo"}, parent_run_id="") as parent:
-        with RunLogger("ssp-avss", "train-stage2", params={"train2": {"epochs": 3, "lr": 1e-4}},
-                       tags={"dvc.stage": "train_stage2"}, parent_run_id=parent.run_id) as run:
-            for epoch, loss in enumerate(losses, start=1):
-                run.log_metrics({"train": {"loss": loss}, "val_miou": 0.1 * epoch}, step=epoch)
-            run.log_metrics({"miou": 0.3, "fscore": 0.5})
-            run.log_artifact(checkpoint, "checkpoints")
 
-    client = MlflowClient(mlflow_server["url"])
-    got = client.get_run(run.run_id)
-    assert got.info.status == "FINISHED"
-    assert got.data.params["train2.epochs"] == "3" and float(got.data.params["train2.lr"]) == 1e-4
-    assert got.data.tags["mlflow.parentRunId"] == parent.run_id
-    assert got.data.tags["dvc.stage"] == "train_stage2"
-    history = client.get_metric_history(run.run_id, "train.loss")
-    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == list(zip([1, 2, 3], losses))
-    assert got.data.metrics["miou"] == pytest.approx(0.3)
-    assert [f.path for f in client.list_artifacts(run.run_id, "checkpoints")] == ["checkpoints/checkpoint.txt"]
-    downloaded = client.download_artifacts(run.run_id, "checkpoints/checkpoint.txt", str(tmp_path / "dl"))
-    assert Path(downloaded).read_text() == "weights"
+    # a pipeline parent run, and `ssp train` started the way dvc.yaml starts it (ssp launch)
+    with RunLogger("ssp-avs", "pipeline", parent_run_id="") as parent:
+        env = server_env(MLFLOW_TRACKING_URI=url, SSP_MLFLOW_PARENT_RUN_ID=parent.run_id, DVC_STAGE="train_stage1",
+                         OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+        command = [PY, "-m", "ssp.launch", "--params", str(params), "--", "train", "--stage", "1",
+                   "--data", str(bench["data"]), "--out", str(tmp_path / "run"), "--params", str(params),
+                   "--logmel", str(bench["logmel"]), "--row", "aavs", "--no-progress",
+                   *[arg for s in TINY_TRAINING for arg in ("--set", s)]]
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    # the runs live in PostgreSQL and the artifact in the server's destination, not locally
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("ssp-avs")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.run_id}'")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dvc.stage"] == "train_stage1" and run.data.tags["ssp.row"] == "aavs"
+    assert run.data.params["train.epochs"] == "1"
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    history = client.get_metric_history(run.info.run_id, "val_miou")
+    assert [m.step for m in history] == [1]
+    assert history[0].value == pytest.approx(metrics["best"]["miou"])
+
+    # the checkpoint went through the server's artifact proxy and comes back the same
+    local_best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.safetensors"]
+    fetched = client.download_artifacts(run.info.run_id, "checkpoints/best.safetensors", str(tmp_path / "fetched"))
+    assert Path(fetched).read_bytes() == local_best.read_bytes()
+    stored = list(mlflow_server["artifacts"].rglob("best.safetensors"))
+    assert len(stored) == 1 and stored[0].read_bytes() == local_best.read_bytes()
+
+    # both runs are rows of the PostgreSQL store; nothing was logged locally
     with postgres.connect(mlflow_server["database"]) as conn:
-        rows = conn.execute("SELECT name, status FROM runs ORDER BY name").fetchall()
-    assert rows == [("pipeline", "FINISHED"), ("train-stage2", "FINISHED")]
-    stored = list(mlflow_server["artifacts"].rglob("checkpoint.txt"))
-    assert len(stored) == 1 and stored[0].read_text() == "weights"
+        rows = conn.execute("SELECT run_uuid, status FROM runs").fetchall()
+    assert sorted(rows) == sorted([(parent.run_id, "FINISHED"), (run.info.run_id, "FINISHED")])
     assert not (tmp_path / "mlruns").exists()
 
 
