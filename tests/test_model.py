@@ -473,3 +473,16 @@ def test_timm_backbone_weights_from_a_local_file(tmp_path):
     save_file({k: v.contiguous() for k, v in timm.create_model("pvt_v2_b1").state_dict().items()}, str(other))
     with pytest.raises(DataError, match="pvt_v2_b1.safetensors"):
         TimmBackbone("pvt_v2_b0", SIZE, weights=str(other))
+
+
+def test_frozen_text_model_is_not_in_the_state_dict(tiny_text_model):
+    config = tiny_config(1, tiny_text_model, text="vta")
+    state = SSPModel(config).state_dict()
+    assert not any(".bert." in k for k in state) and any(k.startswith("text_module.visual_in") for k in state)
+    other = SSPModel(config)
+    assert not other.load_state_dict(state, strict=True).missing_keys
+    del state["text_module.visual_in.weight"]
+    with pytest.raises(RuntimeError, match="visual_in"):
+        other.load_state_dict(state, strict=True)
+    trainable = tiny_config(1, tiny_text_model, text="vta", text_trainable=True)
+    assert any(".bert." in k for k in SSPModel(trainable).state_dict())
