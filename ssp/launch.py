@@ -17,8 +17,8 @@ With ``gpus == 1`` and ``nodes == 1`` the stage is the plain ``python -m ssp.cli
 process. With several GPUs on one machine it runs under ``torchrun --standalone``
 (a private rendezvous on a free local port, nothing to configure). With several nodes
 every node runs the same command: torchrun's c10d rendezvous at ``rdzv_endpoint``
-gathers them and hands out the node ranks itself (whichever node comes first hosts
-the rendezvous when the endpoint is one of its addresses). With ``rdzv_backend:
+gathers them and hands out the node ranks itself (the node whose address the
+endpoint names hosts the rendezvous store). With ``rdzv_backend:
 static`` the ranks are fixed instead: ``rdzv_endpoint`` is node 0's address and each
 machine says its rank in ``SSP_NODE_RANK``. Training reads the usual torchrun
 variables (RANK, LOCAL_RANK, WORLD_SIZE, GROUP_RANK, MASTER_ADDR...) and only global
@@ -31,9 +31,9 @@ node) belongs in the environment, not in params.yaml, whose every change DVC
 treats as a new experiment.
 
 MLflow system metrics per node: with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true``,
-training wraps its work in ``node_system_metrics(run_id)``; on each node's local
-rank 0 it samples CPU/GPU/memory/disk/network into the job's run as
-``system/node<GROUP_RANK>/...``. ``node_tags()`` are the tags saying where a process ran.
+``node_system_metrics(run_id)`` wrapped around the training loop samples, on each
+node's local rank 0, CPU/GPU/memory/disk/network use into the job's run as
+``system/node<GROUP_RANK>/...``; ``node_tags()`` are the tags saying where a process ran.
 """
 
 from __future__ import annotations

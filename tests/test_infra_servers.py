@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Callable
@@ -178,7 +177,8 @@ def postgres():
             owner = pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root and there is no `postgres` system user to own the cluster")
-    workdir = Path(tempfile.mkdtemp(prefix="ssp-pg-"))
+    # as root, the cluster's owner must reach the folder: /tmp rather than a private TMPDIR
+    workdir = Path(tempfile.mkdtemp(prefix="ssp-pg-", dir="/tmp" if owner else None))
     if owner:
         os.chown(workdir, owner.pw_uid, owner.pw_gid)
     as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
@@ -506,11 +506,11 @@ def test_docker_template_requests_gpus_through_device_requests():
 
 
 def test_deploy_picks_the_pool_from_cli_then_env_then_params(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "infra/prefect"))
-    try:
-        import deploy
-    finally:
-        sys.path.remove(str(ROOT / "infra/prefect"))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ssp_infra_deploy", ROOT / "infra/prefect/deploy.py")
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"pipeline": {"work_pool": "gpu-k8s", "work_pool_type": "kubernetes"}}))
     monkeypatch.delenv("SSP_WORK_POOL", raising=False)
