@@ -282,6 +282,19 @@ def test_bad_threshold_rules_are_user_errors(rule, value):
         ThresholdRule(rule, value)
 
 
+def test_flow_at_another_size_is_scaled_back_to_frame_pixels():
+    from ssp.preprocess.flow import FlowStageConfig, video_magnitudes
+
+    a, b = shifted_pair(96, 128, dx=4, dy=0)
+    native = video_magnitudes([a, b], FlowStageConfig())
+    half = video_magnitudes([a, b], FlowStageConfig(size=64))  # 2 px in 64×64 → 4 px in 128
+    for maps in (native, half):
+        assert len(maps) == 2 and maps[0].shape == (96, 128)
+        assert abs(np.median(maps[0][16:-16, 16:-16]) - 4.0) < 0.5
+    assert video_magnitudes([a], FlowStageConfig())[0].shape == (96, 128)  # one frame: zero map
+    assert not video_magnitudes([a], FlowStageConfig())[0].any()
+
+
 # --------------------------------------------------------------------------- the stage
 
 from avsbench_fixtures import write_semantic_dataset  # noqa: E402

@@ -501,12 +501,15 @@ def video_magnitudes(frames: Sequence[np.ndarray], config: FlowStageConfig) -> l
     height, width = frames[0].shape[:2]
     if len(frames) < 2:
         return [np.zeros((height, width), np.float32) for _ in frames]
+    resized = config.size is not None and (height, width) != (config.size, config.size)
     inputs = list(frames)
-    if config.size is not None and (height, width) != (config.size, config.size):
-        inputs = [cv2.resize(f, (config.size, config.size), interpolation=cv2.INTER_AREA) for f in frames]
+    if resized:
+        shrink = config.size * config.size < height * width
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        inputs = [cv2.resize(f, (config.size, config.size), interpolation=interpolation) for f in frames]
     estimator = build_estimator(config.method, **config.estimator_options())
     flows = estimator(inputs[:-1], inputs[1:])
-    if inputs is not frames:
+    if resized:
         # Back to the frame's grid; vectors rescaled to the frame's pixels per axis.
         flow_h, flow_w = inputs[0].shape[:2]
         scale = np.array([width / flow_w, height / flow_h], np.float32)
