@@ -482,6 +482,8 @@ class FlowStageConfig:
         """What the outputs depend on (goes into the up-to-date fingerprint and the stamp).
         Device and thread counts change speed, not results, so they are left out."""
         params: dict[str, Any] = {"method": self.method, "size": self.size, **asdict(self.threshold_rule())}
+        if self.rule == "otsu":
+            params["value"] = None  # unused by Otsu: changing it must not redo every video
         if self.method == "dis":
             params["preset"] = self.preset
         else:
