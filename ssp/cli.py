@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ssp.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),
     "report": ("ssp.report", "ablation table, lambda' curve and per-scenario results"),
     "predict": ("ssp.predict", "segment a user's video: masks, class names, overlays"),
+    "launch": ("ssp.launch", "run a training command as one process or under torchrun (train.gpus / train.nodes)"),
 }
 
 

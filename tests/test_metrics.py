@@ -503,7 +503,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
     import torch.distributed as dist
 
-    torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
+    torch.set_num_threads(1)  # two ranks on 2 cores
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     try:
@@ -532,8 +532,9 @@ def test_sync_across_two_gloo_ranks(tmp_path):
 
     import torch.multiprocessing as mp
 
-    # fork: the workers reuse the imported torch (fast); gloo on CPU only
-    context = mp.get_context("fork")
+    # spawn, not fork: forking a process that already runs threads (torch's pools, the
+    # session's Prefect test server) can deadlock the child; gloo on CPU only
+    context = mp.get_context("spawn")
     workers = [context.Process(target=_ddp_worker,
                                args=(rank, 2, str(tmp_path / "init"), str(tmp_path)))
                for rank in range(2)]

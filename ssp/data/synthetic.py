@@ -859,8 +859,9 @@ def _write_dataset(config: SynthConfig, staging: Path, workers: int, progress: b
         if workers > 1:
             import multiprocessing
 
-            # results come back in plan order, so the output does not depend on workers
-            ctx = multiprocessing.get_context("fork")
+            # results come back in plan order, so the output does not depend on workers.
+            # spawn: forking a process whose OpenCV/torch threads already ran can deadlock
+            ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
                 for row in pool.imap(_generate_one, jobs, chunksize=4):
                     results.append(row)
