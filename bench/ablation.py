@@ -43,7 +43,7 @@ START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 # that one stage-2 run takes about a minute on 2 CPU cores.
 DEMO_SCHEDULE = [
     "train1.epochs=3", "train1.lr_step_epoch=2", "train1.max_frames=5", "train1.batch_size=4",
-    "train2.epochs=4", "train2.lr_step_epoch=3", "train2.max_frames=4", "train2.batch_size=2",
+    "train2.epochs=12", "train2.lr_step_epoch=8", "train2.max_frames=4", "train2.batch_size=2",
     "train2.subsets=[v2]", "train1.overlays=0", "train2.overlays=0",
 ]
 
@@ -79,6 +79,34 @@ def write_readme_section(text: str, readme: Path) -> None:
     write_text(readme, current)
 
 
+def premask_study(args, rows: list[str]) -> int:
+    """Test-time stand-in for M_GT in eq. 2: the trained pre-mask rows, re-evaluated."""
+    from ssp.evaluate import evaluate
+
+    sources = ("stage1", "flow", "all")
+    found: dict[str, dict[str, list[float]]] = {row: {s: [] for s in sources} for row in rows}
+    for seed in range(args.seeds):
+        seed_dir = args.work / f"seed{seed}"
+        for row in rows:
+            best = seed_dir / row / "checkpoints" / "best.safetensors"
+            if not best.exists():
+                continue
+            for source in sources:
+                ev = evaluate(best, args.data, "test", None, stage1_masks=seed_dir / "stage1_masks",
+                              flow=args.flow, prompts=args.prompts, logmel=args.logmel,
+                              premask_test_source=source, progress=False)
+                found[row][source].append(ev["semantic"]["v2"]["miou"] * 100)
+    lines = ["| Row | " + " | ".join(f"M_GT stand-in = {s}" for s in sources) + " |",
+             "|---|" + "---|" * len(sources)]
+    for row, per_source in found.items():
+        cells = [f"{mean_std(v)[0]:.2f} ± {mean_std(v)[1]:.2f} (n={len(v)})" if v else "-"
+                 for v in per_source.values()]
+        lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + " |")
+    text = "AVSS test mIoU (v2, %) of the pre-mask rows by test-time stand-in for M_GT:\n\n" + "\n".join(lines)
+    print(text)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1; default 3)")
@@ -93,6 +121,9 @@ def main() -> int:
                         help="extra params overrides after the demo schedule, e.g. train2.epochs=6")
     parser.add_argument("--readme", type=Path, default=ROOT / "bench" / "README.md",
                         help="README to put the table into (default bench/README.md); '' = none")
+    parser.add_argument("--premask-study", action="store_true",
+                        help="no training: re-evaluate the finished pre-mask rows with every test-time "
+                             "stand-in for M_GT (stage1, flow, all) and print/append that table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -103,6 +134,8 @@ def main() -> int:
     from ssp.train import train
 
     rows = args.rows.split(",") if args.rows else list(ABLATION_ROWS)
+    if args.premask_study:
+        return premask_study(args, [r for r in rows if ABLATION_ROWS[r]["pre_mask"]])
     overrides = [*DEMO_SCHEDULE, *args.overrides]
     dirs = dict(flow=args.flow, prompts=args.prompts, logmel=args.logmel)
     results_path = args.work / "ablation.json"

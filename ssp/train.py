@@ -380,9 +380,12 @@ def train(
     interrupt_after_steps: int | None = None,
     run_name: str | None = None,
     progress: bool = True,
+    step_hook: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train one stage; ``params`` is the loaded params dict (sections ``model``,
-    ``train1``/``train2``). Returns the final metrics (also in ``{run_dir}/metrics.json``)."""
+    ``train1``/``train2``). Returns the final metrics (also in ``{run_dir}/metrics.json``).
+    ``step_hook(global_step)`` is called at the end of every step (bench/train.py times
+    the real loop with it)."""
     import random
 
     import numpy as np
@@ -543,6 +546,8 @@ def train(
                                      extra={"history": history, "best": best, "running_steps": running_steps,
                                             "config": config.to_dict()},
                                      extra_tensors={"running": running})
+                if step_hook is not None:
+                    step_hook(position.global_step)
                 if interrupt_after is not None and position.global_step >= interrupt_after:
                     raise TrainingInterrupted(f"interrupted after step {position.global_step} "
                                               f"({INTERRUPT_ENV})")

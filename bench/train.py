@@ -1,0 +1,163 @@
+"""Training throughput and loop overhead on this machine.
+
+1. Tiny model (``SSPConfig.tiny``, 64 px): the REAL loop (``ssp.train.train``: DataLoader
+   with workers, collate, loss, AdamW, logging every ``log_every`` steps, MLflow) is timed
+   per step through its ``step_hook``; the same model is then timed on one preloaded
+   batch of the same shape for
+   - bare forward+backward (a surrogate scalar loss: the mean of the outputs),
+   - forward + the SSP loss (Hungarian matching, point sampling) + backward,
+   - + AdamW step.
+   Reported: medians over steps, clips/s (clip = one video) and the ratio
+   full step / bare forward+backward (acceptance: <= 1.15).
+2. Paper model (``SSPConfig.paper``: HF Swin-B Mask2Former, 10 decoder layers, VGGish):
+   a few forward+SSP-loss+backward+AdamW steps on a preloaded batch at ``--paper-size``
+   (default 384, the paper's) with ``--paper-frames`` frames (random init; the speed
+   does not depend on the weights).
+
+    .venv/bin/python bench/train.py --data data/synth --logmel data/logmel
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def median_time(fn, steps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def step_functions(model, criterion, optimizer, batch):
+    def bare():
+        output = model(batch)
+        loss = output.mask_logits.mean() + output.class_logits.mean() + sum(
+            m.mean() + c.mean() for c, m in output.aux_outputs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def with_loss():
+        output = model(batch)
+        loss = criterion(output, batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+
+    def with_optimizer():
+        with_loss()
+        optimizer.step()
+
+    return bare, with_loss, with_optimizer
+
+
+def bench_tiny(args) -> dict:
+    import torch
+
+    from ssp.data.avsbench import load_records
+    from ssp.data.datasets import collate_frames
+    from ssp.losses import SSPCriterion
+    from ssp.models import SSPModel
+    from ssp.params import load_params
+    from ssp.train import build_dataset, build_model_config, train
+
+    overrides = [
+        f"train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
+        "train1.subsets=[v2]", f"train1.num_workers={args.workers}", "train1.overlays=0",
+        f"train1.log_every={args.log_every}", "train1.val_every=1",
+    ]
+    params = load_params(Path("/nonexistent.yaml"), overrides=overrides)
+    stamps: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        train(1, args.data, Path(tmp) / "run", params, row="aavs", logmel=args.logmel, progress=False,
+              step_hook=lambda step: stamps.append(time.perf_counter()))
+    intervals = [b - a for a, b in zip(stamps, stamps[1:])][2:]  # first steps: workers starting
+    full = statistics.median(intervals)
+
+    config = build_model_config(params["model"] if "model" in params else {}, 1, "aavs")
+    records = load_records(args.data, subsets=["v2"], splits=["train"])[: args.batch_videos]
+    dataset = build_dataset(records, config, {"logmel": args.logmel}, max_frames=args.frames)
+    batch = collate_frames([dataset[i] for i in range(len(records))])
+    torch.manual_seed(0)
+    model = SSPModel(config).train()
+    criterion = SSPCriterion(config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+    bare, with_loss, with_optimizer = step_functions(model, criterion, optimizer, batch)
+    t_bare = median_time(bare, args.steps)
+    t_loss = median_time(with_loss, args.steps)
+    t_opt = median_time(with_optimizer, args.steps)
+    return {
+        "model": "tiny", "image_size": config.image_size, "videos_per_step": args.batch_videos,
+        "frames_per_step": args.batch_videos * args.frames, "loop_steps_timed": len(intervals),
+        "full_loop_step_s": full, "bare_fwd_bwd_s": t_bare, "fwd_ssp_loss_bwd_s": t_loss,
+        "fwd_loss_bwd_adamw_s": t_opt, "ratio_full_to_bare": full / t_bare,
+        "ratio_full_to_fwd_loss_bwd_adamw": full / t_opt,
+        "clips_per_s_full_loop": args.batch_videos / full,
+    }
+
+
+def bench_paper(args) -> dict:
+    import torch
+
+    from ssp.losses import SSPCriterion
+    from ssp.models import SSPConfig, SSPModel
+
+    config = SSPConfig.paper(1, image_size=args.paper_size)
+    torch.manual_seed(0)
+    model = SSPModel(config).train()
+    criterion = SSPCriterion(config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    n, s = args.paper_frames, args.paper_size
+    batch = {"frames": torch.rand(n, 3, s, s), "logmel": torch.randn(n, 96, 64),
+             "masks": (torch.rand(n, s, s) > 0.7).long(), "labelled": torch.ones(n, dtype=torch.bool)}
+    _, _, with_optimizer = step_functions(model, criterion, optimizer, batch)
+    t = median_time(with_optimizer, args.paper_steps, warmup=1)
+    return {"model": "paper", "image_size": s, "frames_per_step": n,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "fwd_loss_bwd_adamw_s": t, "frames_per_s": n / t,
+            "clips_per_s_5_frame_clips": n / t / 5}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data/synth"))
+    parser.add_argument("--logmel", type=Path, default=Path("data/logmel"))
+    parser.add_argument("--batch-videos", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=5, help="frames per video (max_frames)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per bare measurement")
+    parser.add_argument("--paper-size", type=int, default=384)
+    parser.add_argument("--paper-frames", type=int, default=2)
+    parser.add_argument("--paper-steps", type=int, default=3)
+    parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    args = parser.parse_args()
+
+    import torch
+
+    results = {"torch_threads": torch.get_num_threads(), "tiny": bench_tiny(args)}
+    if not args.skip_paper:
+        results["paper"] = bench_paper(args)
+    print(json.dumps(results, indent=2))
+    if args.out:
+        from ssp.fileio import write_json
+
+        write_json(args.out, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
