@@ -35,7 +35,7 @@ def test_unknown_profile_and_bad_yaml_name_the_file(tmp_path):
 
 
 def test_repo_params_load_in_both_profiles():
-    if not (ROOT / "params.yaml").exists():
-        pytest.skip("params.yaml not written yet")
     demo, paper = load_params(ROOT / "params.yaml"), load_params(ROOT / "params.yaml", profile="paper")
     assert demo["profile"] == "demo" and paper["profile"] == "paper"
+    assert (demo["model"]["size"], paper["model"]["size"]) == ("tiny", "paper")
+    assert paper["train2"]["epochs"] == 60 and paper["train2"]["lr_step_epoch"] == 20
