@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lint ui clean-venv
+.PHONY: setup demo test ui clean-venv
 
 setup: $(STAMP)
 
@@ -19,15 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the whole pipeline (every DVC stage, as Prefect tasks, logged to MLflow), then the report
 demo: $(STAMP)
-	$(BIN)/ssp synth --out data/synth --seed 0 --force
-	$(BIN)/ssp validate data/synth
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.reproduce
+	$(BIN)/ssp report
+	@echo
+	@echo "MLflow UI on the local store:  make ui   (then open http://127.0.0.1:5000)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 clean-venv:
 	rm -rf $(VENV)

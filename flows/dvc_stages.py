@@ -78,6 +78,8 @@ def run_stage(
 ) -> StageResult:
     """``dvc repro --single-item STAGE``, streaming its output line by line."""
     full_env = {**os.environ, **(env or {}), "DVC_STAGE": stage, "PYTHONUNBUFFERED": "1"}
+    # stage commands call `ssp`: find the one installed beside this interpreter (the venv)
+    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     proc = subprocess.Popen(
         [dvc_executable(), "repro", "--single-item", stage],
         cwd=project_dir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
