@@ -314,7 +314,7 @@ def ablation_sample_grid(
                              flow_dir=flow_dir if (config.pre_mask or config.post_mask) else None,
                              prompts_dir=prompts_dir if config.text != "none" else None,
                              stage1_dir=stage1_dir if config.stage == 2 else None, strict_masks=False,
-                             pad_short_audio=True)
+                             pad_short_audio=True, max_frames=frame_index + 1)  # frames up to the shown one
         panels = []
         for v, record in enumerate(records):
             batch = collate_frames([dataset[v]])
