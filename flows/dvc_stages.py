@@ -77,7 +77,9 @@ def run_stage(
     on_line: Callable[[str], None] | None = None,
 ) -> StageResult:
     """``dvc repro --single-item STAGE``, streaming its output line by line."""
-    full_env = {**os.environ, **(env or {}), "DVC_STAGE": stage, "PYTHONUNBUFFERED": "1"}
+    # progress bars become log lines here: one every 10 s is plenty
+    full_env = {"TQDM_MININTERVAL": "10", **os.environ, **(env or {}), "DVC_STAGE": stage,
+                "PYTHONUNBUFFERED": "1"}
     # stage commands call `ssp`: find the one installed beside this interpreter (the venv)
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     proc = subprocess.Popen(
