@@ -282,6 +282,7 @@ def resolve_model(uri: str, dst: str | Path | None = None) -> tuple[Path, dict[s
     from ssp.tracking import get_client, tracking_uri
 
     name, alias, version = parse_model_uri(uri)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # callers show their own progress
     client = get_client()
     try:
         found = (client.get_model_version_by_alias(name, alias) if alias is not None
@@ -341,6 +342,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="params file recorded with the version (default: params.yaml, if present)")
     parser.add_argument("--run-id", default=None,
                         help="MLflow run the checkpoint was logged to (default: found from the run folder)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="also write what was registered (name, version, champion or not) to this JSON "
+                             "file, e.g. as a DVC stage output")
     parser.add_argument("--alias", default=CHAMPION,
                         help="alias given to the new version when it beats the holder's metric. Default: champion")
 
@@ -367,4 +371,11 @@ def main(args: argparse.Namespace) -> int:
     state = (f"now @{args.alias}" if result.champion
              else f"@{args.alias} stays on version {result.previous_champion}")
     print(f"{result.name} version {result.version} ({args.metric}={value:.4f}): {state}")
+    if args.out is not None:
+        from dataclasses import asdict
+
+        from ssp.fileio import write_json
+
+        write_json(args.out, {**asdict(result), "metric_name": args.metric, "alias": args.alias,
+                              "uri": f"models:/{result.name}/{result.version}"})
     return 0

@@ -235,7 +235,8 @@ def checkpoint_of(run_dir_or_checkpoint: str | Path) -> Path:
 
 
 def prompts_caption(a1: str, a2: Sequence[str]) -> str:
-    return f"A1: {a1.strip() or '-'}\nA2: {', '.join(a2) or '-'}"
+    """A2 first: it is short and it is what a long A1 would push out of a cut caption."""
+    return f"A2: {', '.join(a2) or '-'}\nA1: {a1.strip() or '-'}"
 
 
 def ablation_sample_grid(
@@ -329,7 +330,7 @@ def ablation_sample_grid(
                 shown.update(int(c) for c in np.unique(pred) if c > 0)
         rows[row_name] = panels
     # One legend for every class shown (GT and predictions), so the colours can be read off.
-    grid = sample_grid(rows, captions, panel_size=panel_size)
+    grid = sample_grid(rows, captions, panel_size=panel_size, caption_lines=8)
     grid = np.concatenate([grid, legend(sorted(shown), palette, names, grid.shape[1])], axis=0)
     out = Path(out) if out is not None else data_root.parent / "sample_grid.png"
     return write_png(out, grid)

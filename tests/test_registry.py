@@ -122,9 +122,11 @@ def test_register_cli_on_a_run_folder(checkpoints, store, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     registry.add_arguments(parser)
     args = parser.parse_args(["--run-dir", str(run_dir), "--stage", "1", "--data", str(data),
-                              "--params", str(tmp_path / "none.yaml")])
+                              "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "registered.json")])
     assert registry.main(args) == 0
     assert "ssp-avs version 1 (val_miou=0.6100): now @champion" in capsys.readouterr().out
+    record = json.loads((tmp_path / "registered.json").read_text())
+    assert record["version"] == 1 and record["champion"] and record["uri"] == "models:/ssp-avs/1"
     version = get_client().get_model_version("ssp-avs", "1")
     assert version.run_id == run_id and version.tags["ssp.data_hash"].startswith("files:")
     _, manifest = resolve_model("models:/ssp-avs@champion")
