@@ -222,8 +222,19 @@ def logmel_per_frame(audio_path: Path, num_frames: int, fps: float) -> np.ndarra
 # ---------------------------------------------------------------------------------------
 # Running the models
 # ---------------------------------------------------------------------------------------
-def run_models(stage1: LoadedModel | None, main: LoadedModel, frames, logmel, masks_o, prompts, device):
-    """Per frame ``(class index map, confidence map)`` at the frame size."""
+def run_models(stage1: LoadedModel | None, main: LoadedModel, frames, logmel, masks_o, prompts, device,
+               batch_frames: int = 16):
+    """Per frame ``(class index map, confidence map)`` at the frame size; the models see
+    ``batch_frames`` frames at a time (frames are independent at inference), so a long
+    video does not need all its frames in one forward pass."""
+    results = []
+    for start in range(0, len(frames), batch_frames):
+        chunk = slice(start, start + batch_frames)
+        results += _run_chunk(stage1, main, frames[chunk], logmel[chunk], masks_o[chunk], prompts, device)
+    return results
+
+
+def _run_chunk(stage1, main, frames, logmel, masks_o, prompts, device):
     import torch
     import torch.nn.functional as F
 

@@ -175,3 +175,21 @@ def test_silent_audio_ok_and_a_stage1_model_alone(inputs, tmp_path):
     with pytest.raises(SSPError, match="either --checkpoint or --model"):
         predict_video(inputs / "astronaut.mp4", tmp_path / "x", checkpoint=inputs / "s1.safetensors",
                       model_uri="models:/ssp-avss@champion", progress=False)
+
+
+def test_frame_chunks_give_the_same_segmentation(inputs):
+    from ssp.predict import _load, run_models
+
+    stage1 = _load(inputs / "s1.safetensors", "cpu", {})
+    stage2 = _load(inputs / "s2.safetensors", "cpu", {})
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (48, 80, 3), dtype=np.uint8) for _ in range(3)]
+    logmel = rng.normal(size=(3, 96, 64)).astype(np.float32)
+    flow = [rng.random((48, 80)) > 0.5 for _ in range(3)]
+    prompts = {"a1": "", "a2": []}
+    whole = run_models(stage1, stage2, frames, logmel, flow, prompts, "cpu", batch_frames=16)
+    chunks = run_models(stage1, stage2, frames, logmel, flow, prompts, "cpu", batch_frames=2)
+    for (classes_a, conf_a), (classes_b, conf_b) in zip(whole, chunks, strict=True):
+        assert classes_a.shape == (48, 80)
+        np.testing.assert_array_equal(classes_a, classes_b)
+        np.testing.assert_allclose(conf_a, conf_b, atol=1e-5)
