@@ -54,15 +54,16 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def table(results: dict[str, dict[int, dict]], metric_set: str) -> str:
     lines = [
-        f"| Row | AVSS mIoU (ours, {metric_set}) | AVSS F (ours) | paper mIoU | paper F |",
-        "|---|---|---|---|---|",
+        f"| Row | AVSS mIoU (ours, {metric_set}) | AVSS F (ours) | seeds | paper mIoU | paper F |",
+        "|---|---|---|---|---|---|",
     ]
     for row, per_seed in results.items():
         mious = [r["miou"] * 100 for r in per_seed.values()]
         fs = [r["fscore"] * 100 for r in per_seed.values()]
         (m, ms), (f, fsd) = mean_std(mious), mean_std(fs)
         pm, pf = PAPER_AVSS[row]
-        lines.append(f"| {ROW_LABELS[row]} (`{row}`) | {m:.2f} ± {ms:.2f} | {f:.2f} ± {fsd:.2f} | {pm} | {pf} |")
+        lines.append(f"| {ROW_LABELS[row]} (`{row}`) | {m:.2f} ± {ms:.2f} | {f:.2f} ± {fsd:.2f} | {len(mious)} "
+                     f"| {pm} | {pf} |")
     return "\n".join(lines)
 
 
@@ -124,6 +125,8 @@ def main() -> int:
     parser.add_argument("--premask-study", action="store_true",
                         help="no training: re-evaluate the finished pre-mask rows with every test-time "
                              "stand-in for M_GT (stage1, flow, all) and print/append that table")
+    parser.add_argument("--table-only", action="store_true",
+                        help="no training: write the table from the finished runs in {work}/ablation.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -145,7 +148,7 @@ def main() -> int:
         for seed, numbers in saved.get("results", {}).get(row, {}).items():
             results[row][int(seed)] = numbers
     started = time.time()
-    for seed in range(args.seeds):
+    for seed in range(0 if args.table_only else args.seeds):
         seed_dir = args.work / f"seed{seed}"
         params = load_params(args.params, overrides=[*overrides, f"train1.seed={seed}", f"train2.seed={seed}"])
         stage1_best = seed_dir / "stage1" / "checkpoints" / "best.safetensors"
@@ -171,10 +174,12 @@ def main() -> int:
                          numbers["fscore"], numbers["seconds"])
             from ssp.fileio import write_json
 
-            write_json(results_path, {"overrides": overrides, "results": results})
+            merged = {**saved.get("results", {}), **{r: {str(k): v for k, v in per.items()} for r, per in results.items()}}
+            write_json(results_path, {"overrides": overrides, "results": merged})
 
+    results = {row: per_seed for row, per_seed in results.items() if per_seed}
     text = table(results, "test v2")
-    if "full" in results and "aavs" in results and args.seeds > 1:
+    if "full" in results and "aavs" in results and min(len(results["full"]), len(results["aavs"])) > 1:
         full = [r["miou"] for r in results["full"].values()]
         base = [r["miou"] for r in results["aavs"].values()]
         gap = statistics.fmean(full) - statistics.fmean(base)
