@@ -76,7 +76,7 @@ def bench_tiny(args) -> dict:
     overrides = [
         f"train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
         "train1.subsets=[v2]", f"train1.num_workers={args.workers}", "train1.overlays=0",
-        f"train1.log_every={args.log_every}", "train1.val_every=1",
+        f"train1.log_every={args.log_every}", "train1.val_every=1", f"train1.cache_in_memory={str(args.cache).lower()}",
     ]
     params = load_params(Path("/nonexistent.yaml"), overrides=overrides)
     stamps: list[float] = []
@@ -104,7 +104,8 @@ def bench_tiny(args) -> dict:
         "full_loop_step_s": full, "bare_fwd_bwd_s": t_bare, "fwd_ssp_loss_bwd_s": t_loss,
         "fwd_loss_bwd_adamw_s": t_opt, "ratio_full_to_bare": full / t_bare,
         "ratio_full_to_fwd_loss_bwd_adamw": full / t_opt,
-        "clips_per_s_full_loop": args.batch_videos / full,
+        "clips_per_s_full_loop": args.batch_videos / full, "cache_in_memory": args.cache,
+        "loader_workers": 0 if args.cache else args.workers,
     }
 
 
@@ -137,6 +138,7 @@ def main() -> int:
     parser.add_argument("--batch-videos", type=int, default=2)
     parser.add_argument("--frames", type=int, default=5, help="frames per video (max_frames)")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--cache", action="store_true", help="train1.cache_in_memory=true (no loader workers)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per bare measurement")
     parser.add_argument("--paper-size", type=int, default=384)

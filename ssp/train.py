@@ -79,6 +79,7 @@ class TrainParams:
     threads: int | None = None  # torch intra-op threads (None = torch's default)
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn only where impossible)
     overlays: int = 4  # prediction overlay PNGs logged for the best checkpoint
+    cache_in_memory: bool = False  # decode the train set once into RAM (small data); then no loader workers
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "TrainParams":
@@ -201,6 +202,23 @@ def collate_labelled(items):
         elif key in ("prompt_a1", "prompt_a2"):
             batch[key] = [value[i] for i in index.tolist()]
     return batch
+
+
+class InMemoryDataset:
+    """Every item of a dataset, decoded once (``cache_in_memory``)."""
+
+    def __init__(self, dataset, progress: bool = False):
+        from tqdm.auto import tqdm
+
+        self.records = dataset.records
+        self.items = [dataset[i] for i in tqdm(range(len(dataset)), desc="caching train set", unit="video",
+                                                disable=not progress, leave=False)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -427,6 +445,9 @@ def train(
     train_set = build_dataset(train_records, config, data_dirs, max_frames=tp.max_frames)
     val_set = build_dataset(val_records, config, data_dirs,
                             stage1_dir=stage1_masks if stage == 2 else None, max_frames=tp.max_frames)
+    if tp.cache_in_memory:
+        # Items are deterministic, so decoding them once is exact; the step then only collates.
+        train_set = InMemoryDataset(train_set, progress=progress and dist_info.is_main)
     sampler = make_resumable_sampler(train_set, dist_info, tp.seed, shuffle=True)
     on_cuda = device.type == "cuda"
     loader_kwargs: dict[str, Any] = dict(num_workers=tp.num_workers, pin_memory=on_cuda,
@@ -438,7 +459,8 @@ def train(
 
     train_loader = DataLoader(train_set, batch_size=tp.batch_size, sampler=sampler,
                               collate_fn=collate_labelled if tp.labelled_only else collate_frames,
-                              generator=torch.Generator().manual_seed(tp.seed), **loader_kwargs)
+                              generator=torch.Generator().manual_seed(tp.seed),
+                              **(dict(num_workers=0) if tp.cache_in_memory else loader_kwargs))
     val_indices = list(range(dist_info.rank, len(val_set), dist_info.world_size))  # no padding duplicates
     val_loader = DataLoader(val_set, batch_size=tp.val_batch_size, sampler=val_indices,
                             collate_fn=collate_frames, **loader_kwargs)
