@@ -122,6 +122,8 @@ def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_pa
     p = params("train1.epochs=2", "train1.step_checkpoint_every=3", "train1.seed=3")
     full = train(1, bench["data"], tmp_path / "full", p, row="full", progress=False, **dirs(bench))
 
+    # the interrupted/resumed run decodes its train set once into RAM: same items, same result
+    p["train1"]["cache_in_memory"] = True
     with pytest.raises(TrainingInterrupted):
         train(1, bench["data"], tmp_path / "cut", p, row="full", progress=False, interrupt_after_steps=7,
               **dirs(bench))
