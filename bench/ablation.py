@@ -155,7 +155,7 @@ def main() -> int:
         if not (seed_dir / "stage1" / "metrics.json").exists():
             train(1, args.data, seed_dir / "stage1", params, row="aavs", resume=True, **dirs,
                   run_name=f"ablation-stage1-seed{seed}", progress=False)
-        write_stage1_masks(stage1_best, args.data, seed_dir / "stage1_masks", ("val", "test"), progress=False,
+        write_stage1_masks(stage1_best, args.data, seed_dir / "stage1_masks", ("train", "val", "test"), progress=False,
                            **dirs)
         for row in rows:
             if seed in results[row]:

@@ -61,7 +61,10 @@ def load_params(
     except yaml.YAMLError as e:
         raise DataError(path, f"not valid YAML: {e}") from e
     profiles = raw.pop("profiles", {}) or {}
-    name = profile or raw.get("profile") or "demo"
+    overrides = list(overrides)
+    # `--set profile=paper` picks the profile too (as `dvc exp run -S profile=paper` does)
+    chosen = [parse_override(o)[1] for o in overrides if parse_override(o)[0] == ["profile"]]
+    name = profile or (str(chosen[-1]) if chosen else None) or raw.get("profile") or "demo"
     if name != "demo":
         if name not in profiles:
             raise DataError(path, f"profile {name!r} not defined (profiles: demo, {', '.join(profiles)})")

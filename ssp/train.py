@@ -442,7 +442,13 @@ def train(
     if stage == 2 and stage1_masks is None and stage1_checkpoint is None:
         raise SSPError("stage 2 validates on stage 1's predicted masks: pass --stage1-masks DIR "
                        "(from `ssp stage1-masks`) or --stage1-checkpoint CKPT")
-    train_set = build_dataset(train_records, config, data_dirs, max_frames=tp.max_frames)
+    # Stage 1's masks of the train split are read only when the pre-mask trains on them.
+    train_stage1 = stage == 2 and config.pre_mask and config.premask_train_source == "stage1"
+    if train_stage1 and stage1_masks is None:
+        raise SSPError("premask_train_source='stage1' trains on stage 1's masks of the train split: "
+                       "pass --stage1-masks DIR (from `ssp stage1-masks`, train split included)")
+    train_set = build_dataset(train_records, config, data_dirs, stage1_dir=stage1_masks if train_stage1 else None,
+                              max_frames=tp.max_frames)
     val_set = build_dataset(val_records, config, data_dirs,
                             stage1_dir=stage1_masks if stage == 2 else None, max_frames=tp.max_frames)
     if tp.cache_in_memory:
@@ -524,7 +530,7 @@ def train(
     run_params = {"stage": stage, "row": row or "", "data": str(data), "train": asdict(tp),
                   "model": config.to_dict(), "world_size": dist_info.world_size, "resumed_from": resumed_from or ""}
     tags = {"ssp.stage": str(stage), "ssp.row": row or "custom", "ssp.lambda_post": str(config.lambda_post),
-            "ssp.size": config.size}
+            "ssp.size": config.size, "ssp.run_dir": str(run_dir.resolve())}  # how `ssp register` finds the run
     name = run_name or f"stage{stage}-{row or config.size}-seed{tp.seed}"
     loss_names = ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_post")
     if state is not None:
@@ -613,6 +619,9 @@ def train(
                    "best_epoch": best["epoch"], "best": best["val"],
                    "final": {k[len("val_"):]: v for k, v in history[-1].items() if k.startswith("val_")},
                    "metric_for_best": "val miou"}
+        if tracker.run_id:  # None on non-zero DDP ranks (disabled logger); they write no metrics.json
+            # read by `ssp register` and `ssp evaluate` (test metrics go into this run)
+            metrics["mlflow_run_id"] = tracker.run_id
         if dist_info.is_main:
             write_json(run_dir / "metrics.json", metrics)
             tracker.log_metrics({f"best/{k}": v for k, v in best["val"].items()})

@@ -208,6 +208,21 @@ def test_pre_mask_in_the_model_train_and_eval_sources():
     assert torch.equal(model(batch).premask, flow.float())
 
 
+def test_pre_mask_trained_on_stage1_masks_never_reads_ground_truth():
+    batch = make_batch(2)
+    batch["stage1_mask"][0, :20] = 0.0  # stage 1 missed part of the object: differs from the GT
+    model = SSPModel(tiny_config(2, pre_mask=True, premask_train_source="stage1")).train()
+    flow, stage1 = batch["flow_mask"], batch["stage1_mask"] > 0.5
+    premask = model(batch).premask
+    assert torch.equal(premask, pre_mask(flow, stage1))
+    assert not torch.equal(premask, pre_mask(flow, batch["masks"]))
+    del batch["stage1_mask"]
+    with pytest.raises(SSPError, match="premask_train_source='stage1'.*stage1_mask"):
+        model(batch)
+    with pytest.raises(SSPError, match="premask_train_source"):
+        tiny_config(2, pre_mask=True, premask_train_source="oracle")
+
+
 def test_audio_aware_queries_cosine_weighting_by_hand():
     features = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     embeddings = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0], [-1.0, 0.0, 0.0]])

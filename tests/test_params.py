@@ -39,3 +39,14 @@ def test_repo_params_load_in_both_profiles():
     assert demo["profile"] == "demo" and paper["profile"] == "paper"
     assert (demo["model"]["size"], paper["model"]["size"]) == ("tiny", "paper")
     assert paper["train2"]["epochs"] == 60 and paper["train2"]["lr_step_epoch"] == 20
+    # the paper profile trains on whole videos of every subset (the demo keeps a few frames of v2)
+    assert paper["train2"]["max_frames"] is None and paper["train2"]["subsets"] is None
+    assert paper["train1"]["max_frames"] is None
+
+
+def test_profile_chosen_by_override(tmp_path):
+    p = write(tmp_path, {"profile": "demo", "train2": {"epochs": 4},
+                         "profiles": {"paper": {"train2": {"epochs": 60}}}})
+    paper = load_params(p, overrides=["profile=paper"])
+    assert paper["profile"] == "paper" and paper["train2"]["epochs"] == 60
+    assert load_params(p, overrides=["profile=paper", "train2.epochs=5"])["train2"]["epochs"] == 5

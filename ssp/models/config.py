@@ -41,6 +41,7 @@ from ssp.errors import SSPError
 
 TEXT_MODES = ("none", "att", "vta")
 PREMASK_TEST_SOURCES = ("stage1", "flow", "all")
+PREMASK_TRAIN_SOURCES = ("gt", "stage1")
 AUDIO_ENCODERS = ("vggish", "tiny")
 
 # Backbone name that selects the Hugging Face Swin of Mask2Former (instead of a timm model).
@@ -105,6 +106,12 @@ class SSPConfig:
     # "all" = the whole frame (M_Pre = 1 on M_O, 0.5 elsewhere: flow highlights, nothing
     # is blacked out).
     premask_test_source: str = "stage1"
+    # What is M_GT of eq. 2 in training: "gt" = the ground truth (the paper's wording);
+    # "stage1" = stage 1's predicted mask, as at test. With "gt" the pre-mask blacks out
+    # exactly the non-sounding pixels -- a shortcut the model leans on and then never gets
+    # at test, where stage 1's errors black out true objects (bench/README.md, Ablation).
+    # "stage1" needs `ssp stage1-masks` output for the train split (--stage1-masks).
+    premask_train_source: str = "gt"
 
     # --- text model ----------------------------------------------------------------------------
     # Directory of a BERT-family model + tokenizer (Hugging Face layout). None = the
@@ -136,6 +143,8 @@ class SSPConfig:
             bad(f"text must be one of {TEXT_MODES}, got {self.text!r}")
         if self.premask_test_source not in PREMASK_TEST_SOURCES:
             bad(f"premask_test_source must be one of {PREMASK_TEST_SOURCES}, got {self.premask_test_source!r}")
+        if self.premask_train_source not in PREMASK_TRAIN_SOURCES:
+            bad(f"premask_train_source must be one of {PREMASK_TRAIN_SOURCES}, got {self.premask_train_source!r}")
         if self.audio_encoder not in AUDIO_ENCODERS:
             bad(f"audio_encoder must be one of {AUDIO_ENCODERS}, got {self.audio_encoder!r}")
         if self.hidden_dim % 32 != 0:

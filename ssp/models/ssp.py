@@ -195,8 +195,12 @@ class SSPModel(nn.Module):
 
     # -------------------------------------------------------------------------------------------
     def _premask_gt(self, batch: dict) -> Tensor:
-        """M_GT of eq. 2: the GT in training, a stand-in at eval (premask_test_source)."""
+        """M_GT of eq. 2: the GT or stage 1's mask in training (premask_train_source), a
+        stand-in at eval (premask_test_source)."""
         if self.training:
+            if self.config.premask_train_source == "stage1":
+                stage1 = self._require(batch, "stage1_mask", "pre_mask with premask_train_source='stage1'")
+                return (stage1.float() > 0.5).float()
             return (batch["masks"] > 0).float()
         source = self.config.premask_test_source
         flow = batch["flow_mask"].float()
