@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stage1-masks": ("ssp.inference", "write stage 1's predicted masks (stage 2's stepping stones)"),
     "evaluate": ("ssp.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),
     "register": ("ssp.registry", "register a run's best checkpoint in the MLflow model registry (alias champion when val improves)"),
+    "samples": ("ssp.samples", "Fig. 8-style grid of sample overlays per ablation row (PNG + MLflow artifact)"),
     "report": ("ssp.report", "ablation table, lambda' curve and per-scenario results"),
     "predict": ("ssp.predict", "segment a user's video: masks, class names, overlays"),
     "launch": ("ssp.launch", "run a training command as one process or under torchrun (train.gpus / train.nodes)"),

@@ -3,7 +3,8 @@
 Reads the metrics files the pipeline's evaluation stages write (what ``dvc metrics show``
 shows): ``metrics/ablation/{row}.json`` (Table 2 rows), ``metrics/sweep/lambda_{v}.json``
 (Fig. 5 points) and ``metrics/stage2.json`` (the main model, with its per-scenario
-table). Writes ``report.md`` and PNG plots into ``--out`` and prints the tables.
+table). Writes ``report.md`` and PNG plots into ``--out`` and prints the tables. The
+sample grid of the ablation rows (``ssp samples``, paper Fig. 8) is linked when it exists.
 
 Our columns follow the paper's: S4 and MS3 are the binary (AVS) metrics of the v1s and
 v1m subsets, AVSS the semantic metrics over all subsets, all in % and each with the
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ PAPER_TABLE2: dict[str, tuple[str, tuple[float, ...]]] = {
     "full": ("Full model", (85.4, 93.3, 72.3, 84.6, 50.1, 54.5)),
 }
 COLUMNS = ("S4 mIoU", "S4 F", "MS3 mIoU", "MS3 F", "AVSS mIoU", "AVSS F")
+DEFAULT_SAMPLES = Path("reports/samples/ablation_grid.png")  # where the `samples` stage writes it
 
 
 def row_numbers(result: dict[str, Any]) -> tuple[float | None, ...]:
@@ -143,8 +146,22 @@ def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
     return path
 
 
-def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports") -> tuple[Path, str]:
+def samples_section(samples: Path | None, out: Path) -> list[str]:
+    """Markdown linking the ablation sample grid, relative to report.md (so the report
+    folder can be moved or browsed together with the grid)."""
+    parts = ["### Sample predictions (paper Fig. 8)", ""]
+    if samples is None or not samples.is_file():
+        return parts + ["_(no sample grid yet: dvc repro samples)_", ""]
+    link = Path(os.path.relpath(samples.resolve(), out.resolve())).as_posix()
+    return parts + ["The same test clips under every row: frame, flow mask M_O, pre-mask M_Pre, "
+                    "ground truth, then each row's prediction; A1/A2 prompts under each column.", "",
+                    f"![ablation samples]({link})", ""]
+
+
+def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports",
+                 samples: str | Path | None = DEFAULT_SAMPLES) -> tuple[Path, str]:
     metrics_dir, out = Path(metrics_dir), Path(out)
+    samples = Path(samples) if samples is not None else None
     if not metrics_dir.is_dir():
         raise SSPError(f"{metrics_dir}: no metrics folder (run the pipeline first: dvc repro)")
     out.mkdir(parents=True, exist_ok=True)
@@ -159,6 +176,7 @@ def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports
              "## Ablation (paper Table 2)", "", table, ""]
     if plot_ablation(ours, out):
         parts += ["![ablation](ablation.png)", ""]
+    parts += samples_section(samples, out)
     parts += ["## λ'_mask sweep (paper Fig. 5)", ""]
     if points:
         parts += ["| λ'_mask | AVSS mIoU | AVSS F |", "|---|---|---|"]
@@ -179,10 +197,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics folder written by the evaluation stages (default: metrics)")
     parser.add_argument("--out", default="reports", type=Path,
                         help="where report.md and the PNG plots go (default: reports)")
+    parser.add_argument("--samples", default=DEFAULT_SAMPLES, type=Path,
+                        help=f"the ablation sample grid of `ssp samples`, linked when it exists "
+                             f"(default: {DEFAULT_SAMPLES})")
 
 
 def main(args: argparse.Namespace) -> int:
-    path, text = build_report(args.metrics, args.out)
+    path, text = build_report(args.metrics, args.out, args.samples)
     print(text)
     print(f"\nreport: {path}")
     return 0

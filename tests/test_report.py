@@ -51,3 +51,18 @@ def test_missing_rows_show_dashes_and_missing_folder_is_an_error(tmp_path):
     assert "no sweep metrics yet" in text
     with pytest.raises(SSPError, match="no metrics folder"):
         build_report(tmp_path / "absent", tmp_path / "r")
+
+
+def test_sample_grid_is_linked_relative_to_the_report_when_it_exists(tmp_path):
+    write(tmp_path / "m" / "ablation" / "aavs.json", result(0.5, 0.4, 0.1))
+    grid = tmp_path / "reports" / "samples" / "ablation_grid.png"
+    _, text = build_report(tmp_path / "m", tmp_path / "reports", samples=grid)
+    assert "no sample grid yet" in text and "![ablation samples]" not in text
+    grid.parent.mkdir(parents=True)
+    grid.write_bytes(b"\x89PNG\r\n\x1a\n")
+    _, text = build_report(tmp_path / "m", tmp_path / "reports", samples=grid)
+    assert "![ablation samples](samples/ablation_grid.png)" in text
+    assert text.index("## Ablation") < text.index("![ablation samples]") < text.index("## λ'_mask sweep")
+    assert cli(["report", "--metrics", str(tmp_path / "m"), "--out", str(tmp_path / "r"),
+                "--samples", str(grid)]) == 0
+    assert "![ablation samples](../reports/samples/ablation_grid.png)" in (tmp_path / "r" / "report.md").read_text()
