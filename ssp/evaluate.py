@@ -15,6 +15,11 @@ Reported (every number with its convention, from :data:`ssp.metrics.METRIC_CONVE
 
 The model's input never contains the GT masks (``ssp.train.model_inputs``); stage 2 reads
 stage 1's masks from ``--stage1-masks`` as its stepping stone. Only the metrics use GT.
+
+When the checkpoint is a run folder's ``checkpoints/best.safetensors`` and the folder's
+``metrics.json`` names the MLflow run that trained it (``mlflow_run_id``, written by
+``ssp train``), the headline numbers are also logged into that run
+(:func:`log_to_training_run`), so every ablation / sweep run shows its test mIoU in MLflow.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-from ssp.errors import SSPError
+from ssp.errors import DataError, SSPError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +62,10 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", out:
              stage1_masks: str | Path | None = None, flow: str | Path | None = None,
              prompts: str | Path | None = None, logmel: str | Path | None = None,
              fscore_batch_videos: int = 4, device: str = "auto", batch_size: int = 4,
-             premask_test_source: str | None = None, progress: bool = True) -> dict[str, Any]:
+             premask_test_source: str | None = None, progress: bool = True,
+             log_to_run: bool = True) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on ``split`` (see module doc); written to ``out`` if given.
+    ``log_to_run``: also log them into the checkpoint's training run, when it has one."""
     import torch
     from tqdm.auto import tqdm
 
@@ -162,7 +172,80 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", out:
             result["per_scenario_csv"] = f"{stem}.per_scenario.csv"
             result["per_scenario"] = {r["scenario"]: {k: v for k, v in r.items() if k != "scenario"} for r in rows}
         write_json(out, result)
+    if log_to_run:  # after the JSON: a tracking error (it propagates) leaves the metrics on disk
+        log_to_training_run(checkpoint, result)
     return result
+
+
+# ---------------------------------------------------------------------------------------
+# Test metrics into the training run
+# ---------------------------------------------------------------------------------------
+def training_run_id(checkpoint: str | Path) -> str | None:
+    """The MLflow run that trained ``checkpoint``: ``mlflow_run_id`` of ``metrics.json`` in
+    its run folder (``{run_dir}/checkpoints/best.safetensors``); None for a checkpoint
+    outside a run folder or a run folder without one."""
+    checkpoint = Path(checkpoint)
+    path = checkpoint.parent.parent / "metrics.json"
+    if checkpoint.parent.name != "checkpoints" or not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(path, f"unreadable run metrics ({e})") from None
+    run_id = metrics.get("mlflow_run_id") if isinstance(metrics, dict) else None
+    return str(run_id) if run_id else None
+
+
+def run_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers logged into the training run, prefixed with the split (``test/``):
+    the AVSS metrics over all subsets (stage 2: ``test/miou``, ``test/fscore`` and the
+    ``_no_bg`` variants) and the binary ones per subset (``test/binary/v1s/miou``, ...,
+    the S4 / MS3 columns of Table 2; stage 1's only numbers). NaN is left out (MLflow's
+    charts break on it)."""
+    split = result["split"]
+    out: dict[str, float] = {}
+    semantic = result.get("semantic", {}).get("all", {})
+    for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
+        if semantic.get(key) is not None:
+            out[f"{split}/{key}"] = float(semantic[key])
+    for subset, numbers in result.get("binary", {}).items():
+        for key in ("miou", "fscore"):
+            if numbers.get(key) is not None:
+                out[f"{split}/binary/{subset}/{key}"] = float(numbers[key])
+    return {k: v for k, v in out.items() if v == v}
+
+
+def log_to_training_run(checkpoint: str | Path, result: dict[str, Any]) -> str | None:
+    """Log :func:`run_metrics` of ``result`` into the checkpoint's training run; returns
+    its id, or None when there is no such run. A run that no longer exists (deleted, or
+    recorded in another tracking store) is a warning: the evaluation stands without it.
+    Any other tracking error propagates."""
+    run_id = training_run_id(checkpoint)
+    if run_id is None:
+        return None
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    from ssp.tracking import _retry, get_client, tracking_uri
+
+    client = get_client()
+    try:
+        run = _retry(lambda: client.get_run(run_id), "get_run")
+    except MlflowException as e:
+        if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        log.warning("%s: MLflow run %s (its metrics.json) not found in %s; test metrics not logged to it",
+                    checkpoint, run_id, tracking_uri())
+        return None
+    if run.info.lifecycle_stage == "deleted":
+        log.warning("%s: MLflow run %s was deleted; test metrics not logged to it", checkpoint, run_id)
+        return None
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in run_metrics(result).items()]
+    if metrics:
+        _retry(lambda: client.log_batch(run_id, metrics=metrics), "log_metrics")
+        log.info("%s metrics logged to MLflow run %s", result["split"], run_id)
+    return run_id
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -191,13 +274,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what stands in for M_GT in the pre-mask at test (default: the checkpoint's config)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default: 4)")
+    parser.add_argument("--no-track", action="store_true",
+                        help="do not log the metrics into the checkpoint's MLflow training run")
 
 
 def main(args: argparse.Namespace) -> int:
     result = evaluate(args.checkpoint, args.data, args.split, args.out, stage1_masks=args.stage1_masks,
                       flow=args.flow, prompts=args.prompts, logmel=args.logmel,
                       fscore_batch_videos=args.fscore_batch_videos, device=args.device,
-                      batch_size=args.batch_size, premask_test_source=args.premask_test_source)
+                      batch_size=args.batch_size, premask_test_source=args.premask_test_source,
+                      log_to_run=not args.no_track)
     for group in ("binary", "semantic"):
         for name, numbers in result[group].items():
             log.info("%s %s: mIoU %.4f F %.4f", group, name, numbers["miou"], numbers["fscore"])

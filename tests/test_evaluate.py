@@ -92,3 +92,90 @@ def test_binary_from_semantic():
     logits = binary_from_semantic(scores)
     assert logits[0, 0, 0] < 0 < logits[0, 0, 1]
     assert torch.sigmoid(logits[0, 0, 1]).item() == pytest.approx(0.75, abs=1e-5)
+
+
+def run_folder(tmp_path, checkpoint, run_id) -> Path:
+    """A `ssp train` run folder around ``checkpoint`` whose metrics.json names ``run_id``."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, run_dir / "checkpoints" / "best.safetensors")
+    (run_dir / "metrics.json").write_text(json.dumps({"best": {"miou": 0.1}, "mlflow_run_id": run_id}))
+    return run_dir / "checkpoints" / "best.safetensors"
+
+
+def test_test_metrics_are_logged_into_the_training_run(setup, tmp_path, mlflow_store):
+    from ssp.evaluate import evaluate
+    from ssp.tracking import RunLogger, get_client
+
+    with RunLogger("ssp-avss", "stage2-full-seed0") as training:
+        training.log_metrics({"best/miou": 0.1})
+    checkpoint = run_folder(tmp_path, setup["s2"], training.run_id)
+    result = evaluate(checkpoint, setup["data"], "test", tmp_path / "m.json", stage1_masks=setup["stage1"],
+                      logmel=setup["logmel"], fscore_batch_videos=2, progress=False)
+    logged = get_client().get_run(training.run_id).data.metrics
+    semantic = result["semantic"]["all"]
+    for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
+        assert logged[f"test/{key}"] == pytest.approx(semantic[key])
+    for subset in ("v1s", "v1m", "v2"):
+        assert logged[f"test/binary/{subset}/miou"] == pytest.approx(result["binary"][subset]["miou"])
+    assert logged["best/miou"] == 0.1  # the training run's own metrics stay
+    assert json.loads((tmp_path / "m.json").read_text())["semantic"]["all"]["miou"] == semantic["miou"]
+
+
+def fake_result(split="test"):
+    return {"split": split, "semantic": {"all": {"miou": 0.25, "fscore": 0.5, "miou_no_bg": float("nan")}},
+            "binary": {"v1s": {"miou": 0.75, "fscore": 0.8}}}
+
+
+def test_run_metrics_names_and_no_nan():
+    from ssp.evaluate import run_metrics
+
+    assert run_metrics(fake_result("val")) == {"val/miou": 0.25, "val/fscore": 0.5, "val/binary/v1s/miou": 0.75,
+                                               "val/binary/v1s/fscore": 0.8}
+    assert run_metrics({"split": "test", "semantic": {}, "binary": {"v2": {"miou": 0.5, "fscore": 0.6}}}) == {
+        "test/binary/v2/miou": 0.5, "test/binary/v2/fscore": 0.6}  # stage 1: binary only
+
+
+def test_a_vanished_training_run_is_only_a_warning(setup, tmp_path, mlflow_store, caplog):
+    from ssp.evaluate import log_to_training_run
+    from ssp.tracking import RunLogger, get_client
+
+    checkpoint = run_folder(tmp_path, setup["s2"], "0123456789abcdef0123456789abcdef")  # another store's run
+    with caplog.at_level("WARNING", logger="ssp.evaluate"):
+        assert log_to_training_run(checkpoint, fake_result()) is None
+    assert "not found" in caplog.text and "0123456789abcdef" in caplog.text
+
+    with RunLogger("ssp-avss", "deleted") as run:
+        pass
+    get_client().delete_run(run.run_id)
+    (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"mlflow_run_id": run.run_id}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ssp.evaluate"):
+        assert log_to_training_run(checkpoint, fake_result()) is None
+    assert "deleted" in caplog.text
+
+
+def test_no_run_id_is_a_no_op_and_other_errors_propagate(setup, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    import ssp.tracking
+    from ssp.errors import DataError
+    from ssp.evaluate import log_to_training_run
+
+    assert log_to_training_run(setup["s2"], fake_result()) is None  # not in a run folder
+    checkpoint = run_folder(tmp_path, setup["s2"], None)
+    assert log_to_training_run(checkpoint, fake_result()) is None  # run folder without a run id
+
+    class Broken:
+        def get_run(self, run_id):
+            raise MlflowException("tracking server says no")
+
+    monkeypatch.setattr(ssp.tracking, "get_client", lambda: Broken())
+    (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"mlflow_run_id": "abc"}))
+    with pytest.raises(MlflowException, match="says no"):
+        log_to_training_run(checkpoint, fake_result())
+    (checkpoint.parent.parent / "metrics.json").write_text("{broken")
+    with pytest.raises(DataError, match="metrics.json"):
+        log_to_training_run(checkpoint, fake_result())

@@ -111,6 +111,11 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
     artifacts = [a.path for a in client.list_artifacts(runs["2"].info.run_id, "checkpoints")]
     assert artifacts == ["checkpoints/best.safetensors"]
     assert client.list_artifacts(runs["2"].info.run_id, "overlays")
+    # the run folder names its MLflow run both ways `ssp register` / `ssp evaluate` look it up
+    for stage, folder in (("1", "s1"), ("2", "s2")):
+        assert json.loads((tmp_path / folder / "metrics.json").read_text())["mlflow_run_id"] == \
+            runs[stage].info.run_id
+        assert runs[stage].data.tags["ssp.run_dir"] == str((tmp_path / folder).resolve())
 
 
 def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_path, mlflow_store):
@@ -135,6 +140,8 @@ def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_pa
     b = load_file(str(tmp_path / "cut" / "checkpoints" / "epoch_2.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # same numbers; each process logged its own MLflow run
+    assert resumed.metrics.pop("mlflow_run_id") != full.metrics.pop("mlflow_run_id")
     assert resumed.metrics == full.metrics
     assert (tmp_path / "full" / "history.csv").read_text().count("\n") == 3
     full_rows = list(csv.DictReader((tmp_path / "full" / "history.csv").open()))
@@ -204,3 +211,4 @@ def test_torchrun_two_cpu_processes(bench, tmp_path, mlflow_store):
     # 4 train videos over 2 ranks, batch 1: 2 steps per rank
     assert metrics["global_steps"] == 2
     assert 0 <= metrics["best"]["miou"] <= 1
+    assert metrics["mlflow_run_id"]  # rank 0's run (rank 1's logger is disabled)
