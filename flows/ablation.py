@@ -15,7 +15,8 @@ from flows.reproduce import reproduce
 
 @flow(name="ablation", log_prints=True)
 def ablation(project_dir: str = ".", include_sweep: bool = True, track: bool = True) -> dict[str, Any]:
-    targets = ["ablation", "sweep"] if include_sweep else ["ablation"]
+    # `samples` is the Fig. 8 grid of the rows' predictions; it needs every ablation cell
+    targets = ["ablation", "samples", "sweep"] if include_sweep else ["ablation", "samples"]
     return reproduce(project_dir=project_dir, targets=targets, track=track)
 
 
