@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logmel": ("ssp.audio", "VGGish log-mel features (96x64 per second) for every video"),
     "flow": ("ssp.preprocess.flow", "optical flow -> per-frame magnitude maps and binary flow masks"),
     "prompts": ("ssp.preprocess.prompts", "MLLM text prompts (A1 description, A2 sounding nouns) per video"),
+    "fingerprint": ("ssp.fingerprint", "content digests of stage outputs, one JSON (what stage 2 depends on)"),
     "train": ("ssp.train", "train stage 1 (binary AVS) or stage 2 (AVSS)"),
     "stage1-masks": ("ssp.inference", "write stage 1's predicted masks (stage 2's stepping stones)"),
     "evaluate": ("ssp.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),

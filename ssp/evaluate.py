@@ -284,7 +284,11 @@ def main(args: argparse.Namespace) -> int:
                       fscore_batch_videos=args.fscore_batch_videos, device=args.device,
                       batch_size=args.batch_size, premask_test_source=args.premask_test_source,
                       log_to_run=not args.no_track)
+    log_summary(result)
+    return 0
+
+
+def log_summary(result: dict[str, Any]) -> None:
     for group in ("binary", "semantic"):
         for name, numbers in result[group].items():
             log.info("%s %s: mIoU %.4f F %.4f", group, name, numbers["miou"], numbers["fscore"])
-    return 0

@@ -678,6 +678,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="override trainN.seed")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: trainN.device = auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--run-name", default=None,
+                        help="MLflow run name (default: stage{N}-{row or model size}-seed{seed})")
+    parser.add_argument("--test-out", type=Path, default=None,
+                        help="after training, evaluate the best checkpoint on --test-split in this process "
+                             "and write the metrics JSON here (what `ssp evaluate --out` writes; saves a "
+                             "second process start per ablation cell)")
+    parser.add_argument("--test-split", default="test", help="split for --test-out (default: test)")
+    parser.add_argument("--fscore-batch-videos", type=int, default=4,
+                        help="--test-out: official batch-mode F-score, videos per batch (default 4)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -688,13 +697,23 @@ def main(args: argparse.Namespace) -> int:
         overrides.append(f"train{args.stage}.seed={args.seed}")
     if args.device is not None:
         overrides.append(f"train{args.stage}.device={args.device}")
+    if args.test_out is not None and args.stage == 2 and args.stage1_masks is None:  # before hours of training
+        raise SSPError("--test-out for stage 2 needs --stage1-masks (the test split's stepping stones)")
     params = load_params(args.params, profile=args.profile, overrides=overrides)
     result = train(
         args.stage, args.data, args.out, params, row=args.row, flow=args.flow, prompts=args.prompts,
         logmel=args.logmel, stage1_masks=args.stage1_masks, stage1_checkpoint=args.stage1_checkpoint,
-        resume=args.resume, progress=not args.no_progress,
+        resume=args.resume, progress=not args.no_progress, run_name=args.run_name,
     )
     best = result.metrics["best"]
     log.info("stage %d done: best epoch %s, val mIoU %.4f, F %.4f -> %s", args.stage, result.metrics["best_epoch"],
              best.get("miou", float("nan")), best.get("fscore", float("nan")), args.out / "metrics.json")
+    if args.test_out is not None and int(os.environ.get("RANK", "0")) == 0:
+        from ssp.evaluate import evaluate, log_summary
+
+        tested = evaluate(result.best_checkpoint, args.data, args.test_split, args.test_out,
+                          stage1_masks=args.stage1_masks, flow=args.flow, prompts=args.prompts,
+                          logmel=args.logmel, fscore_batch_videos=args.fscore_batch_videos,
+                          progress=not args.no_progress)
+        log_summary(tested)
     return 0

@@ -98,7 +98,26 @@ def test_preprocessing_params_reach_only_their_stage(committed_pipeline):
     assert stale_after(committed_pipeline, lambda p: p["flow"].__setitem__("preset", "fast")) == {"flow"}
     assert stale_after(committed_pipeline, lambda p: p["prompts"].__setitem__("quality", 0.5)) == {"prompts"}
     assert stale_after(committed_pipeline, lambda p: p["data"].__setitem__("seed", 1)) == {"synth"}
-    stale = stale_after(committed_pipeline, lambda p: p["train1"].__setitem__("epochs", 9))
+    stale = stale_after(committed_pipeline, lambda p: p["train1"].__setitem__("epochs", p["train1"]["epochs"] + 1))
     assert stale == {"train_stage1"}
-    stale = stale_after(committed_pipeline, lambda p: p["train2"].__setitem__("epochs", 9))
+    stale = stale_after(committed_pipeline, lambda p: p["train2"].__setitem__("epochs", p["train2"]["epochs"] + 1))
     assert "train_stage1" not in stale and "train_stage2" in stale and "ablation@full" in stale
+
+
+def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pipeline):
+    """A changed flow mask makes `flow` (changed out) and `stage2_inputs` (changed dep)
+    stale; `dvc repro` then rewrites runs/stage2_inputs.json, which every stage-2 cell
+    depends on. No cell hashes the folders itself (that is what kept no-op repro slow)."""
+    stages = yaml.safe_load((committed_pipeline / "dvc.yaml").read_text())["stages"]
+    for name in ("train_stage2", "evaluate", "ablation", "sweep", "samples"):
+        stage = stages[name].get("do", stages[name])
+        assert "runs/stage2_inputs.json" in stage["deps"], name
+        assert not {"data/flow", "data/prompts", "data/stage1_masks", "${data.root}"} & set(stage["deps"]), name
+    flow_file = committed_pipeline / "data" / "flow" / "stand-in.txt"
+    original = flow_file.read_text()
+    try:
+        flow_file.write_text("changed")
+        stale = {n.split(":")[-1] for n in json.loads(run([DVC, "status", "--json"], committed_pipeline) or "{}")}
+        assert stale == {"flow", "stage2_inputs"}
+    finally:
+        flow_file.write_text(original)

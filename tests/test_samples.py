@@ -161,7 +161,10 @@ def test_dvc_stage_reads_every_ablation_row_and_writes_what_the_report_links():
     rows = yaml.safe_load((ROOT / "params.yaml").read_text())["ablation"]["rows"]
     checkpoints = [d for d in stage["deps"] if d.startswith("runs/ablation/")]
     assert checkpoints == [f"runs/ablation/{row}/checkpoints" for row in rows]  # same rows, same order
-    assert {"data/flow", "data/prompts", "data/stage1_masks", "${data.root}"} <= set(stage["deps"])
+    # the data, flow masks, prompts and stage-1 masks reach it through their fingerprints
+    assert "runs/stage2_inputs.json" in stage["deps"]
+    inputs = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["stage2_inputs"]
+    assert {"data/flow", "data/prompts", "data/stage1_masks", "reports/validation.json"} <= set(inputs["deps"])
     assert stage["params"] == ["ablation"]
     assert [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]] == [str(DEFAULT_SAMPLES)]
     assert f"--out {DEFAULT_SAMPLES}" in stage["cmd"] and "--runs runs/ablation" in stage["cmd"]

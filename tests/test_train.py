@@ -63,7 +63,7 @@ def dirs(bench) -> dict:
     return {k: bench[k] for k in ("flow", "prompts", "logmel")}
 
 
-def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
+def test_two_stages_end_to_end(bench, tmp_path, mlflow_store, capsys):
     from ssp.checkpoint import load_model
     from ssp.inference import write_stage1_masks
     from ssp.tracking import get_client
@@ -116,6 +116,27 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
         assert json.loads((tmp_path / folder / "metrics.json").read_text())["mlflow_run_id"] == \
             runs[stage].info.run_id
         assert runs[stage].data.tags["ssp.run_dir"] == str((tmp_path / folder).resolve())
+
+    # `ssp train --test-out` (the ablation/sweep cells): train, then test the best checkpoint
+    # in the same process -> the `ssp evaluate` JSON, and test metrics on the training run
+    from ssp.cli import main as cli_main
+
+    test_json = tmp_path / "cell.json"
+    argv = ["train", "--stage", "2", "--row", "aavs", "--data", str(bench["data"]), "--out", str(tmp_path / "cell"),
+            "--params", str(tmp_path / "none.yaml"), "--stage1-masks", str(out), "--no-progress",
+            "--test-out", str(test_json), "--test-split", "test", "--fscore-batch-videos", "2",
+            *[a for o in FAST for a in ("--set", o)]]
+    for name in ("flow", "prompts", "logmel"):
+        argv += [f"--{name}", str(bench[name])]
+    assert cli_main(argv) == 0
+    tested = json.loads(test_json.read_text())
+    assert tested["split"] == "test" and 0 <= tested["semantic"]["all"]["miou"] <= 1
+    cell_run = json.loads((tmp_path / "cell" / "metrics.json").read_text())["mlflow_run_id"]
+    assert client.get_run(cell_run).data.metrics["test/miou"] == pytest.approx(tested["semantic"]["all"]["miou"])
+    without = [x for i, x in enumerate(argv) if "--stage1-masks" not in (x, argv[i - 1])]
+    assert cli_main(without + ["--stage1-checkpoint", str(s1.best_checkpoint)]) == 2  # refused before training
+    assert "--test-out for stage 2 needs --stage1-masks" in capsys.readouterr().err
+    assert not (tmp_path / "cell2").exists()
 
 
 def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_path, mlflow_store):

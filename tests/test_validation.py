@@ -348,6 +348,10 @@ def test_cli_valid_dataset_prints_summary_and_writes_report(obj, tmp_path, capsy
     assert len(out) == 1 and out[0].startswith("OK: object layout, 3 videos, 15 frames")
     report = json.loads(report_path.read_text())
     assert report["ok"] is True and report["failures"] == [] and report["checks_passed"] == report["checks_total"]
+    # the report carries the data's content digest: what the stages after validate depend on
+    from ssp.fingerprint import tree_digest
+
+    assert report["fingerprint"] == tree_digest(obj)
 
 
 def test_missing_root_is_a_user_error(tmp_path, capsys):

@@ -740,7 +740,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     report = validate_dataset(args.data_root, layout=args.layout, workers=args.workers)
     if args.report is not None:
-        write_json(args.report, json.loads(json.dumps(report.to_dict(), default=str)))
+        from ssp.fingerprint import tree_digest
+
+        content = json.loads(json.dumps(report.to_dict(), default=str))
+        # the dataset's content digest: stages downstream depend on this report instead of
+        # re-hashing the dataset folder each (see ssp/fingerprint.py)
+        content["fingerprint"] = tree_digest(args.data_root)
+        write_json(args.report, content)
     if report.ok:
         print(report.summary)
         return 0
