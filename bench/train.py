@@ -1,14 +1,18 @@
 """Training throughput and loop overhead on this machine.
 
-1. Tiny model (``SSPConfig.tiny``, 64 px): the REAL loop (``ssp.train.train``: DataLoader
-   with workers, collate, loss, AdamW, logging every ``log_every`` steps, MLflow) is timed
+1. Tiny model (``SSPConfig.tiny``, 64 px), stage 1 with the demo's batch (params.yaml
+   train1: videos per step, frames per video, in-memory cache): the REAL loop
+   (``ssp.train.train``: DataLoader, collate, loss, AdamW, logging every ``log_every``
+   steps, MLflow) is timed
    per step through its ``step_hook``; the same model is then timed on one preloaded
    batch of the same shape for
    - bare forward+backward (a surrogate scalar loss: the mean of the outputs),
    - forward + the SSP loss (Hungarian matching, point sampling) + backward,
    - + AdamW step.
-   Reported: medians over steps, clips/s (clip = one video) and the ratio
-   full step / bare forward+backward (acceptance: <= 1.15).
+   Loop and bare measurements alternate over ``--rounds`` rounds (a shared machine's slow
+   spells then hit both). Reported: medians over all rounds' steps, clips/s (clip = one
+   video), the ratio full step / bare forward+backward (acceptance: <= 1.15) overall and
+   per round.
 2. Paper model (``SSPConfig.paper``: HF Swin-B Mask2Former, 10 decoder layers, VGGish):
    a few forward+SSP-loss+backward+AdamW steps on a preloaded batch at ``--paper-size``
    (default 384, the paper's) with ``--paper-frames`` frames (random init; the speed
@@ -27,11 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def median_time(fn, steps: int, warmup: int = 2) -> float:
+def step_times(fn, steps: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -39,7 +45,11 @@ def median_time(fn, steps: int, warmup: int = 2) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+def median_time(fn, steps: int, warmup: int = 2) -> float:
+    return statistics.median(step_times(fn, steps, warmup))
 
 
 def step_functions(model, criterion, optimizer, batch):
@@ -71,7 +81,7 @@ def bench_tiny(args) -> dict:
     from ssp.losses import SSPCriterion
     from ssp.models import SSPModel
     from ssp.params import load_params
-    from ssp.train import build_dataset, build_model_config, train
+    from ssp.train import build_dataset, build_model_config, build_optimizer, train
 
     overrides = [
         f"train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
@@ -79,30 +89,41 @@ def bench_tiny(args) -> dict:
         f"train1.log_every={args.log_every}", "train1.val_every=1", f"train1.cache_in_memory={str(args.cache).lower()}",
     ]
     params = load_params(Path("/nonexistent.yaml"), overrides=overrides)
-    stamps: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        train(1, args.data, Path(tmp) / "run", params, row="aavs", logmel=args.logmel, progress=False,
-              step_hook=lambda step: stamps.append(time.perf_counter()))
-    intervals = [b - a for a, b in zip(stamps, stamps[1:])][2:]  # first steps: workers starting
-    full = statistics.median(intervals)
-
     config = build_model_config(params["model"] if "model" in params else {}, 1, "aavs")
     records = load_records(args.data, subsets=["v2"], splits=["train"])[: args.batch_videos]
     dataset = build_dataset(records, config, {"logmel": args.logmel}, max_frames=args.frames)
     batch = collate_frames([dataset[i] for i in range(len(records))])
-    torch.manual_seed(0)
-    model = SSPModel(config).train()
-    criterion = SSPCriterion(config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
-    bare, with_loss, with_optimizer = step_functions(model, criterion, optimizer, batch)
-    t_bare = median_time(bare, args.steps)
-    t_loss = median_time(with_loss, args.steps)
-    t_opt = median_time(with_optimizer, args.steps)
+
+    # Rounds alternate the loop and the bare measurements, so that a slow spell of a
+    # shared machine hits both sides instead of skewing the ratio.
+    loop_steps: list[float] = []
+    timings: dict[str, list[float]] = {"bare": [], "with_loss": [], "with_optimizer": []}
+    round_ratios: list[float] = []
+    for _ in range(args.rounds):
+        stamps: list[float] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            train(1, args.data, Path(tmp) / "run", params, row="aavs", logmel=args.logmel, progress=False,
+                  step_hook=lambda step: stamps.append(time.perf_counter()))
+        intervals = [b - a for a, b in zip(stamps, stamps[1:])][2:]  # first steps: warm-up
+        loop_steps += intervals
+
+        torch.manual_seed(0)
+        model = SSPModel(config).train()
+        criterion = SSPCriterion(config)
+        optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.05)
+        functions = dict(zip(timings, step_functions(model, criterion, optimizer, batch)))
+        for name, fn in functions.items():
+            timings[name] += step_times(fn, args.steps)
+        round_ratios.append(statistics.median(intervals) / statistics.median(timings["bare"][-args.steps:]))
+
+    full = statistics.median(loop_steps)
+    t_bare, t_loss, t_opt = (statistics.median(timings[k]) for k in ("bare", "with_loss", "with_optimizer"))
     return {
         "model": "tiny", "image_size": config.image_size, "videos_per_step": args.batch_videos,
-        "frames_per_step": args.batch_videos * args.frames, "loop_steps_timed": len(intervals),
-        "full_loop_step_s": full, "bare_fwd_bwd_s": t_bare, "fwd_ssp_loss_bwd_s": t_loss,
-        "fwd_loss_bwd_adamw_s": t_opt, "ratio_full_to_bare": full / t_bare,
+        "frames_per_step": args.batch_videos * args.frames, "rounds": args.rounds,
+        "loop_steps_timed": len(loop_steps), "full_loop_step_s": full, "bare_fwd_bwd_s": t_bare,
+        "fwd_ssp_loss_bwd_s": t_loss, "fwd_loss_bwd_adamw_s": t_opt, "ratio_full_to_bare": full / t_bare,
+        "ratio_full_to_bare_per_round": round_ratios,
         "ratio_full_to_fwd_loss_bwd_adamw": full / t_opt,
         "clips_per_s_full_loop": args.batch_videos / full, "cache_in_memory": args.cache,
         "loader_workers": 0 if args.cache else args.workers,
@@ -114,12 +135,13 @@ def bench_paper(args) -> dict:
 
     from ssp.losses import SSPCriterion
     from ssp.models import SSPConfig, SSPModel
+    from ssp.train import build_optimizer
 
     config = SSPConfig.paper(1, image_size=args.paper_size)
     torch.manual_seed(0)
     model = SSPModel(config).train()
     criterion = SSPCriterion(config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.05)
     n, s = args.paper_frames, args.paper_size
     batch = {"frames": torch.rand(n, 3, s, s), "logmel": torch.randn(n, 96, 64),
              "masks": (torch.rand(n, s, s) > 0.7).long(), "labelled": torch.ones(n, dtype=torch.bool)}
@@ -135,18 +157,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/synth"))
     parser.add_argument("--logmel", type=Path, default=Path("data/logmel"))
-    parser.add_argument("--batch-videos", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=5, help="frames per video (max_frames)")
+    parser.add_argument("--batch-videos", type=int, default=None,
+                        help="videos per step (default: train1.batch_size of params.yaml, the demo's)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per video (default: train1.max_frames of params.yaml)")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--cache", action="store_true", help="train1.cache_in_memory=true (no loader workers)")
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="train1.cache_in_memory (no loader workers; default: params.yaml's)")
     parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per bare measurement")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per bare measurement and round")
+    parser.add_argument("--rounds", type=int, default=3, help="loop/bare measurement rounds (interleaved)")
     parser.add_argument("--paper-size", type=int, default=384)
     parser.add_argument("--paper-frames", type=int, default=2)
     parser.add_argument("--paper-steps", type=int, default=3)
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
+    demo = yaml.safe_load((ROOT / "params.yaml").read_text())["train1"]
+    args.batch_videos = args.batch_videos or demo["batch_size"]
+    args.frames = args.frames or demo["max_frames"] or 5
+    args.cache = bool(demo.get("cache_in_memory", False)) if args.cache is None else args.cache
 
     import torch
 

