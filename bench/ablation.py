@@ -116,7 +116,7 @@ def main() -> int:
     parser.add_argument("--rows", default=None, help="comma-separated rows (default: all seven)")
     parser.add_argument("--set", action="append", default=[], dest="overrides",
                         help="extra params overrides after the demo schedule, e.g. train2.epochs=6")
-    parser.add_argument("--readme", type=Path, default=ROOT / "bench" / "README.md",
+    parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"),
                         help="README to put the table into (default bench/README.md); '' = none")
     parser.add_argument("--premask-study", action="store_true",
                         help="no training: re-evaluate the finished pre-mask rows with every test-time "
@@ -188,8 +188,8 @@ def main() -> int:
              f"train1 `{schedule['train1']}`, train2 `{schedule['train2']}`; total "
              f"{(time.time() - started) / 60:.1f} min this invocation.")
     print(text)
-    if str(args.readme):
-        write_readme_section(text, args.readme)
+    if args.readme:
+        write_readme_section(text, Path(args.readme))
     return 0
 
 

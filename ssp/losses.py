@@ -163,8 +163,11 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
         costs = self.cost_matrices(masks_queries_logits, class_queries_logits, mask_labels, class_labels, points)
         matched = []
         for cost in costs:
-            rows, cols = linear_sum_assignment(cost.cpu().numpy())
-            matched.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            if cost.shape[1] == 1:  # one target (every sounding frame of stage 1): the cheapest query
+                rows, cols = cost[:, 0].argmin().view(1).cpu(), torch.zeros(1, dtype=torch.int64)
+            else:
+                rows, cols = (torch.as_tensor(a, dtype=torch.int64) for a in linear_sum_assignment(cost.cpu().numpy()))
+            matched.append((rows, cols))
         return matched
 
     @torch.no_grad()
@@ -193,8 +196,8 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
         probabilities = class_queries_logits.softmax(-1)
         cost_class = -probabilities.gather(2, labels[:, None, :].expand(n, q, k_max))
         # pairwise sigmoid BCE: target 1 costs softplus(-x), target 0 costs softplus(x)
-        positive = nn.functional.softplus(-pred) / self.num_points
         negative = nn.functional.softplus(pred) / self.num_points
+        positive = negative - pred / self.num_points  # softplus(-x) = softplus(x) - x
         transposed = target.transpose(1, 2)
         cost_mask = positive @ transposed + negative @ (1 - transposed)
         sigmoid = pred.sigmoid()
