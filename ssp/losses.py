@@ -150,10 +150,11 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
     Same rule as the parent: per frame, ``num_points`` uniform random points shared by
     the predicted and the target masks; cost = cost_class·(−p[class]) +
     cost_mask·pairwise sigmoid BCE + cost_dice·pairwise dice; NaN/inf replaced by the
-    largest float; scipy's Hungarian assignment. Only the random draw differs (one
-    ``torch.rand`` for the batch instead of one per frame). Subclassed against
-    transformers 5.23.0 (pinned); ``tests/test_losses.py`` checks the costs against the
-    parent's pairwise functions.
+    largest float; scipy's Hungarian assignment (for a single target that is the argmin
+    over queries, taken directly). Only the random draw differs (one ``torch.rand`` for
+    the batch instead of one per frame). Subclassed against transformers 5.23.0 (pinned);
+    ``tests/test_losses.py`` checks the costs against the parent's pairwise functions and
+    the assignments against the parent's on the same points.
     """
 
     @torch.no_grad()
