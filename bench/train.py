@@ -31,8 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -173,7 +171,9 @@ def main() -> int:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
-    demo = yaml.safe_load((ROOT / "params.yaml").read_text())["train1"]
+    from ssp.params import load_params
+
+    demo = load_params(ROOT / "params.yaml")["train1"]  # the active profile's, as `make demo` trains
     args.batch_videos = args.batch_videos or demo["batch_size"]
     args.frames = args.frames or demo["max_frames"] or 5
     args.cache = bool(demo.get("cache_in_memory", False)) if args.cache is None else args.cache
