@@ -185,7 +185,7 @@ def main() -> int:
                  f"{2 * std * 100:.2f} → acceptance {verdict}.")
     schedule = load_params(args.params, overrides=overrides)
     text += (f"\n\n{args.seeds} seeds; schedule (params.yaml + overrides `{' '.join(overrides)}`): "
-             f"train1 `{schedule['train1']}`, train2 `{schedule['train2']}`; total "
+             f"model `{schedule['model']}`, train1 `{schedule['train1']}`, train2 `{schedule['train2']}`; total "
              f"{(time.time() - started) / 60:.1f} min this invocation.")
     print(text)
     if args.readme:

@@ -126,7 +126,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", out:
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "data": str(data), "split": split, "stage": config.stage,
         "model": {k: getattr(config, k) for k in ("size", "pre_mask", "text", "post_mask", "lambda_post",
-                                                   "premask_test_source")},
+                                                   "post_mask_form", "premask_test_source")},
         "trained": info, "fscore_batch_videos": fscore_batch_videos, "binary": {}, "semantic": {},
     }
     for subset, meter in binary.items():

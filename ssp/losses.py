@@ -13,15 +13,23 @@ Targets per frame (labelled frames only, the others are dropped before matching)
 - stage 2 (AVSS): one mask per class present in the semantic mask, background
   (index 0) included -- Mask2Former's semantic-segmentation targets.
 
-Post-mask loss L'_mask (``post_mask=True``): the label is M_Post = M_O ∩ M_GT
-(flow ∩ GT foreground). The prediction it supervises is the model's additional post-mask
-prediction ``SSPOutput.post_mask_logits`` (a learned embedding dotted with the per-pixel
-mask features; why not the segmentation itself: see :mod:`ssp.models.ssp`). Its form:
-sigmoid binary cross-entropy + dice, each averaged over the labelled frames, computed at
-the mask-feature resolution (S/4) against M_Post average-pooled to that resolution --
-coarser than L_mask's point-sampled full-resolution targets, as the paper wants ("a
-higher fault tolerance rate"). It enters the total multiplied by ``lambda_post``
-(λ'_mask, default 10).
+Post-mask loss L'_mask (``post_mask=True``): the label is M_Post = M_O ∩ M_GT (flow ∩
+GT foreground), computed at the mask-feature resolution (S/4; M_Post average-pooled to
+it) -- coarser than L_mask's point-sampled full-resolution targets, as the paper wants
+("a higher fault tolerance rate"). It enters the total multiplied by ``lambda_post``
+(λ'_mask, default 10). Two forms (``post_mask_form``):
+
+- ``recall`` (default): on the segmentation itself. M_Post ⊂ M_GT, so every M_Post pixel
+  is foreground, but not every foreground pixel is in M_Post (still parts of sounding
+  objects); the loss is therefore one-sided: −log p(foreground) averaged over M_Post,
+  p = ``foreground_probability`` (some query covers the pixel with an object class).
+  "If the model's predictions fall outside this intersection, it indicates a significant
+  error" -- missing a pixel that both moves and sounds is penalised λ'-fold; what the
+  model predicts elsewhere is left to L_AVS, so the two never contradict each other.
+- ``head``: an extra prediction ``SSPOutput.post_mask_logits`` (a learned embedding dotted
+  with the per-pixel mask features), sigmoid BCE + dice against M_Post everywhere, each
+  averaged over the labelled frames. It shapes the shared features only; with λ' = 10 it
+  slowed the class learning of the tiny model (bench/README.md).
 
 ``SSPCriterion(config)(output, batch)`` returns a dict of scalar tensors:
 ``loss`` (the total, to backpropagate), ``loss_ce``, ``loss_mask``, ``loss_dice`` (each
@@ -40,7 +48,7 @@ from ssp.errors import SSPError
 from ssp.models.config import SSPConfig
 from ssp.models.mask2former import build_mask2former_config
 from ssp.models.premask import post_mask_target
-from ssp.models.ssp import SSPOutput
+from ssp.models.ssp import SSPOutput, foreground_probability
 
 
 class SSPCriterion(nn.Module):
@@ -121,14 +129,28 @@ class SSPCriterion(nn.Module):
                 flow = batch.get("flow_mask")
                 if flow is None:
                     raise SSPError("post_mask needs batch['flow_mask']")
-                if output.post_mask_logits is None:
-                    raise SSPError("post_mask is on but the model output has no post_mask_logits")
                 target = post_mask_target(flow.to(masks.device)[index], masks)
-                parts["loss_post"] = self.config.lambda_post * self.post_mask_loss(
-                    output.post_mask_logits[index], target
-                )
+                if self.config.post_mask_form == "recall":
+                    post = self.post_mask_recall_loss(
+                        foreground_probability(output.class_logits[index], output.mask_logits[index],
+                                               stage=self.config.stage),
+                        target,
+                    )
+                else:
+                    if output.post_mask_logits is None:
+                        raise SSPError("post_mask is on but the model output has no post_mask_logits")
+                    post = self.post_mask_loss(output.post_mask_logits[index], target)
+                parts["loss_post"] = self.config.lambda_post * post
         parts["loss"] = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"] + parts["loss_post"]
         return parts
+
+    @staticmethod
+    def post_mask_recall_loss(foreground: Tensor, target: Tensor) -> Tensor:
+        """L'_mask, "recall" form: −log p(foreground) averaged over M_Post (pooled to h×w,
+        so a cell counts by the fraction of it in M_Post); 0 where M_Post is empty."""
+        weight = nn.functional.adaptive_avg_pool2d(target[:, None].float(), foreground.shape[-2:])[:, 0]
+        nll = -foreground.float().clamp_min(1e-6).log()
+        return (weight * nll).sum() / weight.sum().clamp_min(1.0)
 
     @staticmethod
     def post_mask_loss(logits: Tensor, target: Tensor) -> Tensor:

@@ -101,8 +101,8 @@ def test_auxiliary_losses_are_included():
     assert criterion.mask2former_loss.empty_weight[-1].item() == pytest.approx(0.1)
 
 
-def test_post_mask_loss_targets_flow_and_gt_intersection():
-    config = SSPConfig.tiny(stage=1, post_mask=True, lambda_post=10.0)
+def test_post_mask_head_form_targets_flow_and_gt_intersection():
+    config = SSPConfig.tiny(stage=1, post_mask=True, post_mask_form="head", lambda_post=10.0)
     criterion = SSPCriterion(config)
     h = SIZE // 4
     target = torch.zeros(1, SIZE, SIZE)
@@ -127,11 +127,52 @@ def test_post_mask_loss_targets_flow_and_gt_intersection():
         criterion(output, {k: v for k, v in batch.items() if k != "flow_mask"})
 
 
-def test_post_mask_does_not_fight_the_segmentation():
+@pytest.mark.parametrize("stage", [1, 2])
+def test_post_mask_recall_form_penalises_only_missing_m_post(stage):
+    """Recall form: −log p(foreground) over M_Post; what the model predicts outside M_Post
+    (still sounding parts, background) costs nothing, so it cannot contradict L_AVS."""
+    config = SSPConfig.tiny(stage=stage, post_mask=True, post_mask_form="recall", lambda_post=10.0)
+    criterion = SSPCriterion(config)
+    h, q, k = SIZE // 4, config.num_queries, config.num_labels + 1
+    target = torch.zeros(1, SIZE, SIZE)
+    target[:, : SIZE // 2] = 1  # M_Post = top half
+    fg_class = 0 if stage == 1 else 3
+    class_logits = torch.full((1, q, k), -10.0)
+    class_logits[:, 0, fg_class] = 10.0  # query 0: an object class; the others: no object
+    if stage == 2:
+        class_logits[:, 1, 0] = 10.0  # query 1: background
+
+    def loss(query0_rows: slice) -> float:
+        masks = torch.full((1, q, h, h), -10.0)
+        masks[:, 0, query0_rows] = 10.0
+        if stage == 2:
+            masks[:, 1] = 0.0  # background everywhere at p = 0.5
+        foreground = foreground_probability(class_logits, masks, stage=stage)
+        return criterion.post_mask_recall_loss(foreground, target).item()
+
+    covers_m_post = loss(slice(0, h // 2))
+    covers_all = loss(slice(0, h))  # also predicts the bottom half: no extra cost
+    misses = loss(slice(h // 2, h))
+    assert covers_m_post < 0.7 and covers_all == pytest.approx(covers_m_post, abs=1e-4) and misses > 5
+    assert criterion.post_mask_recall_loss(torch.full((1, h, h), 0.5), torch.zeros(1, SIZE, SIZE)) == 0
+
+    # in the criterion: weight λ', label M_O ∩ M_GT, no extra head in the model
+    batch = make_batch(stage)
+    output = random_output(SSPConfig.tiny(stage=stage))
+    losses = criterion(output, batch)
+    m_post = ((batch["flow_mask"] > 0) & (batch["masks"] > 0)).float()
+    expected = 10.0 * criterion.post_mask_recall_loss(
+        foreground_probability(output.class_logits, output.mask_logits, stage=stage), m_post)
+    assert losses["loss_post"] > 0 and torch.allclose(losses["loss_post"], expected)
+    assert SSPModel(tiny_config(stage, None, pre_mask=True, post_mask=True, post_mask_form="recall")).post_mask_head is None
+
+
+@pytest.mark.parametrize("form", ["recall", "head"])
+def test_post_mask_does_not_fight_the_segmentation(form):
     """M_Post leaves out the still part of the object; with λ' = 10 the segmentation must
-    still fit the whole GT (it stalled at IoU 0.62 when L'_mask was put on it)."""
+    still fit the whole GT (it stalled at IoU 0.62 when L'_mask was a two-sided loss on it)."""
     torch.manual_seed(0)
-    config = tiny_config(1, None, **ABLATION_ROWS["pre_mask_post_mask"])
+    config = tiny_config(1, None, **ABLATION_ROWS["pre_mask_post_mask"], post_mask_form=form)
     model, criterion = SSPModel(config), SSPCriterion(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     batch = make_batch(1)
@@ -176,7 +217,7 @@ def test_full_model_overfits_one_batch(stage, tiny_text_model):  # noqa: F811
 
 def test_loss_is_computed_in_float32_under_bf16_autocast():
     """bf16 matmuls in the matcher and the post-mask map shift the loss by several units."""
-    config = SSPConfig.tiny(stage=2, post_mask=True)
+    config = SSPConfig.tiny(stage=2, post_mask=True, post_mask_form="head")
     output = random_output(config)
     output = SSPOutput(
         class_logits=output.class_logits.bfloat16(),

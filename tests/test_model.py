@@ -98,12 +98,13 @@ class NoGroundTruth(dict):
 
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stage", [1, 2])
-@pytest.mark.parametrize("row", list(ABLATION_ROWS))
+@pytest.mark.parametrize("row", [*ABLATION_ROWS, "full/head"])  # full/head: post-mask on its own head
 def test_every_ablation_row_shapes_and_gradients(stage, row, tiny_text_model):
     from ssp.losses import SSPCriterion
 
     torch.manual_seed(0)
-    config = tiny_config(stage, tiny_text_model, **ABLATION_ROWS[row])
+    switches = ABLATION_ROWS[row.split("/")[0]]
+    config = tiny_config(stage, tiny_text_model, **switches, post_mask_form="head" if row.endswith("/head") else "recall")
     model, criterion = SSPModel(config), SSPCriterion(config)
     batch = make_batch(stage)
     n, q = 2, config.num_queries
@@ -114,7 +115,7 @@ def test_every_ablation_row_shapes_and_gradients(stage, row, tiny_text_model):
     assert len(output.aux_outputs) == config.decoder_layers - 1
     assert (output.premask is not None) == config.pre_mask
     assert (output.stepping_stone is not None) == (stage == 2)
-    assert (output.post_mask_logits is not None) == config.post_mask
+    assert (output.post_mask_logits is not None) == (config.post_mask and config.post_mask_form == "head")
 
     # Upstream Mask2Former zero-initialises the deformable attention's offset and weight
     # projections, so at step 0 the pixel decoder's level embedding has an exactly-zero
@@ -445,6 +446,11 @@ def test_config_round_trip_and_validation():
         SSPConfig.tiny(text="bert")
     with pytest.raises(SSPError, match="unknown keys"):
         SSPConfig.from_dict({**config.to_dict(), "lr": 1})
+    with pytest.raises(SSPError, match="post_mask_form"):
+        SSPConfig.tiny(post_mask_form="both")
+    # checkpoints saved before post_mask_form existed were trained with the head form
+    older = {k: v for k, v in config.to_dict().items() if k != "post_mask_form"}
+    assert config.post_mask_form == "recall" and SSPConfig.from_dict(older).post_mask_form == "head"
     assert set(ABLATION_ROWS) == {"aavs", "pre_mask", "pre_mask_post_mask", "text_att", "text_vta",
                                   "pre_mask_vta", "full"}
     assert ABLATION_ROWS["full"] == {"pre_mask": True, "text": "vta", "post_mask": True}

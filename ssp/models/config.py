@@ -42,6 +42,7 @@ from ssp.errors import SSPError
 TEXT_MODES = ("none", "att", "vta")
 PREMASK_TEST_SOURCES = ("stage1", "flow", "all")
 PREMASK_TRAIN_SOURCES = ("gt", "stage1")
+POST_MASK_FORMS = ("recall", "head")
 AUDIO_ENCODERS = ("vggish", "tiny")
 
 # Backbone name that selects the Hugging Face Swin of Mask2Former (instead of a timm model).
@@ -99,6 +100,11 @@ class SSPConfig:
     text: str = "none"  # "none" | "att" | "vta"
     post_mask: bool = False
     lambda_post: float = 10.0
+    # What L'_mask supervises (ssp.losses): "recall" = the segmentation itself, penalised
+    # only where it misses M_Post (never contradicts L_AVS); "head" = an extra post-mask
+    # prediction from the mask features, BCE + dice against M_Post everywhere (it slowed
+    # class learning: bench/README.md, Ablation).
+    post_mask_form: str = "recall"
     # What stands in for M_GT in eq. 2 when the model is not training (GT masks are never
     # read then): "stage1" = stage 1's predicted mask from batch["stage1_mask"] (>0.5);
     # a stage-1 model has no earlier prediction to lean on, so unless the batch carries
@@ -159,6 +165,8 @@ class SSPConfig:
             bad("stage 2 needs num_classes >= 2 (background + objects)")
         if self.lambda_post < 0:
             bad("lambda_post must be >= 0")
+        if self.post_mask_form not in POST_MASK_FORMS:
+            bad(f"post_mask_form must be one of {POST_MASK_FORMS}, got {self.post_mask_form!r}")
 
     @property
     def num_labels(self) -> int:
@@ -205,6 +213,8 @@ class SSPConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise SSPError(f"model config: unknown keys {unknown}")
+        if data.get("post_mask") and "post_mask_form" not in data:
+            data = {**data, "post_mask_form": "head"}  # saved before the field existed: the head form
         return cls(**data)
 
     def with_switches(self, **switches: Any) -> "SSPConfig":

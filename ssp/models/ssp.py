@@ -34,15 +34,14 @@ Mask2Former's semantic score for one class (Σ_q p_q · sigmoid(m_q)) when queri
 overlap, but stays in [0, 1], so its logit is defined everywhere.
 
 Post-mask (``post_mask=True``): L'_mask is "an additional mask prediction loss" (paper
-§4.3) whose label M_Post = M_O ∩ M_GT leaves out the still parts of sounding objects.
-Put on the segmentation itself it would contradict L_AVS on exactly those pixels (we
-tried: with λ' = 10 a tiny model overfitting two frames stalls at IoU 0.62 instead of
-0.99). So the model makes one more mask prediction in Mask2Former's form: a learned
-post-mask embedding dotted with the per-pixel mask features (a 1×1 conv,
-``post_mask_head``), ``SSPOutput.post_mask_logits``. Supervising it with M_Post makes the
-shared mask features encode "moving and sounding", which is the paper's stated purpose
-("encourage the model to learn features that are dynamic and sound-related"); it is not
-used by ``predict``.
+§4.3) whose label M_Post = M_O ∩ M_GT leaves out the still parts of sounding objects. A
+two-sided loss on the segmentation would contradict L_AVS on exactly those pixels (with
+λ' = 10 a tiny model overfitting two frames stalled at IoU 0.62 instead of 0.99). The
+default form (``post_mask_form="recall"``, :mod:`ssp.losses`) is one-sided on the
+segmentation itself and needs nothing from the model; the ``head`` form makes one more
+mask prediction in Mask2Former's form: a learned post-mask embedding dotted with the
+per-pixel mask features (a 1×1 conv, ``post_mask_head``), ``SSPOutput.post_mask_logits``,
+not used by ``predict``.
 """
 
 from __future__ import annotations
@@ -80,7 +79,7 @@ class SSPOutput:
     aux_outputs: (class_logits, mask_logits) of every earlier prediction, first to last.
     premask: N×S×S M_Pre that was multiplied into the frames (pre_mask), else None.
     stepping_stone: N×S×S stage-2 mask that was injected, else None.
-    post_mask_logits: N×h×w prediction supervised by the post-mask loss (post_mask), else None.
+    post_mask_logits: N×h×w prediction of the post-mask head (post_mask_form="head"), else None.
     """
 
     class_logits: Tensor
@@ -119,7 +118,8 @@ class SSPModel(nn.Module):
         self.audio_encoder = build_audio_encoder(config)
         self.audio_projection = AudioProjection(config.hidden_dim)
         self.text_module = build_text_module(config)
-        self.post_mask_head = nn.Conv2d(config.hidden_dim, 1, kernel_size=1) if config.post_mask else None
+        with_head = config.post_mask and config.post_mask_form == "head"
+        self.post_mask_head = nn.Conv2d(config.hidden_dim, 1, kernel_size=1) if with_head else None
         init_mask2former_weights(self, m2f_config)
 
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
