@@ -100,7 +100,7 @@ class SSPModel(nn.Module):
     - ``class_predictor``: Linear(D, num_labels + 1);
     - ``audio_encoder`` (VGGish or the tiny CNN) and ``audio_projection`` (AAVS's MLP);
     - ``text_module``: VTA or "att" with its text encoder, only when ``text != "none"``;
-    - ``post_mask_head``: the post-mask prediction, only when ``post_mask``.
+    - ``post_mask_head``: the post-mask prediction, only when ``post_mask`` with the ``head`` form.
     """
 
     def __init__(self, config: SSPConfig):
