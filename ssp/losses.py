@@ -14,15 +14,16 @@ Targets per frame (labelled frames only, the others are dropped before matching)
   (index 0) included -- Mask2Former's semantic-segmentation targets.
 
 Post-mask loss L'_mask (``post_mask=True``): the label is M_Post = M_O ∩ M_GT (flow ∩
-GT foreground), computed at the mask-feature resolution (S/4; M_Post average-pooled to
-it) -- coarser than L_mask's point-sampled full-resolution targets, as the paper wants
-("a higher fault tolerance rate"). It enters the total multiplied by ``lambda_post``
+GT foreground), computed at the mask-feature resolution (S/4) -- coarser than L_mask's
+point-sampled full-resolution targets, as the paper wants ("a higher fault tolerance
+rate"). It enters the total multiplied by ``lambda_post``
 (λ'_mask, default 10). Two forms (``post_mask_form``):
 
 - ``recall`` (default): on the segmentation itself. M_Post ⊂ M_GT, so every M_Post pixel
   is foreground, but not every foreground pixel is in M_Post (still parts of sounding
-  objects); the loss is therefore one-sided: −log p(foreground) averaged over M_Post,
-  p = ``foreground_probability`` (some query covers the pixel with an object class).
+  objects); the loss is therefore one-sided: −log p(foreground) averaged over the cells
+  wholly inside M_Post (border cells are left to L_mask), p = ``foreground_probability``
+  (some query covers the cell with an object class).
   "If the model's predictions fall outside this intersection, it indicates a significant
   error" -- missing a pixel that both moves and sounds is penalised λ'-fold; what the
   model predicts elsewhere is left to L_AVS, so the two never contradict each other.
@@ -146,11 +147,17 @@ class SSPCriterion(nn.Module):
 
     @staticmethod
     def post_mask_recall_loss(foreground: Tensor, target: Tensor) -> Tensor:
-        """L'_mask, "recall" form: −log p(foreground) averaged over M_Post (pooled to h×w,
-        so a cell counts by the fraction of it in M_Post); 0 where M_Post is empty."""
-        weight = nn.functional.adaptive_avg_pool2d(target[:, None].float(), foreground.shape[-2:])[:, 0]
+        """L'_mask, "recall" form: −log p(foreground) averaged over the h×w cells that lie
+        wholly inside M_Post; 0 where there are none.
+
+        Cells on M_Post's border (part object, part background) are left out: weighting
+        them by their M_Post fraction made λ' = 10 push them to foreground as hard as the
+        interior -- a dilation that L_mask's point-sampled BCE could not hold back
+        (bench/README.md, Ablation). The border is L_mask's business; this is the
+        coarser, fault-tolerant granularity of the paper's L'_mask."""
+        inside = 1 - nn.functional.adaptive_max_pool2d(1 - target[:, None].float(), foreground.shape[-2:])[:, 0]
         nll = -foreground.float().clamp_min(1e-6).log()
-        return (weight * nll).sum() / weight.sum().clamp_min(1.0)
+        return (inside * nll).sum() / inside.sum().clamp_min(1.0)
 
     @staticmethod
     def post_mask_loss(logits: Tensor, target: Tensor) -> Tensor:

@@ -3,6 +3,8 @@ model overfits one batch."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -165,6 +167,23 @@ def test_post_mask_recall_form_penalises_only_missing_m_post(stage):
         foreground_probability(output.class_logits, output.mask_logits, stage=stage), m_post)
     assert losses["loss_post"] > 0 and torch.allclose(losses["loss_post"], expected)
     assert SSPModel(tiny_config(stage, None, pre_mask=True, post_mask=True, post_mask_form="recall")).post_mask_head is None
+
+
+def test_post_mask_recall_form_leaves_border_cells_to_l_mask():
+    """A mask cell only partly inside M_Post (part object, part background) carries no
+    weight: λ' = 10 on it pushed the border to foreground, a dilation (bench/README.md)."""
+    h = SIZE // 4  # mask-feature resolution: 4×4-pixel cells
+    target = torch.zeros(1, SIZE, SIZE)
+    target[:, : SIZE // 2 + 2] = 1  # the top half plus 2 pixel rows of the next cell row
+    foreground = torch.full((1, h, h), 1e-3)
+    foreground[:, : h // 2] = 0.999  # covers exactly the cells wholly inside M_Post
+    covered = SSPCriterion.post_mask_recall_loss(foreground, target).item()
+    assert covered == pytest.approx(-math.log(0.999), rel=1e-4)  # the border row adds nothing
+    foreground[:, : h // 2] = 1e-3  # misses the interior: full penalty
+    assert SSPCriterion.post_mask_recall_loss(foreground, target).item() == pytest.approx(-math.log(1e-3), rel=1e-4)
+    thin = torch.zeros(1, SIZE, SIZE)
+    thin[:, :, :3] = 1  # thinner than a cell: nothing wholly inside, no loss
+    assert SSPCriterion.post_mask_recall_loss(foreground, thin).item() == 0
 
 
 @pytest.mark.parametrize("form", ["recall", "head"])

@@ -41,6 +41,9 @@ def test_repo_params_load_in_both_profiles():
     assert paper["train2"]["epochs"] == 60 and paper["train2"]["lr_step_epoch"] == 20
     # the paper profile trains on whole videos of every subset (the demo keeps a few frames of v2)
     assert paper["train2"]["max_frames"] is None and paper["train2"]["subsets"] is None
+    # eq. 2 in training: the paper's GT mask; the demo uses stage 1's masks, as at test
+    assert (demo["model"]["premask_train_source"], paper["model"]["premask_train_source"]) == ("stage1", "gt")
+    assert paper["model"]["premask_test_source"] == "stage1"  # the model section is merged, not replaced
     assert paper["train1"]["max_frames"] is None
 
 

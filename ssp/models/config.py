@@ -115,8 +115,10 @@ class SSPConfig:
     # What is M_GT of eq. 2 in training: "gt" = the ground truth (the paper's wording);
     # "stage1" = stage 1's predicted mask, as at test. With "gt" the pre-mask blacks out
     # exactly the non-sounding pixels -- a shortcut the model leans on and then never gets
-    # at test, where stage 1's errors black out true objects (bench/README.md, Ablation).
-    # "stage1" needs `ssp stage1-masks` output for the train split (--stage1-masks).
+    # at test, where stage 1's errors black out true objects; the demo profile of
+    # params.yaml therefore trains with "stage1", the paper profile keeps "gt"
+    # (bench/README.md, Ablation). "stage1" needs `ssp stage1-masks` output for the train
+    # split (--stage1-masks).
     premask_train_source: str = "gt"
 
     # --- text model ----------------------------------------------------------------------------
