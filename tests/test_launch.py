@@ -26,7 +26,8 @@ SHOW_RANK = textwrap.dedent(
     """
     import os, sys
     keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GROUP_RANK")
-    print("worker", *(f"{k}={os.environ.get(k)}" for k in keys), *sys.argv[1:], flush=True)
+    line = " ".join(["worker", *(f"{k}={os.environ.get(k)}" for k in keys), *sys.argv[1:]]) + "\\n"
+    os.write(1, line.encode())  # one write per line: the workers share torchrun's stdout pipe
     """
 )
 
