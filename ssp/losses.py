@@ -16,8 +16,8 @@ Targets per frame (labelled frames only, the others are dropped before matching)
 Post-mask loss L'_mask (``post_mask=True``): the label is M_Post = M_O ∩ M_GT (flow ∩
 GT foreground), computed at the mask-feature resolution (S/4) -- coarser than L_mask's
 point-sampled full-resolution targets, as the paper wants ("a higher fault tolerance
-rate"). It enters the total multiplied by ``lambda_post``
-(λ'_mask, default 10). Two forms (``post_mask_form``):
+rate"). It enters the total multiplied by ``lambda_post`` (λ'_mask, default 10). Two
+forms (``post_mask_form``):
 
 - ``recall`` (default): on the segmentation itself. M_Post ⊂ M_GT, so every M_Post pixel
   is foreground, but not every foreground pixel is in M_Post (still parts of sounding
