@@ -78,7 +78,7 @@ def write_readme_section(text: str, readme: Path) -> None:
 
 def premask_study(args, rows: list[str]) -> int:
     """Test-time stand-in for M_GT in eq. 2: the trained pre-mask rows, re-evaluated."""
-    from ssp.evaluate import evaluate
+    from ssp.eval.evaluate import evaluate
 
     sources = ("stage1", "flow", "all")
     found: dict[str, dict[str, list[float]]] = {row: {s: [] for s in sources} for row in rows}
@@ -126,11 +126,11 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
-    from ssp.evaluate import evaluate
-    from ssp.inference import write_stage1_masks
+    from ssp.eval.evaluate import evaluate
+    from ssp.eval.stage1_masks import write_stage1_masks
     from ssp.models import ABLATION_ROWS
-    from ssp.params import load_params
-    from ssp.train import train
+    from ssp.ops.params import load_params
+    from ssp.engine.train import train
 
     rows = args.rows.split(",") if args.rows else list(ABLATION_ROWS)
     if args.premask_study:

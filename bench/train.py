@@ -2,7 +2,7 @@
 
 1. Tiny model (``SSPConfig.tiny``, 64 px), stage 1 with the demo's batch (params.yaml
    train1: videos per step, frames per video, in-memory cache): the REAL loop
-   (``ssp.train.train``: DataLoader, collate, loss, AdamW, logging every ``log_every``
+   (``ssp.engine.train.train``: DataLoader, collate, loss, AdamW, logging every ``log_every``
    steps, MLflow) is timed
    per step through its ``step_hook``; the same model is then timed on one preloaded
    batch of the same shape for
@@ -76,10 +76,10 @@ def bench_tiny(args) -> dict:
 
     from ssp.data.avsbench import load_records
     from ssp.data.datasets import collate_frames
-    from ssp.losses import SSPCriterion
+    from ssp.models.criterion import SSPCriterion
     from ssp.models import SSPModel
-    from ssp.params import load_params
-    from ssp.train import build_dataset, build_model_config, build_optimizer, train
+    from ssp.ops.params import load_params
+    from ssp.engine.train import build_dataset, build_model_config, build_optimizer, train
 
     overrides = [
         f"train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
@@ -131,9 +131,9 @@ def bench_tiny(args) -> dict:
 def bench_paper(args) -> dict:
     import torch
 
-    from ssp.losses import SSPCriterion
+    from ssp.models.criterion import SSPCriterion
     from ssp.models import SSPConfig, SSPModel
-    from ssp.train import build_optimizer
+    from ssp.engine.train import build_optimizer
 
     config = SSPConfig.paper(1, image_size=args.paper_size)
     torch.manual_seed(0)
@@ -171,7 +171,7 @@ def main() -> int:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
-    from ssp.params import load_params
+    from ssp.ops.params import load_params
 
     demo = load_params(ROOT / "params.yaml")["train1"]  # the active profile's, as `make demo` trains
     args.batch_videos = args.batch_videos or demo["batch_size"]

@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.dvc_stages import run_stage, stage_order
-from ssp.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
+from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 
 # Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
 # are cached, so a retry only asks for the rest). Deterministic stages (validate,

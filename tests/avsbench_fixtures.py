@@ -10,7 +10,7 @@ rectangle in its own vertical band of the image, so every labelled mask contains
 exactly the classes of the video's ``objects`` (plus background) and the frames show
 the objects where the masks say they are. Import them from any test file::
 
-    from avsbench_fixtures import write_semantic_dataset, write_object_dataset
+    from tests.avsbench_fixtures import write_semantic_dataset, write_object_dataset
 
 (pytest's default ``prepend`` import mode puts ``tests/`` on ``sys.path``.)
 Tests that need broken data write a valid dataset first and then break one file.
@@ -27,22 +27,13 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 
+from ssp.data.avsbench import AVSBENCH_CLASS_NAMES
 from ssp.data.palette import index_to_colour
 
 SAMPLE_RATE = 16_000
 
 # The 71 AVSBench-semantic classes: background first, then 70 sounding-object classes.
-CLASS_NAMES: list[str] = [
-    "background",
-    "accordion", "airplane", "axe", "baby", "bassoon", "bell", "bird", "boat", "boy", "bus",
-    "car", "cat", "cello", "clarinet", "clipper", "clock", "dog", "donkey", "drum", "duck",
-    "elephant", "emergency-car", "erhu", "flute", "frying-food", "girl", "goose", "guitar",
-    "gun", "guzheng", "hair-dryer", "handpan", "harmonica", "harp", "helicopter", "hen",
-    "horse", "keyboard", "leopard", "lion", "man", "marimba", "missile-rocket", "motorcycle",
-    "mower", "otter", "pig", "piano", "pipa", "saw", "saxophone", "sheep", "sitar", "sorna",
-    "squirrel", "tabla", "tank", "tiger", "tractor", "train", "trombone", "truck", "trumpet",
-    "tuba", "ukulele", "utv", "vacuum-cleaner", "violin", "wolf", "woman",
-]
+CLASS_NAMES: list[str] = ["background", *AVSBENCH_CLASS_NAMES]
 assert len(CLASS_NAMES) == 71
 LABEL2IDX: dict[str, int] = {name: k for k, name in enumerate(CLASS_NAMES)}
 

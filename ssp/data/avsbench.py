@@ -63,6 +63,19 @@ MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR = "ms3_meta_data.csv", "Multi-sources", "
 OBJECT_FRAMES = 5  # both S4 and MS3 clips are 5 s, one frame per second, files numbered 1..5
 
 
+# AVSBench-semantic's 70 sound-source classes in the order of the released label2idx.json
+# (after background). `ssp synth` fills the label slots its K classes leave free with them.
+AVSBENCH_CLASS_NAMES = (
+    "accordion", "airplane", "axe", "baby", "bassoon", "bell", "bird", "boat", "boy", "bus",
+    "car", "cat", "cello", "clarinet", "clipper", "clock", "dog", "donkey", "drum", "duck",
+    "elephant", "emergency-car", "erhu", "flute", "frying-food", "girl", "goose", "guitar",
+    "gun", "guzheng", "hair-dryer", "handpan", "harmonica", "harp", "helicopter", "hen",
+    "horse", "keyboard", "leopard", "lion", "man", "marimba", "missile-rocket", "motorcycle",
+    "mower", "parrot", "piano", "pig", "pipa", "saw", "saxophone", "sheep", "sitar", "sorna",
+    "squirrel", "tabla", "tank", "tiger", "tractor", "train", "trombone", "truck", "trumpet",
+    "tuba", "ukulele", "utv", "vacuum-cleaner", "violin", "wolf", "woman",
+)
+
 @dataclass
 class VideoRecord:
     uid: str                      # unique id (semantic: `uid` column; object: video name)

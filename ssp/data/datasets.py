@@ -155,7 +155,7 @@ class AVSDataset(Dataset):
     # -- extras -------------------------------------------------------------------
     def _logmel(self, record: VideoRecord, num_frames: int) -> np.ndarray:
         if self.logmel_dir is None:
-            from ssp.audio import logmel_from_wav  # heavy-ish; only when asked for
+            from ssp.preprocess.logmel import logmel_from_wav
 
             logmel = np.asarray(
                 logmel_from_wav(record.audio_path, record.num_frames, pad=self.pad_short_audio), dtype=np.float32)

@@ -76,7 +76,7 @@ import cv2
 import numpy as np
 import soundfile
 
-from ssp.data.avsbench import FRAMES_PER_SUBSET, SAMPLE_RATE, SPLITS, SUBSETS
+from ssp.data.avsbench import AVSBENCH_CLASS_NAMES, FRAMES_PER_SUBSET, SAMPLE_RATE, SPLITS, SUBSETS
 from ssp.data.palette import NUM_CLASSES, index_to_colour
 from ssp.errors import SSPError
 from ssp.fileio import write_json, write_text
@@ -152,20 +152,6 @@ CLASS_CATALOGUE: tuple[SoundingClass, ...] = (
     SoundingClass("helicopter", "whirs", "cross", "blue", "solid", 110.0, 5, am_hz=12.0, am_depth=0.8),
 )
 MIN_CLASSES, MAX_CLASSES = 3, len(CLASS_CATALOGUE)
-
-# AVSBench-semantic's 70 class names (label2idx order); they fill the label slots our
-# K classes leave free, so the label space has the real size (71 with background).
-AVSBENCH_CLASS_NAMES = (
-    "accordion", "airplane", "axe", "baby", "bassoon", "bell", "bird", "boat", "boy", "bus",
-    "car", "cat", "cello", "clarinet", "clipper", "clock", "dog", "donkey", "drum", "duck",
-    "elephant", "emergency-car", "erhu", "flute", "frying-food", "girl", "goose", "guitar",
-    "gun", "guzheng", "hair-dryer", "handpan", "harmonica", "harp", "helicopter", "hen",
-    "horse", "keyboard", "leopard", "lion", "man", "marimba", "missile-rocket", "motorcycle",
-    "mower", "parrot", "piano", "pig", "pipa", "saw", "saxophone", "sheep", "sitar", "sorna",
-    "squirrel", "tabla", "tank", "tiger", "tractor", "train", "trombone", "truck", "trumpet",
-    "tuba", "ukulele", "utv", "vacuum-cleaner", "violin", "wolf", "woman",
-)
-
 
 def class_table(num_classes: int) -> list[SoundingClass]:
     """The first ``num_classes`` classes of the catalogue (class index = position + 1)."""

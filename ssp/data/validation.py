@@ -740,11 +740,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     report = validate_dataset(args.data_root, layout=args.layout, workers=args.workers)
     if args.report is not None:
-        from ssp.fingerprint import tree_digest
+        from ssp.ops.fingerprint import tree_digest
 
         content = json.loads(json.dumps(report.to_dict(), default=str))
         # the dataset's content digest: stages downstream depend on this report instead of
-        # re-hashing the dataset folder each (see ssp/fingerprint.py)
+        # re-hashing the dataset folder each (see ssp/ops/fingerprint.py)
         content["fingerprint"] = tree_digest(args.data_root)
         write_json(args.report, content)
     if report.ok:

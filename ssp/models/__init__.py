@@ -1,18 +1,18 @@
 """Models: the AAVS baseline and the SSP additions.
 
 - :mod:`ssp.models.config`: ``SSPConfig`` (all knobs, ``tiny``/``paper`` presets) and
-  ``ABLATION_ROWS`` (paper Table 2 as switch settings). Light: no torch import.
+  Light: no torch import. (Table 2 rows as switch settings: :mod:`ssp.paper`.)
 - :mod:`ssp.models.ssp`: ``SSPModel``, ``SSPOutput`` (forward/predict contract).
 - :mod:`ssp.models.weights`: ``load_pretrained`` for local weight files.
-- :mod:`ssp.losses` (outside this package): ``SSPCriterion``.
+- :mod:`ssp.models.criterion` (outside this package): ``SSPCriterion``.
 
 The torch-heavy names are imported lazily so that light CLI commands can import the
 config without torch.
 """
 
-from ssp.models.config import ABLATION_ROWS, SSPConfig
+from ssp.models.config import SSPConfig
 
-__all__ = ["ABLATION_ROWS", "SSPConfig", "SSPModel", "SSPOutput", "load_pretrained"]
+__all__ = ["SSPConfig", "SSPModel", "SSPOutput", "load_pretrained"]
 
 
 def __getattr__(name: str):

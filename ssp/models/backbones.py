@@ -11,7 +11,7 @@ decoder consumes).
   ``Mask2FormerForUniversalSegmentation``, so that its parameter names match Mask2Former
   and AAVS checkpoints (``model.pixel_level_module.encoder.*``).
 
-Audio: ``audio_encoder == "vggish"`` uses :class:`ssp.audio.VGGish` (N×1×96×64 log-mel ->
+Audio: ``audio_encoder == "vggish"`` uses :class:`ssp.models.vggish.VGGish` (N×1×96×64 log-mel ->
 N×128; ``vggish_weights`` = torchvggish's weights file, else random init); ``"tiny"``
 is :class:`TinyAudioEncoder`, a small log-mel CNN with the same input and output
 contract, for CPU runs.
@@ -123,7 +123,7 @@ def build_audio_encoder(config: SSPConfig) -> nn.Module:
         if config.vggish_weights is not None:
             raise SSPError("vggish_weights needs audio_encoder='vggish'")
         return TinyAudioEncoder()
-    from ssp.audio import VGGish
+    from ssp.models.vggish import VGGish
 
     if config.vggish_weights is not None:
         # torchvggish's file: .pth read with weights_only=True, or .safetensors; a file

@@ -22,8 +22,8 @@ stage 2 is AVSS with ``num_classes`` = 71 (index 0 = background, 1..70 objects) 
 takes the "stepping stone" binary mask (GT in training, stage 1's prediction at test).
 
 Switches (paper §4): ``pre_mask`` (eq. 2), ``text`` in {"none", "att", "vta"} and
-``post_mask`` with weight ``lambda_post`` (eq. 5). ``ABLATION_ROWS`` spells out the seven
-rows of paper Table 2 as switch settings.
+``post_mask`` with weight ``lambda_post`` (eq. 5). The seven rows of paper Table 2 as
+switch settings are :data:`ssp.paper.TABLE2`.
 
 ``decoder_layers`` counts like Hugging Face's ``Mask2FormerConfig.decoder_layers``:
 the number of mask predictions, i.e. one from the learnable queries plus one per
@@ -83,7 +83,7 @@ class SSPConfig:
     dim_feedforward: int = 256
 
     # --- audio ---------------------------------------------------------------------------
-    audio_encoder: str = "tiny"  # "vggish" (ssp.audio.VGGish) | "tiny" (small log-mel CNN)
+    audio_encoder: str = "tiny"  # "vggish" (ssp.models.vggish.VGGish) | "tiny" (small log-mel CNN)
     freeze_audio_encoder: bool = True  # only applies when ``vggish_weights`` is given
 
     # --- loss (Mask2Former / AAVS) -------------------------------------------------------------
@@ -100,7 +100,7 @@ class SSPConfig:
     text: str = "none"  # "none" | "att" | "vta"
     post_mask: bool = False
     lambda_post: float = 10.0
-    # What L'_mask supervises (ssp.losses): "recall" = the segmentation itself, penalised
+    # What L'_mask supervises (ssp.models.criterion): "recall" = the segmentation itself, penalised
     # only where it misses M_Post (never contradicts L_AVS); "head" = an extra post-mask
     # prediction from the mask features, BCE + dice against M_Post everywhere (it slowed
     # class learning: bench/README.md, Ablation).
@@ -220,27 +220,5 @@ class SSPConfig:
         return cls(**data)
 
     def with_switches(self, **switches: Any) -> "SSPConfig":
-        """A copy with some fields replaced (e.g. an ABLATION_ROWS entry)."""
+        """A copy with some fields replaced (e.g. a Table-2 row's ``switches``)."""
         return dataclasses.replace(self, **switches)
-
-
-# Paper Table 2 ("adding key modules" to AAVS), one entry per row, as switch settings.
-# Our reading of each row (the table's note: "VTA must be used in the presence of the
-# textual prompts", i.e. VTA rows always include the prompts):
-#   aavs                 - the baseline, no SSP addition.
-#   pre_mask             - "w. Pre-mask": optical-flow pre-mask only (eq. 2).
-#   pre_mask_post_mask   - "w. Pre-mask w. Post-mask": both flow components, no text.
-#   text_att             - "w. Textual prompts w/o. VTA": A1/A2 through plain
-#                          cross-attention ("att", §5.3), no flow component.
-#   text_vta             - "w. Textual prompts w. VTA": A1/A2 through VTA, no flow.
-#   pre_mask_vta         - "w/o. Post-mask": the full model minus the post-mask loss.
-#   full                 - "Full model": pre-mask + VTA + post-mask.
-ABLATION_ROWS: dict[str, dict[str, Any]] = {
-    "aavs": {"pre_mask": False, "text": "none", "post_mask": False},
-    "pre_mask": {"pre_mask": True, "text": "none", "post_mask": False},
-    "pre_mask_post_mask": {"pre_mask": True, "text": "none", "post_mask": True},
-    "text_att": {"pre_mask": False, "text": "att", "post_mask": False},
-    "text_vta": {"pre_mask": False, "text": "vta", "post_mask": False},
-    "pre_mask_vta": {"pre_mask": True, "text": "vta", "post_mask": False},
-    "full": {"pre_mask": True, "text": "vta", "post_mask": True},
-}

@@ -1,6 +1,6 @@
 """The SSP model: AAVS (audio-aware Mask2Former, two stages) + pre-mask, text prompts/VTA.
 
-Interface (used by ``ssp.train``, ``ssp.inference``, ``ssp.evaluate``, ``ssp.predict``):
+Interface (used by ``ssp.engine.train``, ``ssp.eval.stage1_masks``, ``ssp.eval.evaluate``, ``ssp.eval.predict``):
 
 - ``SSPModel(config: SSPConfig)``; local weights named in the config load at build time
   (:func:`ssp.models.weights.load_pretrained`).
@@ -37,7 +37,7 @@ Post-mask (``post_mask=True``): L'_mask is "an additional mask prediction loss" 
 §4.3) whose label M_Post = M_O ∩ M_GT leaves out the still parts of sounding objects. A
 two-sided loss on the segmentation would contradict L_AVS on exactly those pixels (with
 λ' = 10 a tiny model overfitting two frames stalled at IoU 0.62 instead of 0.99). The
-default form (``post_mask_form="recall"``, :mod:`ssp.losses`) is one-sided on the
+default form (``post_mask_form="recall"``, :mod:`ssp.models.criterion`) is one-sided on the
 segmentation itself and needs nothing from the model; the ``head`` form makes one more
 mask prediction in Mask2Former's form: a learned post-mask embedding dotted with the
 per-pixel mask features (a 1×1 conv, ``post_mask_head``), ``SSPOutput.post_mask_logits``,

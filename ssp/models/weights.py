@@ -14,7 +14,7 @@ naming it and the first offending keys.
   other mismatch, or a backbone/decoder parameter the file lacks, is an error.
 - ``"vggish_weights"``: torchvggish's VGGish state dict, loaded strictly into
   ``model.audio_encoder`` (``SSPModel`` already does this at build time through
-  ``ssp.audio.VGGish.from_torchvggish``; this entry is for swapping weights later).
+  ``ssp.models.vggish.VGGish.from_torchvggish``; this entry is for swapping weights later).
 - ``"backbone_weights"``: timm backbones load through timm at build time (see
   :mod:`ssp.models.backbones`); it is not handled here.
 """

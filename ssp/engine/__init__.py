@@ -1,0 +1,1 @@
+"""Training: stage inputs, batching, the predict loop, distributed setup, the train loop."""

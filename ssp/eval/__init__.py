@@ -1,0 +1,1 @@
+"""Evaluation and inference commands: evaluate, stage1-masks, predict."""

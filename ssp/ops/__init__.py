@@ -1,0 +1,1 @@
+"""Operations: params, tracking, registry, fingerprints, launching."""

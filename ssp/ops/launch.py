@@ -1,0 +1,239 @@
+"""How a training stage runs: one plain process, or ``torchrun`` across GPUs and nodes.
+
+    ssp launch --params params.yaml -- train --stage 1 --data data/synth --out runs/s1
+    python -m ssp.ops.launch --params params.yaml --dry-run -- train --stage 2 ...
+
+The ``train`` section of params.yaml says how many processes the job has:
+
+    train:
+      gpus: 1                       # processes (= GPUs) per node; "auto": every visible GPU
+      nodes: 1                      # machines taking part
+      rdzv_endpoint: "10.0.0.1:29400"   # HOST:PORT of the rendezvous (node 0 usually)
+      rdzv_id: ssp                  # job id shared by all nodes of one run
+      rdzv_backend: c10d
+      max_restarts: 0               # torchrun restarts of the whole worker group
+
+With ``gpus == 1`` and ``nodes == 1`` the stage is the plain ``python -m ssp.cli train ...``
+process. With several GPUs on one machine it runs under ``torchrun --standalone``
+(a private rendezvous on a free local port, nothing to configure). With several nodes
+every node runs the same command: torchrun's c10d rendezvous at ``rdzv_endpoint``
+gathers them and hands out the node ranks itself (the node whose address the
+endpoint names hosts the rendezvous store). With ``rdzv_backend:
+static`` the ranks are fixed instead: ``rdzv_endpoint`` is node 0's address and each
+machine says its rank in ``SSP_NODE_RANK``. Training reads the usual torchrun
+variables (RANK, LOCAL_RANK, WORLD_SIZE, GROUP_RANK, MASTER_ADDR...) and only global
+rank 0 logs to MLflow.
+
+Environment variables override params (``SSP_GPUS``, ``SSP_NODES``, ``SSP_NODE_RANK``,
+``SSP_RDZV_ENDPOINT``, ``SSP_RDZV_ID``, ``SSP_RDZV_BACKEND``, ``SSP_MAX_RESTARTS``):
+what differs from machine to machine (the node rank, the endpoint as seen from a
+node) belongs in the environment, not in params.yaml, whose every change DVC
+treats as a new experiment.
+
+MLflow system metrics per node: with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true``,
+``node_system_metrics(run_id)`` wrapped around the training loop samples, on each
+node's local rank 0, CPU/GPU/memory/disk/network use into the job's run as
+``system/node<GROUP_RANK>/...``; ``node_tags()`` are the tags saying where a process ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import socket
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from ssp.errors import SSPError
+
+# params key -> environment variable that overrides it
+ENV_OVERRIDES = {
+    "gpus": "SSP_GPUS",
+    "nodes": "SSP_NODES",
+    "node_rank": "SSP_NODE_RANK",
+    "rdzv_endpoint": "SSP_RDZV_ENDPOINT",
+    "rdzv_id": "SSP_RDZV_ID",
+    "rdzv_backend": "SSP_RDZV_BACKEND",
+    "max_restarts": "SSP_MAX_RESTARTS",
+}
+
+
+@dataclass
+class LaunchConfig:
+    gpus: int = 1                            # worker processes per node
+    nodes: int = 1
+    node_rank: int = 0                       # this machine's rank; static rendezvous only
+    rdzv_endpoint: str = "127.0.0.1:29400"   # only used when nodes > 1
+    rdzv_id: str = "ssp"
+    rdzv_backend: str = "c10d"
+    max_restarts: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.gpus > 1 or self.nodes > 1
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
+
+    def check(self) -> None:
+        if self.gpus < 1 or self.nodes < 1:
+            raise SSPError(f"train.gpus and train.nodes must be >= 1 (got gpus={self.gpus}, nodes={self.nodes})")
+        if not 0 <= self.node_rank < self.nodes:
+            raise SSPError(f"node rank {self.node_rank} is outside 0..{self.nodes - 1} (train.nodes={self.nodes})")
+        if self.nodes > 1:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not (sep and host and port.isdigit()):
+                raise SSPError(f"train.rdzv_endpoint must be HOST:PORT, got {self.rdzv_endpoint!r}")
+        if self.max_restarts < 0:
+            raise SSPError(f"train.max_restarts must be >= 0 (got {self.max_restarts})")
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _as_int(name: str, value: Any) -> int:
+    if name == "gpus" and str(value).strip().lower() == "auto":
+        return max(visible_gpus(), 1)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise SSPError(f"train.{name} must be an integer, got {value!r}") from None
+
+
+def launch_config(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> LaunchConfig:
+    """The launch settings from the ``train`` section of params, then the environment."""
+    env = os.environ if env is None else env
+    section = dict(params.get("train") or {})
+    values: dict[str, Any] = {}
+    for f in fields(LaunchConfig):
+        value = section.get(f.name, f.default)
+        if env.get(ENV_OVERRIDES[f.name], "") != "":
+            value = env[ENV_OVERRIDES[f.name]]
+        values[f.name] = _as_int(f.name, value) if f.type == "int" else str(value)
+    config = LaunchConfig(**values)
+    config.check()
+    return config
+
+
+def training_command(
+    stage_args: Sequence[str], config: LaunchConfig, python: str | None = None, module: str = "ssp.cli"
+) -> list[str]:
+    """The argv that runs ``python -m <module> <stage_args>`` (``ssp <stage_args>``) as
+    ``config`` says.
+
+    torchrun is run as ``python -m torch.distributed.run`` (what the ``torchrun``
+    script runs) so that it is always the torch of this interpreter.
+    """
+    python = python or sys.executable
+    program = ["-m", module, *stage_args]
+    if not config.distributed:
+        return [python, *program]
+    torchrun = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(config.gpus)]
+    if config.nodes == 1:
+        # one machine: a private rendezvous on a free port, nothing can clash
+        torchrun += ["--standalone", "--nnodes", "1"]
+    else:
+        torchrun += [
+            "--nnodes", str(config.nodes),
+            "--rdzv-backend", config.rdzv_backend,
+            "--rdzv-endpoint", config.rdzv_endpoint,
+            "--rdzv-id", config.rdzv_id,
+        ]
+        if config.rdzv_backend == "static":
+            # c10d assigns node ranks at rendezvous (and ignores --node-rank); static needs them
+            torchrun += ["--node-rank", str(config.node_rank)]
+    if config.max_restarts:
+        torchrun += ["--max-restarts", str(config.max_restarts)]
+    return [*torchrun, *program]
+
+
+# -- helpers for the training processes -------------------------------------------
+def node_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """MLflow tags that say where a process of a (possibly distributed) job ran;
+    torchrun's GROUP_RANK is the node rank, WORLD_SIZE the number of processes."""
+    env = os.environ if env is None else env
+    return {
+        "ssp.host": socket.gethostname(),
+        "ssp.node_rank": env.get("GROUP_RANK", "0"),
+        "ssp.world_size": env.get("WORLD_SIZE", "1"),
+        "ssp.local_world_size": env.get("LOCAL_WORLD_SIZE", "1"),
+    }
+
+
+@contextlib.contextmanager
+def node_system_metrics(run_id: str | None, env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Sample this node's CPU, memory, disk, network and GPU usage into ``run_id`` while
+    the block runs, when ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is true. Call it on
+    each node's local rank 0 only: one monitor per machine."""
+    env = os.environ if env is None else env
+    enabled = env.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in {"1", "true", "yes"}
+    if not (enabled and run_id and env.get("LOCAL_RANK", "0") == "0"):
+        yield
+        return
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from ssp.ops.tracking import tracking_uri
+
+    # GROUP_RANK: the node rank torchrun settled on (c10d assigns it at rendezvous)
+    node_id = env.get("MLFLOW_SYSTEM_METRICS_NODE_ID") or f"node{env.get('GROUP_RANK', '0')}"
+    monitor = SystemMetricsMonitor(run_id, node_id=node_id, resume_logging=True, tracking_uri=tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+
+
+# -- command line -------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run an `ssp` command (a training stage) as params.yaml's `train` section says: a plain "
+        "process, or under torchrun when train.gpus > 1 or train.nodes > 1. SSP_GPUS, SSP_NODES, "
+        "SSP_NODE_RANK, SSP_RDZV_ENDPOINT, SSP_RDZV_ID, SSP_RDZV_BACKEND and SSP_MAX_RESTARTS override params."
+    )
+    parser.add_argument("--params", default="params.yaml",
+                        help="params file whose `train` section holds gpus/nodes/rdzv_* (default: params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param, e.g. --set train.gpus=4 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    parser.add_argument("stage_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
+                        help="the ssp command to run, after `--`, e.g. -- train --stage 1 --data DIR --out DIR")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ssp.ops.params import load_params
+
+    stage_args = list(args.stage_args)
+    if stage_args[:1] == ["--"]:
+        stage_args = stage_args[1:]
+    if not stage_args:
+        raise SSPError("nothing to launch: give the ssp command after `--`, e.g. -- train --stage 1 ...")
+    config = launch_config(load_params(Path(args.params), overrides=args.overrides))
+    command = training_command(stage_args, config)
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    print(f"ssp launch: {config.nodes} node(s) x {config.gpus} process(es), node rank {config.node_rank}: "
+          f"{shlex.join(command)}", file=sys.stderr, flush=True)
+    # replace this process: signals (Ctrl-C, DVC or Prefect cancelling) reach torchrun or
+    # the trainer directly, and its exit status is the stage's
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    _parser = argparse.ArgumentParser(prog="python -m ssp.ops.launch")
+    add_arguments(_parser)
+    try:
+        sys.exit(main(_parser.parse_args()))
+    except SSPError as e:
+        print(f"ssp launch: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,343 @@
+"""Every knob of the pipeline: one typed dataclass per ``params.yaml`` section.
+
+The defaults below ARE the demo profile (2 CPU cores, minutes, the generated benchmark)
+and are documented here once; ``conf/config.yaml`` holds the same values for DVC's Hydra
+composition (``tests/ops/test_params.py`` keeps the two equal). A profile is a set of
+overrides, ``conf/profile/{name}.yaml`` (``paper``: the paper's setting). ``params.yaml``
+is the composed result that the stages actually read, so ``dvc exp show`` and ``dvc params
+diff`` show what a run used:
+
+    dvc exp run -S profile=paper        # DVC composes conf/ with profile=paper into params.yaml
+    ssp params --profile paper          # the same composition, for plain `dvc repro` / the flows
+
+Every command, flow and deploy script reads params through :func:`load_params` (file,
+optional profile, ``section.key=value`` overrides) and gets a :class:`Params`; a stage
+reads only its own section (``params.flow``, ``params.train(2)``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from ssp import paper
+from ssp.errors import DataError, SSPError
+from ssp.fileio import write_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARAMS = Path("params.yaml")
+CONF_DIR = "conf"  # beside params.yaml: config.yaml + profile/{name}.yaml (Hydra layout)
+DEFAULT_PROFILE = "demo"
+
+
+# ---------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------
+@dataclass
+class DataParams:
+    """The dataset every stage reads, and the generated benchmark (``ssp synth``)."""
+
+    root: str = "data/synth"  # point it at a real AVSBench copy
+    layout: str = "auto"  # auto | semantic | object
+    seed: int = 0  # ssp synth
+    size: str = "demo"  # ssp synth: tiny | demo | small
+    classes: int = 8  # ssp synth: K sounding classes
+    image_size: int = 64  # ssp synth: frame side in pixels
+
+
+@dataclass
+class FlowParams:
+    """``ssp flow``: optical flow -> per-frame magnitude (paper eq. 1) -> binary M_O."""
+
+    method: str = "dis"  # dis | raft | perceiver (raft/perceiver need weights)
+    preset: str = "medium"  # DIS preset: ultrafast | fast | medium
+    weights: str = ""  # RAFT / Perceiver IO weights (local path; never downloaded)
+    rule: str = "otsu"  # threshold rule: fixed | fraction_of_max | otsu
+    value: float = 0.0  # the rule's value (pixels, or fraction of max); unused by otsu
+    min_magnitude: float = 1.0  # pixels moving less than this are never in M_O (keeps still frames empty)
+    cleanup: int = 0  # morphological opening size; 0 = off
+
+
+@dataclass
+class PromptsParams:
+    """``ssp prompts``: the MLLM's A1 (description) and A2 (sounding nouns), paper §4.2."""
+
+    backend: str = "scene"  # hf | openai | scene (generated benchmark only) | none
+    question_variant: str = "d"  # Q1 wording of paper Fig. 7 (d = the paper's final Q1)
+    model: str = ""  # hf: model folder or id; openai: served model name
+    frames_per_video: int = 4
+    quality: float = 1.0  # scene backend: answer quality (paper Fig. 6 study)
+    seed: int = 0  # scene backend: degradation draws
+
+
+@dataclass
+class ModelParams:
+    """Architecture, read by both stages (the SSP switches are the ``ssp`` section)."""
+
+    size: str = "tiny"  # tiny (CPU, demo) | paper (Swin-B Mask2Former as AAVS)
+    image_size: int = 64
+    # M_GT of eq. 2 in training: stage1 (stage 1's masks, as at test) | gt (the paper's wording)
+    premask_train_source: str = "stage1"
+    premask_test_source: str = "stage1"  # ... and at test, where the GT is unknown: stage1 | flow | all
+    post_mask_form: str = "recall"  # L'_mask on the segmentation, one-sided (recall) | on an extra head (head)
+    num_points: int | None = None  # points sampled per mask in the loss (None: the size preset's)
+    # local pretrained weights ("" = random init / the packaged default text model)
+    text_model_path: str = ""
+    vggish_weights: str = ""
+    backbone_weights: str = ""
+    mask2former_weights: str = ""
+
+
+@dataclass
+class SSPParams:
+    """The SSP additions of the main stage-2 model (paper §4); ablation rows override them."""
+
+    pre_mask: bool = True  # eq. 2: M_Pre multiplied into the frames
+    text: str = "vta"  # none | att | vta
+    post_mask: bool = True  # L'_mask against M_O ∩ M_GT
+    lambda_post: float = 10.0  # λ'_mask (eq. 5)
+
+
+@dataclass
+class LaunchParams:
+    """How training processes are launched (``ssp launch``; section ``train``)."""
+
+    gpus: int | str = 1  # > 1: torchrun --nproc-per-node; "auto": every visible GPU
+    nodes: int = 1  # > 1: multi-node rendezvous below
+    rdzv_endpoint: str = "127.0.0.1:29400"
+    rdzv_id: str = "ssp"
+    rdzv_backend: str = "c10d"
+    max_restarts: int = 0
+
+
+@dataclass
+class TrainParams:
+    """One training stage (sections ``train1`` and ``train2``)."""
+
+    epochs: int = 3
+    batch_size: int = 4  # videos per step (per process under DDP)
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    lr_step_epoch: int | None = 2  # LR x lr_gamma once this many epochs are done (paper: 15 S4/MS3, 20 AVSS)
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    num_workers: int = 1
+    seed: int = 0
+    step_checkpoint_every: int = 0  # resumable mid-epoch checkpoint every N steps; 0 = off
+    log_every: int = 10  # steps between loss read-outs (each is a device sync)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    subsets: list[str] | None = None  # None: stage 1 all subsets, stage 2 all semantic subsets
+    max_frames: int | None = 5  # keep the first N frames of each video (None = all)
+    labelled_only: bool = True  # drop unlabelled frames from training batches (no loss on them)
+    val_every: int = 1  # validate every N epochs (and always after the last)
+    val_batch_size: int = 4
+    threads: int | None = None  # torch intra-op threads (None = torch's default)
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn only where impossible)
+    overlays: int = 2  # prediction overlay PNGs logged for the best checkpoint
+    cache_in_memory: bool = True  # decode the train set once into RAM (small data); then no loader workers
+
+    def check(self, where: str) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise SSPError(f"params {where}: epochs and batch_size must be >= 1")
+
+
+def _train2() -> TrainParams:
+    # stage 2 (the main model, every ablation row and sweep point), demo schedule
+    return TrainParams(epochs=12, batch_size=2, lr_step_epoch=8, max_frames=3, subsets=["v2"])
+
+
+@dataclass
+class EvaluateParams:
+    split: str = "test"
+    fscore_batch_videos: int = 4  # official AVSBench batch-mode F-score: 4 videos per batch
+
+
+@dataclass
+class AblationParams:
+    """Paper Table 2: one stage-2 run per row and seed (DVC matrix ``ablation``)."""
+
+    rows: list[str] = field(default_factory=lambda: list(paper.ROWS))
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class SweepParams:
+    """Paper Fig. 5: λ'_mask of the full model (DVC foreach ``sweep``)."""
+
+    lambda_post: list[float] = field(default_factory=lambda: [1, 5, 10, 20, 50])
+
+
+@dataclass
+class PipelineParams:
+    work_pool: str = "ssp-process"  # Prefect work pool of the scheduled `retrain` deployment
+    work_pool_type: str = "process"  # process | docker | kubernetes (infra/prefect/ templates)
+    retries: dict[str, int] = field(default_factory=lambda: {"prompts": 2})  # Prefect task retries per stage group
+
+
+@dataclass
+class Params:
+    """All sections; ``profile`` names the profile the values were composed with."""
+
+    profile: str = DEFAULT_PROFILE
+    data: DataParams = field(default_factory=DataParams)
+    flow: FlowParams = field(default_factory=FlowParams)
+    prompts: PromptsParams = field(default_factory=PromptsParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    ssp: SSPParams = field(default_factory=SSPParams)
+    train: LaunchParams = field(default_factory=LaunchParams)
+    train1: TrainParams = field(default_factory=TrainParams)
+    train2: TrainParams = field(default_factory=_train2)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    ablation: AblationParams = field(default_factory=AblationParams)
+    sweep: SweepParams = field(default_factory=SweepParams)
+    pipeline: PipelineParams = field(default_factory=PipelineParams)
+
+    def stage(self, stage: int) -> TrainParams:
+        """``train1`` or ``train2``."""
+        if stage not in (1, 2):
+            raise SSPError(f"stage must be 1 or 2, got {stage}")
+        return self.train1 if stage == 1 else self.train2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str | Path = "params") -> Params:
+        """Typed sections from a (composed) params mapping; a missing section or key takes
+        its default, an unknown one is an error naming ``source``."""
+        data = dict(data or {})
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise DataError(source, f"unknown params sections {unknown} (known: {sorted(sections)})")
+        base = cls()
+        values: dict[str, Any] = {"profile": str(data.get("profile") or DEFAULT_PROFILE)}
+        for name in sections:
+            if name == "profile":
+                continue
+            values[name] = _section(getattr(base, name), data.get(name), f"{source}: {name}")
+        params = cls(**values)
+        params.train1.check(f"{source}: train1")
+        params.train2.check(f"{source}: train2")
+        return params
+
+
+def _section(default: Any, given: Mapping[str, Any] | None, where: str) -> Any:
+    if given is None:
+        return default
+    if not isinstance(given, Mapping):
+        raise DataError(where.split(":")[0], f"section {where.split(': ')[-1]} must be a mapping, got {given!r}")
+    known = {f.name for f in dataclasses.fields(default)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise DataError(where.split(":")[0], f"unknown keys {unknown} in section "
+                                             f"{where.split(': ')[-1]} (known: {sorted(known)})")
+    return dataclasses.replace(default, **dict(given))
+
+
+# ---------------------------------------------------------------------------------------
+# Loading: file, profile, overrides
+# ---------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train2.epochs=3"`` -> (["train2", "epochs"], 3); the value is parsed as YAML."""
+    if "=" not in text:
+        raise SSPError(f"override {text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(params: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(params))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(path, f"not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise DataError(path, "expected a mapping of params sections")
+    return data
+
+
+def compose(conf_dir: str | Path, profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
+    """``conf/config.yaml`` with ``profile/{profile}.yaml`` merged over it: what DVC's Hydra
+    composition writes into params.yaml for ``dvc exp run -S profile=NAME``."""
+    from hydra import compose as hydra_compose  # heavy (~0.3 s); only when composing
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf_dir = Path(conf_dir).resolve()
+    choices = sorted(p.stem for p in (conf_dir / "profile").glob("*.yaml"))
+    if profile not in choices:
+        raise DataError(conf_dir / "profile", f"no profile {profile!r} (profiles: {', '.join(choices)})")
+    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=[f"profile={profile}"])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def load_params(path: str | Path | None = None, profile: str | None = None,
+                overrides: Iterable[str] = ()) -> Params:
+    """The params a command runs with: ``path`` (default params.yaml; the defaults of this
+    module when it does not exist), or, when ``profile`` names another profile than the
+    file's, that profile composed from ``conf/`` beside the file; then ``overrides``.
+    ``profile=NAME`` among the overrides selects the profile too (as ``dvc exp run -S``)."""
+    path = Path(path) if path is not None else DEFAULT_PARAMS
+    overrides = list(overrides)
+    chosen = [str(parse_override(o)[1]) for o in overrides if parse_override(o)[0] == ["profile"]]
+    overrides = [o for o in overrides if parse_override(o)[0] != ["profile"]]
+    profile = profile or (chosen[-1] if chosen else None)
+    raw = read_yaml(path) if path.exists() else {}
+    if profile is not None and profile != raw.get("profile", DEFAULT_PROFILE):
+        raw = compose(path.parent / CONF_DIR, profile)
+    return Params.from_dict(apply_overrides(raw, overrides), source=path)
+
+
+def write_params(params: Mapping[str, Any], path: str | Path = DEFAULT_PARAMS) -> Path:
+    """Write a composed params mapping as params.yaml (sections in dataclass order)."""
+    header = ("# GENERATED by `ssp params` / `dvc exp run -S profile=...` from conf/ (edit conf/, not this\n"
+              "# file). The values the stages read; every knob is documented in ssp/ops/params.py.\n")
+    write_text(path, header + yaml.safe_dump(dict(params), sort_keys=False, default_flow_style=False))
+    return Path(path)
+
+
+# ---------------------------------------------------------------------------------------
+# CLI: ssp params
+# ---------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help="profile of conf/profile/ to compose (default: demo)")
+    parser.add_argument("--conf", type=Path, default=Path(CONF_DIR), help="Hydra config folder (default: conf)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_PARAMS, help="params file to write (default: params.yaml)")
+    parser.add_argument("--check", action="store_true",
+                        help="do not write: exit 1 if --out differs from the composition")
+
+
+def main(args: argparse.Namespace) -> int:
+    composed = compose(args.conf, args.profile)
+    Params.from_dict(composed, source=args.conf)  # fail on unknown keys before writing
+    if args.check:
+        current = read_yaml(args.out) if args.out.exists() else {}
+        if current != composed:
+            log.error("%s is not the composition of %s with profile=%s: run `ssp params --profile %s`",
+                      args.out, args.conf, args.profile, args.profile)
+            return 1
+        return 0
+    write_params(composed, args.out)
+    log.info("params: %s <- %s (profile %s)", args.out, args.conf, args.profile)
+    return 0

@@ -1,0 +1,1 @@
+"""Who answers Q1/Q2: hf (local model), openai (endpoint), scene (generated benchmark)."""

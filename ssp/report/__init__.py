@@ -1,0 +1,1 @@
+"""Reports: tables and plots, the Fig. 8 sample grid, drawing code."""

@@ -1,0 +1,181 @@
+"""ssp evaluate: the JSON (binary v1s/v1m, semantic v2/all, conventions), the per-class and
+per-scenario CSVs, and stage 2 never seeing GT masks as model input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssp.errors import SSPError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny benchmark (logmel only), random-init stage-1/2 checkpoints, stage-1 masks."""
+    from ssp.preprocess.logmel import compute_logmel
+    from ssp.models.checkpoint import save_weights
+    from ssp.data.avsbench import load_records
+    from ssp.data.synthetic import SynthConfig, generate_dataset
+    from ssp.eval.stage1_masks import write_stage1_masks
+    from ssp.models import SSPConfig, SSPModel
+
+    root = tmp_path_factory.mktemp("eval")
+    data = generate_dataset(SynthConfig(seed=1, size="tiny"), root / "data", progress=False)
+    compute_logmel(load_records(data), root / "logmel")
+    torch.manual_seed(0)
+    s1, s2 = root / "s1.safetensors", root / "s2.safetensors"
+    save_weights(s1, SSPModel(SSPConfig.tiny(1, num_points=64)), {"epoch": 1})
+    save_weights(s2, SSPModel(SSPConfig.tiny(2, num_points=64)), {"epoch": 1})
+    write_stage1_masks(s1, data, root / "stage1", ("test",), logmel=root / "logmel", progress=False)
+    return {"root": root, "data": data, "logmel": root / "logmel", "s1": s1, "s2": s2, "stage1": root / "stage1"}
+
+
+def test_stage2_report_and_csvs(setup, monkeypatch):
+    from ssp.eval.evaluate import evaluate
+    from ssp.models.ssp import SSPModel
+
+    seen: list[set] = []
+    original = SSPModel.forward
+
+    def spy(self, batch):
+        seen.append(set(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(SSPModel, "forward", spy)
+    out = setup["root"] / "report" / "test.json"
+    result = evaluate(setup["s2"], setup["data"], "test", out, stage1_masks=setup["stage1"],
+                      logmel=setup["logmel"], fscore_batch_videos=2, progress=False)
+    assert seen and all("masks" not in keys and "stage1_mask" in keys for keys in seen)
+
+    saved = json.loads(out.read_text())
+    assert saved["binary"].keys() >= {"v1s", "v1m"} and saved["semantic"].keys() >= {"v2", "all"}
+    assert saved["binary"]["v1s"]["batch_frames"] == 10  # 2 videos x 5 frames
+    for numbers in [*saved["binary"].values(), *saved["semantic"].values()]:
+        assert 0 <= numbers["miou"] <= 1 and 0 <= numbers["fscore"] <= 1
+    assert saved["semantic"]["all"]["num_frames"] == 5 + 5 + 10  # one test video per subset, real frames
+    assert "batch" in saved["conventions"]["binary"]["fscore"]
+    assert "ALL classes" in saved["conventions"]["semantic"]["miou"]
+
+    per_class = list(csv.DictReader(Path(result["per_class_csv"]).open()))
+    assert len(per_class) == 71 and per_class[0]["class"] == "background"
+    names = json.loads((setup["data"] / "label2idx.json").read_text())
+    assert {r["class"] for r in per_class} == set(names)
+    scenarios = {row["uid"]: row["scenario"] for row in csv.DictReader((setup["data"] / "scenarios.csv").open())
+                 if row["split"] == "test"}
+    per_scenario = list(csv.DictReader(Path(result["per_scenario_csv"]).open()))
+    assert {r["scenario"] for r in per_scenario} == set(scenarios.values())
+    assert sum(int(r["frames"]) for r in per_scenario) == 20
+
+
+def test_stage1_report_and_missing_stage1_masks(setup, tmp_path):
+    from ssp.eval.evaluate import evaluate
+
+    result = evaluate(setup["s1"], setup["data"], "test", tmp_path / "s1.json", logmel=setup["logmel"],
+                      progress=False)
+    assert result["semantic"] == {} and result["binary"].keys() == {"v1s", "v1m", "v2"}
+    assert result["binary"]["v1m"]["batch_frames"] == 20
+    assert (tmp_path / "s1.per_scenario.csv").is_file()
+    with pytest.raises(SSPError, match="--stage1-masks"):
+        evaluate(setup["s2"], setup["data"], "test", tmp_path / "x.json", logmel=setup["logmel"], progress=False)
+
+
+def test_binary_from_semantic():
+    from ssp.eval.evaluate import binary_from_semantic
+
+    scores = torch.zeros(1, 3, 1, 2)
+    scores[0, 0, 0, 0], scores[0, 2, 0, 0] = 0.9, 0.1  # mostly background
+    scores[0, 0, 0, 1], scores[0, 1, 0, 1] = 0.2, 0.6  # mostly class 1
+    logits = binary_from_semantic(scores)
+    assert logits[0, 0, 0] < 0 < logits[0, 0, 1]
+    assert torch.sigmoid(logits[0, 0, 1]).item() == pytest.approx(0.75, abs=1e-5)
+
+
+def run_folder(tmp_path, checkpoint, run_id) -> Path:
+    """A `ssp train` run folder around ``checkpoint`` whose metrics.json names ``run_id``."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(checkpoint, run_dir / "checkpoints" / "best.safetensors")
+    (run_dir / "metrics.json").write_text(json.dumps({"best": {"miou": 0.1}, "mlflow_run_id": run_id}))
+    return run_dir / "checkpoints" / "best.safetensors"
+
+
+def test_test_metrics_are_logged_into_the_training_run(setup, tmp_path, mlflow_store):
+    from ssp.eval.evaluate import evaluate
+    from ssp.ops.tracking import RunLogger, get_client
+
+    with RunLogger("ssp-avss", "stage2-full-seed0") as training:
+        training.log_metrics({"best/miou": 0.1})
+    checkpoint = run_folder(tmp_path, setup["s2"], training.run_id)
+    result = evaluate(checkpoint, setup["data"], "test", tmp_path / "m.json", stage1_masks=setup["stage1"],
+                      logmel=setup["logmel"], fscore_batch_videos=2, progress=False)
+    logged = get_client().get_run(training.run_id).data.metrics
+    semantic = result["semantic"]["all"]
+    for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
+        assert logged[f"test/{key}"] == pytest.approx(semantic[key])
+    for subset in ("v1s", "v1m", "v2"):
+        assert logged[f"test/binary/{subset}/miou"] == pytest.approx(result["binary"][subset]["miou"])
+    assert logged["best/miou"] == 0.1  # the training run's own metrics stay
+    assert json.loads((tmp_path / "m.json").read_text())["semantic"]["all"]["miou"] == semantic["miou"]
+
+
+def fake_result(split="test"):
+    return {"split": split, "semantic": {"all": {"miou": 0.25, "fscore": 0.5, "miou_no_bg": float("nan")}},
+            "binary": {"v1s": {"miou": 0.75, "fscore": 0.8}}}
+
+
+def test_run_metrics_names_and_no_nan():
+    from ssp.eval.evaluate import run_metrics
+
+    assert run_metrics(fake_result("val")) == {"val/miou": 0.25, "val/fscore": 0.5, "val/binary/v1s/miou": 0.75,
+                                               "val/binary/v1s/fscore": 0.8}
+    assert run_metrics({"split": "test", "semantic": {}, "binary": {"v2": {"miou": 0.5, "fscore": 0.6}}}) == {
+        "test/binary/v2/miou": 0.5, "test/binary/v2/fscore": 0.6}  # stage 1: binary only
+
+
+def test_a_vanished_training_run_is_only_a_warning(setup, tmp_path, mlflow_store, caplog):
+    from ssp.eval.evaluate import log_to_training_run
+    from ssp.ops.tracking import RunLogger, get_client
+
+    checkpoint = run_folder(tmp_path, setup["s2"], "0123456789abcdef0123456789abcdef")  # another store's run
+    with caplog.at_level("WARNING", logger="ssp.eval.evaluate"):
+        assert log_to_training_run(checkpoint, fake_result()) is None
+    assert "not found" in caplog.text and "0123456789abcdef" in caplog.text
+
+    with RunLogger("ssp-avss", "deleted") as run:
+        pass
+    get_client().delete_run(run.run_id)
+    (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"mlflow_run_id": run.run_id}))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ssp.eval.evaluate"):
+        assert log_to_training_run(checkpoint, fake_result()) is None
+    assert "deleted" in caplog.text
+
+
+def test_no_run_id_is_a_no_op_and_other_errors_propagate(setup, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    import ssp.ops.tracking
+    from ssp.errors import DataError
+    from ssp.eval.evaluate import log_to_training_run
+
+    assert log_to_training_run(setup["s2"], fake_result()) is None  # not in a run folder
+    checkpoint = run_folder(tmp_path, setup["s2"], None)
+    assert log_to_training_run(checkpoint, fake_result()) is None  # run folder without a run id
+
+    class Broken:
+        def get_run(self, run_id):
+            raise MlflowException("tracking server says no")
+
+    monkeypatch.setattr(ssp.ops.tracking, "get_client", lambda: Broken())
+    (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"mlflow_run_id": "abc"}))
+    with pytest.raises(MlflowException, match="says no"):
+        log_to_training_run(checkpoint, fake_result())
+    (checkpoint.parent.parent / "metrics.json").write_text("{broken")
+    with pytest.raises(DataError, match="metrics.json"):
+        log_to_training_run(checkpoint, fake_result())

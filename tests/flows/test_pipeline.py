@@ -1,0 +1,123 @@
+"""The real dvc.yaml / params.yaml: stage wiring and parameter dependencies.
+
+DVC decides what re-runs from the hashes of each stage's deps, params and outs. To test
+that without running the pipeline, we copy dvc.yaml + params.yaml into a scratch git
+repo, give every dep and out a stand-in file, `dvc commit` all stages (records the
+hashes in dvc.lock as if they had run), then change one param and ask `dvc status`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = str(Path(sys.executable).parent / "dvc")
+PREPROCESSING = {"synth", "validate", "flow", "logmel", "prompts"}
+
+
+def run(cmd, cwd):
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def committed_pipeline(tmp_path_factory) -> Path:
+    proj = tmp_path_factory.mktemp("pipeline")
+    shutil.copy(ROOT / "dvc.yaml", proj)
+    shutil.copy(ROOT / "params.yaml", proj)
+    run(["git", "init", "-q"], proj)
+    run([DVC, "init", "-q"], proj)
+    # stand-ins for every dep and out that DVC hashes
+    from dvc.repo import Repo
+
+    with Repo(str(proj)) as repo:
+        paths = {str(Path(o.def_path)) for s in repo.index.stages for o in [*s.deps, *s.outs]
+                 if not o.def_path.endswith(".yaml") and o.__class__.__name__ != "ParamsDependency"}
+    for rel in sorted(paths):
+        p = proj / rel
+        if p.suffix in (".json", ".csv", ".py"):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text("{}" if p.suffix == ".json" else "epoch,val_miou\n1,0.5\n" if p.suffix == ".csv" else "#\n")
+        else:
+            p.mkdir(parents=True, exist_ok=True)
+            (p / "stand-in.txt").write_text(rel)
+    run([DVC, "commit", "-f", "-q"], proj)
+    assert json.loads(run([DVC, "status", "--json"], proj) or "{}") == {}
+    return proj
+
+
+def stale_after(proj: Path, edit) -> set[str]:
+    params_file = proj / "params.yaml"
+    original = params_file.read_text()
+    try:
+        params = yaml.safe_load(original)
+        edit(params)
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+        return {name.split(":")[-1] for name in json.loads(run([DVC, "status", "--json"], proj) or "{}")}
+    finally:
+        params_file.write_text(original)
+
+
+def test_all_stages_present_in_dependency_order():
+    from flows.dvc_stages import stage_order
+
+    order = stage_order(ROOT)
+    for a, b in [("synth", "validate"), ("validate", "flow"), ("validate", "prompts"),
+                 ("train_stage1", "stage1_masks"), ("stage1_masks", "train_stage2"),
+                 ("train_stage2", "evaluate"), ("stage1_masks", "ablation@full"),
+                 ("stage1_masks", "sweep@10")]:
+        assert order.index(a) < order.index(b), (a, b)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert {f"ablation@{r}" for r in params["ablation"]["rows"]} <= set(order)
+    assert len(params["ablation"]["rows"]) == 7 and len(params["sweep"]["lambda_post"]) == 5
+    assert 10 in params["sweep"]["lambda_post"]
+
+
+def test_lambda_post_change_makes_only_stage2_and_later_stale(committed_pipeline):
+    stale = stale_after(committed_pipeline, lambda p: p["ssp"].__setitem__("lambda_post", 5.0))
+    assert stale == {"train_stage2"}  # evaluate follows once train_stage2's outputs change
+    assert not stale & PREPROCESSING and "train_stage1" not in stale
+
+
+def test_sweep_values_touch_only_their_own_cells(committed_pipeline):
+    def edit(p):
+        p["sweep"]["lambda_post"] = [1, 5, 10, 20, 100]
+    stale = stale_after(committed_pipeline, edit)
+    assert not stale & (PREPROCESSING | {"train_stage1", "train_stage2", "evaluate"})
+
+
+def test_preprocessing_params_reach_only_their_stage(committed_pipeline):
+    assert stale_after(committed_pipeline, lambda p: p["flow"].__setitem__("preset", "fast")) == {"flow"}
+    assert stale_after(committed_pipeline, lambda p: p["prompts"].__setitem__("quality", 0.5)) == {"prompts"}
+    assert stale_after(committed_pipeline, lambda p: p["data"].__setitem__("seed", 1)) == {"synth"}
+    stale = stale_after(committed_pipeline, lambda p: p["train1"].__setitem__("epochs", p["train1"]["epochs"] + 1))
+    assert stale == {"train_stage1"}
+    stale = stale_after(committed_pipeline, lambda p: p["train2"].__setitem__("epochs", p["train2"]["epochs"] + 1))
+    assert "train_stage1" not in stale and "train_stage2" in stale and "ablation@full" in stale
+
+
+def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pipeline):
+    """A changed flow mask makes `flow` (changed out) and `stage2_inputs` (changed dep)
+    stale; `dvc repro` then rewrites runs/stage2_inputs.json, which every stage-2 cell
+    depends on. No cell hashes the folders itself (that is what kept no-op repro slow)."""
+    stages = yaml.safe_load((committed_pipeline / "dvc.yaml").read_text())["stages"]
+    for name in ("train_stage2", "evaluate", "ablation", "sweep", "samples"):
+        stage = stages[name].get("do", stages[name])
+        assert "runs/stage2_inputs.json" in stage["deps"], name
+        assert not {"data/flow", "data/prompts", "data/stage1_masks", "${data.root}"} & set(stage["deps"]), name
+    flow_file = committed_pipeline / "data" / "flow" / "stand-in.txt"
+    original = flow_file.read_text()
+    try:
+        flow_file.write_text("changed")
+        stale = {n.split(":")[-1] for n in json.loads(run([DVC, "status", "--json"], committed_pipeline) or "{}")}
+        assert stale == {"flow", "stage2_inputs"}
+    finally:
+        flow_file.write_text(original)

@@ -1,0 +1,510 @@
+"""SSP model: shapes, gradients in every Table 2 setting, no GT at eval, eq. 2, audio-aware
+queries, stage-2 injection, the transformers seam, weight loading, the paper preset."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssp.errors import DataError, SSPError
+from ssp.models import SSPConfig, SSPModel
+from ssp.paper import TABLE2
+from ssp.models.audio_queries import audio_aware_queries
+from ssp.models.premask import apply_pre_mask, post_mask_target, pre_mask
+
+SIZE = 64
+WORDS = "a man is playing the piano guitar dog barks in front of microphone car engine , . singing".split()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These models are tiny: one intra-op thread is as fast, and immune to the
+    oversubscription that makes 2-thread runs 10x slower when other jobs share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> str:
+    """A random 2-layer, 32-wide BERT with a word-level vocab, saved like a HF model dir."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    vocab = path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+    BertTokenizer(str(vocab)).save_pretrained(path)
+    return str(path)
+
+
+def tiny_config(stage: int, text_model: str | None = None, **switches) -> SSPConfig:
+    return SSPConfig.tiny(stage=stage, text_model_path=text_model, text_layers=None, **switches)
+
+
+def make_batch(stage: int, n: int = 2, seed: int = 0, size: int = SIZE) -> dict:
+    """Frames with a bright box (the sounding object), a second small object in frame 0,
+    and a flow mask overlapping the box.
+
+    Frame 1's box (rows 0-48, cols 16-64 at 64 px) is placed so that the stage-2 stepping
+    stone, bilinearly sampled on the 2×2 grid of the first masked-attention layer, is
+    1.0 / 0.5 / 0.5 / 0.25: the first layer attends to both "audio" and "uncertain" keys,
+    so both learned embeddings get a gradient there (a softmax over keys that share one
+    added embedding would not)."""
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.rand(n, 3, size, size, generator=g) * 0.3
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    flow = torch.zeros(n, size, size, dtype=torch.long)
+    s = size // 64
+    boxes = [(8, 36, 6, 54), (0, 48, 16, 64)]
+    for i in range(n):
+        top, bottom, left, right = (s * v for v in boxes[i % 2])
+        frames[i, :, top:bottom, left:right] += 0.6
+        masks[i, top:bottom, left:right] = 1 if stage == 1 else 3 + i % 2
+        flow[i, top + 8 * s : bottom + 8 * s, left : right - 8 * s] = 1
+    masks[0, 44 * s : 56 * s, 8 * s : 24 * s] = 1 if stage == 1 else 7
+    return {
+        "frames": frames.clamp(0, 1),
+        "logmel": torch.randn(n, 96, 64, generator=g),
+        "masks": masks,
+        "labelled": torch.ones(n, dtype=torch.bool),
+        "flow_mask": flow,
+        "stage1_mask": (masks > 0).float() * 0.9,
+        "prompt_a1": ["a man is playing the piano in front of a microphone"] * n,
+        "prompt_a2": [["piano", "man"]] * n,
+        "video_index": torch.zeros(n, dtype=torch.long),
+        "frame_index": torch.arange(n),
+    }
+
+
+class NoGroundTruth(dict):
+    """A batch whose "masks" cannot be read."""
+
+    def __getitem__(self, key):
+        if key == "masks":
+            raise AssertionError("the model read the GT masks in eval mode")
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        if key == "masks":
+            raise AssertionError("the model read the GT masks in eval mode")
+        return super().get(key, default)
+
+
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("row", [*TABLE2, "full/head"])  # full/head: post-mask on its own head
+def test_every_ablation_row_shapes_and_gradients(stage, row, tiny_text_model):
+    from ssp.models.criterion import SSPCriterion
+
+    torch.manual_seed(0)
+    switches = TABLE2[row.split("/")[0]].switches
+    config = tiny_config(stage, tiny_text_model, **switches, post_mask_form="head" if row.endswith("/head") else "recall")
+    model, criterion = SSPModel(config), SSPCriterion(config)
+    batch = make_batch(stage)
+    n, q = 2, config.num_queries
+
+    output = model(batch)
+    assert output.class_logits.shape == (n, q, config.num_labels + 1)
+    assert output.mask_logits.shape == (n, q, SIZE // 4, SIZE // 4)
+    assert len(output.aux_outputs) == config.decoder_layers - 1
+    assert (output.premask is not None) == config.pre_mask
+    assert (output.stepping_stone is not None) == (stage == 2)
+    assert (output.post_mask_logits is not None) == (config.post_mask and config.post_mask_form == "head")
+
+    # Upstream Mask2Former zero-initialises the deformable attention's offset and weight
+    # projections, so at step 0 the pixel decoder's level embedding has an exactly-zero
+    # gradient. One optimiser step first; then every trainable parameter must get one.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion(output, batch)["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    criterion(model(make_batch(stage, seed=1)), make_batch(stage, seed=1))["loss"].backward()
+    no_gradient = [
+        name for name, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)
+    ]
+    assert no_gradient == []
+
+    # Parts that a configuration does not use are not created in it.
+    names = [name for name, _ in model.named_parameters()]
+    assert any(n.startswith("text_module.") for n in names) == (config.text != "none")
+    assert any("silence_embed" in n for n in names) == (stage == 2)
+    if config.text != "none":
+        assert not any(p.requires_grad for p in model.text_module.text_encoder.parameters())  # frozen
+
+    model.eval()
+    prediction = model.predict(NoGroundTruth(batch))
+    if stage == 1:
+        assert prediction.shape == (n, SIZE, SIZE)
+    else:
+        assert prediction.shape == (n, config.num_classes, SIZE, SIZE)
+        assert (prediction >= 0).all() and torch.isfinite(prediction).all()
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_eval_never_reads_ground_truth(stage, tiny_text_model):
+    model = SSPModel(tiny_config(stage, tiny_text_model, **TABLE2["full"].switches)).eval()
+    batch = make_batch(stage)
+    batch.pop("masks")
+    guarded = NoGroundTruth(batch)
+    guarded["masks"] = torch.zeros(2, SIZE, SIZE, dtype=torch.long)  # present but unreadable
+    output = model(guarded)
+    assert output.class_logits.isfinite().all()
+    model.predict(guarded)
+    if stage == 2:
+        # the stepping stone at eval is stage 1's prediction
+        assert torch.equal(output.stepping_stone, batch["stage1_mask"])
+        del guarded["stage1_mask"]
+        with pytest.raises(SSPError, match="stage1_mask"):
+            model(guarded)
+
+
+def test_training_mode_uses_ground_truth_stepping_stone():
+    model = SSPModel(tiny_config(2)).train()
+    batch = make_batch(2)
+    output = model(batch)
+    assert torch.equal(output.stepping_stone, (batch["masks"] > 0).float())
+
+
+def test_missing_inputs_are_clear_errors(tiny_text_model):
+    model = SSPModel(tiny_config(1, tiny_text_model, pre_mask=True, text="vta"))
+    batch = make_batch(1)
+    del batch["prompt_a1"]
+    with pytest.raises(SSPError, match="prompt_a1"):
+        model(batch)
+    batch = make_batch(1)
+    del batch["flow_mask"]
+    with pytest.raises(SSPError, match="flow_mask"):
+        model(batch)
+
+
+# ------------------------------------------------------------------------------------------
+def test_pre_mask_equation_2_by_hand():
+    flow = torch.tensor([[1, 1, 0, 0]])
+    gt = torch.tensor([[1, 0, 1, 0]])
+    # M_O ∩ M_GT -> 1; the rest of M_O ∪ M_GT -> 0.5; elsewhere 0
+    assert pre_mask(flow, gt).tolist() == [[1.0, 0.5, 0.5, 0.0]]
+    assert post_mask_target(flow, gt).tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    frames = torch.ones(1, 3, 1, 4) * 0.8
+    assert torch.allclose(apply_pre_mask(frames, pre_mask(flow, gt)[None]), torch.tensor([0.8, 0.4, 0.4, 0.0]))
+
+
+def test_pre_mask_in_the_model_train_and_eval_sources():
+    batch = make_batch(1)
+    model = SSPModel(tiny_config(1, pre_mask=True))
+    flow, gt = batch["flow_mask"], batch["masks"]
+    assert torch.equal(model.train()(batch).premask, pre_mask(flow, gt))
+    model.eval()
+    stage1 = batch["stage1_mask"] > 0.5
+    assert torch.equal(model(batch).premask, pre_mask(flow, stage1))  # default: stage 1's prediction
+    del batch["stage1_mask"]  # a stage-1 model without an earlier prediction: the whole frame
+    assert torch.equal(model(batch).premask, pre_mask(flow, torch.ones_like(flow)))
+    model.config.premask_test_source = "flow"
+    assert torch.equal(model(batch).premask, flow.float())
+
+
+def test_pre_mask_trained_on_stage1_masks_never_reads_ground_truth():
+    batch = make_batch(2)
+    batch["stage1_mask"][0, :20] = 0.0  # stage 1 missed part of the object: differs from the GT
+    model = SSPModel(tiny_config(2, pre_mask=True, premask_train_source="stage1")).train()
+    flow, stage1 = batch["flow_mask"], batch["stage1_mask"] > 0.5
+    premask = model(batch).premask
+    assert torch.equal(premask, pre_mask(flow, stage1))
+    assert not torch.equal(premask, pre_mask(flow, batch["masks"]))
+    del batch["stage1_mask"]
+    with pytest.raises(SSPError, match="premask_train_source='stage1'.*stage1_mask"):
+        model(batch)
+    with pytest.raises(SSPError, match="premask_train_source"):
+        tiny_config(2, pre_mask=True, premask_train_source="oracle")
+
+
+def test_audio_aware_queries_cosine_weighting_by_hand():
+    features = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    embeddings = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0], [-1.0, 0.0, 0.0]])
+    audio = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # two frames
+    queries = audio_aware_queries(features, embeddings, audio)  # Q×N×D
+    assert queries.shape == (3, 2, 3)
+    # frame 0: cos = 1, 0, -1
+    assert torch.allclose(queries[:, 0], torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-3.0, 0.0, 1.0]]))
+    # frame 1: cos = 0, 1, 0
+    assert torch.allclose(queries[:, 1], torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 1.0]]))
+
+
+def test_stepping_stone_injection_by_hand(monkeypatch):
+    from ssp.models.mask2former import SteppingStoneMaskedAttentionDecoder
+
+    model = SSPModel(tiny_config(2)).eval()
+    module = model.transformer_module
+    stone = torch.zeros(1, SIZE, SIZE)
+    stone[:, :, SIZE // 2 :] = 1.0
+    # positional prompts: silence where <=0.4, audio where >=0.6, uncertain in between
+    prompt = module._stone_prompt(torch.tensor([[[0.2, 0.5], [0.8, 0.4]]]), (2, 2))  # HW×N×D
+    expected = torch.stack([module.silence_embed.weight[0], module.uncertain_embed.weight[0],
+                            module.audio_embed.weight[0], module.silence_embed.weight[0]])
+    assert torch.allclose(prompt[:, 0], expected)
+
+    seen = {}
+    original = SteppingStoneMaskedAttentionDecoder.forward
+
+    def spy(self, *args, **kwargs):
+        seen["first"] = kwargs["first_attention_mask"]
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SteppingStoneMaskedAttentionDecoder, "forward", spy)
+    batch = make_batch(2, n=1)
+    batch["stage1_mask"] = stone
+    model(batch)
+    first = seen["first"]  # (N*heads)×Q×HW at the 1/32 level (2×2): left column masked
+    assert first.shape == (model.config.num_attention_heads, model.config.num_queries, 4)
+    assert first[0, 0].tolist() == [True, False, True, False]
+    assert (first == first[:1, :1]).all()
+
+
+# ------------------------------------------------------------------------------------------
+def test_transformers_seam():
+    """Fails loudly if the transformers internals the subclasses rely on change."""
+    import transformers
+    from transformers.models.mask2former import modeling_mask2former as upstream
+
+    from ssp.models.mask2former import (
+        TRANSFORMERS_VERSION,
+        AudioAwareTransformerModule,
+        build_mask2former_config,
+        init_mask2former_weights,
+    )
+
+    assert transformers.__version__ == TRANSFORMERS_VERSION, "re-check ssp/models/mask2former.py against it"
+    layer_params = list(inspect.signature(upstream.Mask2FormerMaskedAttentionDecoderLayer.forward).parameters)
+    assert layer_params[:7] == ["self", "hidden_states", "level_index", "attention_mask", "position_embeddings",
+                                "query_position_embeddings", "encoder_hidden_states"]
+    assert "encoder_attention_mask" in layer_params
+    assert list(inspect.signature(upstream.Mask2FormerMaskPredictor.forward).parameters) == [
+        "self", "outputs", "pixel_embeddings", "attention_mask_target_size"]
+    assert list(inspect.signature(upstream.Mask2FormerSinePositionEmbedding.forward).parameters) == [
+        "self", "shape", "device", "dtype", "mask"]
+
+    config = SSPConfig.tiny(stage=1)
+    m2f = build_mask2former_config(config)
+    torch.manual_seed(0)
+    ours = AudioAwareTransformerModule(config.hidden_dim, m2f, stepping_stone=False)
+    init_mask2former_weights(ours, m2f)
+    theirs = upstream.Mask2FormerTransformerModule(config.hidden_dim, m2f)
+    for attribute in ("position_embedder", "queries_embedder", "queries_features", "input_projections",
+                      "level_embed", "decoder", "num_feature_levels"):
+        assert hasattr(theirs, attribute)
+    for attribute in ("layers", "layernorm", "mask_predictor", "num_feature_levels", "layerdrop"):
+        assert hasattr(theirs.decoder, attribute)
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+
+    features = [torch.randn(2, config.hidden_dim, s, s) for s in (2, 4, 8)]
+    mask_features = torch.randn(2, config.hidden_dim, 16, 16)
+    with torch.no_grad():
+        a = ours(features, mask_features)
+        b = theirs(features, mask_features)
+    assert len(a.masks_queries_logits) == len(b.masks_queries_logits) == config.decoder_layers
+    for x, y in zip(a.masks_queries_logits, b.masks_queries_logits):
+        assert torch.allclose(x, y, atol=1e-5)
+    for x, y in zip(a.intermediate_hidden_states, b.intermediate_hidden_states):
+        assert torch.allclose(x, y, atol=1e-5)
+    assert torch.allclose(a.last_hidden_state, b.last_hidden_state, atol=1e-5)
+
+    # The pixel decoder output fields used by PixelLevelModule.
+    fields = upstream.Mask2FormerPixelDecoderOutput.__dataclass_fields__
+    assert "mask_features" in fields and "multi_scale_features" in fields
+    assert set(inspect.signature(upstream.Mask2FormerLoss.forward).parameters) >= {
+        "masks_queries_logits", "class_queries_logits", "mask_labels", "class_labels", "auxiliary_predictions"}
+
+
+def test_paper_preset_and_hf_parameter_names(tmp_path):
+    """The paper preset's plumbing (HF Swin, 256-d, 10 predictions, 30/100 queries) at a
+    reduced Swin and input, and that its names match Hugging Face Mask2Former's."""
+    from transformers import Mask2FormerModel, SwinConfig
+
+    for stage, queries in ((1, 30), (2, 100)):
+        config = SSPConfig.paper(stage=stage)
+        assert (config.image_size, config.hidden_dim, config.decoder_layers, config.num_queries) == (384, 256, 10, queries)
+        assert config.audio_encoder == "vggish" and config.text_layers is None
+    small_swin = {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4}
+    config = SSPConfig.paper(stage=2, image_size=128, hf_swin=small_swin, audio_encoder="tiny")
+    model = SSPModel(config).eval()
+    batch = make_batch(2, n=1, size=128)
+    with torch.no_grad():
+        output = model(batch)
+    assert output.class_logits.shape == (1, 100, 72)
+    assert output.mask_logits.shape == (1, 100, 32, 32)
+    assert len(output.aux_outputs) == 9
+
+    from ssp.models.mask2former import build_mask2former_config
+
+    m2f = build_mask2former_config(config)
+    m2f.backbone_config = SwinConfig(image_size=128, out_features=["stage1", "stage2", "stage3", "stage4"], **small_swin)
+    reference = set(Mask2FormerModel(m2f).state_dict())
+    ours = {k for k in model.state_dict() if k.startswith(("pixel_level_module.", "transformer_module."))}
+    additions = {k for k in ours if "_embed.weight" in k and k.split(".")[1] in
+                 ("silence_embed", "uncertain_embed", "audio_embed")}
+    assert ours - additions == reference
+
+    # A Hugging Face Mask2Former checkpoint (AVSS head: 71 classes, 100 queries) loads as is.
+    from safetensors.torch import save_file
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    from ssp.models.weights import load_pretrained
+
+    m2f.num_labels = 71
+    checkpoint = Mask2FormerForUniversalSegmentation(m2f)
+    path = tmp_path / "mask2former.safetensors"
+    save_file({k: v.contiguous() for k, v in checkpoint.state_dict().items()}, str(path))
+    skipped = load_pretrained(model, {"mask2former_weights": path})["mask2former_weights"]
+    assert skipped == []
+    loaded = model.state_dict()
+    for key, value in checkpoint.state_dict().items():
+        if not key.startswith("criterion."):
+            assert torch.equal(loaded[key.removeprefix("model.")], value), key
+
+
+def test_vggish_audio_encoder_is_wired():
+    from ssp.models.vggish import VGGish
+
+    model = SSPModel(tiny_config(1, audio_encoder="vggish"))
+    assert isinstance(model.audio_encoder, VGGish)
+    output = model(make_batch(1, n=2))
+    assert output.class_logits.shape[0] == 2
+
+
+# ------------------------------------------------------------------------------------------
+def hf_style_state(model: SSPModel) -> dict[str, torch.Tensor]:
+    """The model's Mask2Former part named as in Mask2FormerForUniversalSegmentation."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith(("pixel_level_module.", "transformer_module.")):
+            state["model." + key] = value.clone()
+        elif key.startswith("class_predictor."):
+            state[key] = value.clone()
+    return state
+
+
+def test_load_pretrained_mask2former_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    from ssp.models.weights import load_pretrained
+
+    torch.manual_seed(1)
+    source = SSPModel(tiny_config(1))
+    path = tmp_path / "m2f.safetensors"
+    state = hf_style_state(source)
+    state["criterion.empty_weight"] = torch.ones(2)
+    save_file(state, str(path))
+
+    torch.manual_seed(2)
+    target = SSPModel(tiny_config(1, mask2former_weights=str(path)))
+    for key, value in source.state_dict().items():
+        if key.startswith(("pixel_level_module.", "transformer_module.", "class_predictor.")):
+            assert torch.equal(target.state_dict()[key], value), key
+
+    # Another task (stage 2: 72 class logits, 16 queries): those entries are skipped.
+    other = SSPModel(tiny_config(2))
+    skipped = load_pretrained(other, {"mask2former_weights": path})["mask2former_weights"]
+    assert "class_predictor.weight" in skipped and "model.transformer_module.queries_features.weight" not in skipped
+    assert "transformer_module.queries_features.weight" in skipped
+
+    # A shape mismatch elsewhere names the file and the key.
+    state["model.pixel_level_module.decoder.mask_projection.weight"] = torch.zeros(1, 1, 1, 1)
+    bad = tmp_path / "bad.safetensors"
+    save_file(state, str(bad))
+    with pytest.raises(DataError, match=r"bad\.safetensors.*mask_projection"):
+        load_pretrained(SSPModel(tiny_config(1)), {"mask2former_weights": bad})
+
+    # Not a checkpoint at all / a pickle that would run code: clear errors, nothing executed.
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="junk.pth"):
+        load_pretrained(SSPModel(tiny_config(1)), {"mask2former_weights": junk})
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": Exploit()}, str(evil))
+    with pytest.raises(DataError, match="evil.pth"):
+        load_pretrained(SSPModel(tiny_config(1)), {"mask2former_weights": evil})
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_config_round_trip_and_validation():
+    config = SSPConfig.tiny(stage=2, **TABLE2["full"].switches)
+    assert SSPConfig.from_dict(config.to_dict()) == config
+    assert config.num_labels == 71 and SSPConfig.tiny(stage=1).num_labels == 1
+    with pytest.raises(SSPError, match="text"):
+        SSPConfig.tiny(text="bert")
+    with pytest.raises(SSPError, match="unknown keys"):
+        SSPConfig.from_dict({**config.to_dict(), "lr": 1})
+    with pytest.raises(SSPError, match="post_mask_form"):
+        SSPConfig.tiny(post_mask_form="both")
+    # checkpoints saved before post_mask_form existed were trained with the head form
+    older = {k: v for k, v in config.to_dict().items() if k != "post_mask_form"}
+    assert config.post_mask_form == "recall" and SSPConfig.from_dict(older).post_mask_form == "head"
+    assert set(TABLE2) == {"aavs", "pre_mask", "pre_mask_post_mask", "text_att", "text_vta",
+                                  "pre_mask_vta", "full"}
+    assert TABLE2["full"].switches == {"pre_mask": True, "text": "vta", "post_mask": True}
+
+
+def test_pvt_v2_backbone_from_timm():
+    config = tiny_config(1, backbone="pvt_v2_b0", backbone_kwargs={})
+    model = SSPModel(config)
+    assert model.pixel_level_module.encoder.channels == [32, 64, 160, 256]
+    output = model(make_batch(1))
+    assert output.mask_logits.shape == (2, config.num_queries, SIZE // 4, SIZE // 4)
+
+
+@pytest.mark.parametrize("text", ["att", "vta"])
+def test_trainable_text_model_gets_gradients(text, tiny_text_model):
+    from ssp.models.criterion import SSPCriterion
+
+    config = tiny_config(1, tiny_text_model, text=text, text_trainable=True)
+    model, criterion = SSPModel(config), SSPCriterion(config)
+    bert = model.text_module.text_encoder.bert
+    assert all(p.requires_grad for p in bert.parameters()) and bert.training
+    batch = make_batch(1)
+    criterion(model(batch), batch)["loss"].backward()
+    assert [n for n, p in bert.named_parameters() if p.grad is None or p.grad.abs().sum() == 0] == []
+
+
+def test_timm_backbone_weights_from_a_local_file(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from ssp.models.backbones import TimmBackbone
+
+    source = timm.create_model("pvt_v2_b0", pretrained=False)
+    path = tmp_path / "pvt_v2_b0.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    model = SSPModel(tiny_config(1, backbone="pvt_v2_b0", backbone_kwargs={}, backbone_weights=str(path)))
+    loaded = model.pixel_level_module.encoder.body.state_dict()
+    assert torch.equal(loaded["patch_embed.proj.weight"], source.state_dict()["patch_embed.proj.weight"])
+
+    other = tmp_path / "pvt_v2_b1.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("pvt_v2_b1").state_dict().items()}, str(other))
+    with pytest.raises(DataError, match="pvt_v2_b1.safetensors"):
+        TimmBackbone("pvt_v2_b0", SIZE, weights=str(other))
+
+
+def test_frozen_text_model_is_not_in_the_state_dict(tiny_text_model):
+    config = tiny_config(1, tiny_text_model, text="vta")
+    state = SSPModel(config).state_dict()
+    assert not any(".bert." in k for k in state) and any(k.startswith("text_module.visual_in") for k in state)
+    other = SSPModel(config)
+    assert not other.load_state_dict(state, strict=True).missing_keys
+    del state["text_module.visual_in.weight"]
+    with pytest.raises(RuntimeError, match="visual_in"):
+        other.load_state_dict(state, strict=True)
+    trainable = tiny_config(1, tiny_text_model, text="vta", text_trainable=True)
+    assert any(".bert." in k for k in SSPModel(trainable).state_dict())
