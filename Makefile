@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test ui clean-venv
+.PHONY: setup demo test lint ui clean-venv
 
 setup: $(STAMP)
 
@@ -26,8 +26,14 @@ demo: $(STAMP)
 	@echo
 	@echo "MLflow UI on the local store:  make ui   (then open http://127.0.0.1:5000)"
 
-test: $(STAMP)
+# the layout and style contracts (pyproject.toml: ruff, import-linter), then the suite
+test: lint
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000

@@ -3,6 +3,7 @@ dependency order, under one MLflow parent run per experiment.
 
     python -m flows.reproduce                 # whole pipeline (what `make demo` runs)
     python -m flows.reproduce --targets ablation sweep
+    python -m flows.reproduce --profile paper # params.yaml composed with conf/profile/paper.yaml first
 
 With no ``PREFECT_API_URL`` Prefect starts a temporary local API for the run;
 set it to use a server (see infra/). DVC decides what is stale: an up-to-date stage
@@ -16,12 +17,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.dvc_stages import run_stage, stage_order
+from ssp.ops.params import DEFAULT_PARAMS, compose, load_params, write_params
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 
 # Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
@@ -45,9 +46,14 @@ def dvc_stage(stage: str, project_dir: str, env: dict[str, str]) -> dict[str, An
     return {"stage": stage, "ran": result.ran}
 
 
-def pipeline_params(project_dir: str | Path) -> dict[str, Any]:
-    path = Path(project_dir) / "params.yaml"
-    return yaml.safe_load(path.read_text()) if path.exists() else {}
+def pipeline_params(project_dir: str | Path, profile: str | None = None) -> dict[str, Any]:
+    """The project's params (``ssp.ops.params.load_params``). With ``profile``, params.yaml
+    is first composed from ``conf/`` with that profile, as ``dvc exp run -S profile=NAME``
+    does, so that DVC sees (and records) the values the stages read."""
+    path = Path(project_dir) / DEFAULT_PARAMS
+    if profile is not None:
+        write_params(compose(Path(project_dir) / "conf", profile), path)
+    return load_params(path).to_dict()
 
 
 def dvc_metrics(project_dir: str | Path) -> dict[str, float]:
@@ -71,12 +77,13 @@ def reproduce(
     targets: list[str] | None = None,
     retries: dict[str, int] | None = None,
     track: bool = True,
+    profile: str | None = None,
 ) -> dict[str, Any]:
     """Run the DVC pipeline stage by stage; returns which stages ran and the metrics."""
     logger = get_run_logger()
     project_dir = str(Path(project_dir).resolve())
-    params = pipeline_params(project_dir)
-    retries = {**DEFAULT_RETRIES, **(params.get("pipeline", {}).get("retries") or {}), **(retries or {})}
+    params = pipeline_params(project_dir, profile)
+    retries = {**DEFAULT_RETRIES, **params["pipeline"]["retries"], **(retries or {})}
     stages = stage_order(project_dir, targets)
     logger.info("%d stages: %s", len(stages), ", ".join(stages))
 
@@ -120,8 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
     ap.add_argument("--targets", nargs="*", help="only these stages (and what they depend on)")
     ap.add_argument("--no-track", action="store_true", help="do not open MLflow parent runs")
+    ap.add_argument("--profile", default=None,
+                    help="compose params.yaml from conf/ with this profile first (e.g. paper); "
+                         "default: params.yaml as it is")
     args = ap.parse_args(argv)
-    reproduce(project_dir=args.project_dir, targets=args.targets, track=not args.no_track)
+    reproduce(project_dir=args.project_dir, targets=args.targets, track=not args.no_track, profile=args.profile)
     return 0
 
 

@@ -5,9 +5,9 @@ params.yaml names, creating the pool first if it does not exist.
     python infra/prefect/deploy.py --name retrain       # just one
     SSP_WORK_POOL=gpu-k8s python infra/prefect/deploy.py
 
-Which pool: ``--pool``, else ``SSP_WORK_POOL``, else ``pipeline.work_pool`` in
-params.yaml, else ``ssp-process``. Its type when it has to be created:
-``--pool-type`` / ``SSP_WORK_POOL_TYPE`` / ``pipeline.work_pool_type`` / ``process``;
+Which pool: ``--pool``, else ``SSP_WORK_POOL``, else ``pipeline.work_pool`` of the params
+(``ssp.ops.params.load_params``: its default when params.yaml is missing). Its type when it
+has to be created: ``--pool-type`` / ``SSP_WORK_POOL_TYPE`` / ``pipeline.work_pool_type``;
 ``docker`` and ``kubernetes`` pools get the GPU job templates beside this file
 (``docker-gpu.json``, ``kubernetes-gpu.json``). An existing pool is left as it is.
 
@@ -26,26 +26,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
-import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-DEFAULT_POOL = "ssp-process"
+sys.path.insert(0, str(ROOT))  # run as a script: the repository's ssp package
+
+from ssp.ops.params import load_params  # noqa: E402
+
 TEMPLATES = {"docker": HERE / "docker-gpu.json", "kubernetes": HERE / "kubernetes-gpu.json"}
 
 
 def pipeline_section(params_file: Path) -> dict[str, Any]:
-    if not params_file.exists():
-        return {}
-    return (yaml.safe_load(params_file.read_text()) or {}).get("pipeline") or {}
+    """params' ``pipeline`` section (``ssp.ops.params.load_params``: the defaults when the
+    file does not exist)."""
+    return asdict(load_params(params_file).pipeline)
 
 
 def choose_pool(cli_pool: str | None, cli_type: str | None, params_file: Path) -> tuple[str, str]:
     pipeline = pipeline_section(params_file)
-    name = cli_pool or os.environ.get("SSP_WORK_POOL") or pipeline.get("work_pool") or DEFAULT_POOL
-    kind = cli_type or os.environ.get("SSP_WORK_POOL_TYPE") or pipeline.get("work_pool_type") or "process"
+    name = cli_pool or os.environ.get("SSP_WORK_POOL") or pipeline["work_pool"]
+    kind = cli_type or os.environ.get("SSP_WORK_POOL_TYPE") or pipeline["work_pool_type"]
     return str(name), str(kind)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ssp.errors import SSPError
+from ssp.fileio import write_json
 
 CHUNK = 1 << 20
 
@@ -65,8 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssp.fileio import write_json
-
     result = fingerprints(args.paths)
     write_json(args.out, result)
     for name, digest in result.items():

@@ -44,11 +44,14 @@ import os
 import shlex
 import socket
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import torch
+
 from ssp.errors import SSPError
+from ssp.ops.params import LaunchParams, load_params
 
 # params key -> environment variable that overrides it
 ENV_OVERRIDES = {
@@ -64,13 +67,16 @@ ENV_OVERRIDES = {
 
 @dataclass
 class LaunchConfig:
-    gpus: int = 1                            # worker processes per node
-    nodes: int = 1
-    node_rank: int = 0                       # this machine's rank; static rendezvous only
-    rdzv_endpoint: str = "127.0.0.1:29400"   # only used when nodes > 1
-    rdzv_id: str = "ssp"
-    rdzv_backend: str = "c10d"
-    max_restarts: int = 0
+    """How this machine launches the job: params' ``train`` section (:class:`LaunchParams`,
+    where the defaults live) after the environment overrides, plus this node's rank."""
+
+    gpus: int                                # worker processes per node
+    nodes: int
+    node_rank: int                           # this machine's rank; static rendezvous only
+    rdzv_endpoint: str                       # only used when nodes > 1
+    rdzv_id: str
+    rdzv_backend: str
+    max_restarts: int
 
     @property
     def distributed(self) -> bool:
@@ -94,8 +100,6 @@ class LaunchConfig:
 
 
 def visible_gpus() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -108,13 +112,13 @@ def _as_int(name: str, value: Any) -> int:
         raise SSPError(f"train.{name} must be an integer, got {value!r}") from None
 
 
-def launch_config(params: Mapping[str, Any], env: Mapping[str, str] | None = None) -> LaunchConfig:
-    """The launch settings from the ``train`` section of params, then the environment."""
+def launch_config(section: LaunchParams | None = None, env: Mapping[str, str] | None = None) -> LaunchConfig:
+    """The launch settings from params' ``train`` section, then the environment."""
     env = os.environ if env is None else env
-    section = dict(params.get("train") or {})
+    given = {**asdict(section or LaunchParams()), "node_rank": 0}
     values: dict[str, Any] = {}
     for f in fields(LaunchConfig):
-        value = section.get(f.name, f.default)
+        value = given[f.name]
         if env.get(ENV_OVERRIDES[f.name], "") != "":
             value = env[ENV_OVERRIDES[f.name]]
         values[f.name] = _as_int(f.name, value) if f.type == "int" else str(value)
@@ -209,14 +213,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssp.ops.params import load_params
-
     stage_args = list(args.stage_args)
     if stage_args[:1] == ["--"]:
         stage_args = stage_args[1:]
     if not stage_args:
         raise SSPError("nothing to launch: give the ssp command after `--`, e.g. -- train --stage 1 ...")
-    config = launch_config(load_params(Path(args.params), overrides=args.overrides))
+    config = launch_config(load_params(Path(args.params), overrides=args.overrides).train)
     command = training_command(stage_args, config)
     if args.dry_run:
         print(shlex.join(command))

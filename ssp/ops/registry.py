@@ -36,11 +36,18 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlflow.artifacts import download_artifacts
+
+from ssp.data.avsbench import class_names
 from ssp.errors import DataError, SSPError
+from ssp.fileio import write_json
+from ssp.models.checkpoint import read_weights
+from ssp.ops.params import load_params
+from ssp.ops.tracking import EXPERIMENTS, RunLogger, _retry, data_hash, get_client, git_commit, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +110,6 @@ def metric_value(metrics: Mapping[str, Any], metric: str) -> float:
 
 def find_run_id(run_dir: str | Path, stage: int) -> str | None:
     """The MLflow run that ``ssp train`` logged ``run_dir`` to, or None (see module doc)."""
-    from ssp.ops.tracking import EXPERIMENTS, get_client
-
     run_dir = Path(run_dir)
     pointer = run_dir / RUN_POINTER
     if pointer.is_file():
@@ -189,9 +194,6 @@ def register_checkpoint(
     created in the stage's experiment to hold the artifacts. ``alias`` (``champion``)
     moves to the new version iff ``val_metric`` is higher than the current holder's.
     """
-    from ssp.models.checkpoint import read_weights
-    from ssp.ops.tracking import EXPERIMENTS, RunLogger, _retry, get_client, git_commit
-
     name = model_name(stage)
     checkpoint = Path(checkpoint)
     _, config, info = read_weights(checkpoint)  # DataError for anything but an SSP checkpoint
@@ -231,8 +233,8 @@ def register_checkpoint(
         _retry(lambda: client.log_artifacts(run_id, str(folder), artifact_path), "log_artifacts")
 
     tags = {"ssp.stage": str(stage), "ssp.metric": metric_name, "ssp.val_metric": repr(float(val_metric)),
-            "ssp.data_hash": data_hash or "", "ssp.ops.params": _tag(params or {}),
-            "ssp.git_commit": git_commit() or "", "ssp.models.checkpoint": checkpoint.name}
+            "ssp.data_hash": data_hash or "", "ssp.params": _tag(params or {}),
+            "ssp.git_commit": git_commit() or "", "ssp.checkpoint": checkpoint.name}
 
     def ensure_model() -> None:
         try:
@@ -277,10 +279,6 @@ def _cache_root() -> Path:
 def resolve_model(uri: str, dst: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """(local checkpoint path, manifest) of a registered version; downloads it once into
     ``dst`` (default: a cache folder per tracking store, name and version)."""
-    from mlflow.artifacts import download_artifacts
-
-    from ssp.ops.tracking import get_client, tracking_uri
-
     name, alias, version = parse_model_uri(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # callers show their own progress
     client = get_client()
@@ -350,9 +348,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssp.ops.params import load_params
-    from ssp.ops.tracking import data_hash
-
     run_dir = Path(args.run_dir)
     metrics = read_run_metrics(run_dir)
     if metrics.get("stage") not in (None, args.stage):
@@ -361,21 +356,15 @@ def main(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or run_dir / "checkpoints" / "best.safetensors"
     names, digest = None, None
     if args.data is not None:
-        from ssp.data.avsbench import class_names
-
         names = class_names(args.data)
         digest = data_hash(args.data)
-    params = load_params(args.params) if args.params and Path(args.params).is_file() else {}
+    params = load_params(args.params).to_dict() if args.params and Path(args.params).is_file() else {}
     result = register_checkpoint(args.run_id or run_dir, checkpoint, args.stage, value, params=params,
                                  data_hash=digest, metric_name=args.metric, class_names=names, alias=args.alias)
     state = (f"now @{args.alias}" if result.champion
              else f"@{args.alias} stays on version {result.previous_champion}")
     print(f"{result.name} version {result.version} ({args.metric}={value:.4f}): {state}")
     if args.out is not None:
-        from dataclasses import asdict
-
-        from ssp.fileio import write_json
-
         write_json(args.out, {**asdict(result), "metric_name": args.metric, "alias": args.alias,
                               "uri": f"models:/{result.name}/{result.version}"})
     return 0

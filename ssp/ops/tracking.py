@@ -26,6 +26,11 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, TypeVar
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+import yaml
+
+from ssp import __version__
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,6 @@ def tracking_uri() -> str:
 
 
 def get_client():
-    from mlflow import MlflowClient
-
     return MlflowClient(tracking_uri=tracking_uri())
 
 
@@ -114,8 +117,6 @@ def data_hash(root: str | Path) -> str:
     root = Path(root)
     lock = Path("dvc.lock")
     if lock.exists():
-        import yaml
-
         try:
             stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
         except yaml.YAMLError:
@@ -205,8 +206,6 @@ class RunLogger:
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not (self.enabled and self.run_id):
             return
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             chunk = items[i : i + 100]
@@ -215,8 +214,6 @@ class RunLogger:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not (self.enabled and self.run_id):
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items() if _is_number(v)]
         for i in range(0, len(items), 1000):
@@ -226,8 +223,6 @@ class RunLogger:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not (self.enabled and self.run_id):
             return
-        from mlflow.entities import RunTag
-
         items = [RunTag(k, str(v)) for k, v in tags.items()]
         _retry(lambda: self._client.log_batch(self.run_id, tags=items), "set_tags")
 
@@ -265,6 +260,4 @@ def default_tags(stage: str | None = None) -> dict[str, str]:
 
 
 def _version() -> str:
-    from ssp import __version__
-
     return __version__

@@ -36,15 +36,15 @@ def make_project(tmp_path: Path, fail_validate: bool = False) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
     subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=proj, check=True)
     (proj / "log_stage.py").write_text(LOGGING_STAGE)
-    (proj / "params.yaml").write_text(yaml.safe_dump({"data": {"n": 3}, "sweep": {"values": [1, 10]}}))
+    (proj / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": 3}, "sweep": {"lambda_post": [1, 10]}}))
     validate_cmd = f"{PY} -c \"import sys; print('bad file: a/b.jpg'); sys.exit(1)\"" if fail_validate else "echo ok > valid.txt"
     dvc_yaml = {
         "stages": {
-            "synth": {"cmd": "python3 -c \"import yaml;n=yaml.safe_load(open('params.yaml'))['data']['n'];open('data.txt','w').write('x'*n)\"".replace("python3", PY),
+            "synth": {"cmd": "python3 -c \"import yaml;n=yaml.safe_load(open('params.yaml'))['data']['classes'];open('data.txt','w').write('x'*n)\"".replace("python3", PY),
                       "params": ["data"], "outs": ["data.txt"]},
             "validate": {"cmd": validate_cmd, "deps": ["data.txt"], "outs": ["valid.txt"]},
             "train": {"cmd": "cat data.txt valid.txt > model.txt", "deps": ["data.txt", "valid.txt"], "outs": ["model.txt"]},
-            "sweep": {"foreach": "${sweep.values}",
+            "sweep": {"foreach": "${sweep.lambda_post}",
                       "do": {"cmd": f"{PY} log_stage.py sweep_${{item}}.json ${{item}}",
                              "deps": ["model.txt", "log_stage.py"],
                              "metrics": [{"sweep_${item}.json": {"cache": False}}]}},
@@ -101,7 +101,7 @@ def test_retrain_runs_only_when_something_changed(tmp_path, mlflow_store, prefec
     assert stale_stages(proj) == []
     assert retrain(project_dir=str(proj)) == {"retrained": False, "stale": []}
     params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["data"]["n"] = 5
+    params["data"]["classes"] = 5
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     result = retrain(project_dir=str(proj))
     assert result["retrained"] is True and "synth" in result["stale"]

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ssp.paper import TABLE2
+
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")
 PREPROCESSING = {"synth", "validate", "flow", "logmel", "prompts"}
@@ -32,7 +34,7 @@ def run(cmd, cwd):
 def committed_pipeline(tmp_path_factory) -> Path:
     proj = tmp_path_factory.mktemp("pipeline")
     shutil.copy(ROOT / "dvc.yaml", proj)
-    shutil.copy(ROOT / "params.yaml", proj)
+    shutil.copy(ROOT / "params.yaml", proj)  # composed from conf/: every key the stages read
     run(["git", "init", "-q"], proj)
     run([DVC, "init", "-q"], proj)
     # stand-ins for every dep and out that DVC hashes
@@ -72,19 +74,27 @@ def test_all_stages_present_in_dependency_order():
     order = stage_order(ROOT)
     for a, b in [("synth", "validate"), ("validate", "flow"), ("validate", "prompts"),
                  ("train_stage1", "stage1_masks"), ("stage1_masks", "train_stage2"),
-                 ("train_stage2", "evaluate"), ("stage1_masks", "ablation@full"),
-                 ("stage1_masks", "sweep@10")]:
+                 ("train_stage2", "evaluate"), ("stage1_masks", "ablation@full-0"),
+                 ("stage1_masks", "sweep@10"), ("ablation@full-0", "samples")]:
         assert order.index(a) < order.index(b), (a, b)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert {f"ablation@{r}" for r in params["ablation"]["rows"]} <= set(order)
-    assert len(params["ablation"]["rows"]) == 7 and len(params["sweep"]["lambda_post"]) == 5
-    assert 10 in params["sweep"]["lambda_post"]
+    # the grid is a matrix over Table-2 row x seed; the rows are ssp.paper's, in its order
+    assert params["ablation"]["rows"] == list(TABLE2) and params["ablation"]["seeds"] == [0]
+    assert [s for s in order if s.startswith("ablation@")] == [f"ablation@{r}-0" for r in TABLE2]
+    assert len(params["sweep"]["lambda_post"]) == 5 and 10 in params["sweep"]["lambda_post"]
 
 
-def test_lambda_post_change_makes_only_stage2_and_later_stale(committed_pipeline):
+def test_lambda_post_change_makes_only_stage2_models_stale(committed_pipeline):
     stale = stale_after(committed_pipeline, lambda p: p["ssp"].__setitem__("lambda_post", 5.0))
-    assert stale == {"train_stage2"}  # evaluate follows once train_stage2's outputs change
-    assert not stale & PREPROCESSING and "train_stage1" not in stale
+    # the main model and the Table-2 cells (their λ'); evaluate follows once train_stage2's
+    # outputs change; the sweep sets λ' itself
+    assert stale == {"train_stage2", *(f"ablation@{r}-0" for r in TABLE2)}
+    assert stale_after(committed_pipeline, lambda p: p["ssp"].__setitem__("text", "att")) == {"train_stage2"}
+
+
+def test_seeds_add_cells_without_touching_the_others(committed_pipeline):
+    stale = stale_after(committed_pipeline, lambda p: p["ablation"].__setitem__("seeds", [0, 1]))
+    assert stale == {f"ablation@{r}-1" for r in TABLE2} | {"samples"}
 
 
 def test_sweep_values_touch_only_their_own_cells(committed_pipeline):
@@ -101,7 +111,7 @@ def test_preprocessing_params_reach_only_their_stage(committed_pipeline):
     stale = stale_after(committed_pipeline, lambda p: p["train1"].__setitem__("epochs", p["train1"]["epochs"] + 1))
     assert stale == {"train_stage1"}
     stale = stale_after(committed_pipeline, lambda p: p["train2"].__setitem__("epochs", p["train2"]["epochs"] + 1))
-    assert "train_stage1" not in stale and "train_stage2" in stale and "ablation@full" in stale
+    assert "train_stage1" not in stale and "train_stage2" in stale and "ablation@full-0" in stale
 
 
 def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pipeline):

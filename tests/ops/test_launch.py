@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from ssp.ops import launch
 from ssp.errors import SSPError
+from ssp.ops.params import LaunchParams
 from ssp.ops.launch import LaunchConfig, launch_config, node_system_metrics, node_tags, training_command
 
 PY = sys.executable
@@ -39,18 +40,18 @@ def free_port() -> int:
 
 
 def test_one_process_runs_the_plain_cli():
-    config = launch_config({"train": {"gpus": 1, "nodes": 1}}, env={})
+    config = launch_config(LaunchParams(gpus=1, nodes=1), env={})
     assert not config.distributed
     assert training_command(["train", "--stage", "1"], config) == [PY, "-m", "ssp.cli", "train", "--stage", "1"]
 
 
 def test_defaults_when_params_have_no_train_section():
-    assert launch_config({}, env={}) == LaunchConfig()
-    assert training_command(["train"], LaunchConfig(), python="python3") == ["python3", "-m", "ssp.cli", "train"]
+    assert launch_config(None, env={}) == launch_config(LaunchParams(), env={})
+    assert training_command(["train"], launch_config(None, env={}), python="python3") == ["python3", "-m", "ssp.cli", "train"]
 
 
 def test_several_gpus_on_one_machine_use_a_standalone_rendezvous():
-    config = launch_config({"train": {"gpus": 4}}, env={})
+    config = launch_config(LaunchParams(gpus=4), env={})
     assert config.distributed and config.world_size == 4
     assert training_command(["train", "--stage", "2"], config) == [
         *TORCHRUN, "--nproc-per-node", "4", "--standalone", "--nnodes", "1",
@@ -60,7 +61,7 @@ def test_several_gpus_on_one_machine_use_a_standalone_rendezvous():
 
 def test_several_nodes_meet_at_the_c10d_rendezvous():
     params = {"train": {"gpus": 8, "nodes": 2, "rdzv_endpoint": "head:29400", "rdzv_id": "job7", "max_restarts": 3}}
-    config = launch_config(params, env={})
+    config = launch_config(LaunchParams(**params["train"]), env={})
     assert config.world_size == 16
     assert training_command(["train"], config) == [
         *TORCHRUN, "--nproc-per-node", "8", "--nnodes", "2", "--rdzv-backend", "c10d",
@@ -71,7 +72,7 @@ def test_several_nodes_meet_at_the_c10d_rendezvous():
 
 def test_static_rendezvous_passes_this_nodes_rank_from_the_environment():
     params = {"train": {"gpus": 2, "nodes": 3, "rdzv_backend": "static", "rdzv_endpoint": "10.1.2.3:29500"}}
-    config = launch_config(params, env={"SSP_NODE_RANK": "2"})
+    config = launch_config(LaunchParams(**params["train"]), env={"SSP_NODE_RANK": "2"})
     command = training_command(["train"], config)
     assert command[command.index("--rdzv-backend") + 1] == "static"
     assert command[command.index("--node-rank") + 1] == "2"
@@ -81,15 +82,16 @@ def test_environment_overrides_params_and_empty_variables_do_not():
     params = {"train": {"gpus": 1, "nodes": 1, "rdzv_endpoint": "a:1"}}
     env = {"SSP_GPUS": "2", "SSP_NODES": "4", "SSP_NODE_RANK": "3", "SSP_RDZV_ENDPOINT": "b:2",
            "SSP_RDZV_ID": "", "SSP_MAX_RESTARTS": "1"}
-    config = launch_config(params, env=env)
-    assert config == LaunchConfig(gpus=2, nodes=4, node_rank=3, rdzv_endpoint="b:2", rdzv_id="ssp", max_restarts=1)
+    config = launch_config(LaunchParams(**params["train"]), env=env)
+    assert config == LaunchConfig(gpus=2, nodes=4, node_rank=3, rdzv_endpoint="b:2", rdzv_id="ssp", rdzv_backend="c10d",
+                                   max_restarts=1)
 
 
 def test_gpus_auto_counts_visible_gpus(monkeypatch):
     monkeypatch.setattr(launch, "visible_gpus", lambda: 3)
-    assert launch_config({"train": {"gpus": "auto"}}, env={}).gpus == 3
+    assert launch_config(LaunchParams(gpus="auto"), env={}).gpus == 3
     monkeypatch.setattr(launch, "visible_gpus", lambda: 0)  # CPU machine: one process
-    assert launch_config({"train": {"gpus": "auto"}}, env={}).gpus == 1
+    assert launch_config(LaunchParams(gpus="auto"), env={}).gpus == 1
 
 
 @pytest.mark.parametrize(
@@ -104,7 +106,7 @@ def test_gpus_auto_counts_visible_gpus(monkeypatch):
 )
 def test_bad_settings_are_clear_errors(train, env, message):
     with pytest.raises(SSPError, match=message):
-        launch_config({"train": train}, env=env)
+        launch_config(LaunchParams(**train), env=env)
 
 
 def test_cli_dry_run_prints_the_command(tmp_path):
@@ -141,7 +143,7 @@ def _worker_lines(output: str) -> list[str]:
 
 def test_torchrun_starts_two_processes_on_one_machine(tmp_path):
     (tmp_path / "show_rank.py").write_text(SHOW_RANK)
-    command = training_command(["x"], LaunchConfig(gpus=2), module="show_rank")
+    command = training_command(["x"], launch_config(LaunchParams(gpus=2), env={}), module="show_rank")
     out = subprocess.run(command, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -157,7 +159,7 @@ def test_torchrun_nodes_meet_at_a_c10d_rendezvous(tmp_path):
     env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
     nodes = []
     for _ in range(2):  # two "machines", each one process
-        config = launch_config({"train": {"nodes": 2, "rdzv_endpoint": endpoint, "rdzv_id": "t"}}, env={})
+        config = launch_config(LaunchParams(nodes=2, rdzv_endpoint=endpoint, rdzv_id="t"), env={})
         nodes.append(subprocess.Popen(training_command(["y"], config, module="show_rank"), cwd=tmp_path, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outputs = []

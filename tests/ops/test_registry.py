@@ -56,7 +56,7 @@ def test_champion_moves_only_to_a_better_version(checkpoints, store):
     assert int(client.get_model_version_by_alias("ssp-avss", CHAMPION).version) == 3
     tags = client.get_model_version("ssp-avss", "1").tags
     assert tags["ssp.val_metric"] == "0.4" and tags["ssp.data_hash"] == "files:abc"
-    assert json.loads(tags["ssp.ops.params"]) == {"train2": {"lr": 0.001}}
+    assert json.loads(tags["ssp.params"]) == {"train2": {"lr": 0.001}}
     assert tags["ssp.metric"] == "val_miou" and "ssp.git_commit" in tags
 
 
