@@ -42,7 +42,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: bars woul
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssp.preprocess.flow import DIS_PRESETS, FlowStageConfig, build_estimator, run_flow_stage
+from ssp.params import FlowParams  # noqa: E402
+from ssp.preprocess.flow import DIS_PRESETS, FlowStageConfig, build_estimator, run_flow_stage  # noqa: E402
 
 
 def motorcycle_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -111,8 +112,8 @@ def benchmark_dataset(work: Path, args: argparse.Namespace) -> Path:
     root = work / "synth"
     # A separate process: `ssp synth` forks workers, and forking a process whose OpenCV
     # thread pool has already run (the measurements above) can hang the children.
-    command = [sys.executable, "-m", "ssp.cli", "synth", "--out", str(root), "--seed", "0",
-               "--size", args.synth_size, "--workers", str(os.cpu_count() or 1)]
+    command = [sys.executable, "-m", "ssp.cli", "synth", "--out", str(root), "--set", "data.seed=0",
+               "--set", f"data.size={args.synth_size}", "--workers", str(os.cpu_count() or 1)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"ssp synth failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -176,7 +177,7 @@ def bench_mask_quality(root: Path, work: Path) -> list[dict]:
     rows = []
     for label, overrides in MASK_RULES:
         out = work / f"quality-{len(rows)}"
-        run_flow_stage(root, out, FlowStageConfig(**overrides), workers=1)
+        run_flow_stage(root, out, FlowStageConfig(FlowParams(**overrides)), workers=1)
         tp = fp = fn = 0
         still_frames = still_false = 0
         for record in records:
@@ -238,7 +239,7 @@ def main() -> None:
     parser.add_argument("--perceiver-weights", help="local PerceiverForOpticalFlow save_pretrained folder")
     parser.add_argument("--device", default=None, help="torch device for raft/perceiver (default: cuda if available)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time each speed measurement at least this long")
-    parser.add_argument("--synth-size", default="demo", help="`ssp synth --size` of the stage benchmark (default demo)")
+    parser.add_argument("--synth-size", default="demo", help="data.size of the stage benchmark (`ssp synth --set data.size=...`; default demo)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="stage worker counts to time")
     parser.add_argument("--skip-stage", action="store_true", help="only the per-method measurements")
     parser.add_argument("--json", type=Path, help="also write the raw results here")

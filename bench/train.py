@@ -3,8 +3,7 @@
 1. Tiny model (``SSPConfig.tiny``, 64 px), stage 1 with the demo's batch (params.yaml
    train1: videos per step, frames per video, in-memory cache): the REAL loop
    (``ssp.engine.train.train``: DataLoader, collate, loss, AdamW, logging every ``log_every``
-   steps, MLflow) is timed
-   per step through its ``step_hook``; the same model is then timed on one preloaded
+   steps, MLflow) is timed per step through its ``step_hook``; the same model is then timed on one preloaded
    batch of the same shape for
    - bare forward+backward (a surrogate scalar loss: the mean of the outputs),
    - forward + the SSP loss (Hungarian matching, point sampling) + backward,
@@ -24,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -31,8 +31,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ssp.data.avsbench import load_records
+from ssp.data.datasets import collate_frames
+from ssp.engine.inputs import InputDirs, build_dataset
+from ssp.engine.train import build_model_config, build_optimizer, model_switches, train
+from ssp.fileio import write_json
+from ssp.models import SSPConfig, SSPModel
+from ssp.models.criterion import SSPCriterion
+from ssp.params import load_params
 
 
 def step_times(fn, steps: int, warmup: int = 2) -> list[float]:
@@ -72,24 +83,15 @@ def step_functions(model, criterion, optimizer, batch):
 
 
 def bench_tiny(args) -> dict:
-    import torch
-
-    from ssp.data.avsbench import load_records
-    from ssp.data.datasets import collate_frames
-    from ssp.models.criterion import SSPCriterion
-    from ssp.models import SSPModel
-    from ssp.ops.params import load_params
-    from ssp.engine.train import build_dataset, build_model_config, build_optimizer, train
-
     overrides = [
-        f"train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
+        "train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
         "train1.subsets=[v2]", f"train1.num_workers={args.workers}", "train1.overlays=0",
         f"train1.log_every={args.log_every}", "train1.val_every=1", f"train1.cache_in_memory={str(args.cache).lower()}",
     ]
     params = load_params(Path("/nonexistent.yaml"), overrides=overrides)
-    config = build_model_config(params["model"] if "model" in params else {}, 1, "aavs")
+    config = build_model_config(params.model, 1, model_switches(params, 1, "aavs"))
     records = load_records(args.data, subsets=["v2"], splits=["train"])[: args.batch_videos]
-    dataset = build_dataset(records, config, {"logmel": args.logmel}, max_frames=args.frames)
+    dataset = build_dataset(records, config, InputDirs(logmel=args.logmel), max_frames=args.frames)
     batch = collate_frames([dataset[i] for i in range(len(records))])
 
     # Rounds alternate the loop and the bare measurements, so that a slow spell of a
@@ -101,8 +103,8 @@ def bench_tiny(args) -> dict:
         stamps: list[float] = []
         with tempfile.TemporaryDirectory() as tmp:
             train(1, args.data, Path(tmp) / "run", params, row="aavs", logmel=args.logmel, progress=False,
-                  step_hook=lambda step: stamps.append(time.perf_counter()))
-        intervals = [b - a for a, b in zip(stamps, stamps[1:])][2:]  # first steps: warm-up
+                  step_hook=lambda step, stamps=stamps: stamps.append(time.perf_counter()))
+        intervals = [b - a for a, b in itertools.pairwise(stamps)][2:]  # first steps: warm-up
         loop_steps += intervals
 
         torch.manual_seed(0)
@@ -129,12 +131,6 @@ def bench_tiny(args) -> dict:
 
 
 def bench_paper(args) -> dict:
-    import torch
-
-    from ssp.models.criterion import SSPCriterion
-    from ssp.models import SSPConfig, SSPModel
-    from ssp.engine.train import build_optimizer
-
     config = SSPConfig.paper(1, image_size=args.paper_size)
     torch.manual_seed(0)
     model = SSPModel(config).train()
@@ -171,22 +167,16 @@ def main() -> int:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
-    from ssp.ops.params import load_params
-
-    demo = load_params(ROOT / "params.yaml")["train1"]  # the active profile's, as `make demo` trains
-    args.batch_videos = args.batch_videos or demo["batch_size"]
-    args.frames = args.frames or demo["max_frames"] or 5
-    args.cache = bool(demo.get("cache_in_memory", False)) if args.cache is None else args.cache
-
-    import torch
+    demo = load_params(ROOT / "params.yaml").train1  # the active profile's, as `make demo` trains
+    args.batch_videos = args.batch_videos or demo.batch_size
+    args.frames = args.frames or demo.max_frames or 5
+    args.cache = demo.cache_in_memory if args.cache is None else args.cache
 
     results = {"torch_threads": torch.get_num_threads(), "tiny": bench_tiny(args)}
     if not args.skip_paper:
         results["paper"] = bench_paper(args)
     print(json.dumps(results, indent=2))
     if args.out:
-        from ssp.fileio import write_json
-
         write_json(args.out, results)
     return 0
 

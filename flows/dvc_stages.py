@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+import networkx as nx
+from dvc.repo import Repo
+
 from ssp.errors import SSPError
 
 
@@ -32,9 +35,6 @@ def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = N
     where every stage comes after the stages it depends on; ties keep dvc.yaml order.
     With ``targets`` (stage names or ``foreach`` group names), only those stages and
     what they depend on."""
-    import networkx as nx
-    from dvc.repo import Repo
-
     with Repo(str(project_dir)) as repo:
         graph = repo.index.graph  # edges: stage -> stage it depends on
         stages = list(repo.index.stages)

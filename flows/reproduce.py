@@ -17,13 +17,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.dvc_stages import run_stage, stage_order
-from ssp.ops.params import DEFAULT_PARAMS, compose, load_params, write_params
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
+from ssp.params import DEFAULT_PARAMS, compose, load_params, write_params
 
 # Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
 # are cached, so a retry only asks for the rest). Deterministic stages (validate,
@@ -47,7 +48,7 @@ def dvc_stage(stage: str, project_dir: str, env: dict[str, str]) -> dict[str, An
 
 
 def pipeline_params(project_dir: str | Path, profile: str | None = None) -> dict[str, Any]:
-    """The project's params (``ssp.ops.params.load_params``). With ``profile``, params.yaml
+    """The project's params (``ssp.params.load_params``). With ``profile``, params.yaml
     is first composed from ``conf/`` with that profile, as ``dvc exp run -S profile=NAME``
     does, so that DVC sees (and records) the values the stages read."""
     path = Path(project_dir) / DEFAULT_PARAMS
@@ -58,8 +59,6 @@ def pipeline_params(project_dir: str | Path, profile: str | None = None) -> dict
 
 def dvc_metrics(project_dir: str | Path) -> dict[str, float]:
     """All metrics DVC knows (``dvc metrics show``), flattened to name -> number."""
-    from dvc.repo import Repo
-
     with Repo(str(project_dir)) as repo:
         shown = repo.metrics.show()
     out: dict[str, float] = {}

@@ -17,7 +17,7 @@ from ssp.errors import SSPError
 
 # name -> (module, one-line help). Order = pipeline order, as shown by `ssp --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "params": ("ssp.ops.params", "compose params.yaml from conf/ with a profile (what `dvc exp run -S profile=NAME` does)"),
+    "params": ("ssp.params", "compose params.yaml from conf/ with a profile (what `dvc exp run -S profile=NAME` does)"),
     "synth": ("ssp.data.synthetic", "generate the AVSBench-format benchmark (default data)"),
     "validate": ("ssp.data.validation", "check a dataset (either AVSBench layout) before any stage uses it"),
     "frames": ("ssp.preprocess.frames", "raw videos -> 1 frame/s + 16 kHz mono audio"),
@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flow": ("ssp.preprocess.flow", "optical flow -> per-frame magnitude maps and binary flow masks"),
     "prompts": ("ssp.preprocess.prompts.stage", "MLLM text prompts (A1 description, A2 sounding nouns) per video"),
     "fingerprint": ("ssp.ops.fingerprint", "content digests of stage outputs, one JSON (what stage 2 depends on)"),
-    "train": ("ssp.engine.train", "train stage 1 (binary AVS) or stage 2 (AVSS)"),
+    "train": ("ssp.eval.train_test", "train stage 1 (binary AVS) or stage 2 (AVSS); --test-out: then test the best checkpoint in-process"),
     "stage1-masks": ("ssp.eval.stage1_masks", "write stage 1's predicted masks (stage 2's stepping stones)"),
     "evaluate": ("ssp.eval.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),
     "register": ("ssp.ops.registry", "register a run's best checkpoint in the MLflow model registry (alias champion when val improves)"),

@@ -46,13 +46,13 @@ tensors or numpy arrays. Meters can be merged or synchronised across DDP ranks.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # torch is imported lazily: light commands import the conventions only
-    import numpy as np
-    import torch
+import numpy as np
+import torch
+import torch.distributed as dist
 
-    ArrayLike = torch.Tensor | np.ndarray
+ArrayLike = torch.Tensor | np.ndarray
 
 # ---------------------------------------------------------------------------------------
 # Constants of the AVSBench definitions
@@ -119,8 +119,6 @@ METRIC_CONVENTIONS: dict[str, dict[str, str]] = {
 # Input handling
 # ---------------------------------------------------------------------------------------
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
-    import torch
-
     if isinstance(x, torch.Tensor):
         return x.detach()
     try:
@@ -132,8 +130,6 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
 def _scoring_dtype(x: torch.Tensor) -> torch.Tensor:
     """Logits are scored in float32 (the official dtype) or float64 if given so;
     half precision and integers are upcast to float32 first."""
-    import torch
-
     if x.dtype in (torch.float32, torch.float64):
         return x
     return x.float()
@@ -141,8 +137,6 @@ def _scoring_dtype(x: torch.Tensor) -> torch.Tensor:
 
 def _prepare_binary(logits: ArrayLike, gt: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (logits (N, H*W) float, gt (N, H*W) bool) from N x H x W (or N x 1 x H x W)."""
-    import torch
-
     logits = _as_tensor(logits, "logits")
     gt = _as_tensor(gt, "gt")
     if logits.ndim == 4 and logits.shape[1] == 1:
@@ -165,8 +159,6 @@ def _prepare_binary(logits: ArrayLike, gt: ArrayLike) -> tuple[torch.Tensor, tor
 def _f_thresholds(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The official thresholds: built in float32 on the CPU (as the official code does,
     before ``.cuda()``), then moved; widening to float64 keeps them exact."""
-    import torch
-
     thresholds = torch.linspace(0, F_THRESHOLD_MAX, NUM_F_THRESHOLDS, dtype=torch.float32)
     return thresholds.to(device=device, dtype=dtype)
 
@@ -176,8 +168,6 @@ def _f_thresholds(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------
 def _binary_frame_iou(probs: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """Per-frame mask_iou, float64 (N,). ``probs`` (N, P) sigmoid outputs, ``gt`` bool."""
-    import torch
-
     pred = probs > 0.5
     inter = (pred & gt).sum(1)
     union = (pred | gt).sum(1)
@@ -196,8 +186,6 @@ def _binary_frame_fcurves(probs: torch.Tensor, gt: torch.Tensor,
     threshold it reaches (``bucketize``); reverse cumulative sums of the per-frame bin
     counts then give |pred| and tp at every threshold in one pass.
     """
-    import torch
-
     n, num_pixels = probs.shape
     num_bins = NUM_F_THRESHOLDS + 1  # bin 0: below every threshold (only NaN in practice)
     thresholds = _f_thresholds(probs.device, probs.dtype)
@@ -225,8 +213,6 @@ def _binary_frame_stats(logits: ArrayLike, gt: ArrayLike, *, want_iou: bool = Tr
                         want_fcurves: bool = True, beta2: float = F_BETA2,
                         chunk_frames: int = 32) -> dict[str, torch.Tensor]:
     """Per-frame statistics on the CPU in float64, computed ``chunk_frames`` at a time."""
-    import torch
-
     if not (want_iou or want_fcurves):
         raise ValueError("nothing to compute")
     logits, gt = _prepare_binary(logits, gt)
@@ -332,17 +318,12 @@ def binary_fscore(logits: ArrayLike, gt: ArrayLike, batch_frames: int | None = N
 # ---------------------------------------------------------------------------------------
 def _dist_device(process_group: Any) -> torch.device:
     """NCCL reduces CUDA tensors only; gloo / mpi reduce CPU tensors."""
-    import torch
-    import torch.distributed as dist
-
     if dist.get_backend(process_group) == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
 def _dist_ready() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized()
 
 
@@ -394,8 +375,6 @@ class BinaryMeter:
         """Add N frames: ``logits`` and ``gt`` N x H x W; optional ``frame_ids`` (N,) ints,
         e.g. the global frame index in the dataset (needed to rebuild the official batches
         after a DDP ``sync``)."""
-        import torch
-
         stats = _binary_frame_stats(logits, gt, beta2=self.beta2, chunk_frames=self.chunk_frames)
         n = len(stats["iou"])
         given = frame_ids is not None
@@ -417,8 +396,6 @@ class BinaryMeter:
     # -- state -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The whole state as CPU tensors (frames in update order)."""
-        import torch
-
         if not self._iou:
             return {"frame_ids": torch.zeros(0, dtype=torch.int64),
                     "iou": torch.zeros(0, dtype=torch.float64),
@@ -469,9 +446,6 @@ class BinaryMeter:
         """
         if not _dist_ready():
             return
-        import torch
-        import torch.distributed as dist
-
         device = _dist_device(process_group)
         world = dist.get_world_size(process_group)
         state = self.state_tensors()
@@ -502,8 +476,6 @@ class BinaryMeter:
     # -- results -----------------------------------------------------------------------
     def _ordered(self) -> dict[str, torch.Tensor]:
         """Frames sorted by id, duplicated ids dropped (first kept)."""
-        import torch
-
         state = self.state_tensors()
         order = torch.argsort(state["frame_ids"], stable=True)
         ids = state["frame_ids"][order]
@@ -547,8 +519,6 @@ def _semantic_frame_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: in
     Pixels with a negative GT are left out entirely, as the official code does
     (``predict * (target + 1 > 0)``). Returns float64 (n, C) IoU, (n, C) F, bool (n, C).
     """
-    import torch
-
     n, num_cells = pred.shape[0], num_classes * num_classes
     # one histogram over (frame, gt class, predicted class): a per-frame confusion matrix;
     # ignored pixels go to one spare bin past the end
@@ -597,8 +567,6 @@ class SemanticMeter:
         self.reset()
 
     def reset(self) -> None:
-        import torch
-
         self.iou_sum = torch.zeros(self.num_classes, dtype=torch.float64)
         self.fscore_sum = torch.zeros(self.num_classes, dtype=torch.float64)
         self.count = torch.zeros(self.num_classes, dtype=torch.float64)
@@ -613,8 +581,6 @@ class SemanticMeter:
         ``frame_valid`` (N,) bool marks real frames; frames flagged False (padding) are
         skipped unless the meter was built with ``include_padding=True``.
         """
-        import torch
-
         logits = _as_tensor(logits, "logits")
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must be N x {self.num_classes} x H x W, "
@@ -629,8 +595,6 @@ class SemanticMeter:
     def update_labels(self, pred: ArrayLike, gt: ArrayLike,
                       frame_valid: ArrayLike | None = None) -> None:
         """Add N frames of already-argmaxed predictions (N x H x W class indices)."""
-        import torch
-
         pred = _as_tensor(pred, "pred")
         if pred.ndim != 3:
             raise ValueError(f"pred must be N x H x W class indices, got shape {tuple(pred.shape)}")
@@ -651,8 +615,6 @@ class SemanticMeter:
     def _prepare_gt(self, gt: ArrayLike, shape: tuple[int, ...],
                     frame_valid: ArrayLike | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the GT; return it as int64 and the indices of the frames to score."""
-        import torch
-
         gt = _as_tensor(gt, "gt")
         if tuple(gt.shape) != tuple(shape):
             raise ValueError(f"gt must be N x H x W = {tuple(shape)}, got {tuple(gt.shape)}")
@@ -687,8 +649,6 @@ class SemanticMeter:
     # -- state -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The state as float64 CPU tensors; element-wise sums across ranks merge them."""
-        import torch
-
         return {"iou_sum": self.iou_sum.clone(), "fscore_sum": self.fscore_sum.clone(),
                 "count": self.count.clone(),
                 "num_frames": torch.tensor([float(self.num_frames)], dtype=torch.float64),
@@ -697,8 +657,6 @@ class SemanticMeter:
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_tensors` (e.g. after a reduce)."""
-        import torch
-
         if state["iou_sum"].shape != (self.num_classes,):
             raise ValueError(f"state is for {state['iou_sum'].shape[0]} classes, "
                              f"meter for {self.num_classes}")
@@ -724,9 +682,6 @@ class SemanticMeter:
         two ranks (a padding DistributedSampler) are counted twice."""
         if not _dist_ready():
             return
-        import torch
-        import torch.distributed as dist
-
         state = self.state_tensors()
         names = list(state)
         flat = torch.cat([state[k] for k in names]).to(_dist_device(process_group))
@@ -740,8 +695,6 @@ class SemanticMeter:
 
     # -- results -----------------------------------------------------------------------
     def compute(self) -> dict[str, Any]:
-        import torch
-
         if self.num_frames == 0:
             raise ValueError("SemanticMeter.compute(): no frames were added")
         # sum / count, NaN (never present nor predicted) -> 0, as the official test

@@ -95,6 +95,11 @@ def _draw_frame(rng: np.random.Generator, boxes, colours, height: int, width: in
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
+def tone(hz: float, seconds: float, rate: int = SAMPLE_RATE, amplitude: float = 0.5) -> np.ndarray:
+    """A pure sine (float64): the audio test signal of the log-mel and VGGish tests."""
+    return amplitude * np.sin(2 * np.pi * hz * np.arange(int(round(seconds * rate))) / rate)
+
+
 def _tone(seconds: int, pitch: float) -> np.ndarray:
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     return (0.3 * np.sin(2 * np.pi * pitch * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t))).astype(np.float32)

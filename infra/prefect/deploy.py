@@ -6,7 +6,7 @@ params.yaml names, creating the pool first if it does not exist.
     SSP_WORK_POOL=gpu-k8s python infra/prefect/deploy.py
 
 Which pool: ``--pool``, else ``SSP_WORK_POOL``, else ``pipeline.work_pool`` of the params
-(``ssp.ops.params.load_params``: its default when params.yaml is missing). Its type when it
+(``ssp.params.load_params``: its default when params.yaml is missing). Its type when it
 has to be created: ``--pool-type`` / ``SSP_WORK_POOL_TYPE`` / ``pipeline.work_pool_type``;
 ``docker`` and ``kubernetes`` pools get the GPU job templates beside this file
 (``docker-gpu.json``, ``kubernetes-gpu.json``). An existing pool is left as it is.
@@ -25,22 +25,28 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository's ssp package
 
-from ssp.ops.params import load_params  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
+from prefect.exceptions import ObjectNotFound  # noqa: E402
+from prefect.workers.process import ProcessWorker  # noqa: E402
+
+from ssp.params import load_params  # noqa: E402
 
 TEMPLATES = {"docker": HERE / "docker-gpu.json", "kubernetes": HERE / "kubernetes-gpu.json"}
 
 
 def pipeline_section(params_file: Path) -> dict[str, Any]:
-    """params' ``pipeline`` section (``ssp.ops.params.load_params``: the defaults when the
+    """params' ``pipeline`` section (``ssp.params.load_params``: the defaults when the
     file does not exist)."""
     return asdict(load_params(params_file).pipeline)
 
@@ -56,18 +62,12 @@ def base_job_template(kind: str) -> dict[str, Any]:
     if kind in TEMPLATES:
         return json.loads(TEMPLATES[kind].read_text())
     if kind == "process":
-        from prefect.workers.process import ProcessWorker
-
         return ProcessWorker.get_default_base_job_template()
     raise SystemExit(f"deploy: no job template for work pool type {kind!r} (process, docker, kubernetes)")
 
 
 async def ensure_work_pool(name: str, kind: str) -> bool:
     """Create the pool unless it exists; True when it was created."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-
     async with get_client() as client:
         try:
             pool = await client.read_work_pool(name)

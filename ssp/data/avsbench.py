@@ -30,14 +30,17 @@ reports all bad files at once). Reading a missing or broken file raises a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
 
 from ssp.data.palette import NUM_CLASSES, colour_to_index
 from ssp.errors import DataError, SSPError
@@ -168,9 +171,7 @@ def detect_layout(root: str | Path) -> str:
 # ---------------------------------------------------------------------------------
 # Manifests
 # ---------------------------------------------------------------------------------
-def _read_csv(path: Path, root: Path):
-    import pandas as pd
-
+def _read_csv(path: Path, root: Path) -> pd.DataFrame:
     shown = _display_path(path, root)
     try:
         # everything as text: uids such as "0001" or "1e5" must stay what they are
@@ -249,7 +250,8 @@ def _semantic_records(root: Path, subsets, splits) -> list[VideoRecord]:
         video_dir = root / rel_dir
         num_frames = _indexed_count(video_dir / "frames", ".jpg") or FRAMES_PER_SUBSET[subset]
         # Official rule: a v1s (S4) train video has only its first frame annotated.
-        labelled = [i == 0 for i in range(num_frames)] if (subset == "v1s" and split == "train") else [True] * num_frames
+        first_only = subset == "v1s" and split == "train"
+        labelled = [i == 0 for i in range(num_frames)] if first_only else [True] * num_frames
         semantic_dir = video_dir / "labels_semantic"
         has_semantic = semantic_dir.is_dir()
         a_obj = row.get("a_obj", "").strip()
@@ -264,7 +266,8 @@ def _semantic_records(root: Path, subsets, splits) -> list[VideoRecord]:
             audio_path=video_dir / "audio.wav",
             mask_paths=[video_dir / "labels_rgb" / f"{i}.png" if labelled[i] else None for i in range(num_frames)],
             semantic_mask_paths=[
-                semantic_dir / f"{i}.png" if labelled[i] and has_semantic and (semantic_dir / f"{i}.png").is_file() else None
+                semantic_dir / f"{i}.png"
+                if labelled[i] and has_semantic and (semantic_dir / f"{i}.png").is_file() else None
                 for i in range(num_frames)
             ],
             labelled=labelled,
@@ -285,70 +288,87 @@ def _column_or_position(df, name: str, position: int, shown: str) -> str:
     raise DataError(shown, f"missing column {name!r}; header is {','.join(df.columns)}")
 
 
+def _object_rows(root: Path, part: tuple[Path, Path], splits, columns: dict[str, tuple[str, int]],
+                 id_column: str | None = None) -> Iterator[tuple[Path, dict[str, str]]]:
+    """``(data folder, row)`` of one AVSBench-object manifest, rows stripped and checked,
+    in the wanted splits. ``columns``: name -> (header name, position when the header
+    lacks it); ``id_column``: header name of the video name when present (MS3's
+    ``video_id``), else ``columns["name"]``."""
+    csv, data = part
+    shown = _display_path(csv, root)
+    df = _read_csv(csv, root)
+    _require_columns(df, ("split",), shown)
+    where = {key: _column_or_position(df, name, position, shown) for key, (name, position) in columns.items()}
+    if id_column is not None and id_column in df.columns:
+        where["name"] = id_column
+    for row_number, row in enumerate(df.to_dict("records")):
+        values = {key: row[column].strip() for key, column in where.items()}
+        values["split"] = row["split"].strip()
+        _check_object_row(values["name"], values["split"], row_number, shown)
+        if splits and values["split"] not in splits:
+            continue
+        yield data, values
+
+
+def _s4_records(root: Path, part: tuple[Path, Path], splits) -> list[VideoRecord]:
+    records = []
+    columns = {"name": ("name", 0), "start": ("start", 1), "category": ("category", 2)}
+    for data, row in _object_rows(root, part, splits, columns):
+        name, category, split = row["name"], row["category"], row["split"]
+        frames_dir = data / "visual_frames" / split / category / name
+        masks_dir = data / "gt_masks" / split / category / name
+        labelled = [i == 0 for i in range(OBJECT_FRAMES)] if split == "train" else [True] * OBJECT_FRAMES
+        records.append(VideoRecord(
+            uid=name,
+            subset="v1s",
+            split=split,
+            category=category,
+            root=root,
+            rel_dir=f"v1s/{split}/{category}/{name}",
+            frame_paths=[frames_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+            audio_path=data / "audio_wav" / split / category / f"{name}.wav",
+            mask_paths=[masks_dir / f"{name}_{i + 1}.png" if labelled[i] else None for i in range(OBJECT_FRAMES)],
+            semantic_mask_paths=[None] * OBJECT_FRAMES,
+            labelled=labelled,
+            objects=[category] if category else [],
+            layout="object",
+            start=_parse_float(row["start"]),
+        ))
+    return records
+
+
+def _ms3_records(root: Path, part: tuple[Path, Path], splits) -> list[VideoRecord]:
+    records = []
+    for data, row in _object_rows(root, part, splits, {"name": ("name", 0)}, id_column="video_id"):
+        name, split = row["name"], row["split"]
+        masks_dir = data / "gt_masks" / split / name
+        records.append(VideoRecord(
+            uid=name,
+            subset="v1m",
+            split=split,
+            category="",
+            root=root,
+            rel_dir=f"v1m/{split}/{name}",
+            # frames were extracted from "{name}.mp4", hence the odd file names
+            frame_paths=[data / "visual_frames" / name / f"{name}.mp4_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+            audio_path=data / "audio_wav" / split / f"{name}.wav",
+            mask_paths=[masks_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+            semantic_mask_paths=[None] * OBJECT_FRAMES,
+            labelled=[True] * OBJECT_FRAMES,
+            objects=[],
+            layout="object",
+        ))
+    return records
+
+
 def _object_records(root: Path, subsets, splits) -> list[VideoRecord]:
     records = []
     s4 = _find_object_part(root, S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR)
     if s4 and (not subsets or "v1s" in subsets):
-        csv, data = s4
-        shown = _display_path(csv, root)
-        df = _read_csv(csv, root)
-        _require_columns(df, ("split",), shown)
-        name_col = _column_or_position(df, "name", 0, shown)
-        start_col = _column_or_position(df, "start", 1, shown)
-        category_col = _column_or_position(df, "category", 2, shown)
-        for row_number, row in enumerate(df.to_dict("records")):
-            name, category, split = row[name_col].strip(), row[category_col].strip(), row["split"].strip()
-            _check_object_row(name, split, row_number, shown)
-            if splits and split not in splits:
-                continue
-            frames_dir = data / "visual_frames" / split / category / name
-            masks_dir = data / "gt_masks" / split / category / name
-            labelled = [i == 0 for i in range(OBJECT_FRAMES)] if split == "train" else [True] * OBJECT_FRAMES
-            records.append(VideoRecord(
-                uid=name,
-                subset="v1s",
-                split=split,
-                category=category,
-                root=root,
-                rel_dir=f"v1s/{split}/{category}/{name}",
-                frame_paths=[frames_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-                audio_path=data / "audio_wav" / split / category / f"{name}.wav",
-                mask_paths=[masks_dir / f"{name}_{i + 1}.png" if labelled[i] else None for i in range(OBJECT_FRAMES)],
-                semantic_mask_paths=[None] * OBJECT_FRAMES,
-                labelled=labelled,
-                objects=[category] if category else [],
-                layout="object",
-                start=_parse_float(row[start_col]),
-            ))
+        records += _s4_records(root, s4, splits)
     ms3 = _find_object_part(root, MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR)
     if ms3 and (not subsets or "v1m" in subsets):
-        csv, data = ms3
-        shown = _display_path(csv, root)
-        df = _read_csv(csv, root)
-        _require_columns(df, ("split",), shown)
-        name_col = "video_id" if "video_id" in df.columns else _column_or_position(df, "name", 0, shown)
-        for row_number, row in enumerate(df.to_dict("records")):
-            name, split = row[name_col].strip(), row["split"].strip()
-            _check_object_row(name, split, row_number, shown)
-            if splits and split not in splits:
-                continue
-            masks_dir = data / "gt_masks" / split / name
-            records.append(VideoRecord(
-                uid=name,
-                subset="v1m",
-                split=split,
-                category="",
-                root=root,
-                rel_dir=f"v1m/{split}/{name}",
-                # frames were extracted from "{name}.mp4", hence the odd file names
-                frame_paths=[data / "visual_frames" / name / f"{name}.mp4_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-                audio_path=data / "audio_wav" / split / f"{name}.wav",
-                mask_paths=[masks_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-                semantic_mask_paths=[None] * OBJECT_FRAMES,
-                labelled=[True] * OBJECT_FRAMES,
-                objects=[],
-                layout="object",
-            ))
+        records += _ms3_records(root, ms3, splits)
     return records
 
 
@@ -390,16 +410,23 @@ def load_records(
 # ---------------------------------------------------------------------------------
 # Classes
 # ---------------------------------------------------------------------------------
+def read_json(path: Path, missing: str, root: Path | None = None) -> Any:
+    """A JSON file's content. Missing: a :class:`DataError` saying ``missing``; not JSON: a
+    DataError saying so; both name the file (relative to ``root`` when given)."""
+    shown = _display_path(path, root)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(shown, missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(shown, f"not valid JSON ({e})") from None
+
+
 def load_label2idx(root: str | Path) -> dict[str, int]:
     """``label2idx.json`` of an AVSBench-semantic dataset: class name -> index."""
     path = Path(root) / LABEL2IDX_JSON
     shown = _display_path(path, root)
-    try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(shown, "class list is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(shown, f"not valid JSON ({e})") from None
+    mapping = read_json(path, "class list is missing", root)
     if not isinstance(mapping, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in mapping.items()
     ):
@@ -426,23 +453,24 @@ def class_names(root: str | Path) -> list[str]:
 # ---------------------------------------------------------------------------------
 # Frames and masks
 # ---------------------------------------------------------------------------------
-def _open_image(path: Path, root: Path | None, what: str):
-    from PIL import Image, UnidentifiedImageError
-
+def open_image(path: Path, root: Path | None, what: str, missing_hint: str = "") -> Image.Image:
+    """An image, decoded now (a truncated file fails here, not later). Missing or
+    undecodable: a :class:`DataError` naming the file (relative to ``root`` when given)
+    and ``what`` it is, with ``missing_hint`` (e.g. the stage that writes it) when missing."""
     shown = _display_path(path, root)
     try:
         image = Image.open(path)
-        image.load()  # decode now: a truncated file fails here, not later
+        image.load()
         return image
     except FileNotFoundError:
-        raise DataError(shown, f"{what} is missing") from None
+        raise DataError(shown, f"{what} is missing" + (f" ({missing_hint})" if missing_hint else "")) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(shown, f"cannot decode {what} ({e})") from None
 
 
 def read_frame(path: str | Path, root: str | Path | None = None) -> np.ndarray:
     """Read an image as ``H x W x 3`` uint8 RGB. ``root`` shortens paths in errors."""
-    image = _open_image(Path(path), Path(root) if root else None, "frame")
+    image = open_image(Path(path), Path(root) if root else None, "frame")
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
@@ -450,7 +478,7 @@ def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray
     """Class-index mask of frame ``i`` of a semantic-layout record (H x W uint8)."""
     semantic_path = record.semantic_mask_paths[i] if i < len(record.semantic_mask_paths) else None
     if semantic_path is not None:
-        image = _open_image(semantic_path, record.root, "class-index mask")
+        image = open_image(semantic_path, record.root, "class-index mask")
         if image.mode not in ("L", "P", "I", "I;16", "1"):
             raise DataError(record.display_path(semantic_path),
                             f"class-index mask must be single-channel, got mode {image.mode}")
@@ -460,12 +488,13 @@ def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray
             if strict:
                 bad = sorted(set(index[invalid].tolist()))[:5]
                 raise DataError(record.display_path(semantic_path),
-                                f"{int(invalid.sum())} pixels have class indices outside 0..{NUM_CLASSES - 1}, e.g. {bad}")
+                                f"{int(invalid.sum())} pixels have class indices outside "
+                                f"0..{NUM_CLASSES - 1}, e.g. {bad}")
             index = np.where(invalid, 0, index)
         return index.astype(np.uint8)
 
     path = record.mask_paths[i]
-    image = _open_image(path, record.root, "colour mask")
+    image = open_image(path, record.root, "colour mask")
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     index, unknown = colour_to_index(rgb)
     if unknown.any() and strict:
@@ -495,7 +524,17 @@ def read_mask(record: VideoRecord, i: int, task: str = "avs", strict: bool = Tru
     if record.layout == "object":
         if task == "avss":
             raise DataError(record.rel_dir, "AVSBench-object masks are binary; task 'avss' needs the semantic layout")
-        image = _open_image(record.mask_paths[i], record.root, "binary mask")
+        image = open_image(record.mask_paths[i], record.root, "binary mask")
         return (np.asarray(image.convert("L")) > 0).astype(np.uint8)
     index = _read_class_indices(record, i, strict)
     return index if task == "avss" else (index > 0).astype(np.uint8)
+
+
+def read_scenarios(data: str | Path) -> dict[str, str]:
+    """uid -> scenario from ``scenarios.csv`` at the data root (the generated benchmark);
+    empty for a dataset without one (AVSBench itself)."""
+    path = Path(data) / "scenarios.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {row["uid"]: row["scenario"] for row in csv.DictReader(f)}

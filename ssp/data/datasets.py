@@ -22,7 +22,6 @@ Items hold no open files and no randomness: deterministic and safe with any
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,7 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssp.data.avsbench import MASK_TASKS, VideoRecord, read_frame, read_mask
+from ssp.data.audio import logmel_from_wav
+from ssp.data.avsbench import MASK_TASKS, VideoRecord, open_image, read_frame, read_json, read_mask
 from ssp.errors import DataError, SSPError
 
 LOGMEL_SHAPE = (96, 64)  # VGGish example: 96 frames of 10 ms x 64 mel bands, one per second
@@ -44,16 +44,9 @@ def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
 
 
 def _read_gray(path: Path, what: str, hint: str) -> np.ndarray:
-    """8-bit grayscale PNG of a preprocessing stage (H x W uint8)."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("L"))
-    except FileNotFoundError:
-        raise DataError(path, f"{what} is missing ({hint})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, f"cannot decode {what} ({e})") from None
+    """8-bit grayscale PNG of a preprocessing stage (H x W uint8); ``hint`` says how to
+    make a missing one."""
+    return np.asarray(open_image(path, None, what, missing_hint=hint).convert("L"))
 
 
 class AVSDataset(Dataset):
@@ -155,8 +148,6 @@ class AVSDataset(Dataset):
     # -- extras -------------------------------------------------------------------
     def _logmel(self, record: VideoRecord, num_frames: int) -> np.ndarray:
         if self.logmel_dir is None:
-            from ssp.preprocess.logmel import logmel_from_wav
-
             logmel = np.asarray(
                 logmel_from_wav(record.audio_path, record.num_frames, pad=self.pad_short_audio), dtype=np.float32)
             source: str | Path = record.audio_path
@@ -194,12 +185,7 @@ class AVSDataset(Dataset):
 
     def _prompts(self, record: VideoRecord) -> tuple[str, list[str]]:
         path = self.prompts_dir / record.rel_dir / "prompts.json"
-        try:
-            answers = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(path, "MLLM prompts are missing (run `ssp prompts` first)") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(path, f"not valid JSON ({e})") from None
+        answers = read_json(path, "MLLM prompts are missing (run `ssp prompts` first)")
         a1 = answers.get("a1") if isinstance(answers, dict) else None
         a2 = answers.get("a2") if isinstance(answers, dict) else None
         if not isinstance(a1, str) or not isinstance(a2, list) or not all(isinstance(x, str) for x in a2):

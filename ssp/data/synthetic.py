@@ -5,8 +5,9 @@ that every stage runs on it exactly as on the real data, and built so that each 
 signal carries information the others lack (the ablation of paper Table 2 is measured
 on it):
 
-- ``K`` classes (default 8). Each has a visual identity (shape, colour, texture) and an
-  audio identity (a harmonic tone with a class pitch and an AM or FM modulation).
+- ``K`` classes (the ``data.classes`` param). Each has a visual identity (shape, colour,
+  texture) and an audio identity (a harmonic tone with a class pitch and an AM or FM
+  modulation).
 - Scenes of 1-3 objects on a textured, cluttered background. Per object and per second:
   sounding or silent, moving or still. Four scenarios, mixed in configurable proportions:
 
@@ -66,6 +67,7 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -75,11 +77,13 @@ from typing import Any, Iterable
 import cv2
 import numpy as np
 import soundfile
+from tqdm import tqdm
 
 from ssp.data.avsbench import AVSBENCH_CLASS_NAMES, FRAMES_PER_SUBSET, SAMPLE_RATE, SPLITS, SUBSETS
 from ssp.data.palette import NUM_CLASSES, index_to_colour
 from ssp.errors import SSPError
 from ssp.fileio import write_json, write_text
+from ssp.params import DataParams, add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +146,8 @@ CLASS_CATALOGUE: tuple[SoundingClass, ...] = (
     SoundingClass("guitar", "strums", "square", "green", "stripes", 196.0, 6, am_hz=6.0, am_depth=0.5),
     SoundingClass("violin", "sings", "ring", "blue", "solid", 523.0, 5, fm_hz=6.0, fm_depth=0.015),
     SoundingClass("car", "honks", "cross", "white", "checker", 294.0, 7),
-    SoundingClass("bird", "chirps", "diamond", "yellow", "dots", 1568.0, 2, am_hz=8.0, am_depth=0.9, fm_hz=10.0, fm_depth=0.05),
+    SoundingClass("bird", "chirps", "diamond", "yellow", "dots", 1568.0, 2, am_hz=8.0, am_depth=0.9, fm_hz=10.0,
+                  fm_depth=0.05),
     SoundingClass("clock", "ticks", "disc", "white", "stripes", 1319.0, 1, am_hz=10.0, am_depth=1.0),
     SoundingClass("trumpet", "blares", "triangle", "orange", "stripes", 466.0, 8, fm_hz=5.0, fm_depth=0.008),
     SoundingClass("piano", "plays", "square", "pink", "solid", 262.0, 5, am_hz=1.5, am_depth=0.9),
@@ -156,7 +161,7 @@ MIN_CLASSES, MAX_CLASSES = 3, len(CLASS_CATALOGUE)
 def class_table(num_classes: int) -> list[SoundingClass]:
     """The first ``num_classes`` classes of the catalogue (class index = position + 1)."""
     if not MIN_CLASSES <= num_classes <= MAX_CLASSES:
-        raise SSPError(f"--classes must be between {MIN_CLASSES} and {MAX_CLASSES}, got {num_classes}")
+        raise SSPError(f"data.classes must be between {MIN_CLASSES} and {MAX_CLASSES}, got {num_classes}")
     return list(CLASS_CATALOGUE[:num_classes])
 
 
@@ -182,10 +187,14 @@ PRESETS: dict[str, dict[str, tuple[int, int, int]]] = {
 
 @dataclass
 class SynthConfig:
-    seed: int = 0
-    size: str = "demo"
-    num_classes: int = 8
-    image_size: int = 64
+    """What ``ssp synth`` generates. The first four are the ``data`` params ``seed``,
+    ``size``, ``classes`` and ``image_size`` (:meth:`from_params`); the others are the
+    command's own knobs (flags), with their defaults here."""
+
+    seed: int
+    size: str                     # a PRESETS name
+    num_classes: int
+    image_size: int
     snr_db: float = 20.0          # per-source level / noise level, in dB
     jpeg_quality: int = 90
     scale: float = 1.0            # multiplies the preset's video counts
@@ -193,10 +202,10 @@ class SynthConfig:
 
     def __post_init__(self):
         if self.size not in PRESETS:
-            raise SSPError(f"--size must be one of {', '.join(PRESETS)}, got {self.size!r}")
+            raise SSPError(f"data.size must be one of {', '.join(PRESETS)}, got {self.size!r}")
         class_table(self.num_classes)  # range check
         if self.image_size < 32:
-            raise SSPError(f"--image-size must be at least 32 pixels, got {self.image_size}")
+            raise SSPError(f"data.image_size must be at least 32 pixels, got {self.image_size}")
         if not 1 <= self.jpeg_quality <= 100:
             raise SSPError(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.scale <= 0:
@@ -206,6 +215,12 @@ class SynthConfig:
             raise SSPError(f"unknown scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
         if any(w < 0 for w in self.scenario_mix.values()) or sum(self.scenario_mix.values()) <= 0:
             raise SSPError("scenario proportions must be >= 0 and not all 0")
+
+    @classmethod
+    def from_params(cls, data: DataParams, **knobs: Any) -> SynthConfig:
+        """The config of the ``data`` params section (``knobs``: snr_db, jpeg_quality, scale,
+        scenario_mix; the defaults above when not given)."""
+        return cls(seed=data.seed, size=data.size, num_classes=data.classes, image_size=data.image_size, **knobs)
 
     def video_counts(self) -> dict[str, dict[str, int]]:
         return {
@@ -329,12 +344,11 @@ def _stretch(rng: np.random.Generator, length: int, lo: int, hi: int) -> tuple[i
     return start, n
 
 
-def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
-    """Draw the scene of one video (everything scene.json records, answers aside)."""
-    rng = video_rng(config.seed, plan.uid, "scene")
-    classes = class_table(config.num_classes)
-    n_frames = FRAMES_PER_SUBSET[plan.subset]
-    size = config.image_size
+def _draw_roles(rng: np.random.Generator, plan: VideoPlan,
+                num_classes: int) -> tuple[list[tuple[int, bool, bool]], list[str]]:
+    """The objects of a scene in the order they are drawn, (class position, sounding,
+    moving) each, and the locations of the scene's object slots (slot i: the i-th object
+    once the objects are shuffled)."""
     scenario = plan.scenario
     distractor = scenario in ("silent_distractor", "same_class_distractor")
 
@@ -348,11 +362,11 @@ def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
     n_silent = 1 if distractor else int(rng.integers(0, 3 - n_sounding + 1))
 
     # classes: sources are distinct; a same-class distractor copies a source's class
-    sounding_classes = [int(c) for c in rng.choice(len(classes), size=n_sounding, replace=False)]
+    sounding_classes = [int(c) for c in rng.choice(num_classes, size=n_sounding, replace=False)]
     if scenario == "same_class_distractor":
         silent_classes = [sounding_classes[0]]
     else:
-        others = [c for c in range(len(classes)) if c not in sounding_classes]
+        others = [c for c in range(num_classes) if c not in sounding_classes]
         silent_classes = [int(c) for c in rng.choice(others, size=n_silent, replace=False)]
 
     # who moves (per video; per-second pauses are added below for v2)
@@ -370,61 +384,75 @@ def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
         locations = [str(rng.choice(list(ANCHORS)))]
     else:
         locations = [str(x) for x in rng.choice(EDGE_LOCATIONS, size=n_objects, replace=False)]
+    sounds = [True] * n_sounding + [False] * n_silent
+    return list(zip(sounding_classes + silent_classes, sounds, moves)), locations
 
+
+def _draw_object(rng: np.random.Generator, i: int, cls_pos: int, cls: SoundingClass, sounds: bool, moving: bool,
+                 location: str, subset: str, n_frames: int, size: int) -> dict[str, Any]:
+    """Object ``i`` of a scene (its scene.json record): size, path, flags, colour, pitch."""
+    radius = rng.uniform(*RADIUS_RANGE) * size
+    anchor = (np.array(ANCHORS[location]) + rng.uniform(-ANCHOR_JITTER, ANCHOR_JITTER, 2)) * size
+    box = MOTION_BOX * size
+    steps = [moving] * (n_frames - 1)
+    if moving and subset == "v2" and rng.random() < 0.25:
+        start, n = _stretch(rng, n_frames - 1, 2, 3)   # the object pauses a while
+        steps[start:start + n] = [False] * n
+    start_pos = anchor + (rng.uniform(-box / 2, box / 2, 2) if moving else 0.0)  # within box * 0.71
+    positions = _trajectory(rng, start_pos, anchor, box, rng.uniform(*SPEED_RANGE) * size, steps)
+    positions = [[_round2(p[0]), _round2(p[1])] for p in positions]
+    # moving at frame t = displaced from a neighbour frame (what eq. (1)'s averaged
+    # flow of frame t sees)
+    moving_flags = [
+        (t > 0 and positions[t] != positions[t - 1]) or (t + 1 < n_frames and positions[t + 1] != positions[t])
+        for t in range(n_frames)
+    ]
+    sounding_flags = [sounds] * n_frames
+    if sounds and subset == "v2" and rng.random() < 0.3:
+        start, n = _stretch(rng, n_frames, 2, 3)        # the source falls silent a while
+        sounding_flags[start:start + n] = [False] * n
+    colour = np.array(COLOURS[cls.colour], dtype=float)
+    rgb = np.clip(colour * rng.uniform(0.9, 1.05), 0, 255).round().astype(int)
+    return {
+        "id": i,
+        "class_index": cls_pos + 1,
+        "class_name": cls.name,
+        "noun": cls.name,
+        "verb": cls.verb,
+        "colour": cls.colour,
+        "rgb": [int(v) for v in rgb],
+        "shape": cls.shape,
+        "texture": cls.texture,
+        "radius": _round2(radius),
+        "location": location,
+        "positions": positions,
+        "moving": [bool(m) for m in moving_flags],
+        "sounding": sounding_flags,
+        "pitch_hz": _round2(cls.pitch_hz * rng.uniform(0.99, 1.01)),
+        "gain": _round2(rng.uniform(0.8, 1.25)),
+    }
+
+
+def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
+    """Draw the scene of one video (everything scene.json records, answers aside)."""
+    rng = video_rng(config.seed, plan.uid, "scene")
+    classes = class_table(config.num_classes)
+    n_frames = FRAMES_PER_SUBSET[plan.subset]
+    size = config.image_size
+    drawn, locations = _draw_roles(rng, plan, len(classes))
     # objects in random order, so that "first mentioned" says nothing about sounding
-    drawn = list(zip(sounding_classes + silent_classes, [True] * n_sounding + [False] * n_silent, moves))
-    drawn = [drawn[k] for k in rng.permutation(n_objects)]
-    objects = []
-    for i, (cls_pos, sounds, moving) in enumerate(drawn):
-        cls = classes[cls_pos]
-        radius = rng.uniform(*RADIUS_RANGE) * size
-        anchor = (np.array(ANCHORS[locations[i]]) + rng.uniform(-ANCHOR_JITTER, ANCHOR_JITTER, 2)) * size
-        box = MOTION_BOX * size
-        steps = [moving] * (n_frames - 1)
-        if moving and plan.subset == "v2" and rng.random() < 0.25:
-            start, n = _stretch(rng, n_frames - 1, 2, 3)   # the object pauses a while
-            steps[start:start + n] = [False] * n
-        start_pos = anchor + (rng.uniform(-box / 2, box / 2, 2) if moving else 0.0)  # within box * 0.71
-        positions = _trajectory(rng, start_pos, anchor, box, rng.uniform(*SPEED_RANGE) * size, steps)
-        positions = [[_round2(p[0]), _round2(p[1])] for p in positions]
-        # moving at frame t = displaced from a neighbour frame (what eq. (1)'s averaged
-        # flow of frame t sees)
-        moving_flags = [
-            (t > 0 and positions[t] != positions[t - 1]) or (t + 1 < n_frames and positions[t + 1] != positions[t])
-            for t in range(n_frames)
-        ]
-        sounding_flags = [sounds] * n_frames
-        if sounds and plan.subset == "v2" and rng.random() < 0.3:
-            start, n = _stretch(rng, n_frames, 2, 3)        # the source falls silent a while
-            sounding_flags[start:start + n] = [False] * n
-        colour = np.array(COLOURS[cls.colour], dtype=float)
-        rgb = np.clip(colour * rng.uniform(0.9, 1.05), 0, 255).round().astype(int)
-        objects.append({
-            "id": i,
-            "class_index": cls_pos + 1,
-            "class_name": cls.name,
-            "noun": cls.name,
-            "verb": cls.verb,
-            "colour": cls.colour,
-            "rgb": [int(v) for v in rgb],
-            "shape": cls.shape,
-            "texture": cls.texture,
-            "radius": _round2(radius),
-            "location": locations[i],
-            "positions": positions,
-            "moving": [bool(m) for m in moving_flags],
-            "sounding": sounding_flags,
-            "pitch_hz": _round2(cls.pitch_hz * rng.uniform(0.99, 1.01)),
-            "gain": _round2(rng.uniform(0.8, 1.25)),
-        })
-
+    drawn = [drawn[k] for k in rng.permutation(len(drawn))]
+    objects = [
+        _draw_object(rng, i, cls_pos, classes[cls_pos], sounds, moving, locations[i], plan.subset, n_frames, size)
+        for i, (cls_pos, sounds, moving) in enumerate(drawn)
+    ]
     labelled = [plan.split != "train" or plan.subset != "v1s" or t == 0 for t in range(n_frames)]
     return {
         "uid": plan.uid,
         "vid": plan.uid,
         "subset": plan.subset,
         "split": plan.split,
-        "scenario": scenario,
+        "scenario": plan.scenario,
         "num_frames": n_frames,
         "image_size": [size, size],
         "sample_rate": SAMPLE_RATE,
@@ -836,15 +864,11 @@ def _tree_digest(root: Path) -> tuple[int, str]:
 
 def _write_dataset(config: SynthConfig, staging: Path, workers: int, progress: bool) -> None:
     """Every file of the dataset, into ``staging``; manifest.json last."""
-    from tqdm import tqdm
-
     plans = plan_videos(config)
     jobs = [(p, config, str(staging)) for p in plans]
     results = []
     with tqdm(total=len(jobs), desc="synth", unit="video", disable=not progress) as bar:
         if workers > 1:
-            import multiprocessing
-
             # results come back in plan order, so the output does not depend on workers.
             # spawn: forking a process whose OpenCV/torch threads already ran can deadlock
             ctx = multiprocessing.get_context("spawn")
@@ -930,32 +954,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="dataset folder to create (AVSBench-semantic layout); written to "
                         "DIR/../.NAME.partial first and renamed when complete")
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed; same seed -> byte-identical files (default 0)")
-    parser.add_argument("--size", choices=list(PRESETS), default="demo",
-                        help="preset video counts: tiny = 12 videos (tests), demo = 304 (default; "
-                        "minutes of CPU training), small = 1216")
-    parser.add_argument("--scale", type=float, default=1.0, metavar="X",
-                        help="multiply the preset's video counts (at least 1 per subset and split; default 1)")
-    parser.add_argument("--classes", type=int, default=8, dest="num_classes", metavar="K",
-                        help=f"number of classes K, {MIN_CLASSES}..{MAX_CLASSES} (default 8)")
-    parser.add_argument("--image-size", type=int, default=64, metavar="PX", help="frame and mask side in pixels (default 64)")
-    parser.add_argument("--snr-db", type=float, default=20.0, metavar="DB",
-                        help="level of one sounding object over the background noise, dB (default 20)")
-    parser.add_argument("--scenario-mix", default=",".join(f"{s}=1" for s in SCENARIOS), metavar="MIX",
+    add_params_arguments(parser, "data.size=tiny")
+    parser.epilog = ("Reads the data section of the params file: seed (same seed -> byte-identical files), "
+                     f"size ({' | '.join(PRESETS)}: tiny = 12 videos (tests), demo = 304 (minutes of CPU "
+                     f"training), small = 1216), classes (K, {MIN_CLASSES}..{MAX_CLASSES}) and image_size "
+                     "(frame and mask side in pixels); see ssp/params.py (DataParams).")
+    parser.add_argument("--scale", type=float, default=None, metavar="X",
+                        help="multiply the preset's video counts (at least 1 per subset and split; "
+                        f"default {SynthConfig.scale:g})")
+    parser.add_argument("--snr-db", type=float, default=None, metavar="DB",
+                        help="level of one sounding object over the background noise, dB "
+                        f"(default {SynthConfig.snr_db:g})")
+    parser.add_argument("--scenario-mix", default=None, metavar="MIX",
                         help="relative proportions of the scenarios, NAME=WEIGHT,... (missing names get 0; "
                         "default: equal shares of " + ", ".join(SCENARIOS) + ")")
-    parser.add_argument("--jpeg-quality", type=int, default=90, metavar="Q", help="JPEG quality of the frames (default 90)")
+    parser.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
+                        help=f"JPEG quality of the frames (default {SynthConfig.jpeg_quality})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="parallel processes (default: number of CPUs); the output does not depend on it")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = SynthConfig(
-        seed=args.seed, size=args.size, num_classes=args.num_classes, image_size=args.image_size,
-        snr_db=args.snr_db, jpeg_quality=args.jpeg_quality, scale=args.scale,
-        scenario_mix=_parse_mix(args.scenario_mix),
-    )
+    knobs = {"snr_db": args.snr_db, "jpeg_quality": args.jpeg_quality, "scale": args.scale,
+             "scenario_mix": None if args.scenario_mix is None else _parse_mix(args.scenario_mix)}
+    config = SynthConfig.from_params(stage_params(args).data, **{k: v for k, v in knobs.items() if v is not None})
     out = generate_dataset(config, args.out, workers=max(1, args.workers), force=args.force)
     manifest = json.loads((out / "manifest.json").read_text())
     total = sum(sum(v.values()) for v in manifest["videos"].values())

@@ -51,14 +51,34 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import pandas as pd
+import soundfile
+from PIL import Image, ImageFile
+from tqdm.auto import tqdm
 
 from ssp.data.avsbench import (
-    FRAMES_PER_SUBSET, LABEL2IDX_JSON, MS3_CSV, MS3_DATA_DIR, MS3_RELEASE_DIR, S4_CSV, S4_DATA_DIR,
-    S4_RELEASE_DIR, SEMANTIC_COLUMNS, SEMANTIC_CSV, SPLITS, SUBSETS, _display_path, _find_object_part,
+    FRAMES_PER_SUBSET,
+    LABEL2IDX_JSON,
+    MS3_CSV,
+    MS3_DATA_DIR,
+    MS3_RELEASE_DIR,
+    S4_CSV,
+    S4_DATA_DIR,
+    S4_RELEASE_DIR,
+    SEMANTIC_COLUMNS,
+    SEMANTIC_CSV,
+    SPLITS,
+    SUBSETS,
+    _display_path,
+    _find_object_part,
+    class_names,
+    detect_layout,
+    load_records,
+    split_objects,
 )
 from ssp.data.palette import NUM_CLASSES, colour_to_index
 from ssp.errors import DataError, SSPError
-from ssp.fileio import write_json
+from ssp.fileio import tree_digest, write_json
+from ssp.params import add_params_arguments, stage_params
 
 AUDIO_RATE = 16_000            # Hz; the rate every audio stage works at
 AUDIO_TOLERANCE_S = 0.05       # audio may be this much shorter than frames x 1 s
@@ -253,8 +273,6 @@ def object_videos(manifest: Manifest, table: pd.DataFrame) -> list[ExpectedVideo
 def expected_videos(root: str | Path, layout: str = "auto") -> list[ExpectedVideo]:
     """Every video, and every file of it, that the manifests of ``root`` imply (rows
     too broken to name a folder are skipped; :func:`validate_dataset` reports them)."""
-    from ssp.data.avsbench import detect_layout
-
     root = Path(root)
     layout = detect_layout(root) if layout == "auto" else layout
     videos: list[ExpectedVideo] = []
@@ -277,8 +295,6 @@ def _size(width: int, height: int) -> str:
 def _decode_image(path: Path) -> Any:
     """Fully decode an image with PIL. With ``LOAD_TRUNCATED_IMAGES`` off (forced by
     :func:`validate_dataset`), a truncated JPEG or PNG raises instead of being padded."""
-    from PIL import Image
-
     with Image.open(path) as image:
         image.load()  # the pixels stay in memory after the file is closed
     return image
@@ -307,8 +323,6 @@ def _measure_image(path: Path, kind: str, row: dict[str, Any]) -> None:
 
 
 def _measure_audio(path: Path, num_frames: int, row: dict[str, Any]) -> None:
-    import soundfile
-
     # Read the samples, not just the header: a truncated file has a header that
     # promises more than the data holds.
     samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
@@ -486,9 +500,12 @@ class _Validator:
         os.environ["GX_ANALYTICS_ENABLED"] = "false"
         # GX logs its import-time bookkeeping at INFO; the CLI's INFO level would show it.
         logging.getLogger("great_expectations").setLevel(logging.WARNING)
-        import great_expectations as gx
-        import great_expectations.expectations as gxe
-        from great_expectations.data_context.types.base import ProgressBarsConfig
+        # GX takes ~5 s to import: only `ssp validate` pays it, not every importer of this module
+        import great_expectations as gx  # noqa: PLC0415  (optional backend: validation engine, ~5 s import)
+        import great_expectations.expectations as gxe  # noqa: PLC0415  (optional backend: as above)
+        from great_expectations.data_context.types.base import (  # noqa: PLC0415  (optional backend: as above)
+            ProgressBarsConfig,
+        )
 
         # Again after import: some GX modules pin their own logger to INFO.
         for name in list(logging.root.manager.loggerDict):
@@ -571,8 +588,6 @@ def _class_key(name: str) -> str:
 def _check_classes(root: Path, failures: list[Failure]) -> set[str] | None:
     """Class names of ``label2idx.json`` (semantic layout), or None (reported) when the
     file is missing or malformed. The reader's own checks decide what is malformed."""
-    from ssp.data.avsbench import class_names
-
     try:
         return {_class_key(name) for name in class_names(root)}
     except DataError as e:
@@ -583,8 +598,6 @@ def _check_classes(root: Path, failures: list[Failure]) -> set[str] | None:
 def _check_reader(root: Path, layout: str, failures: list[Failure]) -> None:
     """The training code reads the dataset with ``load_records``: it must accept it.
     Its first complaint becomes one more row; it never stops the other checks."""
-    from ssp.data.avsbench import load_records
-
     try:
         load_records(root, layout=layout)
     except DataError as e:
@@ -597,13 +610,9 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
     """Validate an AVSBench dataset (either layout). Never raises for bad data: every
     problem becomes a :class:`Failure` naming its file (relative to ``root``).
 
+    ``layout``: ``auto`` (detected, as the readers do), ``semantic`` or ``object``.
     ``workers``: threads that decode files (default: min(8, CPU count)).
     """
-    from PIL import ImageFile
-    from tqdm.auto import tqdm
-
-    from ssp.data.avsbench import detect_layout, split_objects
-
     started = time.perf_counter()
     root = Path(root)
     if not root.is_dir():
@@ -620,77 +629,13 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
             return ValidationReport(str(root), "unknown", False, [failure], {}, f"INVALID: {e.problem}")
 
     validator = _Validator()
-    failures: list[Failure] = []
-    videos: list[ExpectedVideo] = []
-    counts: dict[str, Any] = {"manifest_rows": 0, "videos_per_subset_split": {}}
-    has_manifest = layout == "semantic" and (root / SEMANTIC_CSV).is_file()
-    classes = _check_classes(root, failures) if has_manifest else None
-    for manifest in find_manifests(root, layout):
-        manifest_path = root / manifest.path
-        if not manifest_path.is_file():
-            failures.append(Failure(manifest.path, "manifest present", "missing"))
-            continue
-        try:
-            table = read_manifest(manifest_path, manifest)
-        except Exception as e:  # empty file, bad encoding, broken quoting...
-            failures.append(Failure(manifest.path, "manifest readable", f"{type(e).__name__}: {e}"))
-            continue
-        present = [c for c in table.columns if c in manifest.columns]
-        check_objects = classes is not None and "a_obj" in table.columns
-        records = table.to_dict("records")
-        for line, record in enumerate(records, start=2):  # csv line numbers (header = 1)
-            record["line"] = line
-            if check_objects:
-                a_obj = record["a_obj"] if isinstance(record["a_obj"], str) else None  # null: its own rule
-                unknown = [n for n in split_objects(a_obj or "") if _class_key(n) not in classes]
-                record["objects_known"] = None if a_obj is None else not unknown
-                record["unknown_objects"] = unknown
-        extra = ["objects_known", "unknown_objects"] if check_objects else []
-        present += extra[:1]
-        failures += validator.validate(
-            f"manifest_{Path(manifest.path).stem}", records,
-            manifest_rules(validator.gxe, manifest.columns, manifest.id_column, present), ["line"],
-            source=manifest.path, columns=["line", *table.columns, *extra],
-        )
-        counts["manifest_rows"] += len(table)
-
-        if manifest.subset is None:
-            videos += semantic_videos(root, table)
-            subset_split = [(r.get("label"), r.get("split")) for r in records]
-        else:
-            videos += object_videos(manifest, table)
-            subset_split = [(manifest.subset, r.get("split")) for r in records]
-        per = Counter(f"{subset}/{split}" for subset, split in subset_split)
-        for key, n in sorted(per.items()):
-            counts["videos_per_subset_split"][key] = counts["videos_per_subset_split"].get(key, 0) + n
-        # videos per sounding-object category (a_obj may name several per video)
-        category_column = "a_obj" if manifest.subset is None else "category"
-        if category_column in table.columns:
-            per_category = counts.setdefault("videos_per_category", {})
-            for value in table[category_column].dropna():
-                for name in split_objects(value) if category_column == "a_obj" else [value]:
-                    per_category[name] = per_category.get(name, 0) + 1
-
+    failures, videos, counts = _check_manifests(root, layout, validator)
     # The reader stops at its first complaint, which, when a manifest rule failed, is
     # most likely that same problem again; ask it only about manifests that passed.
     if not failures:
         _check_reader(root, layout, failures)
 
-    # Measure every file, in parallel. PIL must not pad truncated images here.
-    workers = workers or min(8, os.cpu_count() or 1)
-    previous_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    file_rows: list[dict[str, Any]] = []
-    video_rows: list[dict[str, Any]] = []
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            scans = pool.map(lambda v: scan_video(root, v), videos)
-            for rows, video_row in tqdm(scans, total=len(videos), desc="validate", unit="video", disable=None):
-                file_rows += rows
-                video_rows.append(video_row)
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous_truncated
-
+    file_rows, video_rows = _scan_videos(root, videos, workers or min(8, os.cpu_count() or 1))
     if videos:
         failures += validator.validate("files", file_rows, file_rules(validator.gxe), ["path"])
         failures += validator.validate("videos", video_rows, video_rules(validator.gxe), ["path"])
@@ -717,17 +662,111 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
     )
 
 
+def _check_manifests(root: Path, layout: str,
+                     validator: _Validator) -> tuple[list[Failure], list[ExpectedVideo], dict[str, Any]]:
+    """Every manifest of ``layout`` through the manifest rules: (failures, the videos the
+    manifests imply, counts per subset/split and per category)."""
+    failures: list[Failure] = []
+    videos: list[ExpectedVideo] = []
+    counts: dict[str, Any] = {"manifest_rows": 0, "videos_per_subset_split": {}}
+    has_manifest = layout == "semantic" and (root / SEMANTIC_CSV).is_file()
+    classes = _check_classes(root, failures) if has_manifest else None
+    for manifest in find_manifests(root, layout):
+        manifest_path = root / manifest.path
+        if not manifest_path.is_file():
+            failures.append(Failure(manifest.path, "manifest present", "missing"))
+            continue
+        try:
+            table = read_manifest(manifest_path, manifest)
+        except Exception as e:  # empty file, bad encoding, broken quoting...
+            failures.append(Failure(manifest.path, "manifest readable", f"{type(e).__name__}: {e}"))
+            continue
+        present = [c for c in table.columns if c in manifest.columns]
+        check_objects = classes is not None and "a_obj" in table.columns
+        records = _manifest_records(table, classes if check_objects else None)
+        extra = ["objects_known", "unknown_objects"] if check_objects else []
+        present += extra[:1]
+        failures += validator.validate(
+            f"manifest_{Path(manifest.path).stem}", records,
+            manifest_rules(validator.gxe, manifest.columns, manifest.id_column, present), ["line"],
+            source=manifest.path, columns=["line", *table.columns, *extra],
+        )
+        counts["manifest_rows"] += len(table)
+        if manifest.subset is None:
+            videos += semantic_videos(root, table)
+        else:
+            videos += object_videos(manifest, table)
+        _count_videos(counts, manifest, table, records)
+    return failures, videos, counts
+
+
+def _manifest_records(table: pd.DataFrame, classes: set[str] | None) -> list[dict[str, Any]]:
+    """The manifest's rows with their csv ``line``; with ``classes``, whether each row's
+    a_obj names are classes (``objects_known``) and which are not (``unknown_objects``)."""
+    records = table.to_dict("records")
+    for line, record in enumerate(records, start=2):  # csv line numbers (header = 1)
+        record["line"] = line
+        if classes is not None:
+            a_obj = record["a_obj"] if isinstance(record["a_obj"], str) else None  # null: its own rule
+            unknown = [n for n in split_objects(a_obj or "") if _class_key(n) not in classes]
+            record["objects_known"] = None if a_obj is None else not unknown
+            record["unknown_objects"] = unknown
+    return records
+
+
+def _count_videos(counts: dict[str, Any], manifest: Manifest, table: pd.DataFrame,
+                  records: list[dict[str, Any]]) -> None:
+    """Add one manifest's videos per subset/split and per sounding-object category."""
+    if manifest.subset is None:
+        subset_split = [(r.get("label"), r.get("split")) for r in records]
+    else:
+        subset_split = [(manifest.subset, r.get("split")) for r in records]
+    per = Counter(f"{subset}/{split}" for subset, split in subset_split)
+    for key, n in sorted(per.items()):
+        counts["videos_per_subset_split"][key] = counts["videos_per_subset_split"].get(key, 0) + n
+    # videos per sounding-object category (a_obj may name several per video)
+    category_column = "a_obj" if manifest.subset is None else "category"
+    if category_column in table.columns:
+        per_category = counts.setdefault("videos_per_category", {})
+        for value in table[category_column].dropna():
+            for name in split_objects(value) if category_column == "a_obj" else [value]:
+                per_category[name] = per_category.get(name, 0) + 1
+
+
+def _scan_videos(root: Path, videos: list[ExpectedVideo],
+                 workers: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Measure every file, in parallel threads: (file rows, video rows). PIL must not pad
+    truncated images here."""
+    previous_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    file_rows: list[dict[str, Any]] = []
+    video_rows: list[dict[str, Any]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            scans = pool.map(lambda v: scan_video(root, v), videos)
+            for rows, video_row in tqdm(scans, total=len(videos), desc="validate", unit="video", disable=None):
+                file_rows += rows
+                video_rows.append(video_row)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous_truncated
+    return file_rows, video_rows
+
+
 # ----------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data_root", type=Path, metavar="DATA_ROOT", help="dataset root (holds metadata.csv, or s4_meta_data.csv / "
-                        "ms3_meta_data.csv for AVSBench-object)")
-    parser.add_argument("--layout", choices=["auto", "semantic", "object"], default="auto",
-                        help="dataset layout; auto detects it from the manifest file present (default: auto)")
-    parser.epilog = ("Exit status 0 when every check passes (one summary line is printed); otherwise the "
+    parser.add_argument("data_root", type=Path, metavar="DATA_ROOT",
+                        help="dataset root (holds metadata.csv, or s4_meta_data.csv / ms3_meta_data.csv for "
+                        "AVSBench-object)")
+    add_params_arguments(parser, "data.layout=object")
+    parser.add_argument("--layout", choices=["auto", "semantic", "object"], default=None,
+                        help="dataset layout, overriding the params' data.layout; auto detects it from the "
+                        "manifest file present")
+    parser.epilog = ("Reads data.layout of the params file (see ssp/params.py, DataParams). "
+                     "Exit status 0 when every check passes (one summary line is printed); otherwise the "
                      "failures are listed, each with the file (relative to DATA_ROOT) and the rule it breaks, "
                      "and the exit status is 2.")
     parser.add_argument("--report", type=Path, default=None, metavar="FILE.json",
@@ -738,10 +777,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    report = validate_dataset(args.data_root, layout=args.layout, workers=args.workers)
+    layout = args.layout or stage_params(args).data.layout
+    report = validate_dataset(args.data_root, layout=layout, workers=args.workers)
     if args.report is not None:
-        from ssp.ops.fingerprint import tree_digest
-
         content = json.loads(json.dumps(report.to_dict(), default=str))
         # the dataset's content digest: stages downstream depend on this report instead of
         # re-hashing the dataset folder each (see ssp/ops/fingerprint.py)

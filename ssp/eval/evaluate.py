@@ -13,8 +13,10 @@ Reported (every number with its convention, from :data:`ssp.metrics.METRIC_CONVE
   (``{out}.per_scenario.csv``): per scenario, mIoU / F (semantic for stage 2, binary
   per-frame for stage 1).
 
-The model's input never contains the GT masks (``ssp.engine.train.model_inputs``); stage 2 reads
-stage 1's masks from ``--stage1-masks`` as its stepping stone. Only the metrics use GT.
+The model runs through the engine's one predict loop (:func:`ssp.engine.predict.predict_batches`,
+no autocast): its input never contains the GT masks; stage 2 reads stage 1's masks from
+``--stage1-masks`` as its stepping stone. Only the metrics use GT. The split and the
+F-score batch come from the ``evaluate`` section of ``--params`` unless given.
 
 When the checkpoint is a run folder's ``checkpoints/best.safetensors`` and the folder's
 ``metrics.json`` names the MLflow run that trained it (``mlflow_run_id``, written by
@@ -29,53 +31,158 @@ import csv
 import io
 import json
 import logging
+import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from tqdm.auto import tqdm
+
+from ssp.data.avsbench import VideoRecord, class_names, read_scenarios
+from ssp.engine.inputs import InputDirs, build_dataset, dataset_batches, load_split_records
+from ssp.engine.predict import predict_batches
 from ssp.errors import DataError, SSPError
+from ssp.fileio import write_json, write_text
+from ssp.metrics import METRIC_CONVENTIONS, BinaryMeter, SemanticMeter, official_batch_frames
+from ssp.models.checkpoint import load_model
+from ssp.models.config import SSPConfig
+from ssp.ops.tracking import _retry, get_client, tracking_uri
+from ssp.params import EvaluateParams, load_params
 
 log = logging.getLogger(__name__)
 
 FRAMES_PER_VIDEO = {"v1s": 5, "v1m": 5, "v2": 10}
+BINARY_KEYS = ("miou", "fscore", "fscore_per_frame", "miou_per_frame", "num_frames", "batch_frames")
+SEMANTIC_KEYS = ("miou", "fscore", "miou_no_bg", "fscore_no_bg", "miou_present", "fscore_present", "num_frames")
+
+__all__ = ["binary_from_semantic", "evaluate", "log_to_training_run", "run_metrics"]
 
 
-def binary_from_semantic(scores):
+def binary_from_semantic(scores: torch.Tensor) -> torch.Tensor:
     """Stage-2 class scores N×C×H×W -> foreground logits N×H×W (1 - normalised background)."""
-    import torch
-
     probs = scores.float().clamp(min=0)
     probs = probs / probs.sum(1, keepdim=True).clamp(min=1e-12)
     foreground = (1 - probs[:, 0]).clamp(1e-6, 1 - 1e-6)
     return torch.logit(foreground)
 
 
-def read_scenarios(data: Path) -> dict[str, str]:
-    path = data / "scenarios.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        return {row["uid"]: row["scenario"] for row in csv.DictReader(f)}
+# ---------------------------------------------------------------------------------------
+# Meters
+# ---------------------------------------------------------------------------------------
+@dataclass
+class Meters:
+    """Binary meters per subset; stage 2: semantic meters per subset and ``all``; one meter
+    per scenario of the generated benchmark (semantic for stage 2, binary for stage 1)."""
+
+    stage: int
+    binary: dict[str, BinaryMeter]
+    semantic: dict[str, SemanticMeter] = field(default_factory=dict)
+    per_scenario: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: SSPConfig, records: list[VideoRecord], scenarios: dict[str, str],
+               fscore_batch_videos: int) -> Meters:
+        subsets = sorted({r.subset for r in records}, key=list(FRAMES_PER_VIDEO).index)
+        binary = {s: BinaryMeter(official_batch_frames(FRAMES_PER_VIDEO[s], fscore_batch_videos)) for s in subsets}
+        names = sorted(set(scenarios.values()))
+        if config.stage == 2:
+            return cls(2, binary, {s: SemanticMeter(config.num_classes) for s in [*subsets, "all"]},
+                       {s: SemanticMeter(config.num_classes) for s in names})
+        return cls(1, binary, {}, {s: BinaryMeter() for s in names})
+
+    def update(self, batch: dict[str, Any], scores: torch.Tensor, scenarios: dict[str, str]) -> None:
+        """Score the labelled frames of every video of ``batch``."""
+        fg_logits = scores if self.stage == 1 else binary_from_semantic(scores)
+        for v, uid in enumerate(batch["uid"]):
+            frames = (batch["video_index"] == v) & batch["labelled"].bool()
+            index = frames.nonzero(as_tuple=True)[0]
+            if not len(index):
+                continue
+            subset = batch["subset"][v]
+            gt = batch["masks"][index]
+            self.binary[subset].update(fg_logits[index], (gt > 0).long())
+            scenario = scenarios.get(uid)
+            if self.stage == 2:
+                self.semantic[subset].update(scores[index], gt)
+                self.semantic["all"].update(scores[index], gt)
+                if scenario:
+                    self.per_scenario[scenario].update(scores[index], gt)
+            elif scenario:
+                self.per_scenario[scenario].update(fg_logits[index], (gt > 0).long())
+
+    def scenario_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for scenario, meter in self.per_scenario.items():
+            if not meter.num_frames:
+                continue
+            numbers = meter.compute()
+            if self.stage == 2:
+                rows.append({"scenario": scenario, "miou": numbers["miou"], "fscore": numbers["fscore"],
+                             "miou_present": numbers["miou_present"], "frames": numbers["num_frames"]})
+            else:
+                rows.append({"scenario": scenario, "miou": numbers["miou_per_frame"],
+                             "fscore": numbers["fscore_per_frame"], "frames": numbers["num_frames"]})
+        return rows
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None,
+def summarise(meters: Meters, config: SSPConfig, header: dict[str, Any]) -> dict[str, Any]:
+    """The result JSON (without the CSV paths): ``header`` + binary / semantic numbers and
+    their conventions."""
+    result: dict[str, Any] = {**header, "binary": {}, "semantic": {}}
+    for subset, meter in meters.binary.items():
+        if meter.num_frames:
+            numbers = meter.compute()
+            result["binary"][subset] = {k: numbers[k] for k in BINARY_KEYS}
+    result["conventions"] = {"binary": next(iter(meters.binary.values())).conventions() if meters.binary else {}}
+    if config.stage == 2:
+        for name, meter in meters.semantic.items():
+            if meter.num_frames:
+                numbers = meter.compute()
+                result["semantic"][name] = {k: numbers[k] for k in SEMANTIC_KEYS}
+        result["conventions"]["semantic"] = METRIC_CONVENTIONS["semantic"]
+        result["conventions"]["binary_from_stage2"] = "foreground probability = 1 - normalised background score"
+    return result
+
+
+def write_tables(meters: Meters, config: SSPConfig, data: Path, out: Path, result: dict[str, Any]) -> None:
+    """``{out}.per_class.csv`` (stage 2) and ``{out}.per_scenario.csv`` (generated
+    benchmark) beside ``out``; their paths (and the per-scenario numbers) go into ``result``."""
+    stem = out.with_suffix("")
+    if config.stage == 2 and meters.semantic["all"].num_frames:
+        numbers = meters.semantic["all"].compute()
+        names = class_names(data)
+        rows = [{"index": c, "class": names[c] if c < len(names) else str(c),
+                 "iou": numbers["per_class_iou"][c], "fscore": numbers["per_class_fscore"][c],
+                 "count": numbers["per_class_count"][c]} for c in range(config.num_classes)]
+        write_text(f"{stem}.per_class.csv", _csv(rows))
+        result["per_class_csv"] = f"{stem}.per_class.csv"
+    if meters.per_scenario:
+        rows = meters.scenario_rows()
+        write_text(f"{stem}.per_scenario.csv", _csv(rows))
+        result["per_scenario_csv"] = f"{stem}.per_scenario.csv"
+        result["per_scenario"] = {r["scenario"]: {k: v for k, v in r.items() if k != "scenario"} for r in rows}
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
              stage1_masks: str | Path | None = None, flow: str | Path | None = None,
              prompts: str | Path | None = None, logmel: str | Path | None = None,
-             fscore_batch_videos: int = 4, device: str = "auto", batch_size: int = 4,
+             fscore_batch_videos: int | None = None, device: str = "auto", batch_size: int = 4,
              premask_test_source: str | None = None, progress: bool = True,
              log_to_run: bool = True) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``split`` (see module doc); written to ``out`` if given.
-    ``log_to_run``: also log them into the checkpoint's training run, when it has one."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from ssp.models.checkpoint import load_model
-    from ssp.data.avsbench import class_names
-    from ssp.data.datasets import collate_frames
-    from ssp.fileio import write_json, write_text
-    from ssp.metrics import METRIC_CONVENTIONS, BinaryMeter, SemanticMeter, official_batch_frames
-    from ssp.engine.train import build_dataset, load_split_records, model_inputs, to_device
-
+    ``split`` and ``fscore_batch_videos`` default to the ``evaluate`` params section's
+    defaults. ``log_to_run``: also log them into the checkpoint's training run, when it
+    has one."""
+    defaults = EvaluateParams()
+    split = split if split is not None else defaults.split
+    fscore_batch_videos = fscore_batch_videos if fscore_batch_videos is not None else defaults.fscore_batch_videos
     data = Path(data)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -84,94 +191,24 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "test", out:
     if config.stage == 2 and stage1_masks is None:
         raise SSPError("a stage-2 checkpoint needs --stage1-masks DIR (stage 1's predictions, its stepping stones)")
     records = load_split_records(data, config.stage, split, None)
-    dataset = build_dataset(records, config, {"flow": flow, "prompts": prompts, "logmel": logmel},
+    dataset = build_dataset(records, config, InputDirs(flow, prompts, logmel),
                             stage1_dir=stage1_masks if config.stage == 2 else None)
     scenarios = read_scenarios(data)
-
-    subsets = sorted({r.subset for r in records}, key=list(FRAMES_PER_VIDEO).index)
-    binary = {s: BinaryMeter(official_batch_frames(FRAMES_PER_VIDEO[s], fscore_batch_videos)) for s in subsets}
-    semantic: dict[str, SemanticMeter] = {}
-    per_scenario: dict[str, Any] = {}
-    if config.stage == 2:
-        semantic = {s: SemanticMeter(config.num_classes) for s in [*subsets, "all"]}
-        per_scenario = {s: SemanticMeter(config.num_classes) for s in sorted(set(scenarios.values()))}
-    else:
-        per_scenario = {s: BinaryMeter() for s in sorted(set(scenarios.values()))}
+    meters = Meters.create(config, records, scenarios, fscore_batch_videos)
 
     with tqdm(total=len(dataset), desc=f"evaluate {split}", unit="video", disable=not progress) as bar:
-        for start in range(0, len(dataset), batch_size):
-            batch = collate_frames([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            batch = to_device(batch, device)
-            with torch.no_grad():
-                scores = model.predict(model_inputs(batch)).float()
-            fg_logits = scores if config.stage == 1 else binary_from_semantic(scores)
-            for v, uid in enumerate(batch["uid"]):
-                frames = (batch["video_index"] == v) & batch["labelled"].bool()
-                index = frames.nonzero(as_tuple=True)[0]
-                if not len(index):
-                    continue
-                subset = batch["subset"][v]
-                gt = batch["masks"][index]
-                binary[subset].update(fg_logits[index], (gt > 0).long())
-                scenario = scenarios.get(uid)
-                if config.stage == 2:
-                    semantic[subset].update(scores[index], gt)
-                    semantic["all"].update(scores[index], gt)
-                    if scenario:
-                        per_scenario[scenario].update(scores[index], gt)
-                elif scenario:
-                    per_scenario[scenario].update(fg_logits[index], (gt > 0).long())
+        for batch, scores in predict_batches(model, dataset_batches(dataset, batch_size), device):
+            meters.update(batch, scores, scenarios)
             bar.update(len(batch["uid"]))
 
-    result: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "data": str(data), "split": split, "stage": config.stage,
-        "model": {k: getattr(config, k) for k in ("size", "pre_mask", "text", "post_mask", "lambda_post",
-                                                   "post_mask_form", "premask_test_source")},
-        "trained": info, "fscore_batch_videos": fscore_batch_videos, "binary": {}, "semantic": {},
-    }
-    for subset, meter in binary.items():
-        if meter.num_frames:
-            numbers = meter.compute()
-            result["binary"][subset] = {k: numbers[k] for k in ("miou", "fscore", "fscore_per_frame",
-                                                                 "miou_per_frame", "num_frames", "batch_frames")}
-    result["conventions"] = {"binary": next(iter(binary.values())).conventions() if binary else {}}
-    if config.stage == 2:
-        for name, meter in semantic.items():
-            if meter.num_frames:
-                numbers = meter.compute()
-                result["semantic"][name] = {k: numbers[k] for k in ("miou", "fscore", "miou_no_bg", "fscore_no_bg",
-                                                                     "miou_present", "fscore_present", "num_frames")}
-        result["conventions"]["semantic"] = METRIC_CONVENTIONS["semantic"]
-    if config.stage == 2:
-        result["conventions"]["binary_from_stage2"] = "foreground probability = 1 - normalised background score"
-
+    header = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "stage": config.stage,
+              "model": {k: getattr(config, k) for k in ("size", "pre_mask", "text", "post_mask", "lambda_post",
+                                                         "post_mask_form", "premask_test_source")},
+              "trained": info, "fscore_batch_videos": fscore_batch_videos}
+    result = summarise(meters, config, header)
     if out is not None:
-        out = Path(out)
-        stem = out.with_suffix("")
-        if config.stage == 2 and semantic["all"].num_frames:
-            numbers = semantic["all"].compute()
-            names = class_names(data)
-            rows = [{"index": c, "class": names[c] if c < len(names) else str(c),
-                     "iou": numbers["per_class_iou"][c], "fscore": numbers["per_class_fscore"][c],
-                     "count": numbers["per_class_count"][c]} for c in range(config.num_classes)]
-            write_text(f"{stem}.per_class.csv", _csv(rows))
-            result["per_class_csv"] = f"{stem}.per_class.csv"
-        if per_scenario:
-            rows = []
-            for scenario, meter in per_scenario.items():
-                if not meter.num_frames:
-                    continue
-                numbers = meter.compute()
-                if config.stage == 2:
-                    rows.append({"scenario": scenario, "miou": numbers["miou"], "fscore": numbers["fscore"],
-                                 "miou_present": numbers["miou_present"], "frames": numbers["num_frames"]})
-                else:
-                    rows.append({"scenario": scenario, "miou": numbers["miou_per_frame"],
-                                 "fscore": numbers["fscore_per_frame"], "frames": numbers["num_frames"]})
-            write_text(f"{stem}.per_scenario.csv", _csv(rows))
-            result["per_scenario_csv"] = f"{stem}.per_scenario.csv"
-            result["per_scenario"] = {r["scenario"]: {k: v for k, v in r.items() if k != "scenario"} for r in rows}
-        write_json(out, result)
+        write_tables(meters, config, data, Path(out), result)
+        write_json(Path(out), result)
     if log_to_run:  # after the JSON: a tracking error (it propagates) leaves the metrics on disk
         log_to_training_run(checkpoint, result)
     return result
@@ -212,7 +249,7 @@ def run_metrics(result: dict[str, Any]) -> dict[str, float]:
         for key in ("miou", "fscore"):
             if numbers.get(key) is not None:
                 out[f"{split}/binary/{subset}/{key}"] = float(numbers[key])
-    return {k: v for k, v in out.items() if v == v}
+    return {k: v for k, v in out.items() if not math.isnan(v)}
 
 
 def log_to_training_run(checkpoint: str | Path, result: dict[str, Any]) -> str | None:
@@ -223,11 +260,6 @@ def log_to_training_run(checkpoint: str | Path, result: dict[str, Any]) -> str |
     run_id = training_run_id(checkpoint)
     if run_id is None:
         return None
-    from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
-
-    from ssp.ops.tracking import _retry, get_client, tracking_uri
-
     client = get_client()
     try:
         run = _retry(lambda: client.get_run(run_id), "get_run")
@@ -260,7 +292,11 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (.safetensors) of either stage")
     parser.add_argument("--data", required=True, type=Path, help="dataset root")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="split (default: test)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="params file whose evaluate section gives the split and the F-score batch "
+                             "(default: params.yaml; built-in defaults when missing)")
+    parser.add_argument("--split", default=None, choices=("train", "val", "test"),
+                        help="split (default: evaluate.split of --params)")
     parser.add_argument("--out", required=True, type=Path,
                         help="metrics JSON; FILE.per_class.csv and FILE.per_scenario.csv are written beside it")
     parser.add_argument("--stage1-masks", type=Path, default=None,
@@ -268,8 +304,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow", type=Path, default=None, help="`ssp flow` output (if the model uses pre_mask)")
     parser.add_argument("--prompts", type=Path, default=None, help="`ssp prompts` output (if the model uses text)")
     parser.add_argument("--logmel", type=Path, default=None, help="`ssp logmel` output (default: from the wav)")
-    parser.add_argument("--fscore-batch-videos", type=int, default=4,
-                        help="videos per batch of the official (batch-mode) binary F-score (default: 4, official)")
+    parser.add_argument("--fscore-batch-videos", type=int, default=None,
+                        help="videos per batch of the official (batch-mode) binary F-score "
+                             "(default: evaluate.fscore_batch_videos of --params; 4 is the official value)")
     parser.add_argument("--premask-test-source", choices=("stage1", "flow", "all"), default=None,
                         help="what stands in for M_GT in the pre-mask at test (default: the checkpoint's config)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -278,10 +315,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not log the metrics into the checkpoint's MLflow training run")
 
 
+def evaluate_params(params_path: Path, split: str | None, fscore_batch_videos: int | None) -> EvaluateParams:
+    """The ``evaluate`` section of ``params_path`` with the explicit CLI values over it."""
+    section = load_params(params_path).evaluate
+    return EvaluateParams(split=split if split is not None else section.split,
+                          fscore_batch_videos=fscore_batch_videos if fscore_batch_videos is not None
+                          else section.fscore_batch_videos)
+
+
 def main(args: argparse.Namespace) -> int:
-    result = evaluate(args.checkpoint, args.data, args.split, args.out, stage1_masks=args.stage1_masks,
+    chosen = evaluate_params(args.params, args.split, args.fscore_batch_videos)
+    result = evaluate(args.checkpoint, args.data, chosen.split, args.out, stage1_masks=args.stage1_masks,
                       flow=args.flow, prompts=args.prompts, logmel=args.logmel,
-                      fscore_batch_videos=args.fscore_batch_videos, device=args.device,
+                      fscore_batch_videos=chosen.fscore_batch_videos, device=args.device,
                       batch_size=args.batch_size, premask_test_source=args.premask_test_source,
                       log_to_run=not args.no_track)
     log_summary(result)

@@ -38,25 +38,50 @@ later failure, leaves no partial output; a previous DIR is replaced only on succ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+import av
+import cv2
 import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
 
+from ssp.data.avsbench import LABEL2IDX_JSON, VideoRecord, load_label2idx, read_frame
+from ssp.engine.predict import predict_batches, stepping_stone
 from ssp.errors import DataError, SSPError
+from ssp.models.checkpoint import load_model
+from ssp.ops.registry import champion_uri, resolve_model
+from ssp.params import Params, PromptsParams, load_params
+from ssp.preprocess.flow import flow_masks
+from ssp.preprocess.frames import extract_video
+from ssp.preprocess.logmel import logmel_from_wav
+from ssp.preprocess.prompts.questions import Questions, parse_nouns
+from ssp.preprocess.prompts.stage import build_backend
+from ssp.report.drawing import class_name, overlay
 
 log = logging.getLogger(__name__)
 
 BINARY_NAMES = ["background", "sounding object"]
 PROMPT_BACKENDS = ("params", "none", "hf", "openai", "scene")
+# Execution options of the hf / openai backends for a user video (not params; the
+# ``prompts`` section holds backend, model, question_variant, frames_per_video).
+PROMPT_OPTIONS = {"max_new_tokens": 256, "trust_remote_code": False, "base_url": None, "api_key": None,
+                  "connect_timeout": 10.0, "read_timeout": 300.0, "max_retries": 4, "backoff": 1.0,
+                  "give_up_after": 3}
 
 
 @dataclass
@@ -83,8 +108,6 @@ class Prediction:
 # Models
 # ---------------------------------------------------------------------------------------
 def _load(path: Path, device: str, source: dict[str, Any], names: list[str] | None = None) -> LoadedModel:
-    from ssp.models.checkpoint import load_model
-
     model, config, info = load_model(path, device)
     names = names or info.get("class_names")
     if not names and isinstance(info.get("label2idx"), dict):
@@ -93,8 +116,6 @@ def _load(path: Path, device: str, source: dict[str, Any], names: list[str] | No
 
 
 def _from_registry(uri: str, device: str) -> LoadedModel:
-    from ssp.ops.registry import resolve_model
-
     path, manifest = resolve_model(uri)
     source = {"uri": uri, **manifest["registered"], "val_metric": manifest.get("val_metric"),
               "metric": manifest.get("metric"), "data_hash": manifest.get("data_hash")}
@@ -104,8 +125,6 @@ def _from_registry(uri: str, device: str) -> LoadedModel:
 def load_models(checkpoint: str | Path | None, stage1_checkpoint: str | Path | None, model_uri: str | None,
                 stage1_model_uri: str | None, device: str) -> tuple[LoadedModel | None, LoadedModel]:
     """(stage-1 model or None when the main model is stage 1 itself, main model)."""
-    from ssp.ops.registry import champion_uri
-
     if checkpoint is not None and model_uri is not None:
         raise SSPError("give either --checkpoint or --model, not both")
     if checkpoint is not None:
@@ -128,48 +147,20 @@ def load_models(checkpoint: str | Path | None, stage1_checkpoint: str | Path | N
 # Inputs of the model
 # ---------------------------------------------------------------------------------------
 def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
-    from ssp.data.avsbench import read_frame
-
     return [read_frame(p) for p in paths]
 
 
-def flow_masks(frames: list[np.ndarray], flow_params: dict[str, Any]) -> list[np.ndarray]:
-    """Binary M_O per frame (frame size) with the flow stage's params."""
-    from ssp.preprocess.flow import FlowStageConfig, flow_mask, video_magnitudes
-
-    known = {"method", "preset", "weights", "size", "rule", "value", "min_magnitude", "cleanup", "device"}
-    section = {k: v for k, v in (flow_params or {}).items() if k in known}
-    if not section.get("weights"):
-        section["weights"] = None
-    config = FlowStageConfig(**section)
-    rule = config.threshold_rule()
-    return [flow_mask(m, rule) for m in video_magnitudes(frames, config)]
-
-
-def ask_prompts(backend_name: str, prompts_params: dict[str, Any], clip_dir: Path, frame_paths: list[Path],
-                audio_path: Path, uid: str, device: str) -> dict[str, Any]:
-    """A1/A2 for the clip from the chosen backend (``none``: empty prompts)."""
-    from ssp.data.avsbench import VideoRecord
-    from ssp.preprocess.prompts.questions import Questions, parse_nouns
-    from ssp.preprocess.prompts.stage import build_backend
-
-    questions = Questions.from_variant(prompts_params.get("question_variant", "d"))
-    if backend_name == "scene":
+def ask_prompts(prompts_params: PromptsParams, clip_dir: Path, frame_paths: list[Path], audio_path: Path,
+                uid: str, device: str) -> dict[str, Any]:
+    """A1/A2 for the clip from ``prompts_params.backend`` (``none``: empty prompts;
+    ``scene`` answers only for the generated benchmark, so it is ``none`` here)."""
+    questions = Questions.from_variant(prompts_params.question_variant)
+    if prompts_params.backend == "scene":
         log.info("prompts backend 'scene' answers only for the generated benchmark; using 'none' for a user video")
-        backend_name = "none"
-    if backend_name == "none":
+        prompts_params = dataclasses.replace(prompts_params, backend="none")
+    if prompts_params.backend == "none":
         return {"backend": "none", "model": "", "a1": "", "a2": [], "a2_raw": ""}
-    options = argparse.Namespace(
-        model=prompts_params.get("model") or None, frames_per_video=int(prompts_params.get("frames_per_video", 4)),
-        max_new_tokens=int(prompts_params.get("max_new_tokens", 256)), device=device,
-        trust_remote_code=bool(prompts_params.get("trust_remote_code", False)),
-        base_url=prompts_params.get("base_url"), api_key=None,
-        connect_timeout=float(prompts_params.get("connect_timeout", 10.0)),
-        read_timeout=float(prompts_params.get("read_timeout", 300.0)),
-        max_retries=int(prompts_params.get("max_retries", 4)), backoff=float(prompts_params.get("backoff", 1.0)),
-        give_up_after=int(prompts_params.get("give_up_after", 3)), quality=1.0, seed=0,
-    )
-    backend = build_backend(backend_name, options)
+    backend = build_backend(prompts_params, argparse.Namespace(device=device, **PROMPT_OPTIONS))
     record = VideoRecord(uid=uid, subset="user", split="test", category="", root=clip_dir.parent,
                          rel_dir=clip_dir.name, frame_paths=list(frame_paths), audio_path=audio_path,
                          mask_paths=[None] * len(frame_paths), labelled=[False] * len(frame_paths))
@@ -179,16 +170,13 @@ def ask_prompts(backend_name: str, prompts_params: dict[str, Any], clip_dir: Pat
     finally:
         if hasattr(backend, "close"):
             backend.close()
-    return {"backend": backend_name, "model": backend.model, "a1": a1.strip(), "a2": parse_nouns(a2_raw),
+    return {"backend": prompts_params.backend, "model": backend.model, "a1": a1.strip(), "a2": parse_nouns(a2_raw),
             "a2_raw": a2_raw.strip()}
 
 
 def model_batch(frames: list[np.ndarray], logmel: np.ndarray, masks_o: list[np.ndarray], prompts: dict[str, Any],
                 image_size: int, device) -> dict[str, Any]:
     """The batch format of :func:`ssp.data.datasets.collate_frames` for one clip."""
-    import torch
-    from PIL import Image
-
     def resize(array: np.ndarray, resample) -> np.ndarray:
         if array.shape[:2] == (image_size, image_size):
             return array
@@ -212,8 +200,6 @@ def model_batch(frames: list[np.ndarray], logmel: np.ndarray, masks_o: list[np.n
 
 def logmel_per_frame(audio_path: Path, num_frames: int, fps: float) -> np.ndarray:
     """One log-mel patch per frame: the patch of the second the frame lies in."""
-    from ssp.preprocess.logmel import logmel_from_wav
-
     seconds = max(1, int(np.ceil(num_frames / fps - 1e-9)))
     patches = logmel_from_wav(audio_path, seconds, pad=True)
     index = np.minimum((np.arange(num_frames) / fps).astype(int), seconds - 1)
@@ -235,24 +221,24 @@ def run_models(stage1: LoadedModel | None, main: LoadedModel, frames, logmel, ma
     return results
 
 
+def _stepping_stones(stage1: LoadedModel, frames, logmel, masks_o, prompts, size: int, device) -> torch.Tensor:
+    """Stage 1's quantized masks of the frames (stage 1's own input size), resized to the
+    main model's ``size`` when the two differ."""
+    batch = model_batch(frames, logmel, masks_o, prompts, stage1.config.image_size, device)
+    stone = stepping_stone(stage1.model, batch)
+    if stone.shape[-1] != size:
+        stone = F.interpolate(stone[:, None], size=(size,) * 2, mode="bilinear", align_corners=False)[:, 0]
+    return stone
+
+
 def _run_chunk(stage1, main, frames, logmel, masks_o, prompts, device):
-    import torch
-    import torch.nn.functional as F
-
-    from ssp.engine.train import quantized_probability
-
     height, width = frames[0].shape[:2]
-    stone = None
-    if stage1 is not None:
-        batch = model_batch(frames, logmel, masks_o, prompts, stage1.config.image_size, device)
-        stone = quantized_probability(stage1.model.predict(batch))
-    batch = model_batch(frames, logmel, masks_o, prompts, main.config.image_size, device)
+    size = main.config.image_size
+    stone = _stepping_stones(stage1, frames, logmel, masks_o, prompts, size, device) if stage1 else None
+    batch = model_batch(frames, logmel, masks_o, prompts, size, device)
     if stone is not None:
-        if stone.shape[-1] != main.config.image_size:
-            stone = F.interpolate(stone[:, None], size=(main.config.image_size,) * 2, mode="bilinear",
-                                  align_corners=False)[:, 0]
         batch["stage1_mask"] = stone
-    scores = main.model.predict(batch).float()
+    [(_, scores)] = predict_batches(main.model, [batch])  # the batch is on the device already
     results = []
     for i in range(len(frames)):  # one frame at a time: C×H×W at full size can be large
         if main.config.stage == 1:
@@ -271,8 +257,6 @@ def _run_chunk(stage1, main, frames, logmel, masks_o, prompts, device):
 
 def frame_summary(classes: np.ndarray, confidence: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
     """Classes present in one frame: index, name, pixel share and mean confidence."""
-    from ssp.report.drawing import class_name
-
     total = classes.size
     out = []
     for index in np.unique(classes):
@@ -289,9 +273,6 @@ def frame_summary(classes: np.ndarray, confidence: np.ndarray, names: Sequence[s
 def write_overlay_video(path: Path, images: list[np.ndarray], fps: float, audio_path: Path | None) -> None:
     """H.264 (yuv420p) video of ``images`` at ``fps`` + the wav as AAC, into an mp4.
     Frame i has pts i (time base 1/fps), so N frames last N / fps seconds."""
-    import av
-    import soundfile as sf
-
     height = max(im.shape[0] for im in images)
     width = max(im.shape[1] for im in images)
     height, width = height + height % 2, width + width % 2  # yuv420p needs even sides
@@ -327,8 +308,6 @@ def write_overlay_video(path: Path, images: list[np.ndarray], fps: float, audio_
 
 
 def _encode_png(array: np.ndarray) -> bytes:
-    import cv2
-
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise SSPError(f"PNG encoding failed for an array of shape {array.shape}")
@@ -348,6 +327,33 @@ def _replace_dir(built: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def write_outputs(built: Path, frames: list[np.ndarray], results, names: list[str],
+                  frame_times_s: Sequence[float], fps: float, audio_path: Path | None) -> tuple[list, list[int]]:
+    """masks/, overlays/ and overlay.mp4 into ``built``; returns (per-frame summaries,
+    classes of the whole video)."""
+    video_classes = sorted({int(c) for classes, _ in results for c in np.unique(classes) if c != 0})
+    per_frame, video_images = [], []
+    for i, (frame, (classes, confidence)) in enumerate(zip(frames, results)):
+        (built / "masks").mkdir(exist_ok=True)
+        (built / "overlays").mkdir(exist_ok=True)
+        (built / "masks" / f"{i}.png").write_bytes(_encode_png(classes))
+        with open(built / "overlays" / f"{i}.png", "wb") as f:
+            Image.fromarray(overlay(frame, classes, names=names)).save(f, format="PNG")
+        video_images.append(overlay(frame, classes, names=names, classes=video_classes))
+        per_frame.append({"index": i, "time_s": frame_times_s[i] if i < len(frame_times_s) else None,
+                          "classes": frame_summary(classes, confidence, names)})
+    write_overlay_video(built / "overlay.mp4", video_images, fps, audio_path)
+    return per_frame, video_classes
+
+
+def _prompts_params(params: Params, prompts_backend: str | None) -> PromptsParams:
+    """The ``prompts`` section, its backend replaced by ``--prompts-backend`` unless that is
+    ``params`` (or None)."""
+    if prompts_backend in (None, "params"):
+        return params.prompts
+    return dataclasses.replace(params.prompts, backend=prompts_backend)
+
+
 def predict_video(
     video: str | Path,
     out: str | Path,
@@ -355,7 +361,7 @@ def predict_video(
     stage1_checkpoint: str | Path | None = None,
     model_uri: str | None = None,
     stage1_model_uri: str | None = None,
-    params: dict[str, Any] | None = None,
+    params: Params | None = None,
     prompts_backend: str | None = None,
     class_names: Sequence[str] | None = None,
     device: str = "auto",
@@ -364,16 +370,10 @@ def predict_video(
     silent_audio_ok: bool = False,
     progress: bool = True,
 ) -> Prediction:
-    """Run the whole pipeline on one video and write DIR (see the module doc)."""
-    import torch
-    from PIL import Image
-    from tqdm.auto import tqdm
-
-    from ssp.preprocess.frames import extract_video
-    from ssp.report.drawing import overlay
-
+    """Run the whole pipeline on one video and write DIR (see the module doc); ``params``:
+    its ``flow`` and ``prompts`` sections (None: the defaults)."""
     video, out = Path(video), Path(out)
-    params = dict(params or {})
+    params = params or Params()
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if not video.exists():
@@ -383,6 +383,8 @@ def predict_video(
     bar = tqdm(total=len(steps), desc="predict", unit="step", disable=not progress)
 
     def step(i: int) -> None:
+        if i:
+            bar.update()
         bar.set_description(f"predict: {steps[i]}")
 
     work = Path(tempfile.mkdtemp(prefix=".ssp-predict-"))
@@ -394,41 +396,22 @@ def predict_video(
         step(0)
         clip = extract_video(video, work / "clip", seconds=seconds, fps=fps, silent_audio_ok=silent_audio_ok)
         frames = read_frames(clip.frame_paths)
-        bar.update()
         step(1)
         logmel = logmel_per_frame(clip.audio_path, len(frames), fps)
-        bar.update()
         step(2)
-        masks_o = flow_masks(frames, params.get("flow") or {})
-        bar.update()
+        masks_o = flow_masks(frames, params.flow)
         step(3)
-        prompts_params = dict(params.get("prompts") or {})
-        backend = prompts_backend if prompts_backend not in (None, "params") else prompts_params.get("backend", "none")
-        prompts = ask_prompts(backend, prompts_params, work / "clip", clip.frame_paths, clip.audio_path,
-                              video.stem, device)
-        bar.update()
+        prompts = ask_prompts(_prompts_params(params, prompts_backend), work / "clip", clip.frame_paths,
+                              clip.audio_path, video.stem, device)
         step(4)
         stage1, main = load_models(checkpoint, stage1_checkpoint, model_uri, stage1_model_uri, device)
         names = list(class_names or main.class_names or (BINARY_NAMES if main.config.stage == 1 else []))
-        bar.update()
         step(5)
-        with torch.no_grad():
-            results = run_models(stage1, main, frames, logmel, masks_o, prompts, device)
-        bar.update()
+        results = run_models(stage1, main, frames, logmel, masks_o, prompts, device)
         step(6)
         height, width = frames[0].shape[:2]
-        video_classes = sorted({int(c) for classes, _ in results for c in np.unique(classes) if c != 0})
-        per_frame, video_images = [], []
-        for i, (frame, (classes, confidence)) in enumerate(zip(frames, results)):
-            (built / "masks").mkdir(exist_ok=True)
-            (built / "overlays").mkdir(exist_ok=True)
-            (built / "masks" / f"{i}.png").write_bytes(_encode_png(classes))
-            with open(built / "overlays" / f"{i}.png", "wb") as f:
-                Image.fromarray(overlay(frame, classes, names=names)).save(f, format="PNG")
-            video_images.append(overlay(frame, classes, names=names, classes=video_classes))
-            per_frame.append({"index": i, "time_s": clip.frame_times_s[i] if i < len(clip.frame_times_s) else None,
-                              "classes": frame_summary(classes, confidence, names)})
-        write_overlay_video(built / "overlay.mp4", video_images, fps, clip.audio_path)
+        per_frame, video_classes = write_outputs(built, frames, results, names, clip.frame_times_s, fps,
+                                                 clip.audio_path)
         models = {"stage2" if main.config.stage == 2 else "stage1": main.source}
         if stage1 is not None:
             models["stage1"] = stage1.source
@@ -491,19 +474,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _class_names_from(path: Path) -> list[str]:
-    from ssp.data.avsbench import LABEL2IDX_JSON, load_label2idx
-
     if path.is_file() and path.name != LABEL2IDX_JSON:
         raise DataError(path, f"expected {LABEL2IDX_JSON} or a dataset folder holding it")
     mapping = load_label2idx(path if path.is_dir() else path.parent)
-    by_index = dict((v, k) for k, v in mapping.items())
+    by_index = {v: k for k, v in mapping.items()}
     return [by_index.get(i, f"class {i}") for i in range(max(by_index, default=-1) + 1)]
 
 
 def main(args: argparse.Namespace) -> int:
-    from ssp.ops.params import load_params
-
-    params = load_params(args.params) if args.params.is_file() else {}
+    params = load_params(args.params)  # the defaults of ssp.params when the file is missing
     names = _class_names_from(args.class_names) if args.class_names is not None else None
     start = time.time()
     result = predict_video(

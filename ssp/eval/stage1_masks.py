@@ -1,8 +1,9 @@
 """``ssp stage1-masks``: stage 1's predicted masks, the stepping stones of stage 2.
 
 For every video of the chosen splits, the stage-1 model's foreground probability of each
-frame is written as ``{out}/{rel_dir}/{i}.png`` (uint8, probability x 255, at the model's
-input size), the layout :class:`~ssp.data.datasets.AVSDataset` reads as ``stage1_mask``.
+frame (the engine's predict loop, :func:`ssp.engine.predict.predict_batches`) is written
+as ``{out}/{rel_dir}/{i}.png`` (uint8, probability x 255, at the model's input size), the
+layout :class:`~ssp.data.datasets.AVSDataset` reads as ``stage1_mask``.
 
 Per-video outputs go through :mod:`ssp.preprocess.common` (atomic files, a stamp written
 last): a video is skipped when its stamp's fingerprint (the checkpoint file, the video's
@@ -16,15 +17,25 @@ import argparse
 import logging
 from pathlib import Path
 
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ssp.data.avsbench import VideoRecord, load_records
+from ssp.engine.inputs import InputDirs, build_dataset, dataset_batches
+from ssp.engine.predict import predict_batches
 from ssp.errors import SSPError
+from ssp.models.checkpoint import load_model
+from ssp.preprocess.common import VideoOutputs, inputs_digest, is_up_to_date, stage_output_dir
 
 log = logging.getLogger(__name__)
 
 STAGE = "stage1_masks"
 
 
-def stage1_probability_png(logits) -> "numpy.ndarray":
-    """N×S×S logits -> N×S×S uint8 (round(sigmoid x 255)); see ssp.engine.train.quantized_probability."""
+def stage1_probability_png(logits: torch.Tensor) -> np.ndarray:
+    """N×S×S logits -> N×S×S uint8 (round(sigmoid x 255)); see ssp.engine.predict.quantized_probability."""
     return (logits.float().sigmoid() * 255).round().clamp(0, 255).to("cpu").numpy().astype("uint8")
 
 
@@ -33,16 +44,6 @@ def write_stage1_masks(checkpoint: str | Path, data: str | Path, out: str | Path
                        prompts: str | Path | None = None, logmel: str | Path | None = None,
                        device: str = "auto", batch_size: int = 4, progress: bool = True) -> dict[str, int]:
     """Write the masks; returns ``{"written": videos done, "skipped": up to date}``."""
-    import cv2
-    import torch
-    from tqdm.auto import tqdm
-
-    from ssp.models.checkpoint import load_model
-    from ssp.data.avsbench import load_records
-    from ssp.data.datasets import collate_frames
-    from ssp.preprocess.common import VideoOutputs, fingerprint, is_up_to_date, stage_output_dir
-    from ssp.engine.train import build_dataset, model_inputs, to_device
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     checkpoint = Path(checkpoint)
@@ -54,7 +55,7 @@ def write_stage1_masks(checkpoint: str | Path, data: str | Path, out: str | Path
         raise SSPError(f"{data}: no videos in splits {','.join(splits)}")
     params = {"checkpoint": checkpoint.name, "image_size": config.image_size, "version": 1}
 
-    def inputs_of(record) -> list[Path]:
+    def inputs_of(record: VideoRecord) -> list[Path]:
         extra = []
         if flow and (config.pre_mask or config.post_mask):
             extra += [Path(flow) / record.rel_dir / "mask" / f"{i}.png" for i in range(record.num_frames)]
@@ -64,16 +65,14 @@ def write_stage1_masks(checkpoint: str | Path, data: str | Path, out: str | Path
 
     todo = []
     for record in records:
-        fp = fingerprint(inputs_of(record), params)
+        fp = inputs_digest(inputs_of(record), params)
         if not is_up_to_date(stage_output_dir(out, record), STAGE, fp):
             todo.append((record, fp))
-    dataset = build_dataset([r for r, _ in todo], config, {"flow": flow, "prompts": prompts, "logmel": logmel})
+    dataset = build_dataset([r for r, _ in todo], config, InputDirs(flow, prompts, logmel))
     by_uid = {r.uid: (r, fp) for r, fp in todo}
     with tqdm(total=len(todo), desc="stage1-masks", unit="video", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch = collate_frames([dataset[i] for i in range(start, min(start + batch_size, len(todo)))])
-            with torch.no_grad():
-                pngs = stage1_probability_png(model.predict(model_inputs(to_device(batch, device))))
+        for batch, logits in predict_batches(model, dataset_batches(dataset, batch_size), device):
+            pngs = stage1_probability_png(logits)
             for v, uid in enumerate(batch["uid"]):
                 record, fp = by_uid[uid]
                 frames = (batch["video_index"] == v).nonzero(as_tuple=True)[0].tolist()

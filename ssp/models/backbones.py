@@ -26,6 +26,7 @@ from transformers import SwinBackbone, SwinConfig
 
 from ssp.errors import DataError, SSPError
 from ssp.models.config import HF_SWIN_BACKBONE, SSPConfig
+from ssp.models.vggish import VGGish
 
 
 class TimmBackbone(nn.Module):
@@ -33,7 +34,7 @@ class TimmBackbone(nn.Module):
 
     def __init__(self, name: str, image_size: int, weights: str | None = None, **kwargs):
         super().__init__()
-        import timm
+        import timm  # noqa: PLC0415  (optional backend: timm backbones only; timm takes seconds to import)
 
         create_kwargs = dict(kwargs)
         if "swin" in name or "vit" in name:
@@ -123,8 +124,6 @@ def build_audio_encoder(config: SSPConfig) -> nn.Module:
         if config.vggish_weights is not None:
             raise SSPError("vggish_weights needs audio_encoder='vggish'")
         return TinyAudioEncoder()
-    from ssp.models.vggish import VGGish
-
     if config.vggish_weights is not None:
         # torchvggish's file: .pth read with weights_only=True, or .safetensors; a file
         # that does not fit is a DataError naming it.

@@ -34,10 +34,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ssp.errors import DataError
 from ssp.fileio import atomic_path, write_json
+from ssp.models.config import SSPConfig
+from ssp.models.ssp import SSPModel
 
 FORMAT = "ssp-checkpoint"
 VERSION = 1
@@ -49,8 +53,6 @@ LAST_POINTER = "last.json"
 # Low level: safetensors with JSON metadata
 # ---------------------------------------------------------------------------------------
 def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta = {"format": FORMAT, "version": str(VERSION), **{k: json.dumps(v) for k, v in metadata.items()}}
     with atomic_path(path) as tmp:
@@ -59,8 +61,6 @@ def _save(path: Path, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> N
 
 def _load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Tensors and decoded metadata of one of our files; DataError for anything else."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint file not found")
@@ -132,8 +132,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     where the checkpoint is used. ``config_overrides`` change eval-time knobs such as
     ``premask_test_source``.
     """
-    from ssp.models import SSPConfig, SSPModel
-
     state, config_dict, info = read_weights(path)
     config_dict = {**config_dict, "vggish_weights": None, "backbone_weights": None,
                    "mask2former_weights": None, **config_overrides}

@@ -225,7 +225,8 @@ class AudioAwareTransformerModule(Mask2FormerTransformerModule):
 
 def _resize(mask: Tensor, size) -> Tensor:
     """N×H×W -> N×h×w, bilinear (as AAVS resizes the stepping stone)."""
-    return nn.functional.interpolate(mask[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    resized = nn.functional.interpolate(mask[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return resized[:, 0]
 
 
 @torch.no_grad()

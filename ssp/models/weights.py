@@ -24,6 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ssp.errors import DataError
@@ -43,8 +44,6 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise DataError(path, "weights file not found")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -113,7 +112,8 @@ def _load_mask2former(model: nn.Module, path: Path) -> list[str]:
             if key.startswith(TASK_SPECIFIC_PREFIXES):
                 skipped.append(key)
                 continue
-            raise DataError(path, f"{key}: shape {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model")
+            raise DataError(path, f"{key}: shape {tuple(value.shape)} in the file, "
+                                  f"{tuple(own[key].shape)} in the model")
         to_load[key] = value
     model.load_state_dict(to_load, strict=False)
     return skipped

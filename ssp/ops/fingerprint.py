@@ -16,38 +16,10 @@ path order -- content only: timestamps and the walk order do not matter.
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 from typing import Any
 
-from ssp.errors import SSPError
-from ssp.fileio import write_json
-
-CHUNK = 1 << 20
-
-
-def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def tree_digest(path: str | Path) -> dict[str, Any]:
-    """``{"md5", "files", "bytes"}`` of a file or a folder (recursively; symlinks followed)."""
-    path = Path(path)
-    if not path.exists():
-        raise SSPError(f"{path}: does not exist (run the stage that makes it first)")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    h = hashlib.md5()
-    total = 0
-    for p in files:
-        rel = p.name if p == path else p.relative_to(path).as_posix()
-        size = p.stat().st_size
-        total += size
-        h.update(f"{rel}\0{size}\0{file_md5(p)}\n".encode())
-    return {"md5": h.hexdigest(), "files": len(files), "bytes": total}
+from ssp.fileio import tree_digest, write_json
 
 
 def fingerprints(paths: list[str | Path]) -> dict[str, dict[str, Any]]:

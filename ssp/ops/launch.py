@@ -29,29 +29,20 @@ Environment variables override params (``SSP_GPUS``, ``SSP_NODES``, ``SSP_NODE_R
 what differs from machine to machine (the node rank, the endpoint as seen from a
 node) belongs in the environment, not in params.yaml, whose every change DVC
 treats as a new experiment.
-
-MLflow system metrics per node: with ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true``,
-``node_system_metrics(run_id)`` wrapped around the training loop samples, on each
-node's local rank 0, CPU/GPU/memory/disk/network use into the job's run as
-``system/node<GROUP_RANK>/...``; ``node_tags()`` are the tags saying where a process ran.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
-import socket
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
-
-import torch
+from typing import Any, Mapping, Sequence
 
 from ssp.errors import SSPError
-from ssp.ops.params import LaunchParams, load_params
+from ssp.params import LaunchParams, load_params
 
 # params key -> environment variable that overrides it
 ENV_OVERRIDES = {
@@ -100,6 +91,8 @@ class LaunchConfig:
 
 
 def visible_gpus() -> int:
+    import torch  # noqa: PLC0415  (only for gpus: auto; `ssp launch` execs the trainer and stays light)
+
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -157,43 +150,6 @@ def training_command(
     if config.max_restarts:
         torchrun += ["--max-restarts", str(config.max_restarts)]
     return [*torchrun, *program]
-
-
-# -- helpers for the training processes -------------------------------------------
-def node_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """MLflow tags that say where a process of a (possibly distributed) job ran;
-    torchrun's GROUP_RANK is the node rank, WORLD_SIZE the number of processes."""
-    env = os.environ if env is None else env
-    return {
-        "ssp.host": socket.gethostname(),
-        "ssp.node_rank": env.get("GROUP_RANK", "0"),
-        "ssp.world_size": env.get("WORLD_SIZE", "1"),
-        "ssp.local_world_size": env.get("LOCAL_WORLD_SIZE", "1"),
-    }
-
-
-@contextlib.contextmanager
-def node_system_metrics(run_id: str | None, env: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Sample this node's CPU, memory, disk, network and GPU usage into ``run_id`` while
-    the block runs, when ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is true. Call it on
-    each node's local rank 0 only: one monitor per machine."""
-    env = os.environ if env is None else env
-    enabled = env.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in {"1", "true", "yes"}
-    if not (enabled and run_id and env.get("LOCAL_RANK", "0") == "0"):
-        yield
-        return
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    from ssp.ops.tracking import tracking_uri
-
-    # GROUP_RANK: the node rank torchrun settled on (c10d assigns it at rendezvous)
-    node_id = env.get("MLFLOW_SYSTEM_METRICS_NODE_ID") or f"node{env.get('GROUP_RANK', '0')}"
-    monitor = SystemMetricsMonitor(run_id, node_id=node_id, resume_logging=True, tracking_uri=tracking_uri())
-    monitor.start()
-    try:
-        yield
-    finally:
-        monitor.finish()
 
 
 # -- command line -------------------------------------------------------------------

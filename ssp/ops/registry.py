@@ -46,8 +46,8 @@ from ssp.data.avsbench import class_names
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
 from ssp.models.checkpoint import read_weights
-from ssp.ops.params import load_params
 from ssp.ops.tracking import EXPERIMENTS, RunLogger, _retry, data_hash, get_client, git_commit, tracking_uri
+from ssp.params import load_params
 
 log = logging.getLogger(__name__)
 

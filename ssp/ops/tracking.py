@@ -18,17 +18,21 @@ the process that owns a run touches it. Only rank 0 of a DDP job logs
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
+
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-import yaml
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from ssp import __version__
 
@@ -261,3 +265,36 @@ def default_tags(stage: str | None = None) -> dict[str, str]:
 
 def _version() -> str:
     return __version__
+
+
+# -- where a process of a (distributed) job ran, and its node's system metrics -------------------------------------------
+def node_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """MLflow tags that say where a process of a (possibly distributed) job ran;
+    torchrun's GROUP_RANK is the node rank, WORLD_SIZE the number of processes."""
+    env = os.environ if env is None else env
+    return {
+        "ssp.host": socket.gethostname(),
+        "ssp.node_rank": env.get("GROUP_RANK", "0"),
+        "ssp.world_size": env.get("WORLD_SIZE", "1"),
+        "ssp.local_world_size": env.get("LOCAL_WORLD_SIZE", "1"),
+    }
+
+
+@contextlib.contextmanager
+def node_system_metrics(run_id: str | None, env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Sample this node's CPU, memory, disk, network and GPU usage into ``run_id`` while
+    the block runs, when ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is true. Call it on
+    each node's local rank 0 only: one monitor per machine."""
+    env = os.environ if env is None else env
+    enabled = env.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in {"1", "true", "yes"}
+    if not (enabled and run_id and env.get("LOCAL_RANK", "0") == "0"):
+        yield
+        return
+    # GROUP_RANK: the node rank torchrun settled on (c10d assigns it at rendezvous)
+    node_id = env.get("MLFLOW_SYSTEM_METRICS_NODE_ID") or f"node{env.get('GROUP_RANK', '0')}"
+    monitor = SystemMetricsMonitor(run_id, node_id=node_id, resume_logging=True, tracking_uri=tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

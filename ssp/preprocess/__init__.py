@@ -1,1 +1,1 @@
-"""Preprocessing stages: frames and audio, optical flow, MLLM prompts."""
+"""Preprocessing stages: frames and audio, log-mel, optical flow, MLLM prompts."""

@@ -8,8 +8,8 @@ Conventions every stage follows:
   remembers what it wrote so that a video that fails leaves no output of the stage behind
   (neither this attempt's files nor the previous run's, which are stale by then).
 - A video's outputs are complete iff its stamp file ``_done_{stage}.json`` exists, was
-  written LAST, and holds the fingerprint the stage computes now: a hash of the inputs
-  that matter (file sizes + mtimes) and of the stage's parameters. Change a parameter or
+  written LAST, and holds the digest the stage computes now (:func:`inputs_digest`): a
+  hash of the inputs that matter (file sizes + mtimes) and of the stage's parameters. Change a parameter or
   touch an input and the video is redone; change nothing and it is skipped. The stamp
   names the stage so that two stages may share one output folder.
 - :func:`run_per_video` runs a stage's per-video function over all videos (in a process
@@ -22,7 +22,7 @@ Typical stage function::
 
     def process(record, out, params):
         out_dir = stage_output_dir(out, record)
-        fp = fingerprint([record.audio_path], params)
+        fp = inputs_digest([record.audio_path], params)
         if is_up_to_date(out_dir, "logmel", fp):
             return False
         with VideoOutputs(out_dir, "logmel", fp) as outputs:
@@ -63,11 +63,14 @@ def stamp_path(out_dir: str | Path, stage: str) -> Path:
     return Path(out_dir) / f"_done_{stage}.json"
 
 
-def fingerprint(inputs: Iterable[str | Path], params: dict[str, Any]) -> str:
+def inputs_digest(inputs: Iterable[str | Path], params: dict[str, Any]) -> str:
     """Hash of what a video's outputs depend on: each input's file name, size and mtime,
     and the stage parameters (JSON-serialisable). File names, not full paths, so that a
     moved dataset stays up to date; sizes + mtimes instead of content hashes: cheap on
-    large videos, and a copy that changes mtimes only costs one recomputation."""
+    large videos, and a copy that changes mtimes only costs one recomputation.
+
+    Not to be confused with ``ssp fingerprint`` (:mod:`ssp.ops.fingerprint`), the content
+    digest of whole stage-output folders that DVC stages depend on."""
     items = []
     for path in inputs:
         path = Path(path)
@@ -77,15 +80,15 @@ def fingerprint(inputs: Iterable[str | Path], params: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def is_up_to_date(out_dir: str | Path, stage: str, fingerprint_: str) -> bool:
-    """True iff the stage's stamp exists, matches ``fingerprint_`` and every output it
-    lists is still there."""
+def is_up_to_date(out_dir: str | Path, stage: str, digest: str) -> bool:
+    """True iff the stage's stamp exists, holds ``digest`` (:func:`inputs_digest`) and every
+    output it lists is still there."""
     out_dir = Path(out_dir)
     try:
         stamp = json.loads(stamp_path(out_dir, stage).read_text())
     except (OSError, ValueError):
         return False
-    if stamp.get("fingerprint") != fingerprint_:
+    if stamp.get("fingerprint") != digest:
         return False
     return all((out_dir / rel).is_file() for rel in stamp.get("outputs", []))
 
@@ -101,10 +104,10 @@ class VideoOutputs:
     that end up empty (the video's folder included).
     """
 
-    def __init__(self, out_dir: str | Path, stage: str, fingerprint_: str, info: dict | None = None):
+    def __init__(self, out_dir: str | Path, stage: str, digest: str, info: dict | None = None):
         self.out_dir = Path(out_dir)
         self.stage = stage
-        self.fingerprint = fingerprint_
+        self.digest = digest
         self.info = dict(info or {})
         self.written: list[Path] = []
         self._previous: list[Path] = []
@@ -143,7 +146,7 @@ class VideoOutputs:
             outputs = sorted({p.relative_to(self.out_dir).as_posix() for p in self.written})
             write_json(
                 stamp_path(self.out_dir, self.stage),
-                {"stage": self.stage, "fingerprint": self.fingerprint, "outputs": outputs, **self.info},
+                {"stage": self.stage, "fingerprint": self.digest, "outputs": outputs, **self.info},
             )
             return
         for p in [*self.written, *self._previous]:

@@ -8,14 +8,17 @@ and the post-mask loss use. This module has three layers, each usable on its own
    pixels, from frame a to frame b: the content at (x, y) in a is at (x+dx, y+dy) in b).
    Methods:
 
-   - ``"dis"`` (default): OpenCV's DIS optical flow on grayscale; ``preset`` is
-     ``ultrafast`` | ``fast`` | ``medium`` (default). Fast on CPU, no weights.
+   - ``"dis"``: OpenCV's DIS optical flow on grayscale; ``preset`` is ``ultrafast`` |
+     ``fast`` | ``medium``. Fast on CPU, no weights.
    - ``"raft"``: torchvision's RAFT (``raft_small`` or ``raft_large``) with a local
      weights file (a torchvision state dict, ``.pth`` / ``.pt`` / ``.safetensors``);
      never downloads. CUDA when available.
    - ``"perceiver"``: Hugging Face ``PerceiverForOpticalFlow`` (the paper's choice) from a
      local ``save_pretrained`` folder; the model sees fixed-size tiles (its training size,
      368×496 for the released model), so frames are tiled with overlap and blended.
+
+   RAFT and Perceiver IO live in :mod:`ssp.preprocess.flow_networks` (torch, imported
+   only when one of them is used).
 
 2. :func:`per_frame_magnitudes` — eq. (1): from the T-1 pair flows O^1..O^{T-1} of a
    T-frame video to T per-frame maps. First frame: |O^1|; frame t in the middle: the mean
@@ -31,11 +34,15 @@ and the post-mask loss use. This module has three layers, each usable on its own
    ``fixed`` (moving iff magnitude > ``value`` px), ``fraction_of_max`` (> ``value`` ×
    the frame's maximum magnitude) or ``otsu`` (> Otsu's threshold of the frame's
    magnitudes; ``value`` unused). Whatever the rule, a pixel slower than
-   ``min_magnitude`` px (default 1) is never moving, so that a still frame gives an
-   empty mask instead of Otsu splitting estimator noise in two. Optional clean-up: a morphological
-   opening with a ``cleanup``×``cleanup`` square (0 = off, the default) removes specks.
+   ``min_magnitude`` px is never moving, so that a still frame gives an empty mask
+   instead of Otsu splitting estimator noise in two. Optional clean-up: a morphological
+   opening with a ``cleanup``×``cleanup`` square (0 = off) removes specks.
+   :func:`flow_masks` runs 1-3 on one video's frames.
 
-The ``ssp flow`` stage runs the three over every video of a dataset and writes, per
+Every knob (method, preset, weights, rule, value, min_magnitude, cleanup) is a field of
+the ``flow`` params section, :class:`ssp.params.FlowParams`, where its default and
+meaning are documented once. The ``ssp flow`` stage reads that section (``--params``,
+``--set flow.KEY=VALUE``), runs the three over every video of a dataset and writes, per
 frame i (outputs mirror the dataset layout)::
 
     {out}/{rel_dir}/mask/{i}.png        binary M_O, uint8 0 / 255, at the frame's size
@@ -51,19 +58,31 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
+from skimage.filters import threshold_otsu
 
+from ssp.data.avsbench import VideoRecord, load_records, read_frame
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
+from ssp.params import FlowParams, add_params_arguments, stage_params
+from ssp.preprocess.common import (
+    VideoOutputs,
+    default_workers,
+    inputs_digest,
+    is_up_to_date,
+    run_per_video,
+    stage_output_dir,
+    stamp_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +101,12 @@ SUMMARY_NAME = "flow_summary.json"
 
 @dataclass(frozen=True)
 class DISOptions:
-    preset: str = "medium"  # ultrafast | fast | medium (OpenCV's DIS presets)
+    preset: str  # ultrafast | fast | medium (OpenCV's DIS presets)
 
 
 @dataclass(frozen=True)
 class RAFTOptions:
-    weights: str | None = None  # local torchvision RAFT state dict (.pth/.pt/.safetensors)
+    weights: str | None = None  # local torchvision RAFT state dict (.pth/.pt/.safetensors); required
     variant: str = "auto"  # small | large | auto (picked from the weights' layer shapes)
     num_flow_updates: int = 12  # GRU refinement iterations (torchvision's default)
     device: str | None = None  # None: cuda when available, else cpu
@@ -96,7 +115,7 @@ class RAFTOptions:
 
 @dataclass(frozen=True)
 class PerceiverOptions:
-    weights: str | None = None  # local folder written by PerceiverForOpticalFlow.save_pretrained
+    weights: str | None = None  # local folder written by PerceiverForOpticalFlow.save_pretrained; required
     # The released model predicts flow / 20 (AutoFlow's scaling, kept by DeepMind's
     # release; see deepmind-research issue #266): multiply back to get pixels.
     flow_scale: float = 20.0
@@ -106,6 +125,8 @@ class PerceiverOptions:
 
 
 _OPTIONS = {"dis": DISOptions, "raft": RAFTOptions, "perceiver": PerceiverOptions}
+# (frames_a, frames_b) -> one H×W×2 flow per pair
+Estimator = Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]
 
 
 def _check_frames(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
@@ -116,11 +137,6 @@ def _check_frames(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
     if frame_a.shape != frame_b.shape:
         raise ValueError(f"frames differ in size: {frame_a.shape} vs {frame_b.shape}")
 
-
-def _torch_device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class DISFlow:
@@ -143,201 +159,23 @@ class DISFlow:
         return flows
 
 
-def _require_weights(method: str, weights: str | None) -> Path:
-    if not weights:
-        raise SSPError(f"flow method {method!r} needs local weights: pass weights=PATH (--weights); nothing is downloaded")
-    path = Path(weights)
-    if not path.exists():
-        raise DataError(path, f"{method} weights not found")
-    return path
+def _flow_networks() -> ModuleType:
+    """RAFT and Perceiver IO (:mod:`ssp.preprocess.flow_networks`)."""
+    from ssp.preprocess import flow_networks  # noqa: PLC0415  (optional backend: RAFT/Perceiver IO need torch, torchvision and transformers, seconds to import; DIS and its workers never do)
 
-
-class RAFTFlow:
-    """torchvision RAFT (small or large) with weights from a local file."""
-
-    # RAFT's correlation pyramid needs feature maps of at least 16×16, i.e. 128×128 input.
-    MIN_SIZE = 128
-
-    def __init__(self, options: RAFTOptions):
-        import torch
-        from torchvision.models.optical_flow import raft_large, raft_small
-
-        path = _require_weights("raft", options.weights)
-        state_dict = _load_state_dict(path)
-        builders = {"small": raft_small, "large": raft_large}
-        if options.variant not in ("auto", *builders):
-            raise SSPError(f"unknown RAFT variant {options.variant!r}; choose small, large or auto")
-        candidates = list(builders) if options.variant == "auto" else [options.variant]
-        errors = []
-        for variant in candidates:
-            model = builders[variant](weights=None, progress=False)
-            try:
-                model.load_state_dict(state_dict, strict=True)
-            except RuntimeError as err:
-                errors.append(f"{variant}: {str(err).splitlines()[0]}")
-                continue
-            break
-        else:
-            raise DataError(path, "not a torchvision RAFT state dict (" + "; ".join(errors) + ")")
-        self.variant = variant
-        self.device = _torch_device(options.device)
-        self.model = model.eval().to(self.device)
-        self.num_flow_updates = options.num_flow_updates
-        self.batch_size = max(1, options.batch_size)
-        self._torch = torch
-
-    def __call__(self, frames_a: Sequence[np.ndarray], frames_b: Sequence[np.ndarray]) -> list[np.ndarray]:
-        torch = self._torch
-        height, width = frames_a[0].shape[:2]
-        # Pad (edge-replicate) to a multiple of 8, and at least MIN_SIZE; crop after.
-        pad_h = max(-(-height // 8) * 8, self.MIN_SIZE) - height
-        pad_w = max(-(-width // 8) * 8, self.MIN_SIZE) - width
-        flows = []
-        for start in range(0, len(frames_a), self.batch_size):
-            batch = [_to_unit_range(frames, start, self.batch_size, pad_h, pad_w) for frames in (frames_a, frames_b)]
-            with torch.inference_mode():
-                predictions = self.model(batch[0].to(self.device), batch[1].to(self.device), self.num_flow_updates)
-            flow = predictions[-1][:, :, :height, :width]  # last refinement is the estimate
-            flows.extend(f.permute(1, 2, 0).float().cpu().numpy() for f in flow)
-        return flows
-
-
-def _to_unit_range(frames: Sequence[np.ndarray], start: int, count: int, pad_h: int, pad_w: int):
-    """RGB uint8 frames → float tensor B×3×H×W in [-1, 1] (RAFT's normalisation), padded."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.stack(frames[start : start + count])).permute(0, 3, 1, 2).float()
-    x = x / 127.5 - 1.0
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x
-
-
-def _load_state_dict(path: Path) -> dict:
-    """A state dict from .safetensors or a torch file, never executing pickled code."""
-    import torch
-
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any decoding failure is a bad weights file
-        raise DataError(path, f"cannot read weights: {type(err).__name__}: {err}") from err
-    if not isinstance(state, dict):
-        raise DataError(path, f"expected a state dict, found {type(state).__name__}")
-    return state
-
-
-class PerceiverFlow:
-    """Hugging Face PerceiverForOpticalFlow from a local folder, run on overlapping tiles.
-
-    Input preparation follows Perceiver IO's optical-flow setup: frames scaled to
-    [-1, 1]; for every pixel the 3×3 neighbourhood of both frames (zero padded at the
-    border, TensorFlow "SAME" style) is stacked channel-wise, neighbourhood-major
-    (dy, dx, then RGB) = 27 values, giving ``inputs`` of shape (B, 2, 27, h, w) with
-    (h, w) the model's ``config.train_size``. Tiles overlap by at least ``min_overlap``
-    pixels and are blended with weights that fall off linearly towards each tile's border.
-    """
-
-    def __init__(self, options: PerceiverOptions):
-        from transformers import PerceiverConfig, PerceiverForOpticalFlow
-
-        path = _require_weights("perceiver", options.weights)
-        if not (path / "config.json").is_file():
-            raise DataError(path, "no config.json: expected a folder written by PerceiverForOpticalFlow.save_pretrained")
-        try:
-            config = PerceiverConfig.from_pretrained(str(path), local_files_only=True)
-            model, info = PerceiverForOpticalFlow.from_pretrained(
-                str(path), config=config, local_files_only=True, output_loading_info=True
-            )
-        except (OSError, ValueError, TypeError) as err:
-            raise DataError(path, f"cannot load a Perceiver optical-flow model: {err}") from err
-        bad = sorted(info.get("missing_keys", [])) + sorted(info.get("mismatched_keys", []))
-        if bad:
-            raise DataError(path, f"weights do not fit PerceiverForOpticalFlow ({len(bad)} missing or mismatched, e.g. {bad[0]})")
-        self.tile = tuple(int(s) for s in config.train_size)
-        if options.min_overlap >= min(self.tile):
-            raise SSPError(f"min_overlap {options.min_overlap} must be smaller than the tile size {self.tile}")
-        self.min_overlap = options.min_overlap
-        self.flow_scale = options.flow_scale
-        self.batch_size = max(1, options.batch_size)
-        self.device = _torch_device(options.device)
-        self.model = model.eval().to(self.device)
-
-    def tile_origins(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Top-left corners of the tiles covering a (padded) height×width frame."""
-
-        def starts(size: int, tile: int) -> list[int]:
-            step = tile - self.min_overlap
-            origins = list(range(0, max(size - tile, 0) + 1, step))
-            if origins[-1] + tile < size:
-                origins.append(size - tile)  # last tile flush with the border
-            return origins
-
-        return list(itertools.product(starts(height, self.tile[0]), starts(width, self.tile[1])))
-
-    def __call__(self, frames_a: Sequence[np.ndarray], frames_b: Sequence[np.ndarray]) -> list[np.ndarray]:
-        import torch
-
-        height, width = frames_a[0].shape[:2]
-        tile_h, tile_w = self.tile
-        # Frames smaller than a tile are padded (edge-replicate) up to it; cropped after.
-        full_h, full_w = max(height, tile_h), max(width, tile_w)
-        origins = self.tile_origins(full_h, full_w)
-        blend = torch.from_numpy(_tile_blend_weights(tile_h, tile_w))
-
-        flows = []
-        for a, b in zip(frames_a, frames_b):
-            patches = _neighbourhood_features(np.stack([a, b]), full_h, full_w)  # 2×27×H×W
-            tiles = torch.stack([patches[:, :, y : y + tile_h, x : x + tile_w] for y, x in origins])
-            total = torch.zeros(full_h, full_w, 2)
-            weight = torch.zeros(full_h, full_w, 1)
-            with torch.inference_mode():
-                for start in range(0, len(origins), self.batch_size):
-                    chunk = tiles[start : start + self.batch_size].to(self.device)
-                    predicted = self.model(inputs=chunk).logits.float().cpu() * self.flow_scale
-                    for (y, x), flow in zip(origins[start : start + self.batch_size], predicted):
-                        total[y : y + tile_h, x : x + tile_w] += flow * blend[..., None]
-                        weight[y : y + tile_h, x : x + tile_w] += blend[..., None]
-            flows.append((total / weight)[:height, :width].numpy().astype(np.float32))
-        return flows
-
-
-def _tile_blend_weights(tile_h: int, tile_w: int) -> np.ndarray:
-    """1 at a tile's border pixel, growing by 1 per pixel towards the centre."""
-    ys = np.minimum(np.arange(tile_h) + 1, tile_h - np.arange(tile_h))
-    xs = np.minimum(np.arange(tile_w) + 1, tile_w - np.arange(tile_w))
-    return np.minimum(ys[:, None], xs[None, :]).astype(np.float32)
-
-
-def _neighbourhood_features(frames: np.ndarray, full_h: int, full_w: int):
-    """(2, H, W, 3) uint8 → (2, 27, full_h, full_w) float: 3×3 neighbourhoods in [-1, 1]."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # 2×3×H×W
-    height, width = x.shape[-2:]
-    if (full_h, full_w) != (height, width):
-        x = F.pad(x, (0, full_w - width, 0, full_h - height), mode="replicate")
-    x = F.pad(x, (1, 1, 1, 1))  # zeros around the border, like TF's "SAME" patches
-    # unfold → (2, 3 * 9, H*W) ordered channel-major; reorder to neighbourhood-major.
-    cols = F.unfold(x, kernel_size=3).view(2, 3, 9, full_h, full_w)
-    return cols.permute(0, 2, 1, 3, 4).reshape(2, 27, full_h, full_w)
+    return flow_networks
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_estimator(method: str, options: Any) -> Callable:
+def _cached_estimator(method: str, options: Any) -> Estimator:
     if method == "dis":
         return DISFlow(options)
     if method == "raft":
-        return RAFTFlow(options)
-    return PerceiverFlow(options)
+        return _flow_networks().RAFTFlow(**asdict(options))
+    return _flow_networks().PerceiverFlow(**asdict(options))
 
 
-def build_estimator(method: str = "dis", **opts: Any) -> Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], list[np.ndarray]]:
+def build_estimator(method: str, **opts: Any) -> Estimator:
     """An estimator ``(frames_a, frames_b) -> flows`` for a list of frame pairs.
 
     Models are loaded once per process and reused (cached by method and options).
@@ -348,18 +186,19 @@ def build_estimator(method: str = "dis", **opts: Any) -> Callable[[Sequence[np.n
     known = {f.name for f in fields(option_type)}
     unknown = sorted(set(opts) - known)
     if unknown:
-        raise SSPError(f"flow method {method!r} has no option {', '.join(unknown)}; options: {', '.join(sorted(known))}")
+        raise SSPError(f"flow method {method!r} has no option {', '.join(unknown)}; "
+                       f"options: {', '.join(sorted(known))}")
     if opts.get("weights") is not None:
         opts["weights"] = str(Path(opts["weights"]).resolve())
     return _cached_estimator(method, option_type(**opts))
 
 
-def estimate_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str = "dis", **opts: Any) -> np.ndarray:
+def estimate_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str, **opts: Any) -> np.ndarray:
     """Dense optical flow from ``frame_a`` to ``frame_b``.
 
     Args:
         frame_a, frame_b: RGB uint8 arrays of the same H×W×3 shape.
-        method: ``"dis"`` (default), ``"raft"`` or ``"perceiver"``.
+        method: ``"dis"``, ``"raft"`` or ``"perceiver"``.
         **opts: the method's options — dis: ``preset``; raft: ``weights``, ``variant``,
             ``num_flow_updates``, ``device``, ``batch_size``; perceiver: ``weights``,
             ``flow_scale``, ``min_overlap``, ``device``, ``batch_size``.
@@ -370,6 +209,7 @@ def estimate_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str = "dis",
     """
     _check_frames(frame_a, frame_b)
     return build_estimator(method, **opts)([frame_a], [frame_b])[0]
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -399,100 +239,96 @@ def per_frame_magnitudes(pair_flows: Sequence[np.ndarray]) -> list[np.ndarray]:
     return maps
 
 
+
+
 # ---------------------------------------------------------------------------------------
-# 3. Magnitude → binary mask M_O
+# 3. Magnitude → binary mask M_O (the rule, value, min_magnitude and cleanup of FlowParams)
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ThresholdRule:
-    rule: str = "otsu"  # fixed | fraction_of_max | otsu
-    value: float | None = None  # fixed: pixels; fraction_of_max: fraction in (0, 1]; otsu: unused
-    min_magnitude: float = 1.0  # pixels slower than this are never "moving" (any rule)
-    cleanup: int = 0  # side of the square used for a morphological opening; 0 = off
-
-    def __post_init__(self) -> None:
-        if self.rule not in THRESHOLD_RULES:
-            raise SSPError(f"unknown threshold rule {self.rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
-        if self.rule == "fixed" and (self.value is None or self.value < 0):
-            raise SSPError("threshold rule 'fixed' needs value >= 0 (pixels)")
-        if self.rule == "fraction_of_max" and (self.value is None or not 0 < self.value <= 1):
-            raise SSPError("threshold rule 'fraction_of_max' needs 0 < value <= 1")
-        if self.cleanup < 0:
-            raise SSPError("cleanup must be >= 0 (0 = off)")
+def check_threshold_rule(flow: FlowParams) -> None:
+    """A :class:`~ssp.errors.SSPError` when the params' rule cannot threshold a map."""
+    if flow.rule not in THRESHOLD_RULES:
+        raise SSPError(f"unknown threshold rule {flow.rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+    if flow.rule == "fixed" and (flow.value is None or flow.value < 0):
+        raise SSPError("threshold rule 'fixed' needs value >= 0 (pixels)")
+    if flow.rule == "fraction_of_max" and (flow.value is None or not 0 < flow.value <= 1):
+        raise SSPError("threshold rule 'fraction_of_max' needs 0 < value <= 1")
+    if flow.cleanup < 0:
+        raise SSPError("cleanup must be >= 0 (0 = off)")
 
 
-def magnitude_threshold(magnitude: np.ndarray, rule: ThresholdRule) -> float:
+def magnitude_threshold(magnitude: np.ndarray, flow: FlowParams) -> float:
     """The threshold (pixels) the rule puts on this frame's magnitudes (before the floor)."""
-    if rule.rule == "fixed":
-        return float(rule.value)
-    if rule.rule == "fraction_of_max":
-        return float(rule.value) * float(magnitude.max(initial=0.0))
-    from skimage.filters import threshold_otsu
-
+    if flow.rule == "fixed":
+        return float(flow.value)
+    if flow.rule == "fraction_of_max":
+        return float(flow.value) * float(magnitude.max(initial=0.0))
     if magnitude.size == 0 or float(magnitude.max()) - float(magnitude.min()) < 1e-6:
         return float(magnitude.max(initial=0.0))  # constant map: nothing stands out
     return float(threshold_otsu(magnitude))
 
 
-def flow_mask(magnitude: np.ndarray, rule: ThresholdRule) -> np.ndarray:
+def flow_mask(magnitude: np.ndarray, flow: FlowParams) -> np.ndarray:
     """Binary M_O (bool H×W): magnitude > the rule's threshold and >= ``min_magnitude``."""
-    threshold = magnitude_threshold(magnitude, rule)
-    mask = (magnitude > threshold) & (magnitude >= rule.min_magnitude)
-    if rule.cleanup > 0:
-        kernel = np.ones((rule.cleanup, rule.cleanup), np.uint8)
+    threshold = magnitude_threshold(magnitude, flow)
+    mask = (magnitude > threshold) & (magnitude >= flow.min_magnitude)
+    if flow.cleanup > 0:
+        kernel = np.ones((flow.cleanup, flow.cleanup), np.uint8)
         mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
     return mask
 
 
 # ---------------------------------------------------------------------------------------
-# 4. The `ssp flow` stage
+# 4. One video, and the `ssp flow` stage
 # ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FlowStageConfig:
-    method: str = "dis"
-    preset: str = "medium"  # DIS only
-    weights: str | None = None  # RAFT / Perceiver only
+    """The ``flow`` params section and how to run it (not params: they change speed, or
+    the frame size the flow is computed at, which the stamps record)."""
+
+    flow: FlowParams = field(default_factory=FlowParams)
     size: int | None = None  # flow computed on frames resized to size×size; None = native
-    rule: str = "otsu"
-    value: float | None = None
-    min_magnitude: float = 1.0
-    cleanup: int = 0
     device: str | None = None  # RAFT / Perceiver; None = cuda when available
     threads: int | None = None  # OpenCV / torch threads of the process running a video
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SSPError(f"unknown flow method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.flow.method not in METHODS:
+            raise SSPError(f"unknown flow method {self.flow.method!r}; choose one of {', '.join(METHODS)}")
         if self.size is not None and self.size < 8:
             raise SSPError(f"--size must be at least 8 pixels, got {self.size}")
-        self.threshold_rule()  # validates rule / value / cleanup early
+        check_threshold_rule(self.flow)  # early, before any video
+
+    @property
+    def weights(self) -> str | None:
+        return self.flow.weights or None  # "" in params: none
 
     def estimator_options(self) -> dict[str, Any]:
-        if self.method == "dis":
-            return {"preset": self.preset}
+        if self.flow.method == "dis":
+            return {"preset": self.flow.preset}
         return {"weights": self.weights, "device": self.device}
 
-    def threshold_rule(self) -> ThresholdRule:
-        return ThresholdRule(self.rule, self.value, self.min_magnitude, self.cleanup)
-
     def output_params(self) -> dict[str, Any]:
-        """What the outputs depend on (goes into the up-to-date fingerprint and the stamp).
+        """What the outputs depend on (goes into the up-to-date digest and the stamp).
         Device and thread counts change speed, not results, so they are left out."""
-        params: dict[str, Any] = {"method": self.method, "size": self.size, **asdict(self.threshold_rule())}
-        if self.rule == "otsu":
-            params["value"] = None  # unused by Otsu: changing it must not redo every video
-        if self.method == "dis":
-            params["preset"] = self.preset
+        flow = self.flow
+        params: dict[str, Any] = {
+            "method": flow.method, "size": self.size, "rule": flow.rule,
+            # unused by Otsu: changing it must not redo every video
+            "value": None if flow.rule == "otsu" else flow.value,
+            "min_magnitude": flow.min_magnitude, "cleanup": flow.cleanup,
+        }
+        if flow.method == "dis":
+            params["preset"] = flow.preset
         else:
             params["weights"] = str(Path(self.weights).resolve()) if self.weights else None
         return params
 
     def weight_files(self) -> list[Path]:
-        """Weight files whose size / mtime enter the fingerprint (retrained weights → redo)."""
-        if self.method == "dis" or not self.weights or not Path(self.weights).exists():
+        """Weight files whose size / mtime enter the digest (retrained weights → redo)."""
+        if self.flow.method == "dis" or not self.weights or not Path(self.weights).exists():
             return []
         path = Path(self.weights)
         return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
@@ -509,7 +345,7 @@ def video_magnitudes(frames: Sequence[np.ndarray], config: FlowStageConfig) -> l
         shrink = config.size * config.size < height * width
         interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
         inputs = [cv2.resize(f, (config.size, config.size), interpolation=interpolation) for f in frames]
-    estimator = build_estimator(config.method, **config.estimator_options())
+    estimator = build_estimator(config.flow.method, **config.estimator_options())
     flows = estimator(inputs[:-1], inputs[1:])
     if resized:
         # Back to the frame's grid; vectors rescaled to the frame's pixels per axis.
@@ -519,10 +355,17 @@ def video_magnitudes(frames: Sequence[np.ndarray], config: FlowStageConfig) -> l
     return per_frame_magnitudes(flows)
 
 
-def _read_video_frames(record: Any) -> list[np.ndarray]:
-    """All frames of a video, RGB uint8, checked before anything is written."""
-    from ssp.data.avsbench import read_frame
+def flow_masks(frames: Sequence[np.ndarray], flow: FlowParams, size: int | None = None,
+               device: str | None = None) -> list[np.ndarray]:
+    """Binary M_O (bool, each frame's H×W) of one video's RGB uint8 frames, in order, as
+    ``ssp flow`` computes them with the ``flow`` params section (``size``: compute the flow
+    at size×size; ``device``: RAFT / Perceiver)."""
+    config = FlowStageConfig(flow, size=size, device=device)
+    return [flow_mask(m, flow) for m in video_magnitudes(frames, config)]
 
+
+def _read_video_frames(record: VideoRecord) -> list[np.ndarray]:
+    """All frames of a video, RGB uint8, checked before anything is written."""
     if not record.frame_paths:
         raise DataError(record.root / record.rel_dir, "video has no frames")
     frames = [read_frame(path) for path in record.frame_paths]  # DataError naming a bad file
@@ -540,29 +383,25 @@ def _encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def process_video(record: Any, out: str, config: FlowStageConfig) -> dict[str, Any]:
+def process_video(record: VideoRecord, out: str, config: FlowStageConfig) -> dict[str, Any]:
     """Flow masks and magnitude maps of one video; skipped when up to date.
 
     Returns ``{"uid", "processed", "coverage"}`` with ``coverage`` the per-frame fraction
     of mask pixels. A corrupt or missing frame raises a :class:`DataError` naming it
     before any output of the video is written.
     """
-    from ssp.preprocess.common import VideoOutputs, fingerprint, is_up_to_date, stage_output_dir, stamp_path
-
     if config.threads:
         cv2.setNumThreads(config.threads)
-        if config.method != "dis":
-            import torch
-
-            torch.set_num_threads(config.threads)
+        if config.flow.method != "dis":
+            _flow_networks().set_threads(config.threads)
 
     out_dir = stage_output_dir(out, record)
     params = config.output_params()
     for path in record.frame_paths:
         if not Path(path).is_file():
             raise DataError(path, "frame file missing")
-    fp = fingerprint([*record.frame_paths, *config.weight_files()], params)
-    if is_up_to_date(out_dir, STAGE, fp):
+    digest = inputs_digest([*record.frame_paths, *config.weight_files()], params)
+    if is_up_to_date(out_dir, STAGE, digest):
         stamp = json.loads(stamp_path(out_dir, STAGE).read_text())
         return {"uid": record.uid, "processed": False, "coverage": stamp.get("coverage", [])}
     # Outputs of an earlier run (other params or inputs) are stale from here on, even if
@@ -571,11 +410,10 @@ def process_video(record: Any, out: str, config: FlowStageConfig) -> dict[str, A
 
     frames = _read_video_frames(record)
     magnitudes = video_magnitudes(frames, config)
-    rule = config.threshold_rule()
-    masks = [flow_mask(m, rule) for m in magnitudes]
+    masks = [flow_mask(m, config.flow) for m in magnitudes]
     coverage = [round(float(m.mean()), 6) for m in masks]
 
-    with VideoOutputs(out_dir, STAGE, fp, info={"params": params, "coverage": coverage}) as outputs:
+    with VideoOutputs(out_dir, STAGE, digest, info={"params": params, "coverage": coverage}) as outputs:
         for i, (magnitude, mask) in enumerate(zip(magnitudes, masks)):
             centi_px = np.clip(np.rint(magnitude * MAGNITUDE_SCALE), 0, np.iinfo(np.uint16).max).astype(np.uint16)
             for rel, image in ((f"mask/{i}.png", mask.astype(np.uint8) * 255), (f"magnitude/{i}.png", centi_px)):
@@ -594,9 +432,6 @@ def read_magnitude(path: str | Path) -> np.ndarray:
 
 def run_flow_stage(data_root: str | Path, out: str | Path, config: FlowStageConfig, workers: int = 1) -> dict[str, Any]:
     """Run the stage over every video of ``data_root``; returns (and writes) the summary."""
-    from ssp.data.avsbench import load_records
-    from ssp.preprocess.common import run_per_video
-
     out = Path(out)
     records = load_records(data_root)
     if not records:
@@ -606,7 +441,7 @@ def run_flow_stage(data_root: str | Path, out: str | Path, config: FlowStageConf
     workers = max(1, min(workers, len(records)))
     if workers > 1 and config.threads is None:
         # Share the cores between worker processes instead of each grabbing all of them.
-        config = FlowStageConfig(**{**asdict(config), "threads": max(1, (os.cpu_count() or 1) // workers)})
+        config = replace(config, threads=max(1, (os.cpu_count() or 1) // workers))
     results = run_per_video(
         records, functools.partial(process_video, out=str(out), config=config), workers=workers, desc="flow"
     )
@@ -626,42 +461,24 @@ def run_flow_stage(data_root: str | Path, out: str | Path, config: FlowStageConf
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ssp.preprocess.common import default_workers
-
     parser.add_argument("data_root", metavar="DATA_ROOT", help="dataset root (AVSBench-semantic or -object layout)")
     parser.add_argument("--out", required=True, help="output folder; mirrors the dataset's per-video folders")
-    parser.add_argument("--method", choices=METHODS, default="dis",
-                        help="flow estimator: dis (OpenCV, CPU, default), raft (torchvision) or perceiver "
-                        "(transformers PerceiverForOpticalFlow, the paper's); raft/perceiver need --weights")
-    parser.add_argument("--preset", choices=DIS_PRESETS, default="medium", help="DIS preset (default: medium)")
-    parser.add_argument("--weights", default=None,
-                        help="local weights: RAFT state-dict file (.pth/.pt/.safetensors) or Perceiver "
-                        "save_pretrained folder; never downloaded")
-    parser.add_argument("--rule", choices=THRESHOLD_RULES, default="otsu",
-                        help="magnitude threshold for the mask: fixed (VALUE pixels), fraction_of_max "
-                        "(VALUE x the frame's max), otsu (per frame; VALUE unused). Default: otsu")
-    parser.add_argument("--value", type=float, default=None, help="the rule's value (see --rule)")
-    parser.add_argument("--min-magnitude", type=float, default=1.0,
-                        help="pixels moving less than this many pixels are never in the mask, whatever the "
-                        "rule (keeps still frames empty). Default: 1.0 (measured in bench/README.md)")
-    parser.add_argument("--cleanup", type=int, default=0,
-                        help="side of the square of a morphological opening applied to each mask "
-                        "(removes specks); 0 = off (default)")
+    add_params_arguments(parser, "flow.min_magnitude=0.5")
     parser.add_argument("--size", type=int, default=None,
                         help="compute flow on frames resized to SIZExSIZE (faster on large frames); outputs "
                         "stay at each frame's size. Default: the frame's own size")
     parser.add_argument("--device", default=None, help="torch device for raft/perceiver (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=default_workers(),
                         help="videos processed in parallel (processes). Default: CPU cores - 1")
+    parser.epilog = ("Reads the flow section of the params file: method (dis | raft | perceiver), preset, "
+                     "weights, rule (fixed | fraction_of_max | otsu), value, min_magnitude, cleanup; "
+                     "see ssp/params.py (FlowParams).")
 
 
 def main(args: argparse.Namespace) -> int:
-    config = FlowStageConfig(
-        method=args.method, preset=args.preset, weights=args.weights, size=args.size, rule=args.rule,
-        value=args.value, min_magnitude=args.min_magnitude, cleanup=args.cleanup, device=args.device,
-    )
-    if config.method != "dis":
-        build_estimator(config.method, **config.estimator_options())  # bad weights: fail before any video
+    config = FlowStageConfig(stage_params(args).flow, size=args.size, device=args.device)
+    if config.flow.method != "dis":
+        build_estimator(config.flow.method, **config.estimator_options())  # bad weights: fail before any video
     summary = run_flow_stage(args.data_root, args.out, config, workers=args.workers)
     logger.info(
         "flow: %d videos (%d processed, %d up to date), mean mask coverage %.3f -> %s",

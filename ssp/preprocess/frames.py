@@ -40,11 +40,15 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import av
+import cv2
 import numpy as np
+import soundfile as sf
 
 from ssp.errors import DataError, SSPError
-from ssp.preprocess.common import VideoOutputs, fingerprint, is_up_to_date, run_per_video, stamp_path
+from ssp.preprocess.common import VideoOutputs, inputs_digest, is_up_to_date, run_per_video, stamp_path
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +100,6 @@ def _decode_frames(
     """Decode sequentially; return (chosen frames as JPEG bytes, their timestamps, source fps).
 
     Frames are encoded as soon as they are chosen, so memory holds JPEGs, not images."""
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DataError(path, "cannot open as a video (corrupt, truncated or unsupported format)")
@@ -159,8 +161,6 @@ def _target(i: int, fps: float, instant: float) -> float:
 
 def _decode_audio(path: Path, duration_s: float, silent_ok: bool) -> tuple[np.ndarray, bool]:
     """(int16 mono samples at 16 kHz covering exactly duration_s, is_silent_substitute)."""
-    import av
-
     num_samples = int(round(duration_s * AUDIO_SAMPLE_RATE))
     try:
         with av.open(str(path)) as container:
@@ -212,31 +212,21 @@ def _decode_audio(path: Path, duration_s: float, silent_ok: bool) -> tuple[np.nd
 # --------------------------------------------------------------------------- one video
 
 
-def extract_video(
-    path: str | Path,
-    out_dir: str | Path,
-    seconds: int | None = None,
-    fps: float = 1.0,
-    instant: float = AVSBENCH_INSTANT,
-    silent_audio_ok: bool = False,
-    jpeg_quality: int = 95,
-) -> ExtractedVideo:
+def extract_video(path: str | Path, out_dir: str | Path, **options: Any) -> ExtractedVideo:
     """Extract one video's frames and audio into ``out_dir`` (``frames/{i}.jpg``,
-    ``audio.wav``); does nothing if they are already up to date. See the module doc."""
-    params = FramesParams(fps=fps, seconds=seconds, instant=instant, silent_audio_ok=silent_audio_ok,
-                          jpeg_quality=jpeg_quality)
-    return _extract(Path(path), Path(out_dir), params)
+    ``audio.wav``); does nothing if they are already up to date. ``options``: fields of
+    :class:`FramesParams` (fps, seconds, instant, silent_audio_ok, jpeg_quality); see the
+    module doc."""
+    return _extract(Path(path), Path(out_dir), FramesParams(**options))
 
 
 def _extract(path: Path, out_dir: Path, params: FramesParams) -> ExtractedVideo:
-    import soundfile as sf
-
     if not path.is_file():
         raise DataError(path, "video file is missing")
     # --silent-audio-ok only matters for videos without audio: not part of the fingerprint,
     # so toggling it does not redo the others; a silent substitute made with it is redone
     # (and fails) when it is no longer allowed.
-    fp = fingerprint([path], {k: v for k, v in asdict(params).items() if k != "silent_audio_ok"})
+    fp = inputs_digest([path], {k: v for k, v in asdict(params).items() if k != "silent_audio_ok"})
     if is_up_to_date(out_dir, STAGE, fp):
         done = _from_stamp(path, out_dir)
         if params.silent_audio_ok or not done.silent_audio:
@@ -327,17 +317,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"video files, or folders searched recursively for {', '.join(VIDEO_EXTENSIONS)}")
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: {out}/{video name}/frames/{i}.jpg and audio.wav")
-    parser.add_argument("--fps", type=float, default=1.0, help="frames written per second (default: 1)")
+    parser.add_argument("--fps", type=float, default=FramesParams.fps,
+                        help=f"frames written per second (default: {FramesParams.fps:g})")
     parser.add_argument("--seconds", type=int, default=None,
                         help="take the first N seconds of each video (N * fps frames, N s of audio); "
                              "a shorter video is an error (default: every complete second of each video)")
-    parser.add_argument("--instant", type=float, default=AVSBENCH_INSTANT,
+    parser.add_argument("--instant", type=float, default=FramesParams.instant,
                         help="where within each second the frame is taken, as a fraction: the frame on "
                              "screen at t = (i + instant) / fps (default: 15/16 = 0.9375, as AVSBench)")
     parser.add_argument("--silent-audio-ok", action="store_true",
                         help="write a silent audio.wav for videos without an audio track "
                              "(default: such a video is an error)")
-    parser.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality of the frames (default: 95)")
+    parser.add_argument("--jpeg-quality", type=int, default=FramesParams.jpeg_quality,
+                        help=f"JPEG quality of the frames (default: {FramesParams.jpeg_quality})")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: 1)")
 
 

@@ -5,8 +5,10 @@
 - :func:`sample_grid`: the paper's Fig. 8 layout: one column per clip, one row per
   panel kind (frame, flow mask, pre-mask, GT, each ablation row's prediction), a row
   name on the left of each row and a caption (the A1/A2 prompts) under each column;
-- :func:`ablation_sample_grid`: builds that grid from trained runs and the pipeline's
-  stage outputs, writes it as a PNG; :func:`log_sample_grid` logs it to an MLflow run.
+- :func:`write_png` writes an image; :func:`log_sample_grid` logs a grid to an MLflow run.
+
+Only drawing: building the ablation grid from trained runs (models, datasets, the predict
+loop) is :func:`ssp.report.samples.ablation_sample_grid`.
 
 Images are ``H x W x 3`` uint8 RGB numpy arrays throughout. Text is drawn with
 ``cv2.putText`` (Hershey fonts are built into OpenCV: no font file needed).
@@ -15,13 +17,19 @@ Images are ``H x W x 3`` uint8 RGB numpy arrays throughout. Text is drawn with
 from __future__ import annotations
 
 import logging
+import tempfile
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+import cv2
 import numpy as np
+from PIL import Image
 
+from ssp.data.palette import voc_palette
 from ssp.errors import SSPError
+from ssp.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +44,6 @@ TEXT_COLOUR = (0, 0, 0)
 
 def default_palette(num_classes: int = 256) -> np.ndarray:
     """The AVSBench colour of each class index (Pascal-VOC palette, 0 = black)."""
-    from ssp.data.palette import voc_palette
-
     return voc_palette(max(num_classes, 1))
 
 
@@ -55,8 +61,6 @@ def class_name(names: Sequence[str] | Mapping[int, str] | None, index: int) -> s
 # ---------------------------------------------------------------------------------------
 def put_text(image: np.ndarray, text: str, x: int, y: int, colour=TEXT_COLOUR, scale: float = FONT_SCALE) -> None:
     """Draw one line of ASCII text with its baseline at ``y`` (in place)."""
-    import cv2
-
     ascii_text = text.encode("ascii", "replace").decode("ascii")  # Hershey fonts are ASCII only
     cv2.putText(image, ascii_text, (int(x), int(y)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
@@ -158,10 +162,8 @@ def mask_panel(mask: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # The sample grid
 # ---------------------------------------------------------------------------------------
-def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def fit_panel(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize to ``(height, width)`` (nearest: keeps masks crisp; panels are small)."""
-    import cv2
-
     image = np.asarray(image, dtype=np.uint8)
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -195,7 +197,7 @@ def sample_grid(rows: Mapping[str, Sequence[np.ndarray]], clips: Sequence[str],
             put_text(label, line, PADDING, height // 2 - 4 + i * LINE_HEIGHT)
         cells = [label]
         for panel in panels:
-            cells += [np.full((height, gap, 3), BACKGROUND, np.uint8), _fit(panel, (height, width))]
+            cells += [np.full((height, gap, 3), BACKGROUND, np.uint8), fit_panel(panel, (height, width))]
         grid_rows.append(np.concatenate(cells, axis=1))
         grid_rows.append(np.full((gap, grid_rows[-1].shape[1], 3), BACKGROUND, np.uint8))
     captions = [text_panel(c, width, caption_lines) for c in clips]
@@ -211,10 +213,6 @@ def sample_grid(rows: Mapping[str, Sequence[np.ndarray]], clips: Sequence[str],
 
 def write_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an RGB image as PNG, atomically."""
-    from PIL import Image
-
-    from ssp.fileio import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format="PNG")
@@ -222,133 +220,12 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 
 
 # ---------------------------------------------------------------------------------------
-# Ablation grid from trained runs
+# MLflow
 # ---------------------------------------------------------------------------------------
-def checkpoint_of(run_dir_or_checkpoint: str | Path) -> Path:
-    """A run folder's ``checkpoints/best.safetensors`` (or the checkpoint file itself)."""
-    path = Path(run_dir_or_checkpoint)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.safetensors"
-    if not path.is_file():
-        raise SSPError(f"{path}: no checkpoint (train the row first)")
-    return path
-
-
-def prompts_caption(a1: str, a2: Sequence[str]) -> str:
-    """A2 first: it is short and it is what a long A1 would push out of a cut caption."""
-    return f"A2: {', '.join(a2) or '-'}\nA1: {a1.strip() or '-'}"
-
-
-def ablation_sample_grid(
-    run_dirs: Mapping[str, str | Path],
-    data_root: str | Path,
-    flow_dir: str | Path | None,
-    prompts_dir: str | Path | None,
-    stage1_dir: str | Path | None,
-    uids: Sequence[str],
-    out: str | Path | None = None,
-    frame_index: int = 0,
-    device: str = "cpu",
-    panel_size: int = 128,
-) -> Path:
-    """Paper Fig. 8 for the ablation rows: for each clip of ``uids`` (frame ``frame_index``)
-    the frame, the flow mask M_O, the pre-mask M_Pre (eq. 2 with stage 1's predicted mask
-    standing in for M_GT, as at test time; with the GT when ``stage1_dir`` is None), the
-    GT overlay, and every row's predicted overlay; A1/A2 under each column.
-
-    ``run_dirs`` maps a row name to its run folder (``checkpoints/best.safetensors``) or a
-    checkpoint file. Stage-2 models read stage 1's masks from ``stage1_dir``. Writes the
-    PNG to ``out`` (default ``{data_root}/../sample_grid.png``) and returns its path.
-    """
-    import torch
-
-    from ssp.models.checkpoint import load_model
-    from ssp.data.avsbench import class_names, load_records, read_frame, read_mask
-    from ssp.data.datasets import AVSDataset, collate_frames
-    from ssp.models.premask import pre_mask
-
-    data_root = Path(data_root)
-    by_uid = {r.uid: r for r in load_records(data_root)}
-    missing = [u for u in uids if u not in by_uid]
-    if missing:
-        raise SSPError(f"{data_root}: no video with uid {', '.join(missing)}")
-    records = [by_uid[u] for u in uids]
-    try:
-        names: Sequence[str] | None = class_names(data_root)
-    except SSPError:
-        names = None
-    palette = default_palette(256)
-    size = (panel_size, panel_size)
-
-    frames, flows, premasks, gts, captions = [], [], [], [], []
-    shown: set[int] = set()  # classes in the GT panels, for the legend
-    for record in records:
-        i = min(frame_index, record.num_frames - 1)
-        frame = _fit(read_frame(record.frame_paths[i], record.root), size)
-        gt = read_mask(record, i, task="avss") if record.labelled[i] else np.zeros(frame.shape[:2], np.int64)
-        gt = _fit(gt.astype(np.uint8), size).astype(np.int64)[..., 0]
-        flow = np.zeros(size, np.float32)
-        if flow_dir is not None and (Path(flow_dir) / record.rel_dir / "mask" / f"{i}.png").is_file():
-            flow = _fit(np.asarray(_read_gray(Path(flow_dir) / record.rel_dir / "mask" / f"{i}.png")), size)[..., 0] > 127
-        stand_in = gt > 0
-        if stage1_dir is not None and (Path(stage1_dir) / record.rel_dir / f"{i}.png").is_file():
-            stand_in = _fit(_read_gray(Path(stage1_dir) / record.rel_dir / f"{i}.png"), size)[..., 0] > 127
-        premask = pre_mask(torch.from_numpy(np.asarray(flow, np.float32)), torch.from_numpy(stand_in.astype(np.float32)))
-        frames.append(frame)
-        flows.append(mask_panel(flow))
-        premasks.append(mask_panel(premask.numpy()))
-        gts.append(blend(frame, gt, palette))
-        shown.update(int(c) for c in np.unique(gt) if c > 0)
-        a1, a2 = "", []
-        if prompts_dir is not None and (Path(prompts_dir) / record.rel_dir / "prompts.json").is_file():
-            import json
-
-            prompts = json.loads((Path(prompts_dir) / record.rel_dir / "prompts.json").read_text())
-            a1, a2 = prompts.get("a1", ""), prompts.get("a2", [])
-        captions.append(f"{record.uid}\n{prompts_caption(a1, a2)}")
-
-    rows: dict[str, list[np.ndarray]] = {"frame": frames, "flow mask M_O": flows, "pre-mask M_Pre": premasks,
-                                         "ground truth": gts}
-    for row_name, run in run_dirs.items():
-        model, config, _ = load_model(checkpoint_of(run), device)
-        dataset = AVSDataset(records, task="avs" if config.stage == 1 else "avss", image_size=config.image_size,
-                             flow_dir=flow_dir if (config.pre_mask or config.post_mask) else None,
-                             prompts_dir=prompts_dir if config.text != "none" else None,
-                             stage1_dir=stage1_dir if config.stage == 2 else None, strict_masks=False,
-                             pad_short_audio=True, max_frames=frame_index + 1)  # frames up to the shown one
-        panels = []
-        for v, record in enumerate(records):
-            batch = collate_frames([dataset[v]])
-            i = min(frame_index, record.num_frames - 1)
-            with torch.no_grad():
-                scores = model.predict({k: val.to(device) if isinstance(val, torch.Tensor) else val
-                                        for k, val in batch.items() if k != "masks"}).float().cpu()
-            pred = (scores[i] > 0).long() if config.stage == 1 else scores[i].argmax(0)
-            pred = _fit(pred.numpy().astype(np.uint8), size).astype(np.int64)[..., 0]
-            panels.append(blend(frames[v], pred, palette))
-            if config.stage == 2:  # a stage-1 "1" means foreground, not class 1
-                shown.update(int(c) for c in np.unique(pred) if c > 0)
-        rows[row_name] = panels
-    # One legend for every class shown (GT and predictions), so the colours can be read off.
-    grid = sample_grid(rows, captions, panel_size=panel_size, caption_lines=8)
-    grid = np.concatenate([grid, legend(sorted(shown), palette, names, grid.shape[1])], axis=0)
-    out = Path(out) if out is not None else data_root.parent / "sample_grid.png"
-    return write_png(out, grid)
-
-
-def _read_gray(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L"))
-
-
 def log_sample_grid(run_logger: Any, grid: str | Path | np.ndarray, artifact_path: str = "samples",
                     name: str = "sample_grid.png") -> None:
     """Log a grid image (a PNG path or an RGB array) as an artifact of an MLflow run
     (a :class:`ssp.ops.tracking.RunLogger`; a disabled logger does nothing)."""
-    import tempfile
-
     if isinstance(grid, (str, Path)):
         run_logger.log_artifact(Path(grid), artifact_path)
         return

@@ -1,10 +1,13 @@
 """``ssp report``: the paper's Table 2 and Fig. 5 on our data, and per-scenario results.
 
 Reads the metrics files the pipeline's evaluation stages write (what ``dvc metrics show``
-shows): ``metrics/ablation/{row}.json`` (Table 2 rows), ``metrics/sweep/lambda_{v}.json``
-(Fig. 5 points) and ``metrics/stage2.json`` (the main model, with its per-scenario
-table). Writes ``report.md`` and PNG plots into ``--out`` and prints the tables. The
-sample grid of the ablation rows (``ssp samples``, paper Fig. 8) is linked when it exists.
+shows): ``metrics/ablation/{row}/seed{seed}.json`` (Table 2 rows, one file per seed of
+the DVC matrix; a row shows the mean over the seeds present, ± the sample standard
+deviation when there is more than one), ``metrics/sweep/lambda_{v}.json`` (Fig. 5
+points) and ``metrics/stage2.json`` (the main model, with its per-scenario table). Rows,
+labels and the paper's numbers come from :mod:`ssp.paper`. Writes ``report.md`` and PNG
+plots into ``--out`` and prints the tables. The sample grid of the ablation rows (``ssp
+samples``, paper Fig. 8) is linked when it exists.
 
 Our columns follow the paper's: S4 and MS3 are the binary (AVS) metrics of the v1s and
 v1m subsets, AVSS the semantic metrics over all subsets, all in % and each with the
@@ -19,12 +22,17 @@ import argparse
 import json
 import logging
 import os
+import re
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
 from ssp.errors import SSPError
-from ssp.paper import COLUMNS, TABLE2
 from ssp.fileio import atomic_path, write_text
+from ssp.paper import COLUMNS, TABLE2
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,10 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
 
+def _fmt_std(mean: float | None, std: float | None) -> str:
+    return _fmt(mean) if mean is None or std is None else f"{mean:.1f} ± {std:.1f}"
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
@@ -55,17 +67,47 @@ def _read(path: Path) -> dict[str, Any]:
         raise SSPError(f"{path}: cannot read metrics ({e})") from e
 
 
+SEED_FILE = re.compile(r"seed(\d+)\.json")
+
+
+def seed_numbers(metrics_dir: Path) -> dict[str, list[tuple[float | None, ...]]]:
+    """Table-2 row -> :func:`row_numbers` of each seed's metrics file
+    (``{metrics_dir}/ablation/{row}/seed{seed}.json``, in seed order); rows without any
+    file are left out."""
+    found: dict[str, list[tuple[float | None, ...]]] = {}
+    for row in TABLE2:
+        folder = metrics_dir / "ablation" / row
+        paths = [p for p in folder.glob("seed*.json") if SEED_FILE.fullmatch(p.name)] if folder.is_dir() else []
+        paths.sort(key=lambda p: int(SEED_FILE.fullmatch(p.name).group(1)))
+        if paths:
+            found[row] = [row_numbers(_read(p)) for p in paths]
+    return found
+
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean of the values present and their sample standard deviation (None for < 2)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
+
+
 def ablation_table(metrics_dir: Path) -> tuple[str, dict[str, tuple]]:
-    ours = {row: row_numbers(_read(metrics_dir / "ablation" / f"{row}.json"))
-            for row in TABLE2 if (metrics_dir / "ablation" / f"{row}.json").exists()}
+    """The Table-2 markdown (ours: mean over seeds, ± sample std with several seeds; the
+    paper's numbers) and ``ours``: row -> the mean of each column."""
+    per_seed = seed_numbers(metrics_dir)
+    stats = {row: [mean_std(column) for column in zip(*numbers)] for row, numbers in per_seed.items()}
+    ours = {row: tuple(mean for mean, _ in columns) for row, columns in stats.items()}
     head = "| component | " + " | ".join(f"{c} (ours)" for c in COLUMNS) + " | " + " | ".join(
         f"{c} (paper)" for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(COLUMNS))]
     for row, paper_row in TABLE2.items():
-        label, paper = paper_row.label, paper_row.numbers
-        mine = ours.get(row)
-        lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in (mine or (None,) * 6)) + " | "
-                     + " | ".join(_fmt(v) for v in paper) + " |")
+        mine = stats.get(row) or [(None, None)] * len(COLUMNS)
+        lines.append(f"| {paper_row.label} | " + " | ".join(_fmt_std(m, s) for m, s in mine) + " | "
+                     + " | ".join(_fmt(v) for v in paper_row.numbers) + " |")
+    if any(len(numbers) > 1 for numbers in per_seed.values()):
+        seeds = ", ".join(f"{row} {len(numbers)}" for row, numbers in per_seed.items())
+        lines += ["", f"Ours: mean ± sample standard deviation over the seeds present (seeds per row: {seeds})."]
     return "\n".join(lines), ours
 
 
@@ -92,12 +134,8 @@ def scenario_table(result: dict[str, Any]) -> str:
 def plot_sweep(points, out: Path) -> Path | None:
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.subplots()
     xs = [p[0] for p in points]
     ax.plot(xs, [p[1] for p in points], "o-", label="AVSS mIoU")
     ax.plot(xs, [p[2] for p in points], "s--", label="AVSS F-score")
@@ -111,20 +149,15 @@ def plot_sweep(points, out: Path) -> Path | None:
     path = out / "lambda_sweep.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
     if not ours:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in TABLE2 if r in ours]
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig = Figure(figsize=(7, 3.4))
+    ax = fig.subplots()
     ax.barh([TABLE2[r].label for r in rows], [ours[r][4] or 0 for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("AVSS mIoU (%)")
@@ -133,7 +166,6 @@ def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
     path = out / "ablation.png"
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -144,8 +176,8 @@ def samples_section(samples: Path | None, out: Path) -> list[str]:
     if samples is None or not samples.is_file():
         return parts + ["_(no sample grid yet: dvc repro samples)_", ""]
     link = Path(os.path.relpath(samples.resolve(), out.resolve())).as_posix()
-    return parts + ["The same test clips under every row: frame, flow mask M_O, pre-mask M_Pre, "
-                    "ground truth, then each row's prediction; A1/A2 prompts under each column.", "",
+    return parts + [("The same test clips under every row: frame, flow mask M_O, pre-mask M_Pre, "
+                     "ground truth, then each row's prediction; A1/A2 prompts under each column."), "",
                     f"![ablation samples]({link})", ""]
 
 
@@ -161,9 +193,9 @@ def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports
     main = _read(metrics_dir / "stage2.json") if (metrics_dir / "stage2.json").exists() else {}
 
     parts = ["# SSP report", "",
-             f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; "
-             "AVSS over real frames, mean over all 71 classes). Our numbers come from the "
-             "dataset the pipeline ran on; the paper's from AVSBench.", "",
+             (f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; "
+              "AVSS over real frames, mean over all 71 classes). Our numbers come from the "
+              "dataset the pipeline ran on; the paper's from AVSBench."), "",
              "## Ablation (paper Table 2)", "", table, ""]
     if plot_ablation(ours, out):
         parts += ["![ablation](ablation.png)", ""]

@@ -11,14 +11,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.avsbench_fixtures import (
-    DEFAULT_MS3_VIDEOS,
-    DEFAULT_S4_VIDEOS,
-    DEFAULT_SEMANTIC_VIDEOS,
-    LABEL2IDX,
-    write_object_dataset,
-    write_semantic_dataset,
-)
 from ssp.data.avsbench import (
     class_names,
     detect_layout,
@@ -28,6 +20,14 @@ from ssp.data.avsbench import (
     read_mask,
 )
 from ssp.errors import DataError, SSPError
+from tests.avsbench_fixtures import (
+    DEFAULT_MS3_VIDEOS,
+    DEFAULT_S4_VIDEOS,
+    DEFAULT_SEMANTIC_VIDEOS,
+    LABEL2IDX,
+    write_object_dataset,
+    write_semantic_dataset,
+)
 
 
 @pytest.fixture(scope="module")
@@ -302,6 +302,7 @@ def test_layout_override(tmp_path):
 # ---------------------------------------------------------------------------------
 import torch  # noqa: E402  (reader tests above do not need torch)
 
+from ssp.data.audio import logmel_from_wav  # noqa: E402
 from ssp.data.datasets import AVSDataset, collate_frames  # noqa: E402
 
 MIXED_VIDEOS = [
@@ -372,8 +373,6 @@ def test_unlabelled_frames_are_zero_and_flagged(mixed_root):
 
 
 def test_logmel_in_process_matches_the_logmel_files(mixed_root, tmp_path):
-    from ssp.preprocess.logmel import logmel_from_wav
-
     records = load_records(mixed_root)
     for r in records:
         (tmp_path / r.rel_dir).mkdir(parents=True)

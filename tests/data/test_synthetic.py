@@ -18,10 +18,11 @@ from ssp.cli import main as cli_main
 from ssp.data import synthetic as S
 from ssp.data.avsbench import split_objects
 from ssp.data.palette import NUM_CLASSES, colour_to_index
+from ssp.params import DataParams
 
 
 def _generate(out: Path, seed: int = 0, workers: int = 1, **overrides) -> Path:
-    config = S.SynthConfig(seed=seed, size="tiny", **overrides)
+    config = S.SynthConfig.from_params(DataParams(seed=seed, size="tiny"), **overrides)
     return S.generate_dataset(config, out, workers=workers, progress=False)
 
 
@@ -45,7 +46,7 @@ def _scenes(root: Path) -> list[dict]:
 
 def _many_scenes(n: int = 400, **overrides) -> list[dict]:
     """Scenes only (no pixels, no files): cheap enough to check rules on hundreds."""
-    config = S.SynthConfig(seed=3, size="demo", **overrides)
+    config = S.SynthConfig.from_params(DataParams(seed=3, size="demo"), **overrides)
     return [S.sample_scene(p, config) for p in S.plan_videos(config)[:n]]
 
 
@@ -90,7 +91,8 @@ def test_layout_is_complete_and_follows_the_labelling_rules(tiny):
         for i in range(n_frames):
             img = cv2.imread(str(video / "frames" / f"{i}.jpg"))
             assert img is not None and img.shape == (64, 64, 3)
-        expected_masks = ["0.png"] if (r["label"], r["split"]) == ("v1s", "train") else [f"{i}.png" for i in range(n_frames)]
+        first_only = (r["label"], r["split"]) == ("v1s", "train")
+        expected_masks = ["0.png"] if first_only else [f"{i}.png" for i in range(n_frames)]
         for folder in ("labels_rgb", "labels_semantic"):
             assert sorted(p.name for p in (video / folder).iterdir()) == sorted(expected_masks)
         audio, rate = soundfile.read(video / "audio.wav")
@@ -210,8 +212,8 @@ def test_moving_objects_move_and_still_ones_do_not(tiny):
             for t in range(scene["num_frames"] - 1):
                 if not (obj["sounding"][t] and obj["sounding"][t + 1] and scene["labelled"][t + 1]):
                     continue
-                a, b = (cv2.imread(str(video / "labels_semantic" / f"{i}.png"), cv2.IMREAD_UNCHANGED) == obj["class_index"]
-                        for i in (t, t + 1))
+                a, b = (cv2.imread(str(video / "labels_semantic" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+                        == obj["class_index"] for i in (t, t + 1))
                 shift = np.hypot(*(np.argwhere(a).mean(0) - np.argwhere(b).mean(0)))
                 if obj["positions"][t] != obj["positions"][t + 1]:
                     assert obj["moving"][t] and obj["moving"][t + 1]
@@ -251,14 +253,14 @@ def test_scenarios_mean_what_they_say():
 
 
 def test_plan_follows_the_scenario_mix_and_presets():
-    config = S.SynthConfig(size="demo", scenario_mix={"moving_sounding": 3, "still_sounding": 1,
-                                                       "silent_distractor": 0, "same_class_distractor": 0})
+    config = S.SynthConfig.from_params(DataParams(size="demo"), scenario_mix={
+        "moving_sounding": 3, "still_sounding": 1, "silent_distractor": 0, "same_class_distractor": 0})
     plans = S.plan_videos(config)
     assert len(plans) == 304
     counts = {s: sum(p.scenario == s for p in plans) for s in S.SCENARIOS}
     assert counts["silent_distractor"] == counts["same_class_distractor"] == 0
     assert abs(counts["moving_sounding"] - 3 * counts["still_sounding"]) <= 6
-    even = S.plan_videos(S.SynthConfig(size="demo"))
+    even = S.plan_videos(S.SynthConfig.from_params(DataParams(size="demo")))
     for subset in S.SUBSETS:  # every test split covers every scenario
         assert {p.scenario for p in even if p.subset == subset and p.split == "test"} == set(S.SCENARIOS)
 
@@ -388,16 +390,25 @@ def test_quality_knob_is_deterministic_and_monotone():
 
 
 def test_cli_reports_user_errors_and_replaces_with_force(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  size: tiny\n  seed: 4\n")
     out = tmp_path / "d"
-    assert cli_main(["synth", "--out", str(out), "--size", "tiny", "--workers", "1", "--seed", "4"]) == 0
+
+    def synth(out: Path, *args: str) -> int:
+        return cli_main(["synth", "--out", str(out), "--params", str(params), "--workers", "1", *args])
+
+    assert synth(out) == 0
     first = (out / "manifest.json").read_text()
-    assert cli_main(["synth", "--out", str(out), "--size", "tiny", "--workers", "1"]) == 2
+    assert json.loads(first)["config"]["seed"] == 4
+    assert synth(out, "--set", "data.seed=0") == 2
     assert "--force" in capsys.readouterr().err
-    assert cli_main(["synth", "--out", str(out), "--size", "tiny", "--workers", "1", "--force"]) == 0
+    assert synth(out, "--set", "data.seed=0", "--force") == 0
     assert (out / "manifest.json").read_text() != first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
-    assert cli_main(["synth", "--out", str(tmp_path / "e"), "--classes", "40"]) == 2
-    assert cli_main(["synth", "--out", str(tmp_path / "e"), "--scenario-mix", "loud=1"]) == 2
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "params.yaml"]
+    assert synth(tmp_path / "e", "--set", "data.classes=40") == 2
+    assert "data.classes" in capsys.readouterr().err
+    assert synth(tmp_path / "e", "--scenario-mix", "loud=1") == 2
     assert "loud" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
 
@@ -432,7 +443,8 @@ def test_readers_load_the_generated_dataset(tiny):
     assert [r.uid for r in records] == [r["uid"] for r in _metadata(tiny)]
     for record in records:
         scene = scenes[record.uid]
-        assert (record.subset, record.split, record.num_frames) == (scene["subset"], scene["split"], scene["num_frames"])
+        expected = (scene["subset"], scene["split"], scene["num_frames"])
+        assert (record.subset, record.split, record.num_frames) == expected
         assert record.labelled == scene["labelled"]
         assert record.objects == scene["answers"]["A2"]
         assert (record.video_dir / "scene.json").is_file()

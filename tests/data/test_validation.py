@@ -11,9 +11,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from tests.avsbench_fixtures import write_object_dataset, write_semantic_dataset
 from ssp.cli import main as cli_main
 from ssp.data.validation import AUDIO_TOLERANCE_S, ValidationReport, validate_dataset
+from ssp.fileio import tree_digest
+from tests.avsbench_fixtures import write_object_dataset, write_semantic_dataset
 
 # Small datasets: one video per subset, covering the v1s-train labelling rule.
 SEMANTIC_VIDEOS = [
@@ -341,16 +342,18 @@ def test_cli_report_names_every_bad_file(semantic, tmp_path, capsys):
     assert [p.name for p in report_path.parent.iterdir()] == ["report.json"]  # no temp file left
 
 
-def test_cli_valid_dataset_prints_summary_and_writes_report(obj, tmp_path, capsys):
+@pytest.mark.parametrize("layout_args", [["--set", "data.layout=object"], ["--layout", "object"]])
+def test_cli_valid_dataset_prints_summary_and_writes_report(obj, tmp_path, capsys, layout_args):
     report_path = tmp_path / "report.json"
-    assert cli_main(["validate", str(obj), "--layout", "object", "--report", str(report_path)]) == 0
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  layout: semantic\n")  # overridden by --set or by --layout
+    argv = ["validate", str(obj), "--params", str(params), *layout_args, "--report", str(report_path)]
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("OK: object layout, 3 videos, 15 frames")
     report = json.loads(report_path.read_text())
     assert report["ok"] is True and report["failures"] == [] and report["checks_passed"] == report["checks_total"]
     # the report carries the data's content digest: what the stages after validate depend on
-    from ssp.ops.fingerprint import tree_digest
-
     assert report["fingerprint"] == tree_digest(obj)
 
 
@@ -361,9 +364,10 @@ def test_missing_root_is_a_user_error(tmp_path, capsys):
 
 def test_generated_benchmark_is_valid(tmp_path, capsys):
     out = tmp_path / "synth"
-    assert cli_main(["synth", "--out", str(out), "--seed", "0", "--size", "tiny", "--workers", "1"]) == 0
+    no_params = ["--params", str(tmp_path / "no-params.yaml")]  # the defaults: layout auto
+    assert cli_main(["synth", "--out", str(out), *no_params, "--set", "data.size=tiny", "--workers", "1"]) == 0
     capsys.readouterr()
-    assert cli_main(["validate", str(out)]) == 0
+    assert cli_main(["validate", str(out), *no_params]) == 0
     summary = capsys.readouterr().out.strip()
     assert summary.startswith("OK: semantic layout, 12 videos")
 

@@ -1,13 +1,15 @@
-"""ssp train / ssp stage1-masks on a generated tiny benchmark (CPU, seconds per run).
+"""ssp train on a generated tiny benchmark (CPU, seconds per run).
 
 Covers: both stages end to end (checkpoints, history.csv, metrics.json, MLflow run with
-tags, params, per-epoch metrics and the best checkpoint), stage-1 masks (written, then
-skipped when up to date), exact resume from a run interrupted mid-epoch, clear errors for
+tags, params, per-epoch metrics and the best checkpoint), `ssp train --test-out`
+(ssp.eval.train_test), exact resume from a run interrupted mid-epoch, the model config
+built from typed params (identical to the old `--set model.*` configs), clear errors for
 missing inputs, and a 2-process torchrun (gloo) epoch.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -16,59 +18,32 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+from ssp import paper
+from ssp.engine.inputs import collate_labelled
+from ssp.engine.train import TrainingInterrupted, build_model_config, model_switches, train
 from ssp.errors import SSPError
+from ssp.eval.stage1_masks import write_stage1_masks
+from ssp.models import SSPConfig
+from ssp.models.checkpoint import load_model
+from ssp.ops.tracking import get_client
+from ssp.params import ModelParams, Params, load_params
+from tests.engine.benchmark import FAST, dirs, params
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Small and fast: 64 px, v1m + v2 (2 train videos each), 2 frames per video, no workers.
-FAST = [
-    "train1.batch_size=1", "train1.max_frames=2", "train1.num_workers=0", "train1.threads=1",
-    "train1.log_every=1", "train1.overlays=0", "train1.subsets=[v1m,v2]", "train1.lr_step_epoch=1",
-    "train2.batch_size=2", "train2.max_frames=2", "train2.num_workers=0", "train2.threads=1",
-    "train2.overlays=1", "train2.subsets=[v2]", "train2.epochs=1",
-    "model.num_points=64",
-]
+
+def train_test_main(argv: list[str]) -> int:
+    """`ssp train ARGV` through the command module that has --test-out."""
+    from ssp.eval import train_test
+
+    parser = argparse.ArgumentParser()
+    train_test.add_arguments(parser)
+    return train_test.main(parser.parse_args(argv))
 
 
-def make_benchmark(root: Path) -> dict[str, Path]:
-    """``ssp synth --size tiny`` + flow masks, scene prompts and log-mel, in-process."""
-    from ssp.preprocess.logmel import compute_logmel
-    from ssp.data.avsbench import load_records
-    from ssp.data.synthetic import SynthConfig, generate_dataset
-    from ssp.preprocess.flow import FlowStageConfig, run_flow_stage
-    from ssp.preprocess.prompts.stage import PromptsConfig, run_prompts
-    from ssp.preprocess.prompts.backends.scene import SceneBackend
-
-    data = generate_dataset(SynthConfig(seed=0, size="tiny"), root / "data", progress=False)
-    records = load_records(data)
-    run_flow_stage(data, root / "flow", FlowStageConfig())
-    run_prompts(records, SceneBackend(), PromptsConfig(out_dir=root / "prompts"))
-    compute_logmel(records, root / "logmel")
-    return {"data": data, "flow": root / "flow", "prompts": root / "prompts", "logmel": root / "logmel"}
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> dict[str, Path]:
-    return make_benchmark(tmp_path_factory.mktemp("bench"))
-
-
-def params(*extra: str) -> dict:
-    from ssp.ops.params import load_params
-
-    return load_params(Path("/nonexistent/params.yaml"), overrides=[*FAST, *extra])
-
-
-def dirs(bench) -> dict:
-    return {k: bench[k] for k in ("flow", "prompts", "logmel")}
-
-
-def test_two_stages_end_to_end(bench, tmp_path, mlflow_store, capsys):
-    from ssp.models.checkpoint import load_model
-    from ssp.eval.stage1_masks import write_stage1_masks
-    from ssp.ops.tracking import get_client
-    from ssp.engine.train import train
-
+def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
     s1 = train(1, bench["data"], tmp_path / "s1", params("train1.epochs=2"), row="full", progress=False,
                **dirs(bench))
     ckpt = tmp_path / "s1" / "checkpoints"
@@ -82,20 +57,13 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store, capsys):
     metrics = json.loads((tmp_path / "s1" / "metrics.json").read_text())
     assert metrics["best_epoch"] in (1, 2) and 0 <= metrics["best"]["miou"] <= 1
     assert metrics["best"]["miou"] == max(float(r["val_miou"]) for r in history)
-    model, config, info = load_model(s1.best_checkpoint)  # rebuilt from the file alone
+    _, config, info = load_model(s1.best_checkpoint)  # rebuilt from the file alone
     assert (config.stage, config.pre_mask, config.text, config.post_mask) == (1, True, "vta", True)
     assert info["epoch"] == metrics["best_epoch"]
 
-    # stage-1 masks: every frame of the chosen splits, then nothing to do on a re-run
     out = tmp_path / "stage1_masks"
-    first = write_stage1_masks(s1.best_checkpoint, bench["data"], out, ("val", "test"), progress=False,
-                               **dirs(bench))
-    assert first == {"written": 6, "skipped": 0}
-    pngs = sorted(out.rglob("*.png"))
-    assert len(pngs) == 2 * (5 + 5 + 10)
     assert write_stage1_masks(s1.best_checkpoint, bench["data"], out, ("val", "test"), progress=False,
-                              **dirs(bench)) == {"written": 0, "skipped": 6}
-
+                              **dirs(bench)) == {"written": 6, "skipped": 0}
     s2 = train(2, bench["data"], tmp_path / "s2", params(), row="aavs", stage1_masks=out, progress=False,
                **dirs(bench))
     assert s2.metrics["stage"] == 2 and 0 <= s2.metrics["best"]["miou"] <= 1
@@ -118,38 +86,35 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store, capsys):
         assert runs[stage].data.tags["ssp.run_dir"] == str((tmp_path / folder).resolve())
 
     # `ssp train --test-out` (the ablation/sweep cells): train, then test the best checkpoint
-    # in the same process -> the `ssp evaluate` JSON, and test metrics on the training run
-    from ssp.cli import main as cli_main
-
+    # in the same process -> the `ssp evaluate` JSON (split and F-score batch from params
+    # `evaluate`), and test metrics on the training run
     test_json = tmp_path / "cell.json"
-    argv = ["train", "--stage", "2", "--row", "aavs", "--data", str(bench["data"]), "--out", str(tmp_path / "cell"),
+    argv = ["--stage", "2", "--row", "aavs", "--data", str(bench["data"]), "--out", str(tmp_path / "cell"),
             "--params", str(tmp_path / "none.yaml"), "--stage1-masks", str(out), "--no-progress",
-            "--test-out", str(test_json), "--test-split", "test", "--fscore-batch-videos", "2",
+            "--test-out", str(test_json), "--set", "evaluate.fscore_batch_videos=2",
             *[a for o in FAST for a in ("--set", o)]]
     for name in ("flow", "prompts", "logmel"):
         argv += [f"--{name}", str(bench[name])]
-    assert cli_main(argv) == 0
+    assert train_test_main(argv) == 0
     tested = json.loads(test_json.read_text())
-    assert tested["split"] == "test" and 0 <= tested["semantic"]["all"]["miou"] <= 1
+    assert tested["split"] == "test" and tested["fscore_batch_videos"] == 2
+    assert 0 <= tested["semantic"]["all"]["miou"] <= 1
     cell_run = json.loads((tmp_path / "cell" / "metrics.json").read_text())["mlflow_run_id"]
     assert client.get_run(cell_run).data.metrics["test/miou"] == pytest.approx(tested["semantic"]["all"]["miou"])
     without = [x for i, x in enumerate(argv) if "--stage1-masks" not in (x, argv[i - 1])]
-    assert cli_main(without + ["--stage1-checkpoint", str(s1.best_checkpoint)]) == 2  # refused before training
-    assert "--test-out for stage 2 needs --stage1-masks" in capsys.readouterr().err
+    without = [x.replace(str(tmp_path / "cell"), str(tmp_path / "cell2")) for x in without]
+    with pytest.raises(SSPError, match="--test-out for stage 2 needs --stage1-masks"):  # refused before training
+        train_test_main(without + ["--stage1-checkpoint", str(s1.best_checkpoint)])
     assert not (tmp_path / "cell2").exists()
 
 
 def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_path, mlflow_store):
-    from safetensors.torch import load_file
-
-    from ssp.engine.train import TrainingInterrupted, train
-
     # 4 train videos, batch 1 -> 4 steps/epoch, 2 epochs; step checkpoints at steps 3 and 6
-    p = params("train1.epochs=2", "train1.step_checkpoint_every=3", "train1.seed=3")
+    p = params("train1.epochs=2", "train1.step_checkpoint_every=3", "train1.seed=3", "train1.cache_in_memory=false")
     full = train(1, bench["data"], tmp_path / "full", p, row="full", progress=False, **dirs(bench))
 
     # the interrupted/resumed run decodes its train set once into RAM: same items, same result
-    p["train1"]["cache_in_memory"] = True
+    p.train1.cache_in_memory = True
     with pytest.raises(TrainingInterrupted):
         train(1, bench["data"], tmp_path / "cut", p, row="full", progress=False, interrupt_after_steps=7,
               **dirs(bench))
@@ -167,14 +132,21 @@ def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_pa
     assert (tmp_path / "full" / "history.csv").read_text().count("\n") == 3
     full_rows = list(csv.DictReader((tmp_path / "full" / "history.csv").open()))
     cut_rows = list(csv.DictReader((tmp_path / "cut" / "history.csv").open()))
-    for x, y in zip(full_rows, cut_rows):
+    for x, y in zip(full_rows, cut_rows, strict=True):
         x.pop("seconds"), y.pop("seconds")
         assert x == y
 
 
-def test_resume_rejects_another_config(bench, tmp_path, mlflow_store):
-    from ssp.engine.train import train
+def test_the_interrupt_environment_variable_and_the_step_hook(bench, tmp_path, mlflow_store, monkeypatch):
+    steps: list[int] = []
+    monkeypatch.setenv("SSP_TRAIN_INTERRUPT_AFTER_STEPS", "3")
+    with pytest.raises(TrainingInterrupted, match="after step 3"):
+        train(1, bench["data"], tmp_path / "run", params("train1.epochs=2"), row="aavs", progress=False,
+              step_hook=steps.append, **dirs(bench))
+    assert steps == [1, 2, 3]
 
+
+def test_resume_rejects_another_config(bench, tmp_path, mlflow_store):
     p = params("train1.epochs=1")
     train(1, bench["data"], tmp_path / "run", p, row="aavs", progress=False, **dirs(bench))
     with pytest.raises(SSPError, match="another model config"):
@@ -183,23 +155,49 @@ def test_resume_rejects_another_config(bench, tmp_path, mlflow_store):
 
 
 def test_clear_errors_for_missing_inputs(bench, tmp_path, mlflow_store):
-    from ssp.engine.train import build_model_config, train
-
     with pytest.raises(SSPError, match="--stage1-masks"):
         train(2, bench["data"], tmp_path / "a", params(), row="aavs", progress=False, **dirs(bench))
     with pytest.raises(SSPError, match="--flow"):
         train(1, bench["data"], tmp_path / "b", params(), row="pre_mask", logmel=bench["logmel"], progress=False)
     with pytest.raises(SSPError, match="unknown keys"):
-        train(1, bench["data"], tmp_path / "c", params("train1.epochz=2"), progress=False, **dirs(bench))
+        params("train1.epochz=2")
     with pytest.raises(SSPError, match="unknown ablation row"):
-        build_model_config({}, 2, row="nope")
-    config = build_model_config({"size": "tiny", "lambda_post": 5}, 2, row="pre_mask_post_mask")
+        model_switches(Params(), 2, row="nope")
+    with pytest.raises(SSPError, match="--stage must be 1 or 2"):
+        train(3, bench["data"], tmp_path / "c", params(), progress=False)
+
+
+def _old_config(model_section: dict, stage: int, row: str | None, sets: dict) -> SSPConfig:
+    """What the old `build_model_config` built: the `model` section (plus `--set model.*`),
+    the row's switches last."""
+    section = {k: v for k, v in {**model_section, **sets}.items() if v is not None and v != ""}
+    size = section.pop("size", "tiny")
+    if row is not None:
+        section.update(paper.row(row).switches)
+    return (SSPConfig.tiny if size == "tiny" else SSPConfig.paper)(stage, **section)
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper"])
+def test_model_config_from_typed_params_is_the_old_one(profile):
+    p = load_params(REPO / "params.yaml", profile=profile)
+    model = dict(vars(p.model))
+    ssp = vars(p.ssp)
+
+    def new(stage, row=None, params=p):
+        return build_model_config(params.model, stage, model_switches(params, stage, row))
+
+    assert new(1, "aavs") == _old_config(model, 1, "aavs", {})  # train_stage1: --row aavs
+    assert new(1) == new(1, "aavs")  # stage 1 without a row is the AAVS binary model
+    assert new(2) == _old_config(model, 2, None, dict(ssp))  # train_stage2: --set model.<ssp keys>
+    for row in paper.ROWS:  # the ablation rows: --row R
+        assert new(2, row) == _old_config(model, 2, row, {})
+    swept = load_params(REPO / "params.yaml", profile=profile, overrides=["ssp.lambda_post=5"])
+    assert new(2, "full", swept) == _old_config(model, 2, "full", {"lambda_post": 5})  # the sweep
+    config = build_model_config(ModelParams(size="tiny"), 2, model_switches(swept, 2, "pre_mask_post_mask"))
     assert (config.pre_mask, config.text, config.post_mask, config.lambda_post) == (True, "none", True, 5)
 
 
 def test_collate_labelled_drops_unlabelled_frames():
-    from ssp.engine.train import collate_labelled
-
     def item(uid, labelled):
         n = len(labelled)
         return {"uid": uid, "subset": "v1s", "rel_dir": uid, "frames": torch.rand(n, 3, 4, 4),
@@ -224,7 +222,7 @@ def test_torchrun_two_cpu_processes(bench, tmp_path, mlflow_store):
            "--logmel", str(bench["logmel"]), "--row", "aavs", "--no-progress", "--set", "train1.epochs=1",
            *[a for s in FAST if s.startswith(("train1", "model")) for a in ("--set", s)]]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = out / "checkpoints"
     assert sorted(p.name for p in ckpt.glob("epoch_*")) == ["epoch_1.safetensors", "epoch_1.state.safetensors"]

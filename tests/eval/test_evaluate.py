@@ -1,5 +1,6 @@
 """ssp evaluate: the JSON (binary v1s/v1m, semantic v2/all, conventions), the per-class and
-per-scenario CSVs, and stage 2 never seeing GT masks as model input."""
+per-scenario CSVs, stage 2 never seeing GT masks as model input, the split and F-score
+batch from the params file, and the test metrics logged into the training run."""
 
 from __future__ import annotations
 
@@ -13,28 +14,7 @@ import torch
 from ssp.errors import SSPError
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tiny benchmark (logmel only), random-init stage-1/2 checkpoints, stage-1 masks."""
-    from ssp.preprocess.logmel import compute_logmel
-    from ssp.models.checkpoint import save_weights
-    from ssp.data.avsbench import load_records
-    from ssp.data.synthetic import SynthConfig, generate_dataset
-    from ssp.eval.stage1_masks import write_stage1_masks
-    from ssp.models import SSPConfig, SSPModel
-
-    root = tmp_path_factory.mktemp("eval")
-    data = generate_dataset(SynthConfig(seed=1, size="tiny"), root / "data", progress=False)
-    compute_logmel(load_records(data), root / "logmel")
-    torch.manual_seed(0)
-    s1, s2 = root / "s1.safetensors", root / "s2.safetensors"
-    save_weights(s1, SSPModel(SSPConfig.tiny(1, num_points=64)), {"epoch": 1})
-    save_weights(s2, SSPModel(SSPConfig.tiny(2, num_points=64)), {"epoch": 1})
-    write_stage1_masks(s1, data, root / "stage1", ("test",), logmel=root / "logmel", progress=False)
-    return {"root": root, "data": data, "logmel": root / "logmel", "s1": s1, "s2": s2, "stage1": root / "stage1"}
-
-
-def test_stage2_report_and_csvs(setup, monkeypatch):
+def test_stage2_report_and_csvs(checkpoints, monkeypatch):
     from ssp.eval.evaluate import evaluate
     from ssp.models.ssp import SSPModel
 
@@ -46,9 +26,9 @@ def test_stage2_report_and_csvs(setup, monkeypatch):
         return original(self, batch)
 
     monkeypatch.setattr(SSPModel, "forward", spy)
-    out = setup["root"] / "report" / "test.json"
-    result = evaluate(setup["s2"], setup["data"], "test", out, stage1_masks=setup["stage1"],
-                      logmel=setup["logmel"], fscore_batch_videos=2, progress=False)
+    out = checkpoints["root"] / "report" / "test.json"
+    result = evaluate(checkpoints["s2"], checkpoints["data"], "test", out, stage1_masks=checkpoints["stage1"],
+                      logmel=checkpoints["logmel"], fscore_batch_videos=2, progress=False)
     assert seen and all("masks" not in keys and "stage1_mask" in keys for keys in seen)
 
     saved = json.loads(out.read_text())
@@ -60,27 +40,46 @@ def test_stage2_report_and_csvs(setup, monkeypatch):
     assert "batch" in saved["conventions"]["binary"]["fscore"]
     assert "ALL classes" in saved["conventions"]["semantic"]["miou"]
 
-    per_class = list(csv.DictReader(Path(result["per_class_csv"]).open()))
+    per_class = list(csv.DictReader(Path(result["per_class_csv"]).read_text().splitlines()))
     assert len(per_class) == 71 and per_class[0]["class"] == "background"
-    names = json.loads((setup["data"] / "label2idx.json").read_text())
+    names = json.loads((checkpoints["data"] / "label2idx.json").read_text())
     assert {r["class"] for r in per_class} == set(names)
-    scenarios = {row["uid"]: row["scenario"] for row in csv.DictReader((setup["data"] / "scenarios.csv").open())
+    scenarios = {row["uid"]: row["scenario"] for row in csv.DictReader((checkpoints["data"] / "scenarios.csv").open())
                  if row["split"] == "test"}
-    per_scenario = list(csv.DictReader(Path(result["per_scenario_csv"]).open()))
+    per_scenario = list(csv.DictReader(Path(result["per_scenario_csv"]).read_text().splitlines()))
     assert {r["scenario"] for r in per_scenario} == set(scenarios.values())
     assert sum(int(r["frames"]) for r in per_scenario) == 20
 
 
-def test_stage1_report_and_missing_stage1_masks(setup, tmp_path):
+def test_stage1_report_and_missing_stage1_masks(checkpoints, tmp_path):
     from ssp.eval.evaluate import evaluate
 
-    result = evaluate(setup["s1"], setup["data"], "test", tmp_path / "s1.json", logmel=setup["logmel"],
-                      progress=False)
+    result = evaluate(checkpoints["s1"], checkpoints["data"], "test", tmp_path / "s1.json",
+                      logmel=checkpoints["logmel"], progress=False)
     assert result["semantic"] == {} and result["binary"].keys() == {"v1s", "v1m", "v2"}
     assert result["binary"]["v1m"]["batch_frames"] == 20
     assert (tmp_path / "s1.per_scenario.csv").is_file()
     with pytest.raises(SSPError, match="--stage1-masks"):
-        evaluate(setup["s2"], setup["data"], "test", tmp_path / "x.json", logmel=setup["logmel"], progress=False)
+        evaluate(checkpoints["s2"], checkpoints["data"], "test", tmp_path / "x.json", logmel=checkpoints["logmel"],
+                 progress=False)
+
+
+def test_cli_takes_split_and_fscore_batch_from_params_unless_given(checkpoints, tmp_path):
+    from ssp.cli import main as cli
+
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate:\n  split: val\n  fscore_batch_videos: 1\n")
+    base = ["evaluate", "--checkpoint", str(checkpoints["s1"]), "--data", str(checkpoints["data"]),
+            "--logmel", str(checkpoints["logmel"]), "--no-track", "--params", str(params)]
+    assert cli([*base, "--out", str(tmp_path / "a.json")]) == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert (a["split"], a["fscore_batch_videos"], a["binary"]["v2"]["batch_frames"]) == ("val", 1, 10)
+    assert cli([*base, "--out", str(tmp_path / "b.json"), "--split", "test", "--fscore-batch-videos", "2"]) == 0
+    b = json.loads((tmp_path / "b.json").read_text())
+    assert (b["split"], b["fscore_batch_videos"], b["binary"]["v2"]["batch_frames"]) == ("test", 2, 20)
+    assert cli([*base[:-2], "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())  # no params file: the built-in evaluate defaults
+    assert (c["split"], c["fscore_batch_videos"]) == ("test", 4)
 
 
 def test_binary_from_semantic():
@@ -105,15 +104,15 @@ def run_folder(tmp_path, checkpoint, run_id) -> Path:
     return run_dir / "checkpoints" / "best.safetensors"
 
 
-def test_test_metrics_are_logged_into_the_training_run(setup, tmp_path, mlflow_store):
+def test_test_metrics_are_logged_into_the_training_run(checkpoints, tmp_path, mlflow_store):
     from ssp.eval.evaluate import evaluate
     from ssp.ops.tracking import RunLogger, get_client
 
     with RunLogger("ssp-avss", "stage2-full-seed0") as training:
         training.log_metrics({"best/miou": 0.1})
-    checkpoint = run_folder(tmp_path, setup["s2"], training.run_id)
-    result = evaluate(checkpoint, setup["data"], "test", tmp_path / "m.json", stage1_masks=setup["stage1"],
-                      logmel=setup["logmel"], fscore_batch_videos=2, progress=False)
+    checkpoint = run_folder(tmp_path, checkpoints["s2"], training.run_id)
+    result = evaluate(checkpoint, checkpoints["data"], "test", tmp_path / "m.json", stage1_masks=checkpoints["stage1"],
+                      logmel=checkpoints["logmel"], fscore_batch_videos=2, progress=False)
     logged = get_client().get_run(training.run_id).data.metrics
     semantic = result["semantic"]["all"]
     for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
@@ -138,11 +137,11 @@ def test_run_metrics_names_and_no_nan():
         "test/binary/v2/miou": 0.5, "test/binary/v2/fscore": 0.6}  # stage 1: binary only
 
 
-def test_a_vanished_training_run_is_only_a_warning(setup, tmp_path, mlflow_store, caplog):
+def test_a_vanished_training_run_is_only_a_warning(checkpoints, tmp_path, mlflow_store, caplog):
     from ssp.eval.evaluate import log_to_training_run
     from ssp.ops.tracking import RunLogger, get_client
 
-    checkpoint = run_folder(tmp_path, setup["s2"], "0123456789abcdef0123456789abcdef")  # another store's run
+    checkpoint = run_folder(tmp_path, checkpoints["s2"], "0123456789abcdef0123456789abcdef")  # another store's run
     with caplog.at_level("WARNING", logger="ssp.eval.evaluate"):
         assert log_to_training_run(checkpoint, fake_result()) is None
     assert "not found" in caplog.text and "0123456789abcdef" in caplog.text
@@ -157,22 +156,22 @@ def test_a_vanished_training_run_is_only_a_warning(setup, tmp_path, mlflow_store
     assert "deleted" in caplog.text
 
 
-def test_no_run_id_is_a_no_op_and_other_errors_propagate(setup, tmp_path, monkeypatch):
+def test_no_run_id_is_a_no_op_and_other_errors_propagate(checkpoints, tmp_path, monkeypatch):
     from mlflow.exceptions import MlflowException
 
-    import ssp.ops.tracking
+    import ssp.eval.evaluate
     from ssp.errors import DataError
     from ssp.eval.evaluate import log_to_training_run
 
-    assert log_to_training_run(setup["s2"], fake_result()) is None  # not in a run folder
-    checkpoint = run_folder(tmp_path, setup["s2"], None)
+    assert log_to_training_run(checkpoints["s2"], fake_result()) is None  # not in a run folder
+    checkpoint = run_folder(tmp_path, checkpoints["s2"], None)
     assert log_to_training_run(checkpoint, fake_result()) is None  # run folder without a run id
 
     class Broken:
         def get_run(self, run_id):
             raise MlflowException("tracking server says no")
 
-    monkeypatch.setattr(ssp.ops.tracking, "get_client", lambda: Broken())
+    monkeypatch.setattr(ssp.eval.evaluate, "get_client", lambda: Broken())
     (checkpoint.parent.parent / "metrics.json").write_text(json.dumps({"mlflow_run_id": "abc"}))
     with pytest.raises(MlflowException, match="says no"):
         log_to_training_run(checkpoint, fake_result())

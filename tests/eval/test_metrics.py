@@ -57,7 +57,7 @@ def ref_eval_fmeasure(logits: torch.Tensor, gt: torch.Tensor) -> float:
             prec[i] = tp / (y_temp.sum() + 1e-20)
             recall[i] = tp / (gt[img].float().sum() + 1e-20)
         f_score = (1 + B2) * prec * recall / (B2 * prec + recall)
-        f_score[f_score != f_score] = 0
+        f_score[f_score != f_score] = 0  # noqa: PLR0124  (the official code, verbatim: NaN -> 0)
         avg_f = avg_f + f_score
         img_num += 1
         score = avg_f / img_num

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ssp.models.checkpoint import save_weights
 from ssp.errors import DataError, SSPError
-from ssp.models import SSPConfig, SSPModel
 from ssp.eval.predict import add_arguments, main, predict_video
+from ssp.models import SSPConfig, SSPModel
+from ssp.models.checkpoint import save_weights
 
 SECONDS, SOURCE_FPS, HEIGHT, WIDTH = 3, 10, 72, 96
 NAMES = ["background", "dog", "car", "man", "piano"]
@@ -170,7 +170,7 @@ def test_silent_audio_ok_and_a_stage1_model_alone(inputs, tmp_path):
     summary = json.loads((out / "predictions.json").read_text())
     assert summary["silent_audio"] and summary["frames"] == 2 and summary["class_names"][1] == "sounding object"
     assert list(summary["models"]) == ["stage1"]
-    frames, duration, samples, rate, rms = read_back(out / "overlay.mp4")
+    frames, duration, _, _, rms = read_back(out / "overlay.mp4")
     assert len(frames) == 2 and duration == pytest.approx(2) and rms == 0.0
     with pytest.raises(SSPError, match="either --checkpoint or --model"):
         predict_video(inputs / "astronaut.mp4", tmp_path / "x", checkpoint=inputs / "s1.safetensors",

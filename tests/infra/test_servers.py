@@ -242,11 +242,12 @@ def mlflow_server(postgres, tmp_path):
 
 def tiny_benchmark(root: Path) -> dict[str, Path]:
     """`ssp synth --size tiny` and its log-mel features: what stage 1's `aavs` row reads."""
-    from ssp.preprocess.logmel import compute_logmel
     from ssp.data.avsbench import load_records
     from ssp.data.synthetic import SynthConfig, generate_dataset
+    from ssp.params import DataParams
+    from ssp.preprocess.logmel import compute_logmel
 
-    data = generate_dataset(SynthConfig(seed=0, size="tiny"), root / "data", progress=False)
+    data = generate_dataset(SynthConfig.from_params(DataParams(seed=0, size="tiny")), root / "data", progress=False)
     compute_logmel(load_records(data), root / "logmel")
     return {"data": data, "logmel": root / "logmel"}
 
@@ -312,8 +313,8 @@ def make_dvc_project(root: Path, work_pool: str) -> Path:
     root.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True)
-    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"n": 4}, "pipeline": {"work_pool": work_pool}}))
-    make_data = "import yaml; n = yaml.safe_load(open('params.yaml'))['data']['n']; open('data.txt', 'w').write('x' * n)"
+    (root / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": 4}, "pipeline": {"work_pool": work_pool}}))
+    make_data = "import yaml; n = yaml.safe_load(open('params.yaml'))['data']['classes']; open('data.txt', 'w').write('x' * n)"
     score = "import json; json.dump({'score': len(open('data.txt').read())}, open('score.json', 'w'))"
     stages = {
         "synth": {"cmd": f'{PY} -c "{make_data}"', "params": ["data"], "outs": ["data.txt"]},

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from ssp.errors import DataError
+from ssp.models import SSPConfig, SSPModel
 from ssp.models.checkpoint import (
     CheckpointDir,
     Position,
@@ -20,8 +22,6 @@ from ssp.models.checkpoint import (
     read_weights,
     save_weights,
 )
-from ssp.errors import DataError
-from ssp.models import SSPConfig, SSPModel
 
 
 @pytest.fixture(scope="module")

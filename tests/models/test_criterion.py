@@ -9,21 +9,11 @@ import pytest
 import torch
 
 from ssp.errors import SSPError
-from ssp.models.criterion import SSPCriterion
 from ssp.models import SSPConfig, SSPModel
-from ssp.paper import TABLE2
+from ssp.models.criterion import SSPCriterion
 from ssp.models.ssp import SSPOutput, foreground_probability
-from tests.models.test_model import SIZE, make_batch, tiny_config, tiny_text_model  # noqa: F401  (fixture)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models are tiny: one intra-op thread is as fast, and immune to the
-    oversubscription that makes 2-thread runs 10x slower when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from ssp.paper import TABLE2
+from tests.models.helpers import SIZE, make_batch, tiny_config
 
 
 def random_output(config: SSPConfig, n: int = 2, seed: int = 0, requires_grad: bool = False) -> SSPOutput:
@@ -167,7 +157,8 @@ def test_post_mask_recall_form_penalises_only_missing_m_post(stage):
     expected = 10.0 * criterion.post_mask_recall_loss(
         foreground_probability(output.class_logits, output.mask_logits, stage=stage), m_post)
     assert losses["loss_post"] > 0 and torch.allclose(losses["loss_post"], expected)
-    assert SSPModel(tiny_config(stage, None, pre_mask=True, post_mask=True, post_mask_form="recall")).post_mask_head is None
+    recall = tiny_config(stage, None, pre_mask=True, post_mask=True, post_mask_form="recall")
+    assert SSPModel(recall).post_mask_head is None
 
 
 def test_post_mask_recall_form_leaves_border_cells_to_l_mask():

@@ -11,76 +11,10 @@ import torch
 
 from ssp.errors import DataError, SSPError
 from ssp.models import SSPConfig, SSPModel
-from ssp.paper import TABLE2
 from ssp.models.audio_queries import audio_aware_queries
 from ssp.models.premask import apply_pre_mask, post_mask_target, pre_mask
-
-SIZE = 64
-WORDS = "a man is playing the piano guitar dog barks in front of microphone car engine , . singing".split()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These models are tiny: one intra-op thread is as fast, and immune to the
-    oversubscription that makes 2-thread runs 10x slower when other jobs share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def tiny_text_model(tmp_path_factory) -> str:
-    """A random 2-layer, 32-wide BERT with a word-level vocab, saved like a HF model dir."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
-    BertTokenizer(str(vocab)).save_pretrained(path)
-    return str(path)
-
-
-def tiny_config(stage: int, text_model: str | None = None, **switches) -> SSPConfig:
-    return SSPConfig.tiny(stage=stage, text_model_path=text_model, text_layers=None, **switches)
-
-
-def make_batch(stage: int, n: int = 2, seed: int = 0, size: int = SIZE) -> dict:
-    """Frames with a bright box (the sounding object), a second small object in frame 0,
-    and a flow mask overlapping the box.
-
-    Frame 1's box (rows 0-48, cols 16-64 at 64 px) is placed so that the stage-2 stepping
-    stone, bilinearly sampled on the 2×2 grid of the first masked-attention layer, is
-    1.0 / 0.5 / 0.5 / 0.25: the first layer attends to both "audio" and "uncertain" keys,
-    so both learned embeddings get a gradient there (a softmax over keys that share one
-    added embedding would not)."""
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.rand(n, 3, size, size, generator=g) * 0.3
-    masks = torch.zeros(n, size, size, dtype=torch.long)
-    flow = torch.zeros(n, size, size, dtype=torch.long)
-    s = size // 64
-    boxes = [(8, 36, 6, 54), (0, 48, 16, 64)]
-    for i in range(n):
-        top, bottom, left, right = (s * v for v in boxes[i % 2])
-        frames[i, :, top:bottom, left:right] += 0.6
-        masks[i, top:bottom, left:right] = 1 if stage == 1 else 3 + i % 2
-        flow[i, top + 8 * s : bottom + 8 * s, left : right - 8 * s] = 1
-    masks[0, 44 * s : 56 * s, 8 * s : 24 * s] = 1 if stage == 1 else 7
-    return {
-        "frames": frames.clamp(0, 1),
-        "logmel": torch.randn(n, 96, 64, generator=g),
-        "masks": masks,
-        "labelled": torch.ones(n, dtype=torch.bool),
-        "flow_mask": flow,
-        "stage1_mask": (masks > 0).float() * 0.9,
-        "prompt_a1": ["a man is playing the piano in front of a microphone"] * n,
-        "prompt_a2": [["piano", "man"]] * n,
-        "video_index": torch.zeros(n, dtype=torch.long),
-        "frame_index": torch.arange(n),
-    }
+from ssp.paper import TABLE2
+from tests.models.helpers import SIZE, make_batch, tiny_config
 
 
 class NoGroundTruth(dict):
@@ -105,7 +39,8 @@ def test_every_ablation_row_shapes_and_gradients(stage, row, tiny_text_model):
 
     torch.manual_seed(0)
     switches = TABLE2[row.split("/")[0]].switches
-    config = tiny_config(stage, tiny_text_model, **switches, post_mask_form="head" if row.endswith("/head") else "recall")
+    form = "head" if row.endswith("/head") else "recall"
+    config = tiny_config(stage, tiny_text_model, **switches, post_mask_form=form)
     model, criterion = SSPModel(config), SSPCriterion(config)
     batch = make_batch(stage)
     n, q = 2, config.num_queries
@@ -330,7 +265,8 @@ def test_paper_preset_and_hf_parameter_names(tmp_path):
 
     for stage, queries in ((1, 30), (2, 100)):
         config = SSPConfig.paper(stage=stage)
-        assert (config.image_size, config.hidden_dim, config.decoder_layers, config.num_queries) == (384, 256, 10, queries)
+        sizes = (config.image_size, config.hidden_dim, config.decoder_layers, config.num_queries)
+        assert sizes == (384, 256, 10, queries)
         assert config.audio_encoder == "vggish" and config.text_layers is None
     small_swin = {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4}
     config = SSPConfig.paper(stage=2, image_size=128, hf_swin=small_swin, audio_encoder="tiny")
@@ -345,7 +281,8 @@ def test_paper_preset_and_hf_parameter_names(tmp_path):
     from ssp.models.mask2former import build_mask2former_config
 
     m2f = build_mask2former_config(config)
-    m2f.backbone_config = SwinConfig(image_size=128, out_features=["stage1", "stage2", "stage3", "stage4"], **small_swin)
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    m2f.backbone_config = SwinConfig(image_size=128, out_features=stages, **small_swin)
     reference = set(Mask2FormerModel(m2f).state_dict())
     ours = {k for k in model.state_dict() if k.startswith(("pixel_level_module.", "transformer_module."))}
     additions = {k for k in ours if "_embed.weight" in k and k.split(".")[1] in

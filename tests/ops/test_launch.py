@@ -8,16 +8,14 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import yaml
-from mlflow import MlflowClient
 
-from ssp.ops import launch
 from ssp.errors import SSPError
-from ssp.ops.params import LaunchParams
-from ssp.ops.launch import LaunchConfig, launch_config, node_system_metrics, node_tags, training_command
+from ssp.ops import launch
+from ssp.ops.launch import LaunchConfig, launch_config, training_command
+from ssp.params import LaunchParams
 
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
@@ -175,28 +173,3 @@ def test_torchrun_nodes_meet_at_a_c10d_rendezvous(tmp_path):
     lines = _worker_lines("\n".join(outputs))
     assert lines == ["worker RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=0 y",
                      "worker RANK=1 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=1 y"]
-
-
-def test_node_tags_come_from_torchrun_variables():
-    tags = node_tags({"GROUP_RANK": "3", "WORLD_SIZE": "32", "LOCAL_WORLD_SIZE": "8"})
-    assert tags["ssp.node_rank"] == "3" and tags["ssp.world_size"] == "32" and tags["ssp.local_world_size"] == "8"
-    assert tags["ssp.host"] == socket.gethostname()
-    assert node_tags({})["ssp.node_rank"] == "0"
-
-
-def test_system_metrics_land_in_the_run_under_the_node_id(mlflow_store, monkeypatch):
-    from ssp.ops.tracking import RunLogger
-
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    env = {"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true", "GROUP_RANK": "1", "LOCAL_RANK": "0"}
-    with RunLogger("ssp-avs", "ddp-job") as run:
-        with node_system_metrics(run.run_id, env=env):
-            time.sleep(0.6)
-        with node_system_metrics(run.run_id, env={**env, "LOCAL_RANK": "1"}):  # not the node's first process
-            pass
-        with node_system_metrics(run.run_id, env={"GROUP_RANK": "2"}):  # logging not enabled
-            pass
-    metrics = MlflowClient(mlflow_store).get_run(run.run_id).data.metrics
-    assert "system/node1/cpu_utilization_percentage" in metrics
-    assert "system/node1/system_memory_usage_megabytes" in metrics
-    assert not [k for k in metrics if k.startswith("system/") and not k.startswith("system/node1/")]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ssp.errors import DataError
-from ssp.ops.params import Params, TrainParams, compose, load_params, read_yaml
+from ssp.params import Params, TrainParams, compose, load_params, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")

@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 
-from ssp.models.checkpoint import save_weights
 from ssp.errors import DataError, SSPError
 from ssp.models import SSPConfig, SSPModel
+from ssp.models.checkpoint import save_weights
 from ssp.ops.registry import (
     CHAMPION,
     find_run_id,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 from mlflow import MlflowClient
 
-from ssp.ops.tracking import RunLogger, data_hash, flatten
+from ssp.ops.tracking import RunLogger, data_hash, flatten, node_system_metrics, node_tags
 
 
 def test_run_logs_params_metrics_artifacts_and_nests(mlflow_store, tmp_path, monkeypatch):
@@ -88,3 +90,26 @@ def test_parent_mapping_env_nests_per_experiment(mlflow_store, monkeypatch):
     assert client.get_run(c1.run_id).data.tags["mlflow.parentRunId"] == p_avs.run_id
     assert client.get_run(c2.run_id).data.tags["mlflow.parentRunId"] == p_avss.run_id
     assert "mlflow.parentRunId" not in client.get_run(c3.run_id).data.tags
+
+
+def test_node_tags_come_from_torchrun_variables():
+    tags = node_tags({"GROUP_RANK": "3", "WORLD_SIZE": "32", "LOCAL_WORLD_SIZE": "8"})
+    assert tags["ssp.node_rank"] == "3" and tags["ssp.world_size"] == "32" and tags["ssp.local_world_size"] == "8"
+    assert tags["ssp.host"] == socket.gethostname()
+    assert node_tags({})["ssp.node_rank"] == "0"
+
+
+def test_system_metrics_land_in_the_run_under_the_node_id(mlflow_store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    env = {"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true", "GROUP_RANK": "1", "LOCAL_RANK": "0"}
+    with RunLogger("ssp-avs", "ddp-job") as run:
+        with node_system_metrics(run.run_id, env=env):
+            time.sleep(0.6)
+        with node_system_metrics(run.run_id, env={**env, "LOCAL_RANK": "1"}):  # not the node's first process
+            pass
+        with node_system_metrics(run.run_id, env={"GROUP_RANK": "2"}):  # logging not enabled
+            pass
+    metrics = MlflowClient(mlflow_store).get_run(run.run_id).data.metrics
+    assert "system/node1/cpu_utilization_percentage" in metrics
+    assert "system/node1/system_memory_usage_megabytes" in metrics
+    assert not [k for k in metrics if k.startswith("system/") and not k.startswith("system/node1/")]

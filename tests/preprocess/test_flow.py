@@ -10,17 +10,22 @@ import numpy as np
 import pytest
 import torch
 
+from ssp.cli import main as ssp_main
+from ssp.data.avsbench import load_records
 from ssp.errors import DataError, SSPError
+from ssp.params import FlowParams
 from ssp.preprocess.flow import (
-    PerceiverFlow,
-    ThresholdRule,
-    _neighbourhood_features,
+    FlowStageConfig,
     build_estimator,
     estimate_flow,
     flow_mask,
+    flow_masks,
     per_frame_magnitudes,
     read_magnitude,
+    video_magnitudes,
 )
+from ssp.preprocess.flow_networks import PerceiverFlow, _neighbourhood_features
+from tests.avsbench_fixtures import write_semantic_dataset
 
 
 def textured_canvas(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -53,20 +58,20 @@ def test_dis_recovers_a_known_translation(preset):
     assert abs(np.median(inner[..., 0]) - 3.0) < 0.5
     assert abs(np.median(inner[..., 1]) + 2.0) < 0.5
     # and the reverse pair gives the opposite motion
-    back = estimate_flow(b, a)
+    back = estimate_flow(b, a, method="dis", preset="medium")
     assert abs(np.median(back[16:-16, 16:-16, 0]) + 3.0) < 0.5
 
 
 def test_estimate_flow_rejects_bad_input_and_options():
     a, b = shifted_pair(32, 32, 1, 0)
     with pytest.raises(ValueError, match="RGB uint8"):
-        estimate_flow(a.astype(np.float32), b)
+        estimate_flow(a.astype(np.float32), b, method="dis", preset="medium")
     with pytest.raises(ValueError, match="differ in size"):
-        estimate_flow(a, b[:16])
+        estimate_flow(a, b[:16], method="dis", preset="medium")
     with pytest.raises(SSPError, match="unknown flow method"):
         estimate_flow(a, b, method="farneback")
     with pytest.raises(SSPError, match="no option"):
-        estimate_flow(a, b, method="dis", weights="x")
+        estimate_flow(a, b, method="dis", preset="medium", weights="x")
     with pytest.raises(SSPError, match="preset"):
         estimate_flow(a, b, method="dis", preset="slow")
 
@@ -242,12 +247,12 @@ MAGNITUDE = np.array([[0.0, 0.2, 1.0, 2.0], [3.0, 4.0, 5.0, 10.0]], np.float32)
 
 
 def test_fixed_threshold_in_pixels():
-    mask = flow_mask(MAGNITUDE, ThresholdRule("fixed", 2.0, min_magnitude=0.0))
+    mask = flow_mask(MAGNITUDE, FlowParams(rule="fixed", value=2.0, min_magnitude=0.0))
     assert mask.tolist() == [[False, False, False, False], [True, True, True, True]]  # strictly above
 
 
 def test_fraction_of_max_threshold():
-    mask = flow_mask(MAGNITUDE, ThresholdRule("fraction_of_max", 0.45, min_magnitude=0.0))  # > 4.5 px
+    mask = flow_mask(MAGNITUDE, FlowParams(rule="fraction_of_max", value=0.45, min_magnitude=0.0))  # > 4.5 px
     assert mask.tolist() == [[False, False, False, False], [False, False, True, True]]
 
 
@@ -256,35 +261,47 @@ def test_otsu_threshold_splits_two_populations():
     magnitude[:, :3] = 0.1
     magnitude[2:6, 4:8] = 6.0  # the moving object
     magnitude[7, 8] = 7.0
-    mask = flow_mask(magnitude, ThresholdRule("otsu", min_magnitude=0.0))
+    mask = flow_mask(magnitude, FlowParams(rule="otsu", min_magnitude=0.0))
     assert np.array_equal(mask, magnitude > 5.0)
 
 
 def test_min_magnitude_keeps_still_frames_empty_and_cleanup_removes_specks():
     still = np.array([[0.1, 0.2], [0.3, 0.4]], np.float32)  # estimator noise only
-    assert not flow_mask(still, ThresholdRule("otsu")).any()
-    assert not flow_mask(still, ThresholdRule("fraction_of_max", 0.5)).any()
-    assert not flow_mask(np.zeros((4, 4), np.float32), ThresholdRule("otsu", min_magnitude=0.0)).any()
+    # min_magnitude: the params' default (1 px)
+    assert not flow_mask(still, FlowParams(rule="otsu")).any()
+    assert not flow_mask(still, FlowParams(rule="fraction_of_max", value=0.5)).any()
+    assert not flow_mask(np.zeros((4, 4), np.float32), FlowParams(rule="otsu", min_magnitude=0.0)).any()
     magnitude = np.zeros((12, 12), np.float32)
     magnitude[2:7, 2:7] = 5.0  # an object
     magnitude[10, 10] = 5.0  # a speck
-    raw = flow_mask(magnitude, ThresholdRule("fixed", 1.0))
-    cleaned = flow_mask(magnitude, ThresholdRule("fixed", 1.0, cleanup=3))
+    raw = flow_mask(magnitude, FlowParams(rule="fixed", value=1.0))
+    cleaned = flow_mask(magnitude, FlowParams(rule="fixed", value=1.0, cleanup=3))
     assert raw[10, 10] and not cleaned[10, 10]
     expected = np.zeros((12, 12), bool)
     expected[2:7, 2:7] = True
     assert np.array_equal(cleaned, expected)
 
 
-@pytest.mark.parametrize("rule, value", [("fixed", None), ("fraction_of_max", 1.5), ("median", 1.0)])
+@pytest.mark.parametrize("rule, value", [("fixed", None), ("fixed", -1.0), ("fraction_of_max", 1.5),
+                                         ("fraction_of_max", 0.0), ("median", 1.0)])
 def test_bad_threshold_rules_are_user_errors(rule, value):
     with pytest.raises(SSPError):
-        ThresholdRule(rule, value)
+        FlowStageConfig(FlowParams(rule=rule, value=value))
+
+
+def test_flow_masks_of_frames_are_the_stage_masks():
+    a, b = shifted_pair(96, 128, dx=4, dy=0)
+    flow = FlowParams(rule="fixed", value=2.0)
+    masks = flow_masks([a, b], flow)
+    expected = [flow_mask(m, flow) for m in video_magnitudes([a, b], FlowStageConfig(flow))]
+    assert len(masks) == 2 and all(m.dtype == bool and m.shape == (96, 128) for m in masks)
+    assert all(np.array_equal(m, e) for m, e in zip(masks, expected))
+    assert masks[0][16:-16, 16:-16].mean() > 0.9  # everything moves 4 px
+    with pytest.raises(SSPError, match="unknown flow method"):
+        flow_masks([a, b], FlowParams(method="farneback"))
 
 
 def test_flow_at_another_size_is_scaled_back_to_frame_pixels():
-    from ssp.preprocess.flow import FlowStageConfig, video_magnitudes
-
     a, b = shifted_pair(96, 128, dx=4, dy=0)
     native = video_magnitudes([a, b], FlowStageConfig())
     half = video_magnitudes([a, b], FlowStageConfig(size=64))  # 2 px in 64×64 → 4 px in 128
@@ -296,11 +313,6 @@ def test_flow_at_another_size_is_scaled_back_to_frame_pixels():
 
 
 # --------------------------------------------------------------------------- the stage
-
-from tests.avsbench_fixtures import write_semantic_dataset  # noqa: E402
-
-from ssp.cli import main as ssp_main  # noqa: E402
-from ssp.data.avsbench import load_records  # noqa: E402
 
 SQUARE = (slice(24, 48), slice(10, 34))  # where the moving square starts (rows, cols)
 
@@ -327,10 +339,16 @@ def output_files(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.rglob("*")) if p.is_file()}
 
 
+def flow_cli(tmp_path: Path, *args: str) -> int:
+    """``ssp flow DATA --out FLOW`` with the params defaults (no params file) and ``args``."""
+    return ssp_main(["flow", str(tmp_path / "data"), "--out", str(tmp_path / "flow"),
+                     "--params", str(tmp_path / "no-params.yaml"), *args])
+
+
 def test_flow_stage_writes_masks_and_magnitudes_then_skips(tmp_path):
     dirs = write_flow_dataset(tmp_path / "data")
     out = tmp_path / "flow"
-    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--workers", "2"]) == 0
+    assert flow_cli(tmp_path, "--workers", "2") == 0
 
     for uid, video_dir in dirs.items():
         video_out = out / video_dir.relative_to(tmp_path / "data")
@@ -358,17 +376,22 @@ def test_flow_stage_writes_masks_and_magnitudes_then_skips(tmp_path):
     assert 0.0 < summary["mean_mask_coverage"] < 0.25
 
     before = output_files(out)
-    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--workers", "1"]) == 0
+    assert flow_cli(tmp_path, "--workers", "1") == 0
     summary = json.loads((out / "flow_summary.json").read_text())
     assert (summary["processed"], summary["skipped"]) == (0, 2)
     after = output_files(out)
     del before["flow_summary.json"], after["flow_summary.json"]
     assert after == before  # nothing rewritten
 
-    # a parameter that changes the masks redoes the videos
-    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--workers", "1",
-                     "--rule", "fixed", "--value", "2"]) == 0
-    assert json.loads((out / "flow_summary.json").read_text())["processed"] == 2
+    # the same params from a params file: still up to date; a parameter that changes the
+    # masks redoes the videos (an integer for a float knob counts as that float)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("flow:\n  rule: otsu\n  min_magnitude: 1\n")
+    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--params", str(params_file)]) == 0
+    assert json.loads((out / "flow_summary.json").read_text())["processed"] == 0
+    assert flow_cli(tmp_path, "--workers", "1", "--set", "flow.rule=fixed", "--set", "flow.value=2") == 0
+    summary = json.loads((out / "flow_summary.json").read_text())
+    assert summary["processed"] == 2 and summary["params"]["value"] == 2.0
 
 
 def test_flow_stage_corrupt_frame_names_the_file_and_writes_nothing_for_that_video(tmp_path, capsys):
@@ -376,7 +399,7 @@ def test_flow_stage_corrupt_frame_names_the_file_and_writes_nothing_for_that_vid
     bad = dirs["moving"] / "frames" / "2.jpg"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
     out = tmp_path / "flow"
-    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--workers", "1"]) == 2
+    assert flow_cli(tmp_path, "--workers", "1") == 2
     err = capsys.readouterr().err
     assert "moving" in err and "2.jpg" in err
     assert not (out / dirs["moving"].relative_to(tmp_path / "data")).exists()
@@ -388,8 +411,8 @@ def test_flow_stage_corrupt_frame_names_the_file_and_writes_nothing_for_that_vid
 def test_flow_stage_model_methods_fail_early_without_weights(tmp_path, capsys):
     write_flow_dataset(tmp_path / "data")
     out = tmp_path / "flow"
-    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--method", "raft"]) == 2
+    assert flow_cli(tmp_path, "--set", "flow.method=raft") == 2
     assert "needs local weights" in capsys.readouterr().err
-    assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--rule", "fixed"]) == 2
-    assert "needs value" in capsys.readouterr().err
+    assert flow_cli(tmp_path, "--set", "flow.rule=fraction_of_max") == 2  # value 0: not a fraction
+    assert "needs 0 < value" in capsys.readouterr().err
     assert not out.exists()

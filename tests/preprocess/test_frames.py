@@ -18,7 +18,7 @@ import soundfile as sf
 
 from ssp.cli import main as ssp_main
 from ssp.errors import DataError, SSPError
-from ssp.preprocess.common import VideoOutputs, fingerprint, is_up_to_date, run_per_video, stamp_path
+from ssp.preprocess.common import VideoOutputs, inputs_digest, is_up_to_date, run_per_video, stamp_path
 from ssp.preprocess.frames import extract_video, find_videos
 
 FPS = 25
@@ -195,16 +195,16 @@ def test_stamp_tracks_inputs_params_and_outputs(tmp_path):
     source = tmp_path / "input.bin"
     source.write_bytes(b"abc")
     out_dir = tmp_path / "out" / "v2" / "video"
-    fp = fingerprint([source], {"threshold": 1})
+    fp = inputs_digest([source], {"threshold": 1})
     assert not is_up_to_date(out_dir, "stage", fp)
     with VideoOutputs(out_dir, "stage", fp) as outputs:
         with outputs.path("sub/a.txt") as tmp:
             tmp.write_text("a")
     assert is_up_to_date(out_dir, "stage", fp)
     assert not is_up_to_date(out_dir, "other-stage", fp)
-    assert fingerprint([source], {"threshold": 2}) != fp
+    assert inputs_digest([source], {"threshold": 2}) != fp
     source.write_bytes(b"abcd")  # input changed
-    assert fingerprint([source], {"threshold": 1}) != fp
+    assert inputs_digest([source], {"threshold": 1}) != fp
     (out_dir / "sub" / "a.txt").unlink()  # an output deleted by hand
     assert not is_up_to_date(out_dir, "stage", fp)
 

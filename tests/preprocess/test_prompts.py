@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import io
 import json
@@ -12,13 +13,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from tests.avsbench_fixtures import write_semantic_dataset
 from PIL import Image
 
+from ssp.cli import main
 from ssp.data.avsbench import load_records
+from ssp.data.synthetic import SynthConfig, generate_dataset, scene_answers
 from ssp.errors import DataError, SSPError
-from ssp.preprocess.prompts.questions import QUESTION_1_VARIANTS, QUESTION_2, Questions, parse_nouns, sample_frame_indices
-from ssp.preprocess.prompts.stage import PromptsConfig, run_prompts
+from ssp.params import DataParams, PromptsParams
+from ssp.preprocess.prompts.backends.scene import SceneBackend
+from ssp.preprocess.prompts.questions import (
+    QUESTION_1_VARIANTS,
+    QUESTION_2,
+    Questions,
+    parse_nouns,
+    sample_frame_indices,
+)
+from ssp.preprocess.prompts.stage import PromptsConfig, build_backend, run_prompts
+from tests.avsbench_fixtures import write_semantic_dataset
 
 VIDEOS = [
     {"uid": f"vid{i}", "subset": "v1m", "split": "train", "objects": ["dog"]} for i in range(4)
@@ -116,7 +127,7 @@ def test_stage_writes_prompts_and_rerun_does_nothing(dataset, tmp_path):
     out = tmp_path / "prompts"
     records = records_of(dataset)
     backend = FakeBackend()
-    summary = run_prompts(records, backend, PromptsConfig(out_dir=out))
+    summary = run_prompts(records, backend, PromptsConfig(out, "d"))
     assert (summary.videos, summary.asked, summary.written) == (4, 8, 4)
     p = read_prompts(out, records[0])
     assert p == {
@@ -129,12 +140,12 @@ def test_stage_writes_prompts_and_rerun_does_nothing(dataset, tmp_path):
     assert cached["a1"] == p["a1"] and cached["a2_raw"] == p["a2_raw"]
 
     # nothing changed: nothing asked, nothing rewritten
-    again = run_prompts(records, FakeBackend(), PromptsConfig(out_dir=out))
+    again = run_prompts(records, FakeBackend(), PromptsConfig(out, "d"))
     assert (again.asked, again.written) == (0, 0)
     # outputs deleted but cache kept: rewritten from the cache, still nothing asked
     for r in records:
         (out / r.rel_dir / "prompts.json").unlink()
-    third = run_prompts(records, FakeBackend(), PromptsConfig(out_dir=out, workers=3))
+    third = run_prompts(records, FakeBackend(), PromptsConfig(out, "d", workers=3))
     assert (third.asked, third.written) == (0, 4)
     assert read_prompts(out, records[0]) == p
 
@@ -144,13 +155,13 @@ def test_killed_run_resumes_without_reasking(dataset, tmp_path):
     records = records_of(dataset)
     dying = FakeBackend(die_after=3)     # vid0 Q1+Q2, vid1 Q1, then killed during vid1 Q2
     with pytest.raises(KeyboardInterrupt):
-        run_prompts(records, dying, PromptsConfig(out_dir=out))
+        run_prompts(records, dying, PromptsConfig(out, "d"))
     assert (out / records[0].rel_dir / "prompts.json").is_file()
     assert not (out / records[1].rel_dir / "prompts.json").exists()
     assert not list(out.rglob("*.tmp*"))          # no half-written file
 
     resumed = FakeBackend()
-    summary = run_prompts(records, resumed, PromptsConfig(out_dir=out))
+    summary = run_prompts(records, resumed, PromptsConfig(out, "d"))
     # vid1 only needs Q2 (its A1 was cached before the kill); vid2, vid3 both
     assert resumed.asked == [("vid1", "q2"), ("vid2", "q1"), ("vid2", "q2"), ("vid3", "q1"), ("vid3", "q2")]
     assert summary.written == 3
@@ -161,14 +172,14 @@ def test_failed_videos_are_named_and_others_written(dataset, tmp_path):
     out = tmp_path / "prompts"
     records = records_of(dataset)
     with pytest.raises(SSPError) as err:
-        run_prompts(records, FakeBackend(fail_uids={"vid1", "vid3"}), PromptsConfig(out_dir=out, workers=2))
+        run_prompts(records, FakeBackend(fail_uids={"vid1", "vid3"}), PromptsConfig(out, "d", workers=2))
     message = str(err.value)
     assert "2 of 4 failed" in message and "model crashed" in message
     assert records[1].rel_dir in message and records[3].rel_dir in message
     assert records[0].rel_dir not in message
     assert [(out / r.rel_dir / "prompts.json").is_file() for r in records] == [True, False, True, False]
     retry = FakeBackend()
-    run_prompts(records, retry, PromptsConfig(out_dir=out))
+    run_prompts(records, retry, PromptsConfig(out, "d"))
     assert sorted({uid for uid, _ in retry.asked}) == ["vid1", "vid3"]
     # another question variant that fails for vid1: its old (variant d) prompts do not stay behind
     with pytest.raises(SSPError, match=records[1].rel_dir):
@@ -199,36 +210,30 @@ def test_bad_frame_fails_the_video_naming_the_file(dataset, tmp_path):
 def test_none_backend_writes_empty_prompts(dataset, tmp_path):
     out = tmp_path / "prompts"
     records = records_of(dataset)
-    summary = run_prompts(records, None, PromptsConfig(out_dir=out))
+    summary = run_prompts(records, None, PromptsConfig(out, "d"))
     assert summary.written == 4 and summary.asked == 0
     p = read_prompts(out, records[3])
     assert (p["a1"], p["a2"], p["backend"]) == ("", [], "none")
 
 
 def test_scene_backend_fails_clearly_without_scene_records(dataset, tmp_path):
-    from ssp.preprocess.prompts.backends.scene import SceneBackend
-
     with pytest.raises(SSPError, match=r"scene\.json: missing: the scene backend needs"):
-        run_prompts(records_of(dataset), SceneBackend(), PromptsConfig(out_dir=tmp_path / "p"))
+        run_prompts(records_of(dataset), SceneBackend(quality=1.0, seed=0), PromptsConfig(tmp_path / "p", "d"))
     assert not (tmp_path / "p" / records_of(dataset)[0].rel_dir / "prompts.json").exists()
 
 
 @pytest.fixture(scope="module")
 def synth_dataset(tmp_path_factory) -> Path:
-    from ssp.data.synthetic import SynthConfig, generate_dataset
-
     root = tmp_path_factory.mktemp("synth") / "data"
-    return generate_dataset(SynthConfig(size="tiny", image_size=32, seed=3), root, progress=False)
+    config = SynthConfig.from_params(DataParams(size="tiny", image_size=32, seed=3))
+    return generate_dataset(config, root, progress=False)
 
 
 def test_scene_backend_answers_and_quality_knob(synth_dataset, tmp_path):
-    from ssp.data.synthetic import scene_answers
-    from ssp.preprocess.prompts.backends.scene import SceneBackend
-
     records = records_of(synth_dataset)
     scenes = [json.loads((synth_dataset / r.rel_dir / "scene.json").read_text()) for r in records]
     out = tmp_path / "clean"
-    summary = run_prompts(records, SceneBackend(quality=1.0), PromptsConfig(out_dir=out, workers=2))
+    summary = run_prompts(records, SceneBackend(quality=1.0, seed=0), PromptsConfig(out, "d", workers=2))
     assert summary.asked == 2 * len(records)
     for record, scene in zip(records, scenes):
         p = read_prompts(out, record)
@@ -236,24 +241,24 @@ def test_scene_backend_answers_and_quality_knob(synth_dataset, tmp_path):
         assert p["backend"] == "scene" and p["question_variant"] == "d"
 
     noisy_out = tmp_path / "noisy"
-    run_prompts(records, SceneBackend(quality=0.2, seed=5), PromptsConfig(out_dir=noisy_out))
+    run_prompts(records, SceneBackend(quality=0.2, seed=5), PromptsConfig(noisy_out, "d"))
     noisy = [read_prompts(noisy_out, r) for r in records]
     for p, scene in zip(noisy, scenes):
         a1, a2 = scene_answers(scene, 0.2, 5)
         assert (p["a1"], p["a2"]) == (a1, parse_nouns(", ".join(a2)))
     assert any(p["a2"] != s["answers"]["A2"] or p["a1"] != s["answers"]["A1"] for p, s in zip(noisy, scenes))
     # another quality is another cache entry; the same quality again asks nothing
-    assert run_prompts(records, SceneBackend(quality=0.2, seed=5), PromptsConfig(out_dir=noisy_out)).asked == 0
+    assert run_prompts(records, SceneBackend(quality=0.2, seed=5), PromptsConfig(noisy_out, "d")).asked == 0
     with pytest.raises(SSPError, match="quality"):
-        SceneBackend(quality=1.5)
+        SceneBackend(quality=1.5, seed=0)
 
 
 def test_cli_scene_on_generated_data(synth_dataset, tmp_path):
-    from ssp.cli import main
-
     out = tmp_path / "p"
-    argv = ["prompts", str(synth_dataset), "--out", str(out), "--backend", "scene", "--quality", "0.5",
-            "--question-variant", "c"]
+    params = tmp_path / "params.yaml"
+    params.write_text("prompts:\n  backend: scene\n  quality: 0.5\n")
+    argv = ["prompts", str(synth_dataset), "--out", str(out), "--params", str(params),
+            "--set", "prompts.question_variant=c"]
     assert main(argv) == 0
     files = sorted(out.rglob("prompts.json"))
     assert len(files) == len(load_records(synth_dataset))
@@ -263,13 +268,28 @@ def test_cli_scene_on_generated_data(synth_dataset, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
 
 
-def test_cli_none_backend_and_clear_error(dataset, tmp_path, capsys):
-    from ssp.cli import main
-
-    assert main(["prompts", str(dataset), "--out", str(tmp_path / "p"), "--backend", "none"]) == 0
+def test_cli_none_backend_and_clear_error(dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("OPENAI_MODEL", raising=False)
+    no_params = ["--params", str(tmp_path / "no-params.yaml")]
+    assert main(["prompts", str(dataset), "--out", str(tmp_path / "p"), *no_params,
+                 "--set", "prompts.backend=none"]) == 0
     assert len(list((tmp_path / "p").rglob("prompts.json"))) == 4
-    assert main(["prompts", str(dataset), "--out", str(tmp_path / "q"), "--backend", "openai"]) == 2
-    assert "needs --model" in capsys.readouterr().err
+    assert main(["prompts", str(dataset), "--out", str(tmp_path / "q"), *no_params,
+                 "--set", "prompts.backend=openai"]) == 2
+    assert "needs prompts.model" in capsys.readouterr().err
+
+
+def test_build_backend_reads_the_prompts_params_and_the_execution_options():
+    assert build_backend(PromptsParams(backend="none")) is None
+    scene = build_backend(PromptsParams(backend="scene", quality=0.5, seed=3))
+    assert isinstance(scene, SceneBackend) and scene.settings == {"quality": 0.5, "seed": 3}
+    hf = build_backend(PromptsParams(backend="hf", model="some/model", frames_per_video=2),
+                       argparse.Namespace(max_new_tokens=None, device="cpu", base_url="http://x/v1"))
+    assert (hf.config.frames_per_video, hf.config.max_new_tokens, hf.config.device) == (2, 256, "cpu")
+    with pytest.raises(SSPError, match="prompts.model"):
+        build_backend(PromptsParams(backend="hf"))
+    with pytest.raises(SSPError, match="unknown backend"):
+        build_backend(PromptsParams(backend="llm"))
 
 
 # --------------------------------------------------------------------------- openai backend
@@ -364,7 +384,7 @@ def test_openai_retries_timeouts_malformed_and_resume(dataset, tmp_path, server)
         "ok", "503", "503", "503",          # vid3: Q1 ok; Q2 fails for good (3 attempts)
     ]
     with pytest.raises(SSPError) as err:
-        run_prompts(records, openai_backend(server), PromptsConfig(out_dir=out))
+        run_prompts(records, openai_backend(server), PromptsConfig(out, "d"))
     message = str(err.value)
     assert "2 of 4 failed" in message
     line_vid2 = next(line for line in message.splitlines() if records[2].rel_dir in line)
@@ -390,7 +410,7 @@ def test_openai_retries_timeouts_malformed_and_resume(dataset, tmp_path, server)
 
     # endpoint fixed: the re-run asks vid2 Q1+Q2 and vid3 Q2 only
     server.requests.clear()
-    run_prompts(records, openai_backend(server), PromptsConfig(out_dir=out))
+    run_prompts(records, openai_backend(server), PromptsConfig(out, "d"))
     assert len(server.requests) == 3
     assert [len(r["messages"]) for r in server.requests] == [1, 3, 3]
     assert all((out / r.rel_dir / "prompts.json").is_file() for r in records)
@@ -424,7 +444,7 @@ def test_openai_connection_refused_is_retried_then_named(dataset):
     with socket.socket() as s:           # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    backend = OpenAIBackend(OpenAIConfig(model="m", base_url=f"http://127.0.0.1:{port}/v1",
+    backend = OpenAIBackend(OpenAIConfig(model="m", frames_per_video=4, base_url=f"http://127.0.0.1:{port}/v1",
                                          connect_timeout=0.5, max_retries=1, backoff=0.01))
     with pytest.raises(EndpointError, match=r"connection error \(ConnectError.*gave up after 2 attempts"):
         backend.answer_q1(records_of(dataset)[0], Questions.from_variant("d"))
@@ -436,7 +456,7 @@ def test_openai_dead_endpoint_stops_asking(dataset, tmp_path, server):
     server.script = ["500"] * 100
     backend = openai_backend(server, max_retries=1, give_up_after=2)
     with pytest.raises(SSPError) as err:
-        run_prompts(records, backend, PromptsConfig(out_dir=out))
+        run_prompts(records, backend, PromptsConfig(out, "d"))
     assert len(server.requests) == 4                 # 2 videos x 2 attempts, then no more requests
     lines = str(err.value).splitlines()
     assert "4 of 4 failed" in lines[0]
@@ -470,15 +490,21 @@ def tiny_llava(tmp_path_factory) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
-        CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessor,
-        LlavaProcessor, PreTrainedTokenizerFast,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaImageProcessor,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
     )
 
     folder = tmp_path_factory.mktemp("tiny-llava")
     words = Tokenizer(models.WordLevel(unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
     words.decoder = decoders.WordPiece()          # joins words with spaces
-    corpus = list(QUESTION_1_VARIANTS.values()) + [QUESTION_2, "user assistant a man plays a piano", "dog guitar microphone"]
+    corpus = [*QUESTION_1_VARIANTS.values(), QUESTION_2, "user assistant a man plays a piano",
+              "dog guitar microphone"]
     words.train_from_iterator(corpus, trainers.WordLevelTrainer(
         special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", pad_token="<pad>",
@@ -526,7 +552,7 @@ def test_hf_backend_end_to_end_with_tiny_llava(dataset, tmp_path, tiny_llava, mo
     records = records_of(dataset)[:2]
     out = tmp_path / "prompts"
     config = HFConfig(model=str(tiny_llava), frames_per_video=2, max_new_tokens=6, device="cpu")
-    summary = run_prompts(records, HFBackend(config), PromptsConfig(out_dir=out, workers=4))
+    summary = run_prompts(records, HFBackend(config), PromptsConfig(out, "d", workers=4))
     assert summary.asked == 4 and len(calls) == 4
     assert all(c["pixel_values"].shape[0] == 2 and c["max_new_tokens"] == 6 and c["do_sample"] is False
                for c in calls)
@@ -548,6 +574,6 @@ def test_hf_backend_end_to_end_with_tiny_llava(dataset, tmp_path, tiny_llava, mo
     backend = HFBackend(config)
     for r in records:
         (out / r.rel_dir / "prompts.json").unlink()
-    summary = run_prompts(records, backend, PromptsConfig(out_dir=out))
+    summary = run_prompts(records, backend, PromptsConfig(out, "d"))
     assert summary.asked == 0 and summary.written == 2 and len(calls) == 4
     assert backend._network is None

@@ -1,29 +1,26 @@
-"""ssp.report.drawing: overlays with legends, the Fig. 8 sample grid, the ablation grid from
-checkpoints and its MLflow artifact."""
+"""ssp.report.drawing: overlays with legends, the Fig. 8 sample grid layout, PNGs and their
+MLflow artifact (the ablation grid from checkpoints is tests/report/test_samples.py)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from tests.avsbench_fixtures import CLASS_NAMES, write_semantic_dataset
 from ssp.data.palette import index_to_colour
 from ssp.errors import SSPError
 from ssp.report.drawing import (
     LINE_HEIGHT,
     PADDING,
     SWATCH,
-    ablation_sample_grid,
     blend,
     legend,
     log_sample_grid,
     overlay,
     sample_grid,
+    write_png,
 )
+from tests.avsbench_fixtures import CLASS_NAMES
 
 
 def _frame(h=40, w=60, value=100):
@@ -76,45 +73,14 @@ def test_sample_grid_layout_and_same_clips_per_row():
         sample_grid({"frame": panels, "full": panels[:1]}, ["a", "b"])
 
 
-def test_ablation_sample_grid_from_checkpoints(tmp_path, mlflow_store):
-    from ssp.models.checkpoint import save_weights
-    from ssp.models import SSPConfig, SSPModel
-    from ssp.ops.tracking import RunLogger
+def test_write_png_and_log_sample_grid(tmp_path, mlflow_store):
+    from ssp.ops.tracking import RunLogger, get_client
 
-    root = write_semantic_dataset(tmp_path / "data", videos=[
-        {"uid": "v2_dog", "subset": "v2", "split": "test", "objects": ["dog"], "n_frames": 2},
-        {"uid": "v2_car_man", "subset": "v2", "split": "test", "objects": ["car", "man"], "n_frames": 2},
-    ])
-    flow, prompts, stage1 = tmp_path / "flow", tmp_path / "prompts", tmp_path / "stage1"
-    for uid, label in (("v2_dog", "v2"), ("v2_car_man", "v2")):
-        (flow / label / uid / "mask").mkdir(parents=True)
-        (stage1 / label / uid).mkdir(parents=True)
-        (prompts / label / uid).mkdir(parents=True)
-        m = np.zeros((64, 64), np.uint8)
-        m[:, :32] = 255
-        Image.fromarray(m).save(flow / label / uid / "mask" / "0.png")
-        Image.fromarray(m.T.copy()).save(stage1 / label / uid / "0.png")
-        (prompts / label / uid / "prompts.json").write_text(json.dumps({"a1": f"a {uid} plays", "a2": ["dog"]}))
-    torch.manual_seed(0)
-    checkpoint = tmp_path / "full.safetensors"
-    save_weights(checkpoint, SSPModel(SSPConfig.tiny(2, num_points=64, pre_mask=True)))
-    run_dir = tmp_path / "run_aavs"
-    save_weights(run_dir / "checkpoints" / "best.safetensors", SSPModel(SSPConfig.tiny(2, num_points=64)))
-
-    out = ablation_sample_grid({"aavs": run_dir, "full": checkpoint}, root, flow, prompts, stage1,
-                               ["v2_dog", "v2_car_man"], out=tmp_path / "grid.png", panel_size=64)
-    grid = np.asarray(Image.open(out))
-    assert grid.shape[1] == 110 + 2 * (2 + 64)
-    assert grid.shape[0] > 6 * (64 + 2)  # frame, flow, pre-mask, GT, two rows, captions, legend
-    flow_cell = grid[66:130, 112:176]  # row 2 = the flow mask: left half white, right half black
-    assert (flow_cell[:, :30] == 255).all() and (flow_cell[:, 34:] == 0).all()
-    premask_cell = grid[132:196, 112:176]  # eq. 2: 1 on flow ∩ stage1, 0.5 on the rest of the union
-    assert premask_cell[5, 5, 0] == 255 and premask_cell[50, 5, 0] in (127, 128) and premask_cell[50, 50, 0] == 0
-
+    grid = sample_grid({"frame": [_frame(32, 32, 0)]}, ["clip"], panel_size=32)
+    path = write_png(tmp_path / "grid.png", grid)
+    assert (np.asarray(Image.open(path)) == grid).all()
     with RunLogger("ssp-avss", "grid") as run:
-        log_sample_grid(run, out)
+        log_sample_grid(run, path)
         log_sample_grid(run, grid, name="again.png")
-    from ssp.ops.tracking import get_client
-
     names = sorted(a.path for a in get_client().list_artifacts(run.run_id, "samples"))
     assert names == ["samples/again.png", "samples/grid.png"]

@@ -1,4 +1,5 @@
-"""ssp samples: the clips it picks, the ablation grid PNG, its MLflow artifact (new run or
+"""ssp samples: the clips it picks, the ablation grid built from checkpoints (run folders
+{runs}/{row}/seed{seed}, the first seed of ablation.seeds), its MLflow artifact (new run or
 the pipeline's parent run), the report's link to it, and the DVC stage's wiring."""
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import torch
 import yaml
 from PIL import Image
 
-from tests.avsbench_fixtures import write_semantic_dataset
 from ssp.cli import main as cli
 from ssp.errors import SSPError
+from tests.avsbench_fixtures import write_semantic_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,8 +59,8 @@ def test_pick_clips_one_per_scenario_first_then_manifest_order(tmp_path):
 def ablation_setup(tmp_path):
     """Dataset, flow / prompts / stage-1 outputs for the test clips, and two rows' run
     folders (random-init tiny stage-2 models: an AAVS one and a full SSP one)."""
-    from ssp.models.checkpoint import save_weights
     from ssp.models import SSPConfig, SSPModel
+    from ssp.models.checkpoint import save_weights
 
     data = write_dataset(tmp_path / "data")
     flow, prompts, stage1 = tmp_path / "flow", tmp_path / "prompts", tmp_path / "stage1"
@@ -79,9 +80,10 @@ def ablation_setup(tmp_path):
     configs = {"aavs": SSPConfig.tiny(2, num_points=64),
                "full": SSPConfig.tiny(2, num_points=64, pre_mask=True, text="vta", post_mask=True)}
     for row, config in configs.items():
-        save_weights(runs / row / "checkpoints" / "best.safetensors", SSPModel(config))
+        for seed in (3, 5):
+            save_weights(runs / row / f"seed{seed}" / "checkpoints" / "best.safetensors", SSPModel(config))
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"ablation": {"rows": ["full", "aavs"]}}))
+    params.write_text(yaml.safe_dump({"ablation": {"rows": ["full", "aavs"], "seeds": [3, 5]}}))
     return {"data": data, "flow": flow, "prompts": prompts, "stage1": stage1, "runs": runs, "params": params,
             "root": tmp_path}
 
@@ -93,8 +95,8 @@ def samples_args(s, out: Path, *extra: str) -> list[str]:
 
 
 def test_samples_command_writes_the_grid_logs_it_and_the_report_links_it(ablation_setup, mlflow_store):
-    from ssp.report.report import build_report
     from ssp.ops.tracking import get_client
+    from ssp.report.report import build_report
 
     s = ablation_setup
     out = s["root"] / "reports" / "samples" / "ablation_grid.png"
@@ -127,8 +129,8 @@ def test_samples_command_writes_the_grid_logs_it_and_the_report_links_it(ablatio
 
 
 def test_samples_go_into_the_pipeline_parent_run(ablation_setup, mlflow_store, monkeypatch):
-    from ssp.report.samples import make_samples
     from ssp.ops.tracking import RunLogger, get_client
+    from ssp.report.samples import make_samples
 
     s = ablation_setup
     with RunLogger("ssp-avss", "pipeline-x", parent_run_id="") as parent:
@@ -136,7 +138,7 @@ def test_samples_go_into_the_pipeline_parent_run(ablation_setup, mlflow_store, m
         monkeypatch.setenv("SSP_MLFLOW_PARENT_RUN_ID", json.dumps({"ssp-avs": "other", "ssp-avss": parent.run_id}))
         path, run_id = make_samples(s["data"], s["runs"], ["aavs"], s["root"] / "grid.png", flow=s["flow"],
                                     prompts=s["prompts"], stage1_masks=s["stage1"], uids=["v2_cat"],
-                                    panel_size=64)
+                                    panel_size=64, seed=3)
     assert run_id == parent.run_id and path.is_file()
     client = get_client()
     assert [a.path for a in client.list_artifacts(parent.run_id, "samples")] == ["samples/grid.png"]
@@ -150,21 +152,67 @@ def test_missing_rows_are_named_together(ablation_setup, capsys):
     code = cli(samples_args(s, s["root"] / "grid.png", "--rows", "aavs", "text_att", "pre_mask", "--no-track"))
     err = capsys.readouterr().err
     assert code == 2 and "2 ablation row(s)" in err
-    assert "text_att/checkpoints/best.safetensors" in err and "pre_mask/checkpoints/best.safetensors" in err
+    assert "text_att/seed3/checkpoints/best.safetensors" in err and "pre_mask/seed3/checkpoints" in err
     assert not (s["root"] / "grid.png").exists()
+    # another seed than the first of ablation.seeds: --seed
+    code = cli(samples_args(s, s["root"] / "grid.png", "--rows", "aavs", "--seed", "4", "--no-track"))
+    assert code == 2 and "aavs/seed4/checkpoints/best.safetensors" in capsys.readouterr().err
 
 
-def test_dvc_stage_reads_every_ablation_row_and_writes_what_the_report_links():
+def test_dvc_stage_reads_the_ablation_matrix_runs_and_writes_what_the_report_links():
     from ssp.report.report import DEFAULT_SAMPLES
+    from ssp.report.samples import run_dir
 
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["samples"]
-    rows = yaml.safe_load((ROOT / "params.yaml").read_text())["ablation"]["rows"]
-    checkpoints = [d for d in stage["deps"] if d.startswith("runs/ablation/")]
-    assert checkpoints == [f"runs/ablation/{row}/checkpoints" for row in rows]  # same rows, same order
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    stage = stages["samples"]
+    # the matrix's cells are the run folders the command reads: runs/ablation/{row}/seed{seed}
+    cells = stages["ablation"]["outs"]
+    assert "runs/ablation/${item.row}/seed${item.seed}/checkpoints" in cells
+    assert run_dir("runs/ablation", "${item.row}", "${item.seed}").as_posix() + "/checkpoints" in cells
+    assert "runs/ablation" in stage["deps"]  # every row and seed
     # the data, flow masks, prompts and stage-1 masks reach it through their fingerprints
     assert "runs/stage2_inputs.json" in stage["deps"]
-    inputs = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["stage2_inputs"]
+    inputs = stages["stage2_inputs"]
     assert {"data/flow", "data/prompts", "data/stage1_masks", "reports/validation.json"} <= set(inputs["deps"])
     assert stage["params"] == ["ablation"]
     assert [next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]] == [str(DEFAULT_SAMPLES)]
     assert f"--out {DEFAULT_SAMPLES}" in stage["cmd"] and "--runs runs/ablation" in stage["cmd"]
+    assert "--params params.yaml" in stage["cmd"]
+
+
+def test_ablation_sample_grid_from_checkpoints(tmp_path):
+    from ssp.models import SSPConfig, SSPModel
+    from ssp.models.checkpoint import save_weights
+    from ssp.report.samples import ablation_sample_grid
+
+    root = write_semantic_dataset(tmp_path / "data", videos=[
+        {"uid": "v2_dog", "subset": "v2", "split": "test", "objects": ["dog"], "n_frames": 2},
+        {"uid": "v2_car_man", "subset": "v2", "split": "test", "objects": ["car", "man"], "n_frames": 2},
+    ])
+    flow, prompts, stage1 = tmp_path / "flow", tmp_path / "prompts", tmp_path / "stage1"
+    for uid, label in (("v2_dog", "v2"), ("v2_car_man", "v2")):
+        (flow / label / uid / "mask").mkdir(parents=True)
+        (stage1 / label / uid).mkdir(parents=True)
+        (prompts / label / uid).mkdir(parents=True)
+        m = np.zeros((64, 64), np.uint8)
+        m[:, :32] = 255
+        Image.fromarray(m).save(flow / label / uid / "mask" / "0.png")
+        Image.fromarray(m.T.copy()).save(stage1 / label / uid / "0.png")
+        (prompts / label / uid / "prompts.json").write_text(json.dumps({"a1": f"a {uid} plays", "a2": ["dog"]}))
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "full.safetensors"
+    save_weights(checkpoint, SSPModel(SSPConfig.tiny(2, num_points=64, pre_mask=True)))
+    run_dir = tmp_path / "run_aavs"
+    save_weights(run_dir / "checkpoints" / "best.safetensors", SSPModel(SSPConfig.tiny(2, num_points=64)))
+
+    out = ablation_sample_grid({"aavs": run_dir, "full": checkpoint}, root, flow, prompts, stage1,
+                               ["v2_dog", "v2_car_man"], out=tmp_path / "grid.png", panel_size=64)
+    grid = np.asarray(Image.open(out))
+    assert grid.shape[1] == 110 + 2 * (2 + 64)
+    assert grid.shape[0] > 6 * (64 + 2)  # frame, flow, pre-mask, GT, two rows, captions, legend
+    flow_cell = grid[66:130, 112:176]  # row 2 = the flow mask: left half white, right half black
+    assert (flow_cell[:, :30] == 255).all() and (flow_cell[:, 34:] == 0).all()
+    premask_cell = grid[132:196, 112:176]  # eq. 2: 1 on flow ∩ stage1, 0.5 on the rest of the union
+    assert premask_cell[5, 5, 0] == 255 and premask_cell[50, 5, 0] in (127, 128) and premask_cell[50, 50, 0] == 0
+    with pytest.raises(SSPError, match="no video with uid v2_cow"):
+        ablation_sample_grid({"aavs": run_dir}, root, flow, prompts, stage1, ["v2_cow"])

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ssp.data.avsbench import VideoRecord
+from PIL import Image
+
+from ssp.data.avsbench import VideoRecord, read_frame
 from ssp.errors import DataError, SSPError
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ QUESTION_1_VARIANTS: dict[str, str] = {
 # Q2 of §4.2. The paper writes "with A_1"; Fig. 7 calls the first answer "Answer1". A1 is
 # the assistant turn right before Q2 in the conversation, so the model sees it.
 QUESTION_2 = "According to the video, with Answer1, give the NOUN word that potentially produce sound."
+# Answer length limit of the model backends (hf, openai): a flag of `ssp prompts`, not a param.
+MAX_NEW_TOKENS = 256
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Questions:
     q2: str
 
     @classmethod
-    def from_variant(cls, variant: str = "d") -> "Questions":
+    def from_variant(cls, variant: str) -> "Questions":
         if variant not in QUESTION_1_VARIANTS:
             raise SSPError(f"unknown question variant {variant!r}; choose one of {sorted(QUESTION_1_VARIANTS)}")
         return cls(variant=variant, q1=QUESTION_1_VARIANTS[variant], q2=QUESTION_2)
@@ -137,12 +141,8 @@ def frames_to_show(record: VideoRecord, count: int) -> list[Path]:
     return [record.frame_paths[i] for i in sample_frame_indices(len(record.frame_paths), count)]
 
 
-def load_frames(record: VideoRecord, count: int) -> list:
+def load_frames(record: VideoRecord, count: int) -> list[Image.Image]:
     """The sampled frames of a video as RGB PIL images (a bad frame is a DataError naming it)."""
-    from PIL import Image
-
-    from ssp.data.avsbench import read_frame
-
     return [Image.fromarray(read_frame(path, record.root)) for path in frames_to_show(record, count)]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ssp.data.avsbench import VideoRecord
 from ssp.errors import SSPError
-from ssp.preprocess.prompts.questions import Questions, conversation, load_frames
+from ssp.preprocess.prompts.questions import MAX_NEW_TOKENS, Questions, conversation, load_frames
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class HFConfig:
     model: str                      # local folder (or a hub id already in the local cache)
-    frames_per_video: int = 4
-    max_new_tokens: int = 256
+    frames_per_video: int           # the prompts param of that name
+    max_new_tokens: int = MAX_NEW_TOKENS
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
 
@@ -44,8 +44,11 @@ class HFBackend:
         self._lock = threading.Lock()
 
     def _load(self):
-        import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        import torch  # noqa: PLC0415  (optional backend: hf only; torch takes seconds to import)
+        from transformers import (  # noqa: PLC0415  (optional backend: hf only; the model classes take seconds)
+            AutoModelForImageTextToText,
+            AutoProcessor,
+        )
 
         device = self.config.device
         if device == "auto":
@@ -68,7 +71,7 @@ class HFBackend:
 
     def chat(self, record: VideoRecord, turns: list[dict[str, str]]) -> str:
         """Greedy answer of the model to ``turns``, the frames attached to the first user turn."""
-        import torch
+        import torch  # noqa: PLC0415  (optional backend: hf only; torch takes seconds to import)
 
         frames = load_frames(record, self.config.frames_per_video)
         messages = []

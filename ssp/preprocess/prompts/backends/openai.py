@@ -25,7 +25,7 @@ import httpx
 
 from ssp.data.avsbench import VideoRecord
 from ssp.errors import SSPError
-from ssp.preprocess.prompts.questions import Questions, conversation, load_frames
+from ssp.preprocess.prompts.questions import MAX_NEW_TOKENS, Questions, conversation, load_frames
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ class EndpointError(SSPError):
 @dataclass
 class OpenAIConfig:
     model: str
+    frames_per_video: int           # the prompts param of that name
     base_url: str = DEFAULT_BASE_URL
     api_key: str | None = None
-    frames_per_video: int = 4
-    max_new_tokens: int = 256
+    max_new_tokens: int = MAX_NEW_TOKENS
     jpeg_quality: int = 90
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
@@ -58,7 +58,7 @@ class OpenAIConfig:
         """Explicit values first, then $OPENAI_MODEL / $OPENAI_BASE_URL / $OPENAI_API_KEY."""
         model = model or os.environ.get("OPENAI_MODEL")
         if not model:
-            raise SSPError("--backend openai needs --model (or $OPENAI_MODEL): the model name the endpoint serves")
+            raise SSPError("backend openai needs prompts.model (or $OPENAI_MODEL): the model name the endpoint serves")
         return cls(
             model=model,
             base_url=base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
