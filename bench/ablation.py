@@ -51,18 +51,22 @@ def read_cells(metrics_dir: Path, rows: list[str]) -> dict[str, dict[int, dict]]
             semantic = result["semantic"]
             numbers = dict(semantic["v2" if "v2" in semantic else "all"])
             numbers["per_scenario"] = result.get("per_scenario", {})
-            cells.setdefault(row, {})[int(path.stem[len("seed"):])] = numbers
+            cells.setdefault(row, {})[int(path.stem[len("seed") :])] = numbers
     return cells
 
 
 def table(cells: dict[str, dict[int, dict]]) -> str:
-    lines = ["| Row | AVSS mIoU (ours, test v2) | AVSS F (ours) | seeds | paper mIoU | paper F |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| Row | AVSS mIoU (ours, test v2) | AVSS F (ours) | seeds | paper mIoU | paper F |",
+        "|---|---|---|---|---|---|",
+    ]
     for row, per_seed in cells.items():
         (m, ms), (f, fs) = (mean_std([r[k] * 100 for r in per_seed.values()]) for k in ("miou", "fscore"))
         paper = TABLE2[row].numbers
-        lines.append(f"| {TABLE2[row].label} (`{row}`) | {m:.2f} ± {ms:.2f} | {f:.2f} ± {fs:.2f} | "
-                     f"{len(per_seed)} | {paper[AVSS_MIOU]} | {paper[AVSS_F]} |")
+        lines.append(
+            f"| {TABLE2[row].label} (`{row}`) | {m:.2f} ± {ms:.2f} | {f:.2f} ± {fs:.2f} | "
+            f"{len(per_seed)} | {paper[AVSS_MIOU]} | {paper[AVSS_F]} |"
+        )
     return "\n".join(lines)
 
 
@@ -73,8 +77,10 @@ def verdict(cells: dict[str, dict[int, dict]]) -> str:
     base = [r["miou"] for r in cells["aavs"].values()]
     gap = statistics.fmean(full) - statistics.fmean(base)
     std = max(statistics.stdev(full), statistics.stdev(base))
-    return (f"Full − AAVS mIoU gap: {gap * 100:.2f} points; 2 × seed std (max of the two rows): "
-            f"{2 * std * 100:.2f} → acceptance {'PASS' if gap > 2 * std else 'FAIL'}.")
+    return (
+        f"Full − AAVS mIoU gap: {gap * 100:.2f} points; 2 × seed std (max of the two rows): "
+        f"{2 * std * 100:.2f} → acceptance {'PASS' if gap > 2 * std else 'FAIL'}."
+    )
 
 
 def write_readme_section(text: str, readme: Path) -> None:
@@ -95,29 +101,47 @@ def premask_study(args: argparse.Namespace, rows: list[str]) -> str:
     for row in rows:
         for best in sorted((args.runs / row).glob("seed*/checkpoints/best.safetensors")):
             for source in sources:
-                ev = evaluate(best, args.data, "test", None, stage1_masks=args.stage1_masks, flow=args.flow,
-                              prompts=args.prompts, logmel=args.logmel, premask_test_source=source,
-                              progress=False, log_to_run=False)
+                ev = evaluate(
+                    best,
+                    args.data,
+                    "test",
+                    None,
+                    stage1_masks=args.stage1_masks,
+                    flow=args.flow,
+                    prompts=args.prompts,
+                    logmel=args.logmel,
+                    premask_test_source=source,
+                    progress=False,
+                    log_to_run=False,
+                )
                 found[row][source].append(ev["semantic"]["v2"]["miou"] * 100)
-    lines = ["| Row | " + " | ".join(f"M_GT stand-in = {s}" for s in sources) + " |",
-             "|---|" + "---|" * len(sources)]
+    lines = ["| Row | " + " | ".join(f"M_GT stand-in = {s}" for s in sources) + " |", "|---|" + "---|" * len(sources)]
     for row, per_source in found.items():
-        cells = [f"{mean_std(v)[0]:.2f} ± {mean_std(v)[1]:.2f} (n={len(v)})" if v else "-"
-                 for v in per_source.values()]
+        cells = [f"{mean_std(v)[0]:.2f} ± {mean_std(v)[1]:.2f} (n={len(v)})" if v else "-" for v in per_source.values()]
         lines.append(f"| {TABLE2[row].label} | " + " | ".join(cells) + " |")
     return "AVSS test mIoU (v2, %) of the pre-mask rows by test-time stand-in for M_GT:\n\n" + "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/ablation"),
-                        help="the grid's metrics folder, {metrics}/{row}/seed{seed}.json (default: metrics/ablation)")
+    parser.add_argument(
+        "--metrics",
+        type=Path,
+        default=Path("metrics/ablation"),
+        help="the grid's metrics folder, {metrics}/{row}/seed{seed}.json (default: metrics/ablation)",
+    )
     parser.add_argument("--rows", default=None, help="comma-separated rows (default: all seven, paper order)")
-    parser.add_argument("--readme", default=str(ROOT / "bench" / "README.md"),
-                        help="README to put the table into (default bench/README.md); '' = none")
+    parser.add_argument(
+        "--readme",
+        default=str(ROOT / "bench" / "README.md"),
+        help="README to put the table into (default bench/README.md); '' = none",
+    )
     study = parser.add_argument_group("--premask-study (evaluates the finished cells again)")
-    study.add_argument("--premask-study", action="store_true",
-                       help="re-evaluate the pre-mask rows with every test-time stand-in for M_GT")
+    study.add_argument(
+        "--premask-study",
+        action="store_true",
+        help="re-evaluate the pre-mask rows with every test-time stand-in for M_GT",
+    )
     study.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="the grid's run folders")
     study.add_argument("--data", type=Path, default=Path("data/synth"), help="dataset root")
     study.add_argument("--stage1-masks", type=Path, default=Path("data/stage1_masks"), help="stage-1 masks")

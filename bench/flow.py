@@ -79,9 +79,16 @@ def time_pairs(estimator, a: np.ndarray, b: np.ndarray, min_seconds: float, min_
 def methods_to_run(args: argparse.Namespace) -> list[tuple[str, str, dict | None]]:
     """(label, method, options or None when the method cannot run here)."""
     methods = [(f"dis-{p}", "dis", {"preset": p}) for p in DIS_PRESETS]
-    methods.append(("raft", "raft", {"weights": args.raft_weights, "device": args.device} if args.raft_weights else None))
-    methods.append(("perceiver", "perceiver",
-                    {"weights": args.perceiver_weights, "device": args.device} if args.perceiver_weights else None))
+    methods.append(
+        ("raft", "raft", {"weights": args.raft_weights, "device": args.device} if args.raft_weights else None)
+    )
+    methods.append(
+        (
+            "perceiver",
+            "perceiver",
+            {"weights": args.perceiver_weights, "device": args.device} if args.perceiver_weights else None,
+        )
+    )
     return methods
 
 
@@ -96,13 +103,15 @@ def bench_methods(args: argparse.Namespace) -> list[dict]:
             continue
         estimator = build_estimator(method, **options)
         (flow,) = estimator([left], [right])
-        rows.append({
-            "method": label,
-            "status": "ok",
-            "epe_px": round(end_point_error(flow, truth, valid), 3),
-            "pairs_per_s_741x500": round(time_pairs(estimator, left, right, args.min_seconds, 3), 1),
-            "pairs_per_s_224": round(time_pairs(estimator, small_a, small_b, args.min_seconds, 20), 1),
-        })
+        rows.append(
+            {
+                "method": label,
+                "status": "ok",
+                "epe_px": round(end_point_error(flow, truth, valid), 3),
+                "pairs_per_s_741x500": round(time_pairs(estimator, left, right, args.min_seconds, 3), 1),
+                "pairs_per_s_224": round(time_pairs(estimator, small_a, small_b, args.min_seconds, 20), 1),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -112,8 +121,20 @@ def benchmark_dataset(work: Path, args: argparse.Namespace) -> Path:
     root = work / "synth"
     # A separate process: `ssp synth` forks workers, and forking a process whose OpenCV
     # thread pool has already run (the measurements above) can hang the children.
-    command = [sys.executable, "-m", "ssp.cli", "synth", "--out", str(root), "--set", "data.seed=0",
-               "--set", f"data.size={args.synth_size}", "--workers", str(os.cpu_count() or 1)]
+    command = [
+        sys.executable,
+        "-m",
+        "ssp.cli",
+        "synth",
+        "--out",
+        str(root),
+        "--set",
+        "data.seed=0",
+        "--set",
+        f"data.size={args.synth_size}",
+        "--workers",
+        str(os.cpu_count() or 1),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"ssp synth failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
@@ -136,12 +157,19 @@ def bench_stage(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
                 t0 = time.perf_counter()
                 summary = run_flow_stage(root, out, FlowStageConfig(), workers=workers)
                 seconds = time.perf_counter() - t0
-                rows.append({
-                    "workers": workers, "run": run, "videos": summary["videos"], "frames": frames,
-                    "frame_size": f"{width}x{height}", "processed": summary["processed"],
-                    "seconds": round(seconds, 2), "videos_per_s": round(summary["videos"] / seconds, 1),
-                    "mean_mask_coverage": summary["mean_mask_coverage"],
-                })
+                rows.append(
+                    {
+                        "workers": workers,
+                        "run": run,
+                        "videos": summary["videos"],
+                        "frames": frames,
+                        "frame_size": f"{width}x{height}",
+                        "processed": summary["processed"],
+                        "seconds": round(seconds, 2),
+                        "videos_per_s": round(summary["videos"] / seconds, 1),
+                        "mean_mask_coverage": summary["mean_mask_coverage"],
+                    }
+                )
                 print(rows[-1], flush=True)
         return rows, bench_mask_quality(root, work)
     finally:
@@ -190,14 +218,16 @@ def bench_mask_quality(root: Path, work: Path) -> list[dict]:
                 if not truth.any():
                     still_frames += 1
                     still_false += int(mask.any())
-        rows.append({
-            "rule": label,
-            "precision": round(tp / max(tp + fp, 1), 3),
-            "recall": round(tp / max(tp + fn, 1), 3),
-            "iou": round(tp / max(tp + fp + fn, 1), 3),
-            "still_frames": still_frames,
-            "still_frames_with_mask": still_false,
-        })
+        rows.append(
+            {
+                "rule": label,
+                "precision": round(tp / max(tp + fp, 1), 3),
+                "recall": round(tp / max(tp + fn, 1), 3),
+                "iou": round(tp / max(tp + fp + fn, 1), 3),
+                "still_frames": still_frames,
+                "still_frames_with_mask": still_false,
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -211,7 +241,9 @@ def markdown(method_rows: list[dict], stage_rows: list[dict], quality_rows: list
         if r["status"] != "ok":
             lines.append(f"| {r['method']} | {r['status']} | | |")
         else:
-            lines.append(f"| {r['method']} | {r['epe_px']:.2f} | {r['pairs_per_s_741x500']:.1f} | {r['pairs_per_s_224']:.0f} |")
+            lines.append(
+                f"| {r['method']} | {r['epe_px']:.2f} | {r['pairs_per_s_741x500']:.1f} | {r['pairs_per_s_224']:.0f} |"
+            )
     if stage_rows:
         lines += [
             "",
@@ -219,8 +251,10 @@ def markdown(method_rows: list[dict], stage_rows: list[dict], quality_rows: list
             "|---|---|---|---|---|---|---|",
         ]
         for r in stage_rows:
-            lines.append(f"| {r['run']} | {r['workers']} | {r['videos']} | {r['frames']} | {r['frame_size']} | "
-                         f"{r['seconds']:.1f} | {r['videos_per_s']:.1f} |")
+            lines.append(
+                f"| {r['run']} | {r['workers']} | {r['videos']} | {r['frames']} | {r['frame_size']} | "
+                f"{r['seconds']:.1f} | {r['videos_per_s']:.1f} |"
+            )
     if quality_rows:
         lines += [
             "",
@@ -228,8 +262,10 @@ def markdown(method_rows: list[dict], stage_rows: list[dict], quality_rows: list
             "|---|---|---|---|---|",
         ]
         for r in quality_rows:
-            lines.append(f"| {r['rule']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['iou']:.3f} | "
-                         f"{r['still_frames_with_mask']} of {r['still_frames']} |")
+            lines.append(
+                f"| {r['rule']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['iou']:.3f} | "
+                f"{r['still_frames_with_mask']} of {r['still_frames']} |"
+            )
     return "\n".join(lines)
 
 
@@ -239,7 +275,11 @@ def main() -> None:
     parser.add_argument("--perceiver-weights", help="local PerceiverForOpticalFlow save_pretrained folder")
     parser.add_argument("--device", default=None, help="torch device for raft/perceiver (default: cuda if available)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time each speed measurement at least this long")
-    parser.add_argument("--synth-size", default="demo", help="data.size of the stage benchmark (`ssp synth --set data.size=...`; default demo)")
+    parser.add_argument(
+        "--synth-size",
+        default="demo",
+        help="data.size of the stage benchmark (`ssp synth --set data.size=...`; default demo)",
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="stage worker counts to time")
     parser.add_argument("--skip-stage", action="store_true", help="only the per-method measurements")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
@@ -248,13 +288,20 @@ def main() -> None:
     method_rows = bench_methods(args)
     stage_rows, quality_rows = ([], []) if args.skip_stage else bench_stage(args)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OpenCV {cv2.__version__} "
-               f"({cv2.getNumThreads()} threads), load average at the end {load}")
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, OpenCV {cv2.__version__} "
+        f"({cv2.getNumThreads()} threads), load average at the end {load}"
+    )
     print(f"\nmachine: {machine}\n")
     print(markdown(method_rows, stage_rows, quality_rows))
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "methods": method_rows, "stage": stage_rows,
-                                          "mask_quality": quality_rows}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"machine": machine, "methods": method_rows, "stage": stage_rows, "mask_quality": quality_rows},
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

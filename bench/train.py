@@ -64,8 +64,11 @@ def median_time(fn, steps: int, warmup: int = 2) -> float:
 def step_functions(model, criterion, optimizer, batch):
     def bare():
         output = model(batch)
-        loss = output.mask_logits.mean() + output.class_logits.mean() + sum(
-            m.mean() + c.mean() for c, m in output.aux_outputs)
+        loss = (
+            output.mask_logits.mean()
+            + output.class_logits.mean()
+            + sum(m.mean() + c.mean() for c, m in output.aux_outputs)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
 
@@ -84,9 +87,15 @@ def step_functions(model, criterion, optimizer, batch):
 
 def bench_tiny(args) -> dict:
     overrides = [
-        "train1.epochs=1", f"train1.batch_size={args.batch_videos}", f"train1.max_frames={args.frames}",
-        "train1.subsets=[v2]", f"train1.num_workers={args.workers}", "train1.overlays=0",
-        f"train1.log_every={args.log_every}", "train1.val_every=1", f"train1.cache_in_memory={str(args.cache).lower()}",
+        "train1.epochs=1",
+        f"train1.batch_size={args.batch_videos}",
+        f"train1.max_frames={args.frames}",
+        "train1.subsets=[v2]",
+        f"train1.num_workers={args.workers}",
+        "train1.overlays=0",
+        f"train1.log_every={args.log_every}",
+        "train1.val_every=1",
+        f"train1.cache_in_memory={str(args.cache).lower()}",
     ]
     params = load_params(Path("/nonexistent.yaml"), overrides=overrides)
     config = build_model_config(params.model, 1, model_switches(params, 1, "aavs"))
@@ -102,8 +111,16 @@ def bench_tiny(args) -> dict:
     for _ in range(args.rounds):
         stamps: list[float] = []
         with tempfile.TemporaryDirectory() as tmp:
-            train(1, args.data, Path(tmp) / "run", params, row="aavs", logmel=args.logmel, progress=False,
-                  step_hook=lambda step, stamps=stamps: stamps.append(time.perf_counter()))
+            train(
+                1,
+                args.data,
+                Path(tmp) / "run",
+                params,
+                row="aavs",
+                logmel=args.logmel,
+                progress=False,
+                step_hook=lambda step, stamps=stamps: stamps.append(time.perf_counter()),
+            )
         intervals = [b - a for a, b in itertools.pairwise(stamps)][2:]  # first steps: warm-up
         loop_steps += intervals
 
@@ -114,18 +131,26 @@ def bench_tiny(args) -> dict:
         functions = dict(zip(timings, step_functions(model, criterion, optimizer, batch)))
         for name, fn in functions.items():
             timings[name] += step_times(fn, args.steps)
-        round_ratios.append(statistics.median(intervals) / statistics.median(timings["bare"][-args.steps:]))
+        round_ratios.append(statistics.median(intervals) / statistics.median(timings["bare"][-args.steps :]))
 
     full = statistics.median(loop_steps)
     t_bare, t_loss, t_opt = (statistics.median(timings[k]) for k in ("bare", "with_loss", "with_optimizer"))
     return {
-        "model": "tiny", "image_size": config.image_size, "videos_per_step": args.batch_videos,
-        "frames_per_step": args.batch_videos * args.frames, "rounds": args.rounds,
-        "loop_steps_timed": len(loop_steps), "full_loop_step_s": full, "bare_fwd_bwd_s": t_bare,
-        "fwd_ssp_loss_bwd_s": t_loss, "fwd_loss_bwd_adamw_s": t_opt, "ratio_full_to_bare": full / t_bare,
+        "model": "tiny",
+        "image_size": config.image_size,
+        "videos_per_step": args.batch_videos,
+        "frames_per_step": args.batch_videos * args.frames,
+        "rounds": args.rounds,
+        "loop_steps_timed": len(loop_steps),
+        "full_loop_step_s": full,
+        "bare_fwd_bwd_s": t_bare,
+        "fwd_ssp_loss_bwd_s": t_loss,
+        "fwd_loss_bwd_adamw_s": t_opt,
+        "ratio_full_to_bare": full / t_bare,
         "ratio_full_to_bare_per_round": round_ratios,
         "ratio_full_to_fwd_loss_bwd_adamw": full / t_opt,
-        "clips_per_s_full_loop": args.batch_videos / full, "cache_in_memory": args.cache,
+        "clips_per_s_full_loop": args.batch_videos / full,
+        "cache_in_memory": args.cache,
         "loader_workers": 0 if args.cache else args.workers,
     }
 
@@ -137,27 +162,45 @@ def bench_paper(args) -> dict:
     criterion = SSPCriterion(config)
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.05)
     n, s = args.paper_frames, args.paper_size
-    batch = {"frames": torch.rand(n, 3, s, s), "logmel": torch.randn(n, 96, 64),
-             "masks": (torch.rand(n, s, s) > 0.7).long(), "labelled": torch.ones(n, dtype=torch.bool)}
+    batch = {
+        "frames": torch.rand(n, 3, s, s),
+        "logmel": torch.randn(n, 96, 64),
+        "masks": (torch.rand(n, s, s) > 0.7).long(),
+        "labelled": torch.ones(n, dtype=torch.bool),
+    }
     _, _, with_optimizer = step_functions(model, criterion, optimizer, batch)
     t = median_time(with_optimizer, args.paper_steps, warmup=1)
-    return {"model": "paper", "image_size": s, "frames_per_step": n,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "fwd_loss_bwd_adamw_s": t, "frames_per_s": n / t,
-            "clips_per_s_5_frame_clips": n / t / 5}
+    return {
+        "model": "paper",
+        "image_size": s,
+        "frames_per_step": n,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "fwd_loss_bwd_adamw_s": t,
+        "frames_per_s": n / t,
+        "clips_per_s_5_frame_clips": n / t / 5,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/synth"))
     parser.add_argument("--logmel", type=Path, default=Path("data/logmel"))
-    parser.add_argument("--batch-videos", type=int, default=None,
-                        help="videos per step (default: train1.batch_size of params.yaml, the demo's)")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="frames per video (default: train1.max_frames of params.yaml)")
+    parser.add_argument(
+        "--batch-videos",
+        type=int,
+        default=None,
+        help="videos per step (default: train1.batch_size of params.yaml, the demo's)",
+    )
+    parser.add_argument(
+        "--frames", type=int, default=None, help="frames per video (default: train1.max_frames of params.yaml)"
+    )
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
-                        help="train1.cache_in_memory (no loader workers; default: params.yaml's)")
+    parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train1.cache_in_memory (no loader workers; default: params.yaml's)",
+    )
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per bare measurement and round")
     parser.add_argument("--rounds", type=int, default=3, help="loop/bare measurement rounds (interleaved)")

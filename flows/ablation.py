@@ -1,4 +1,4 @@
-"""The ``ablation`` flow: the Table-2 grid (``ablation@<row>``) and the λ'_mask sweep
+"""The ``ablation`` flow: the Table-2 grid (``ablation@<row>-<seed>``) and the λ'_mask sweep
 (``sweep@<value>``), one Prefect task per cell, plus what they depend on (stage 1,
 the stepping-stone masks, preprocessing) when stale. Cells already computed for the
 current code, data and params are skipped by DVC."""

@@ -31,7 +31,7 @@ def dvc_executable() -> str:
 
 
 def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
-    """Stage names (``foreach`` stages expanded, e.g. ``ablation@full``) in an order
+    """Stage names (``foreach`` stages expanded, e.g. ``ablation@full-0``) in an order
     where every stage comes after the stages it depends on; ties keep dvc.yaml order.
     With ``targets`` (stage names or ``foreach`` group names), only those stages and
     what they depend on."""
@@ -65,7 +65,7 @@ def stale_stages(project_dir: str | Path = ".", targets: Iterable[str] | None = 
 @dataclass
 class StageResult:
     stage: str
-    ran: bool          # False: DVC found it up to date and skipped it
+    ran: bool  # False: DVC found it up to date and skipped it
     returncode: int
     output: str
 
@@ -78,13 +78,16 @@ def run_stage(
 ) -> StageResult:
     """``dvc repro --single-item STAGE``, streaming its output line by line."""
     # progress bars become log lines here: one every 10 s is plenty
-    full_env = {"TQDM_MININTERVAL": "10", **os.environ, **(env or {}), "DVC_STAGE": stage,
-                "PYTHONUNBUFFERED": "1"}
+    full_env = {"TQDM_MININTERVAL": "10", **os.environ, **(env or {}), "DVC_STAGE": stage, "PYTHONUNBUFFERED": "1"}
     # stage commands call `ssp`: find the one installed beside this interpreter (the venv)
     full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     proc = subprocess.Popen(
         [dvc_executable(), "repro", "--single-item", stage],
-        cwd=project_dir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project_dir,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     assert proc.stdout is not None

@@ -88,8 +88,10 @@ def reproduce(
 
     run_name = f"pipeline-{flow_run.get_name() or 'local'}"
     tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "ssp.kind": "pipeline"}
-    parents = {exp: RunLogger(exp, run_name, params=params, tags=tags, parent_run_id="", enabled=track)
-               for exp in EXPERIMENTS.values()}
+    parents = {
+        exp: RunLogger(exp, run_name, params=params, tags=tags, parent_run_id="", enabled=track)
+        for exp in EXPERIMENTS.values()
+    }
     for p in parents.values():
         p.start()
     env = {PARENT_RUN_ENV: json.dumps({exp: p.run_id for exp, p in parents.items() if p.run_id})} if track else {}
@@ -99,8 +101,9 @@ def reproduce(
     try:
         for stage in stages:
             group = stage.split("@")[0]
-            task_fn = dvc_stage.with_options(task_run_name=f"dvc:{stage}", retries=retries.get(group, 0),
-                                             retry_delay_seconds=5)
+            task_fn = dvc_stage.with_options(
+                task_run_name=f"dvc:{stage}", retries=retries.get(group, 0), retry_delay_seconds=5
+            )
             results.append(task_fn(stage, project_dir, env))
         status = "FINISHED"
     finally:
@@ -117,8 +120,7 @@ def reproduce(
     )
     create_markdown_artifact(summary, key="pipeline-summary", description="stages run by reproduce")
     logger.info(summary)
-    return {"stages": results, "metrics": metrics,
-            "parent_runs": {exp: p.run_id for exp, p in parents.items()}}
+    return {"stages": results, "metrics": metrics, "parent_runs": {exp: p.run_id for exp, p in parents.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
     ap.add_argument("--targets", nargs="*", help="only these stages (and what they depend on)")
     ap.add_argument("--no-track", action="store_true", help="do not open MLflow parent runs")
-    ap.add_argument("--profile", default=None,
-                    help="compose params.yaml from conf/ with this profile first (e.g. paper); "
-                         "default: params.yaml as it is")
+    ap.add_argument(
+        "--profile",
+        default=None,
+        help="compose params.yaml from conf/ with this profile first (e.g. paper); default: params.yaml as it is",
+    )
     args = ap.parse_args(argv)
     reproduce(project_dir=args.project_dir, targets=args.targets, track=not args.no_track, profile=args.profile)
     return 0

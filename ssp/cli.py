@@ -25,10 +25,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flow": ("ssp.preprocess.flow", "optical flow -> per-frame magnitude maps and binary flow masks"),
     "prompts": ("ssp.preprocess.prompts.stage", "MLLM text prompts (A1 description, A2 sounding nouns) per video"),
     "fingerprint": ("ssp.ops.fingerprint", "content digests of stage outputs, one JSON (what stage 2 depends on)"),
-    "train": ("ssp.eval.train_test", "train stage 1 (binary AVS) or stage 2 (AVSS); --test-out: then test the best checkpoint in-process"),
+    "train": (
+        "ssp.eval.train_test",
+        "train stage 1 (binary AVS) or stage 2 (AVSS); --test-out: then test the best checkpoint in-process",
+    ),
     "stage1-masks": ("ssp.eval.stage1_masks", "write stage 1's predicted masks (stage 2's stepping stones)"),
     "evaluate": ("ssp.eval.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),
-    "register": ("ssp.ops.registry", "register a run's best checkpoint in the MLflow model registry (alias champion when val improves)"),
+    "register": (
+        "ssp.ops.registry",
+        "register a run's best checkpoint in the MLflow model registry (alias champion when val improves)",
+    ),
     "samples": ("ssp.report.samples", "Fig. 8-style grid of sample overlays per ablation row (PNG + MLflow artifact)"),
     "report": ("ssp.report.report", "ablation table, lambda' curve and per-scenario results"),
     "predict": ("ssp.eval.predict", "segment a user's video: masks, class names, overlays"),

@@ -36,7 +36,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp" + path.suffix,
+        prefix=f".{path.name}.",
+        suffix=suffix if suffix is not None else ".tmp" + path.suffix,
         dir=path.parent,
     )
     os.close(fd)

@@ -1,7 +1,7 @@
 """AVSBench-exact evaluation metrics for S4 / MS3 (binary) and AVSS (semantic).
 
 Published AVS/AVSS numbers come from the AVSBench evaluation code, quirks included.
-This module reproduces those definitions (see ``reference/metrics.md``) so that our
+This module reproduces those definitions (``docs/design.md``, "Metric conventions") so that our
 numbers are comparable, and names the convention of every number it returns
 (:data:`METRIC_CONVENTIONS`, ``Meter.conventions()``) so that reports can label them.
 
@@ -57,19 +57,20 @@ ArrayLike = torch.Tensor | np.ndarray
 # ---------------------------------------------------------------------------------------
 # Constants of the AVSBench definitions
 # ---------------------------------------------------------------------------------------
-F_BETA2 = 0.3                           # beta^2 of the F-measure
-NUM_F_THRESHOLDS = 255                  # thresholds of the binary F curve
-F_THRESHOLD_MAX = 1 - 1e-10             # last threshold (rounds to 1.0 in float32)
-PR_EPS = 1e-20                          # added to |pred| and |gt| in binary P and R
-BINARY_IOU_EPS = 1e-7                   # added to the union in mask_iou
+F_BETA2 = 0.3  # beta^2 of the F-measure
+NUM_F_THRESHOLDS = 255  # thresholds of the binary F curve
+F_THRESHOLD_MAX = 1 - 1e-10  # last threshold (rounds to 1.0 in float32)
+PR_EPS = 1e-20  # added to |pred| and |gt| in binary P and R
+BINARY_IOU_EPS = 1e-7  # added to the union in mask_iou
 SEMANTIC_IOU_EPS = 2.220446049250313e-16  # added to the union in the AVSS IoU
-OFFICIAL_TEST_VIDEOS_PER_BATCH = 4      # official test_batch_size (videos)
-OBJECT_FRAMES_PER_VIDEO = 5             # S4 and MS3 videos have 5 labelled frames
-AVSS_NUM_CLASSES = 71                   # 70 sound sources + background (index 0)
+OFFICIAL_TEST_VIDEOS_PER_BATCH = 4  # official test_batch_size (videos)
+OBJECT_FRAMES_PER_VIDEO = 5  # S4 and MS3 videos have 5 labelled frames
+AVSS_NUM_CLASSES = 71  # 70 sound sources + background (index 0)
 
 
-def official_batch_frames(frames_per_video: int = OBJECT_FRAMES_PER_VIDEO,
-                          videos_per_batch: int = OFFICIAL_TEST_VIDEOS_PER_BATCH) -> int:
+def official_batch_frames(
+    frames_per_video: int = OBJECT_FRAMES_PER_VIDEO, videos_per_batch: int = OFFICIAL_TEST_VIDEOS_PER_BATCH
+) -> int:
     """Frames in one official test batch: 4 videos x frames per video (S4/MS3: 20)."""
     if frames_per_video < 1 or videos_per_batch < 1:
         raise ValueError("frames_per_video and videos_per_batch must be >= 1")
@@ -84,33 +85,33 @@ OFFICIAL_BATCH_FRAMES = official_batch_frames()
 METRIC_CONVENTIONS: dict[str, dict[str, str]] = {
     "binary": {
         "miou": "AVSBench mask_iou (S4/MS3): sigmoid(logit) > 0.5, per-frame IoU with eps "
-                "1e-7, an empty-GT frame scores its fraction of pixels predicted background; "
-                "mean of per-batch means (= per-frame mean when the split divides into "
-                "batches)",
+        "1e-7, an empty-GT frame scores its fraction of pixels predicted background; "
+        "mean of per-batch means (= per-frame mean when the split divides into "
+        "batches)",
         "miou_per_frame": "AVSBench mask_iou per frame, mean over all frames",
         "fscore": "AVSBench Eval_Fmeasure, official batch mode: beta^2 = 0.3, 255 thresholds "
-                  "(sigmoid >= t), F curve averaged over the non-empty-GT frames of each "
-                  "test batch (official batch = 4 videos), max over thresholds per batch, "
-                  "mean over batches, all-empty batch = 0; depends on the batch size",
+        "(sigmoid >= t), F curve averaged over the non-empty-GT frames of each "
+        "test batch (official batch = 4 videos), max over thresholds per batch, "
+        "mean over batches, all-empty batch = 0; depends on the batch size",
         "fscore_per_frame": "AVSBench F-measure per frame: max over the 255 thresholds for "
-                            "each non-empty-GT frame, mean over those frames (independent "
-                            "of the batch size; not the published convention)",
+        "each non-empty-GT frame, mean over those frames (independent "
+        "of the batch size; not the published convention)",
     },
     "semantic": {
         "miou": "AVSBench AVSS mIoU: argmax over classes, per-frame IoU_c = inter / (union "
-                "+ 2.2e-16) summed over the split and divided by the number of frames where "
-                "class c is present or predicted; mean over ALL classes (a class never seen "
-                "scores 0); real frames only (padding skipped)",
+        "+ 2.2e-16) summed over the split and divided by the number of frames where "
+        "class c is present or predicted; mean over ALL classes (a class never seen "
+        "scores 0); real frames only (padding skipped)",
         "fscore": "AVSBench AVSS F-score: per-frame F_c (beta^2 = 0.3, NaN -> 0) summed over "
-                  "the split, divided by the same per-class frame count, mean over ALL "
-                  "classes; real frames only (padding skipped)",
+        "the split, divided by the same per-class frame count, mean over ALL "
+        "classes; real frames only (padding skipped)",
         "miou_no_bg": "as miou, mean over classes 1..C-1 (background, class 0, dropped; "
-                      "the official code's [:-1] drops the last class instead, a bug)",
+        "the official code's [:-1] drops the last class instead, a bug)",
         "fscore_no_bg": "as fscore, mean over classes 1..C-1 (background dropped)",
         "miou_present": "as miou, mean over the classes present or predicted at least once "
-                        "(not a published convention; useful when few classes occur)",
+        "(not a published convention; useful when few classes occur)",
         "fscore_present": "as fscore, mean over the classes present or predicted at least "
-                          "once (not a published convention)",
+        "once (not a published convention)",
     },
 }
 
@@ -178,8 +179,7 @@ def _binary_frame_iou(probs: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return inter.double() / (union.double() + BINARY_IOU_EPS)
 
 
-def _binary_frame_fcurves(probs: torch.Tensor, gt: torch.Tensor,
-                          beta2: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _binary_frame_fcurves(probs: torch.Tensor, gt: torch.Tensor, beta2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-frame F curves over the 255 thresholds, float64 (N, 255), and the empty-GT flags.
 
     Instead of thresholding 255 times, each pixel goes to the bin of the highest
@@ -209,9 +209,15 @@ def _binary_frame_fcurves(probs: torch.Tensor, gt: torch.Tensor,
     return fscore, gt_count.squeeze(1) == 0
 
 
-def _binary_frame_stats(logits: ArrayLike, gt: ArrayLike, *, want_iou: bool = True,
-                        want_fcurves: bool = True, beta2: float = F_BETA2,
-                        chunk_frames: int = 32) -> dict[str, torch.Tensor]:
+def _binary_frame_stats(
+    logits: ArrayLike,
+    gt: ArrayLike,
+    *,
+    want_iou: bool = True,
+    want_fcurves: bool = True,
+    beta2: float = F_BETA2,
+    chunk_frames: int = 32,
+) -> dict[str, torch.Tensor]:
     """Per-frame statistics on the CPU in float64, computed ``chunk_frames`` at a time."""
     if not (want_iou or want_fcurves):
         raise ValueError("nothing to compute")
@@ -220,8 +226,8 @@ def _binary_frame_stats(logits: ArrayLike, gt: ArrayLike, *, want_iou: bool = Tr
         raise ValueError("no frames to score")
     ious, curves, empties = [], [], []
     for start in range(0, logits.shape[0], chunk_frames):
-        probs = torch.sigmoid(logits[start:start + chunk_frames])
-        gt_chunk = gt[start:start + chunk_frames]
+        probs = torch.sigmoid(logits[start : start + chunk_frames])
+        gt_chunk = gt[start : start + chunk_frames]
         if want_iou:
             ious.append(_binary_frame_iou(probs, gt_chunk).cpu())
         if want_fcurves:
@@ -250,21 +256,20 @@ def _mean_of_batch_means(values: torch.Tensor, batch_frames: int | None) -> floa
     if batch_frames is None:
         return float(values.mean())
     _check_batch_frames(batch_frames)
-    means = [values[s:s + batch_frames].mean() for s in range(0, len(values), batch_frames)]
+    means = [values[s : s + batch_frames].mean() for s in range(0, len(values), batch_frames)]
     return float(sum(means) / len(means))
 
 
-def _official_batch_fscore(curves: torch.Tensor, empty_gt: torch.Tensor,
-                           batch_frames: int) -> float:
+def _official_batch_fscore(curves: torch.Tensor, empty_gt: torch.Tensor, batch_frames: int) -> float:
     """Eval_Fmeasure per batch of ``batch_frames`` consecutive frames, mean over batches."""
     _check_batch_frames(batch_frames)
     batch_scores = []
     for start in range(0, len(curves), batch_frames):
-        kept = ~empty_gt[start:start + batch_frames]
+        kept = ~empty_gt[start : start + batch_frames]
         if not bool(kept.any()):
             batch_scores.append(0.0)  # the official score stays torch.zeros(255)
             continue
-        mean_curve = curves[start:start + batch_frames][kept].mean(0)
+        mean_curve = curves[start : start + batch_frames][kept].mean(0)
         batch_scores.append(float(mean_curve.max()))
     return sum(batch_scores) / len(batch_scores)
 
@@ -294,8 +299,7 @@ def binary_miou(logits: ArrayLike, gt: ArrayLike, batch_frames: int | None = Non
     return _mean_of_batch_means(iou, batch_frames)
 
 
-def binary_fscore(logits: ArrayLike, gt: ArrayLike, batch_frames: int | None = None,
-                  beta2: float = F_BETA2) -> float:
+def binary_fscore(logits: ArrayLike, gt: ArrayLike, batch_frames: int | None = None, beta2: float = F_BETA2) -> float:
     """AVSBench ``Eval_Fmeasure`` over N frames; frames with an empty GT are skipped.
 
     Conventions:
@@ -352,8 +356,7 @@ class BinaryMeter:
         chunk_frames: frames processed at once inside ``update`` (bounds memory).
     """
 
-    def __init__(self, batch_frames: int = OFFICIAL_BATCH_FRAMES, beta2: float = F_BETA2,
-                 chunk_frames: int = 32):
+    def __init__(self, batch_frames: int = OFFICIAL_BATCH_FRAMES, beta2: float = F_BETA2, chunk_frames: int = 32):
         self.batch_frames = _check_batch_frames(batch_frames)
         self.beta2 = beta2
         self.chunk_frames = chunk_frames
@@ -397,14 +400,20 @@ class BinaryMeter:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The whole state as CPU tensors (frames in update order)."""
         if not self._iou:
-            return {"frame_ids": torch.zeros(0, dtype=torch.int64),
-                    "iou": torch.zeros(0, dtype=torch.float64),
-                    "fcurve": torch.zeros(0, NUM_F_THRESHOLDS, dtype=torch.float64),
-                    "empty_gt": torch.zeros(0, dtype=torch.bool),
-                    "ids_given": torch.tensor(bool(self._ids_given))}
-        return {"frame_ids": torch.cat(self._ids), "iou": torch.cat(self._iou),
-                "fcurve": torch.cat(self._fcurve), "empty_gt": torch.cat(self._empty),
-                "ids_given": torch.tensor(bool(self._ids_given))}
+            return {
+                "frame_ids": torch.zeros(0, dtype=torch.int64),
+                "iou": torch.zeros(0, dtype=torch.float64),
+                "fcurve": torch.zeros(0, NUM_F_THRESHOLDS, dtype=torch.float64),
+                "empty_gt": torch.zeros(0, dtype=torch.bool),
+                "ids_given": torch.tensor(bool(self._ids_given)),
+            }
+        return {
+            "frame_ids": torch.cat(self._ids),
+            "iou": torch.cat(self._iou),
+            "fcurve": torch.cat(self._fcurve),
+            "empty_gt": torch.cat(self._empty),
+            "ids_given": torch.tensor(bool(self._ids_given)),
+        }
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_tensors`."""
@@ -450,11 +459,16 @@ class BinaryMeter:
         world = dist.get_world_size(process_group)
         state = self.state_tensors()
         # one float64 row per frame: id, empty flag, IoU, F curve
-        rows = torch.cat([state["frame_ids"].double().unsqueeze(1),
-                          state["empty_gt"].double().unsqueeze(1),
-                          state["iou"].unsqueeze(1), state["fcurve"]], dim=1).to(device)
-        size = torch.tensor([len(rows), int(self._ids_given is True),
-                             int(self._ids_given is False)], device=device)
+        rows = torch.cat(
+            [
+                state["frame_ids"].double().unsqueeze(1),
+                state["empty_gt"].double().unsqueeze(1),
+                state["iou"].unsqueeze(1),
+                state["fcurve"],
+            ],
+            dim=1,
+        ).to(device)
+        size = torch.tensor([len(rows), int(self._ids_given is True), int(self._ids_given is False)], device=device)
         sizes = [torch.zeros_like(size) for _ in range(world)]
         dist.all_gather(sizes, size, group=process_group)
         sizes_cpu = torch.stack(sizes).cpu()
@@ -463,15 +477,21 @@ class BinaryMeter:
         ids_given = bool(sizes_cpu[:, 1].sum())
         longest = int(sizes_cpu[:, 0].max())
         padded = rows.new_zeros(longest, rows.shape[1])
-        padded[:len(rows)] = rows
+        padded[: len(rows)] = rows
         gathered = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(gathered, padded, group=process_group)
-        rows = torch.cat([g[:int(n)].cpu() for g, n in zip(gathered, sizes_cpu[:, 0])])
+        rows = torch.cat([g[: int(n)].cpu() for g, n in zip(gathered, sizes_cpu[:, 0])])
         if not ids_given:  # renumber in rank order
             rows[:, 0] = torch.arange(len(rows), dtype=torch.float64)
-        self.load_state_tensors({"frame_ids": rows[:, 0].to(torch.int64),
-                                 "empty_gt": rows[:, 1] != 0, "iou": rows[:, 2],
-                                 "fcurve": rows[:, 3:], "ids_given": torch.tensor(ids_given)})
+        self.load_state_tensors(
+            {
+                "frame_ids": rows[:, 0].to(torch.int64),
+                "empty_gt": rows[:, 1] != 0,
+                "iou": rows[:, 2],
+                "fcurve": rows[:, 3:],
+                "ids_given": torch.tensor(ids_given),
+            }
+        )
 
     # -- results -----------------------------------------------------------------------
     def _ordered(self) -> dict[str, torch.Tensor]:
@@ -512,8 +532,9 @@ class BinaryMeter:
 # ---------------------------------------------------------------------------------------
 # Semantic (AVSS)
 # ---------------------------------------------------------------------------------------
-def _semantic_frame_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: int,
-                           beta2: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _semantic_frame_scores(
+    pred: torch.Tensor, gt: torch.Tensor, num_classes: int, beta2: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-frame, per-class IoU, F and union>0 for class maps ``pred``, ``gt`` (n, P).
 
     Pixels with a negative GT are left out entirely, as the official code does
@@ -524,7 +545,7 @@ def _semantic_frame_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: in
     # ignored pixels go to one spare bin past the end
     offsets = torch.arange(n, device=pred.device).unsqueeze(1) * num_cells
     flat = (offsets + gt * num_classes + pred).masked_fill(gt < 0, n * num_cells)
-    confusion = torch.bincount(flat.reshape(-1), minlength=n * num_cells + 1)[:n * num_cells]
+    confusion = torch.bincount(flat.reshape(-1), minlength=n * num_cells + 1)[: n * num_cells]
     confusion = confusion.view(n, num_classes, num_classes).double()
     area_inter = confusion.diagonal(dim1=1, dim2=2)
     area_gt = confusion.sum(2)
@@ -532,8 +553,8 @@ def _semantic_frame_scores(pred: torch.Tensor, gt: torch.Tensor, num_classes: in
     area_union = area_pred + area_gt - area_inter
 
     iou = area_inter / (area_union + SEMANTIC_IOU_EPS)
-    precision = area_inter / area_pred   # 0/0 = NaN when the class is not predicted
-    recall = area_inter / area_gt        # 0/0 = NaN when the class is absent
+    precision = area_inter / area_pred  # 0/0 = NaN when the class is not predicted
+    recall = area_inter / area_gt  # 0/0 = NaN when the class is absent
     fscore = (1 + beta2) * precision * recall / (beta2 * precision + recall)
     fscore = torch.nan_to_num(fscore, nan=0.0)
     return iou, fscore, area_union > 0
@@ -556,8 +577,13 @@ class SemanticMeter:
         pixels_per_chunk: bound on C x pixels processed at once (memory).
     """
 
-    def __init__(self, num_classes: int = AVSS_NUM_CLASSES, beta2: float = F_BETA2,
-                 include_padding: bool = False, pixels_per_chunk: int = 1 << 24):
+    def __init__(
+        self,
+        num_classes: int = AVSS_NUM_CLASSES,
+        beta2: float = F_BETA2,
+        include_padding: bool = False,
+        pixels_per_chunk: int = 1 << 24,
+    ):
         if num_classes < 2:
             raise ValueError("num_classes must be >= 2 (background + at least one class)")
         self.num_classes = num_classes
@@ -574,8 +600,7 @@ class SemanticMeter:
         self.num_padding_skipped = 0
 
     # -- updates -----------------------------------------------------------------------
-    def update(self, logits: ArrayLike, gt: ArrayLike,
-               frame_valid: ArrayLike | None = None) -> None:
+    def update(self, logits: ArrayLike, gt: ArrayLike, frame_valid: ArrayLike | None = None) -> None:
         """Add N frames of class logits (N x C x H x W) and class-index GT (N x H x W).
 
         ``frame_valid`` (N,) bool marks real frames; frames flagged False (padding) are
@@ -583,8 +608,7 @@ class SemanticMeter:
         """
         logits = _as_tensor(logits, "logits")
         if logits.ndim != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"logits must be N x {self.num_classes} x H x W, "
-                             f"got shape {tuple(logits.shape)}")
+            raise ValueError(f"logits must be N x {self.num_classes} x H x W, got shape {tuple(logits.shape)}")
         gt, frames = self._prepare_gt(gt, logits.shape[:1] + logits.shape[2:], frame_valid)
         for chunk in self._chunks(frames, logits.shape[-2] * logits.shape[-1]):
             chunk_logits = _scoring_dtype(logits.index_select(0, chunk.to(logits.device)))
@@ -592,8 +616,7 @@ class SemanticMeter:
             pred = torch.softmax(chunk_logits, dim=1).argmax(1)
             self._add(pred, gt.index_select(0, chunk.to(gt.device)))
 
-    def update_labels(self, pred: ArrayLike, gt: ArrayLike,
-                      frame_valid: ArrayLike | None = None) -> None:
+    def update_labels(self, pred: ArrayLike, gt: ArrayLike, frame_valid: ArrayLike | None = None) -> None:
         """Add N frames of already-argmaxed predictions (N x H x W class indices)."""
         pred = _as_tensor(pred, "pred")
         if pred.ndim != 3:
@@ -604,16 +627,16 @@ class SemanticMeter:
         if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= self.num_classes):
             raise ValueError(f"pred class indices must lie in [0, {self.num_classes})")
         for chunk in self._chunks(frames, pred.shape[-2] * pred.shape[-1]):
-            self._add(pred.index_select(0, chunk.to(pred.device)).long(),
-                      gt.index_select(0, chunk.to(gt.device)))
+            self._add(pred.index_select(0, chunk.to(pred.device)).long(), gt.index_select(0, chunk.to(gt.device)))
 
     def _chunks(self, frames: torch.Tensor, pixels_per_frame: int) -> list[torch.Tensor]:
         """Split the frame indices to score into chunks of bounded C x pixels."""
         per_chunk = max(1, self.pixels_per_chunk // max(self.num_classes * pixels_per_frame, 1))
         return list(frames.split(per_chunk))
 
-    def _prepare_gt(self, gt: ArrayLike, shape: tuple[int, ...],
-                    frame_valid: ArrayLike | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare_gt(
+        self, gt: ArrayLike, shape: tuple[int, ...], frame_valid: ArrayLike | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Check the GT; return it as int64 and the indices of the frames to score."""
         gt = _as_tensor(gt, "gt")
         if tuple(gt.shape) != tuple(shape):
@@ -622,8 +645,7 @@ class SemanticMeter:
             raise ValueError("gt must hold integer class indices")
         gt = gt.long()
         if gt.numel() and int(gt.max()) >= self.num_classes:
-            raise ValueError(f"gt holds class {int(gt.max())}, but num_classes is "
-                             f"{self.num_classes}")
+            raise ValueError(f"gt holds class {int(gt.max())}, but num_classes is {self.num_classes}")
         frames = torch.arange(shape[0])
         if frame_valid is not None:
             valid = _as_tensor(frame_valid, "frame_valid").reshape(-1).to("cpu").bool()
@@ -640,7 +662,8 @@ class SemanticMeter:
             return
         gt = gt.to(pred.device)
         iou, fscore, present = _semantic_frame_scores(
-            pred.reshape(n, -1), gt.reshape(n, -1), self.num_classes, self.beta2)
+            pred.reshape(n, -1), gt.reshape(n, -1), self.num_classes, self.beta2
+        )
         self.iou_sum += iou.sum(0).cpu()
         self.fscore_sum += fscore.sum(0).cpu()
         self.count += present.sum(0).double().cpu()
@@ -649,17 +672,18 @@ class SemanticMeter:
     # -- state -------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The state as float64 CPU tensors; element-wise sums across ranks merge them."""
-        return {"iou_sum": self.iou_sum.clone(), "fscore_sum": self.fscore_sum.clone(),
-                "count": self.count.clone(),
-                "num_frames": torch.tensor([float(self.num_frames)], dtype=torch.float64),
-                "num_padding_skipped": torch.tensor([float(self.num_padding_skipped)],
-                                                    dtype=torch.float64)}
+        return {
+            "iou_sum": self.iou_sum.clone(),
+            "fscore_sum": self.fscore_sum.clone(),
+            "count": self.count.clone(),
+            "num_frames": torch.tensor([float(self.num_frames)], dtype=torch.float64),
+            "num_padding_skipped": torch.tensor([float(self.num_padding_skipped)], dtype=torch.float64),
+        }
 
     def load_state_tensors(self, state: dict[str, torch.Tensor]) -> None:
         """Replace the state with one from :meth:`state_tensors` (e.g. after a reduce)."""
         if state["iou_sum"].shape != (self.num_classes,):
-            raise ValueError(f"state is for {state['iou_sum'].shape[0]} classes, "
-                             f"meter for {self.num_classes}")
+            raise ValueError(f"state is for {state['iou_sum'].shape[0]} classes, meter for {self.num_classes}")
         self.iou_sum = state["iou_sum"].to("cpu", torch.float64, copy=True)
         self.fscore_sum = state["fscore_sum"].to("cpu", torch.float64, copy=True)
         self.count = state["count"].to("cpu", torch.float64, copy=True)
@@ -689,7 +713,7 @@ class SemanticMeter:
         flat = flat.cpu()
         reduced, start = {}, 0
         for k in names:
-            reduced[k] = flat[start:start + len(state[k])]
+            reduced[k] = flat[start : start + len(state[k])]
             start += len(state[k])
         self.load_state_tensors(reduced)
 
@@ -728,19 +752,24 @@ class SemanticMeter:
             for key in conventions:
                 conventions[key] = conventions[key].replace(
                     "real frames only (padding skipped)",
-                    "padding frames scored too (official AVSS test; inflates background)")
+                    "padding frames scored too (official AVSS test; inflates background)",
+                )
         return conventions
 
 
-def semantic_scores(logits: ArrayLike, gt: ArrayLike, num_classes: int | None = None,
-                    beta2: float = F_BETA2, frame_valid: ArrayLike | None = None,
-                    include_padding: bool = False) -> dict[str, Any]:
+def semantic_scores(
+    logits: ArrayLike,
+    gt: ArrayLike,
+    num_classes: int | None = None,
+    beta2: float = F_BETA2,
+    frame_valid: ArrayLike | None = None,
+    include_padding: bool = False,
+) -> dict[str, Any]:
     """One-shot AVSS metrics of N frames (N x C x H x W logits, N x H x W class GT);
     same keys as :meth:`SemanticMeter.compute`."""
     logits = _as_tensor(logits, "logits")
     if logits.ndim != 4:
         raise ValueError(f"logits must be N x C x H x W, got shape {tuple(logits.shape)}")
-    meter = SemanticMeter(num_classes or logits.shape[1], beta2=beta2,
-                          include_padding=include_padding)
+    meter = SemanticMeter(num_classes or logits.shape[1], beta2=beta2, include_padding=include_padding)
     meter.update(logits, gt, frame_valid=frame_valid)
     return meter.compute()

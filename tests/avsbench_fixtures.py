@@ -179,15 +179,17 @@ def write_semantic_dataset(
                 if semantic_labels:
                     _write_png(video_dir / "labels_semantic" / f"{i}.png", index)
         _write_wav(video_dir / "audio.wav", n_frames, pitch=220.0 + 40.0 * n)
-        rows.append({
-            "vid": spec.get("vid", f"yt{n:04d}"),
-            "uid": uid,
-            "s_min": spec.get("s_min", 0),
-            "s_sec": spec.get("s_sec", n % 50),
-            "a_obj": ",".join(objects),
-            "split": split,
-            "label": label,
-        })
+        rows.append(
+            {
+                "vid": spec.get("vid", f"yt{n:04d}"),
+                "uid": uid,
+                "s_min": spec.get("s_min", 0),
+                "s_sec": spec.get("s_sec", n % 50),
+                "a_obj": ",".join(objects),
+                "split": split,
+                "label": label,
+            }
+        )
     columns = ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"]
     pd.DataFrame(rows, columns=columns).to_csv(root / "metadata.csv", index=False)
     (root / "label2idx.json").write_text(json.dumps(LABEL2IDX, indent=2) + "\n")
@@ -253,7 +255,8 @@ def write_object_dataset(
             rows.append({"name": name, "start": spec.get("start", 0), "category": category, "split": split})
         csv_dir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows, columns=["name", "start", "category", "split"]).to_csv(
-            csv_dir / "s4_meta_data.csv", index=False)
+            csv_dir / "s4_meta_data.csv", index=False
+        )
 
     if ms3:
         csv_dir = root / "Multi-sources" if release_tree else root

@@ -88,8 +88,17 @@ def deployment_names(prefect_file: Path) -> list[str]:
 
 def deploy_command(prefect_file: Path, name: str, pool: str, flow_params: str | None) -> list[str]:
     prefect = Path(sys.executable).parent / "prefect"
-    command = [str(prefect) if prefect.exists() else "prefect", "--no-prompt", "deploy",
-               "--prefect-file", str(prefect_file), "--name", name, "--pool", pool]
+    command = [
+        str(prefect) if prefect.exists() else "prefect",
+        "--no-prompt",
+        "deploy",
+        "--prefect-file",
+        str(prefect_file),
+        "--name",
+        name,
+        "--pool",
+        pool,
+    ]
     if flow_params:
         command += ["--params", flow_params]
     return command
@@ -97,14 +106,25 @@ def deploy_command(prefect_file: Path, name: str, pool: str, flow_params: str | 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--params-file", type=Path, default=ROOT / "params.yaml",
-                    help="params.yaml whose pipeline.work_pool / pipeline.work_pool_type choose the pool "
-                         "(default: the repository's)")
-    ap.add_argument("--prefect-file", type=Path, default=ROOT / "prefect.yaml",
-                    help="deployment definitions (default: the repository's prefect.yaml)")
+    ap.add_argument(
+        "--params-file",
+        type=Path,
+        default=ROOT / "params.yaml",
+        help="params.yaml whose pipeline.work_pool / pipeline.work_pool_type choose the pool "
+        "(default: the repository's)",
+    )
+    ap.add_argument(
+        "--prefect-file",
+        type=Path,
+        default=ROOT / "prefect.yaml",
+        help="deployment definitions (default: the repository's prefect.yaml)",
+    )
     ap.add_argument("--pool", help="work pool name (overrides SSP_WORK_POOL and params)")
-    ap.add_argument("--pool-type", choices=["process", "docker", "kubernetes"],
-                    help="type of the pool if it must be created (default from params, else process)")
+    ap.add_argument(
+        "--pool-type",
+        choices=["process", "docker", "kubernetes"],
+        help="type of the pool if it must be created (default from params, else process)",
+    )
     ap.add_argument("--name", action="append", help="deploy only this deployment (repeatable; default: all)")
     ap.add_argument("--flow-params", help="JSON object overriding the deployments' flow parameters")
     args = ap.parse_args(argv)

@@ -1,2 +1,2 @@
 """Datasets: AVSBench readers, torch datasets, audio input (VGGish log-mel), the generated
-benchmark, validation, and the params options of the stage commands (cli.py)."""
+benchmark, and validation."""

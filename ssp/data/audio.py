@@ -49,15 +49,15 @@ class LogMelConfig:
     """VGGish's front end (vggish_params.py). Do not change it for pretrained VGGish."""
 
     sample_rate: int = 16_000
-    window_samples: int = 400          # 25 ms
-    hop_samples: int = 160             # 10 ms
-    fft_length: int = 512              # next power of two >= window
+    window_samples: int = 400  # 25 ms
+    hop_samples: int = 160  # 10 ms
+    fft_length: int = 512  # next power of two >= window
     num_mel_bins: int = 64
     lower_edge_hertz: float = 125.0
     upper_edge_hertz: float = 7500.0
     log_offset: float = 0.01
-    example_frames: int = 96           # 0.96 s per example
-    example_hop_frames: int = 96       # non-overlapping examples
+    example_frames: int = 96  # 0.96 s per example
+    example_hop_frames: int = 96  # non-overlapping examples
 
 
 VGGISH_LOGMEL = LogMelConfig()
@@ -102,9 +102,7 @@ def mel_weight_matrix(
     """
     nyquist = sample_rate / 2.0
     if not 0.0 <= lower_edge_hertz < upper_edge_hertz <= nyquist:
-        raise ValueError(
-            f"mel band edges must satisfy 0 <= {lower_edge_hertz} < {upper_edge_hertz} <= {nyquist}"
-        )
+        raise ValueError(f"mel band edges must satisfy 0 <= {lower_edge_hertz} < {upper_edge_hertz} <= {nyquist}")
     bins_mel = hertz_to_mel(np.linspace(0.0, nyquist, num_spectrogram_bins))
     edges_mel = np.linspace(hertz_to_mel(lower_edge_hertz), hertz_to_mel(upper_edge_hertz), num_mel_bins + 2)
     lower, centre, upper = edges_mel[:-2], edges_mel[1:-1], edges_mel[2:]
@@ -141,8 +139,11 @@ def log_mel_spectrogram(waveform: np.ndarray, sample_rate: int, config: LogMelCo
     frames = frame(data, config.window_samples, config.hop_samples)
     spectrogram = np.abs(np.fft.rfft(frames * periodic_hann(config.window_samples), config.fft_length))
     weights = mel_weight_matrix(
-        config.num_mel_bins, spectrogram.shape[1], config.sample_rate,
-        config.lower_edge_hertz, config.upper_edge_hertz,
+        config.num_mel_bins,
+        spectrogram.shape[1],
+        config.sample_rate,
+        config.lower_edge_hertz,
+        config.upper_edge_hertz,
     )
     return np.log(spectrogram @ weights + config.log_offset)
 

@@ -1,6 +1,6 @@
 """AVSBench readers: both on-disk layouts, one record type, torch datasets on top.
 
-Layouts (see DESIGN.md, "AVSBench layouts to read"):
+Layouts (``docs/design.md``, "Datasets"):
 - ``semantic``: AVSBench-semantic (subsets v1s = S4, v1m = MS3, v2 = AVSS).
   ``metadata.csv`` (vid,uid,s_min,s_sec,a_obj,split,label), ``label2idx.json``,
   where the ``label`` column holds the SUBSET (v1s / v1m / v2, as in the official
@@ -69,32 +69,95 @@ OBJECT_FRAMES = 5  # both S4 and MS3 clips are 5 s, one frame per second, files 
 # AVSBench-semantic's 70 sound-source classes in the order of the released label2idx.json
 # (after background). `ssp synth` fills the label slots its K classes leave free with them.
 AVSBENCH_CLASS_NAMES = (
-    "accordion", "airplane", "axe", "baby", "bassoon", "bell", "bird", "boat", "boy", "bus",
-    "car", "cat", "cello", "clarinet", "clipper", "clock", "dog", "donkey", "drum", "duck",
-    "elephant", "emergency-car", "erhu", "flute", "frying-food", "girl", "goose", "guitar",
-    "gun", "guzheng", "hair-dryer", "handpan", "harmonica", "harp", "helicopter", "hen",
-    "horse", "keyboard", "leopard", "lion", "man", "marimba", "missile-rocket", "motorcycle",
-    "mower", "parrot", "piano", "pig", "pipa", "saw", "saxophone", "sheep", "sitar", "sorna",
-    "squirrel", "tabla", "tank", "tiger", "tractor", "train", "trombone", "truck", "trumpet",
-    "tuba", "ukulele", "utv", "vacuum-cleaner", "violin", "wolf", "woman",
+    "accordion",
+    "airplane",
+    "axe",
+    "baby",
+    "bassoon",
+    "bell",
+    "bird",
+    "boat",
+    "boy",
+    "bus",
+    "car",
+    "cat",
+    "cello",
+    "clarinet",
+    "clipper",
+    "clock",
+    "dog",
+    "donkey",
+    "drum",
+    "duck",
+    "elephant",
+    "emergency-car",
+    "erhu",
+    "flute",
+    "frying-food",
+    "girl",
+    "goose",
+    "guitar",
+    "gun",
+    "guzheng",
+    "hair-dryer",
+    "handpan",
+    "harmonica",
+    "harp",
+    "helicopter",
+    "hen",
+    "horse",
+    "keyboard",
+    "leopard",
+    "lion",
+    "man",
+    "marimba",
+    "missile-rocket",
+    "motorcycle",
+    "mower",
+    "parrot",
+    "piano",
+    "pig",
+    "pipa",
+    "saw",
+    "saxophone",
+    "sheep",
+    "sitar",
+    "sorna",
+    "squirrel",
+    "tabla",
+    "tank",
+    "tiger",
+    "tractor",
+    "train",
+    "trombone",
+    "truck",
+    "trumpet",
+    "tuba",
+    "ukulele",
+    "utv",
+    "vacuum-cleaner",
+    "violin",
+    "wolf",
+    "woman",
 )
+
 
 @dataclass
 class VideoRecord:
-    uid: str                      # unique id (semantic: `uid` column; object: video name)
-    subset: str                   # v1s | v1m | v2
-    split: str                    # train | val | test
-    category: str                 # semantic: `a_obj` column; S4: category; MS3: "" (multi-source)
-    root: Path                    # dataset root
-    rel_dir: str                  # per-video folder relative to root; outputs mirror it
-    frame_paths: list[Path]       # one per second, in order
+    uid: str  # unique id (semantic: `uid` column; object: video name)
+    subset: str  # v1s | v1m | v2
+    split: str  # train | val | test
+    category: str  # semantic: `a_obj` column; S4: category; MS3: "" (multi-source)
+    root: Path  # dataset root
+    rel_dir: str  # per-video folder relative to root; outputs mirror it
+    frame_paths: list[Path]  # one per second, in order
     audio_path: Path
-    mask_paths: list[Path | None]             # colour (semantic) or binary (object) masks; None = unlabelled
+    mask_paths: list[Path | None]  # colour (semantic) or binary (object) masks; None = unlabelled
     semantic_mask_paths: list[Path | None] = field(default_factory=list)  # labels_semantic/{i}.png if present
     labelled: list[bool] = field(default_factory=list)
-    objects: list[str] = field(default_factory=list)   # a_obj, split into names
+    objects: list[str] = field(default_factory=list)  # a_obj, split into names
     layout: str = "semantic"
-    start: float = 0.0            # clip start in the source video (s), if known
+    start: float = 0.0  # clip start in the source video (s), if known
 
     @property
     def num_frames(self) -> int:
@@ -255,26 +318,29 @@ def _semantic_records(root: Path, subsets, splits) -> list[VideoRecord]:
         semantic_dir = video_dir / "labels_semantic"
         has_semantic = semantic_dir.is_dir()
         a_obj = row.get("a_obj", "").strip()
-        records.append(VideoRecord(
-            uid=uid,
-            subset=subset,
-            split=split,
-            category=a_obj,
-            root=root,
-            rel_dir=rel_dir,
-            frame_paths=[video_dir / "frames" / f"{i}.jpg" for i in range(num_frames)],
-            audio_path=video_dir / "audio.wav",
-            mask_paths=[video_dir / "labels_rgb" / f"{i}.png" if labelled[i] else None for i in range(num_frames)],
-            semantic_mask_paths=[
-                semantic_dir / f"{i}.png"
-                if labelled[i] and has_semantic and (semantic_dir / f"{i}.png").is_file() else None
-                for i in range(num_frames)
-            ],
-            labelled=labelled,
-            objects=split_objects(a_obj),
-            layout="semantic",
-            start=60.0 * _parse_float(row.get("s_min", "")) + _parse_float(row.get("s_sec", "")),
-        ))
+        records.append(
+            VideoRecord(
+                uid=uid,
+                subset=subset,
+                split=split,
+                category=a_obj,
+                root=root,
+                rel_dir=rel_dir,
+                frame_paths=[video_dir / "frames" / f"{i}.jpg" for i in range(num_frames)],
+                audio_path=video_dir / "audio.wav",
+                mask_paths=[video_dir / "labels_rgb" / f"{i}.png" if labelled[i] else None for i in range(num_frames)],
+                semantic_mask_paths=[
+                    semantic_dir / f"{i}.png"
+                    if labelled[i] and has_semantic and (semantic_dir / f"{i}.png").is_file()
+                    else None
+                    for i in range(num_frames)
+                ],
+                labelled=labelled,
+                objects=split_objects(a_obj),
+                layout="semantic",
+                start=60.0 * _parse_float(row.get("s_min", "")) + _parse_float(row.get("s_sec", "")),
+            )
+        )
     return records
 
 
@@ -288,8 +354,9 @@ def _column_or_position(df, name: str, position: int, shown: str) -> str:
     raise DataError(shown, f"missing column {name!r}; header is {','.join(df.columns)}")
 
 
-def _object_rows(root: Path, part: tuple[Path, Path], splits, columns: dict[str, tuple[str, int]],
-                 id_column: str | None = None) -> Iterator[tuple[Path, dict[str, str]]]:
+def _object_rows(
+    root: Path, part: tuple[Path, Path], splits, columns: dict[str, tuple[str, int]], id_column: str | None = None
+) -> Iterator[tuple[Path, dict[str, str]]]:
     """``(data folder, row)`` of one AVSBench-object manifest, rows stripped and checked,
     in the wanted splits. ``columns``: name -> (header name, position when the header
     lacks it); ``id_column``: header name of the video name when present (MS3's
@@ -318,22 +385,24 @@ def _s4_records(root: Path, part: tuple[Path, Path], splits) -> list[VideoRecord
         frames_dir = data / "visual_frames" / split / category / name
         masks_dir = data / "gt_masks" / split / category / name
         labelled = [i == 0 for i in range(OBJECT_FRAMES)] if split == "train" else [True] * OBJECT_FRAMES
-        records.append(VideoRecord(
-            uid=name,
-            subset="v1s",
-            split=split,
-            category=category,
-            root=root,
-            rel_dir=f"v1s/{split}/{category}/{name}",
-            frame_paths=[frames_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-            audio_path=data / "audio_wav" / split / category / f"{name}.wav",
-            mask_paths=[masks_dir / f"{name}_{i + 1}.png" if labelled[i] else None for i in range(OBJECT_FRAMES)],
-            semantic_mask_paths=[None] * OBJECT_FRAMES,
-            labelled=labelled,
-            objects=[category] if category else [],
-            layout="object",
-            start=_parse_float(row["start"]),
-        ))
+        records.append(
+            VideoRecord(
+                uid=name,
+                subset="v1s",
+                split=split,
+                category=category,
+                root=root,
+                rel_dir=f"v1s/{split}/{category}/{name}",
+                frame_paths=[frames_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+                audio_path=data / "audio_wav" / split / category / f"{name}.wav",
+                mask_paths=[masks_dir / f"{name}_{i + 1}.png" if labelled[i] else None for i in range(OBJECT_FRAMES)],
+                semantic_mask_paths=[None] * OBJECT_FRAMES,
+                labelled=labelled,
+                objects=[category] if category else [],
+                layout="object",
+                start=_parse_float(row["start"]),
+            )
+        )
     return records
 
 
@@ -342,22 +411,24 @@ def _ms3_records(root: Path, part: tuple[Path, Path], splits) -> list[VideoRecor
     for data, row in _object_rows(root, part, splits, {"name": ("name", 0)}, id_column="video_id"):
         name, split = row["name"], row["split"]
         masks_dir = data / "gt_masks" / split / name
-        records.append(VideoRecord(
-            uid=name,
-            subset="v1m",
-            split=split,
-            category="",
-            root=root,
-            rel_dir=f"v1m/{split}/{name}",
-            # frames were extracted from "{name}.mp4", hence the odd file names
-            frame_paths=[data / "visual_frames" / name / f"{name}.mp4_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-            audio_path=data / "audio_wav" / split / f"{name}.wav",
-            mask_paths=[masks_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-            semantic_mask_paths=[None] * OBJECT_FRAMES,
-            labelled=[True] * OBJECT_FRAMES,
-            objects=[],
-            layout="object",
-        ))
+        records.append(
+            VideoRecord(
+                uid=name,
+                subset="v1m",
+                split=split,
+                category="",
+                root=root,
+                rel_dir=f"v1m/{split}/{name}",
+                # frames were extracted from "{name}.mp4", hence the odd file names
+                frame_paths=[data / "visual_frames" / name / f"{name}.mp4_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+                audio_path=data / "audio_wav" / split / f"{name}.wav",
+                mask_paths=[masks_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
+                semantic_mask_paths=[None] * OBJECT_FRAMES,
+                labelled=[True] * OBJECT_FRAMES,
+                objects=[],
+                layout="object",
+            )
+        )
     return records
 
 
@@ -400,8 +471,10 @@ def load_records(
     if layout == "object":
         if not root.is_dir():
             raise DataError(root, "dataset folder does not exist")
-        if not (_find_object_part(root, S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR)
-                or _find_object_part(root, MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR)):
+        if not (
+            _find_object_part(root, S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR)
+            or _find_object_part(root, MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR)
+        ):
             raise DataError(root, f"no AVSBench-object manifest ({S4_CSV} or {MS3_CSV})")
         return _object_records(root, subsets, splits)
     raise SSPError(f"unknown layout {layout!r}; choose from auto, {', '.join(LAYOUTS)}")
@@ -445,8 +518,9 @@ def class_names(root: str | Path) -> list[str]:
     mapping = load_label2idx(root)
     by_index = sorted(mapping.items(), key=lambda kv: kv[1])
     if [v for _, v in by_index] != list(range(len(by_index))):
-        raise DataError(_display_path(Path(root) / LABEL2IDX_JSON, root),
-                        "class indices must be exactly 0..N-1, each once")
+        raise DataError(
+            _display_path(Path(root) / LABEL2IDX_JSON, root), "class indices must be exactly 0..N-1, each once"
+        )
     return [name for name, _ in by_index]
 
 
@@ -480,16 +554,18 @@ def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray
     if semantic_path is not None:
         image = open_image(semantic_path, record.root, "class-index mask")
         if image.mode not in ("L", "P", "I", "I;16", "1"):
-            raise DataError(record.display_path(semantic_path),
-                            f"class-index mask must be single-channel, got mode {image.mode}")
+            raise DataError(
+                record.display_path(semantic_path), f"class-index mask must be single-channel, got mode {image.mode}"
+            )
         index = np.asarray(image, dtype=np.int64)
         invalid = (index < 0) | (index >= NUM_CLASSES)
         if invalid.any():
             if strict:
                 bad = sorted(set(index[invalid].tolist()))[:5]
-                raise DataError(record.display_path(semantic_path),
-                                f"{int(invalid.sum())} pixels have class indices outside "
-                                f"0..{NUM_CLASSES - 1}, e.g. {bad}")
+                raise DataError(
+                    record.display_path(semantic_path),
+                    f"{int(invalid.sum())} pixels have class indices outside 0..{NUM_CLASSES - 1}, e.g. {bad}",
+                )
             index = np.where(invalid, 0, index)
         return index.astype(np.uint8)
 
@@ -500,8 +576,10 @@ def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray
     if unknown.any() and strict:
         colours = np.unique(rgb[unknown].reshape(-1, 3), axis=0)[:5]
         shown_colours = ", ".join(str(tuple(int(v) for v in c)) for c in colours)
-        raise DataError(record.display_path(path),
-                        f"{int(unknown.sum())} pixels have colours outside the AVSBench palette, e.g. {shown_colours}")
+        raise DataError(
+            record.display_path(path),
+            f"{int(unknown.sum())} pixels have colours outside the AVSBench palette, e.g. {shown_colours}",
+        )
     # strict=False: unknown colours stay 0 (background), as in the official loader
     return index.astype(np.uint8)
 

@@ -88,8 +88,10 @@ class AVSDataset(Dataset):
         if task == "avss":
             object_layout = [r.uid for r in records if r.layout == "object"]
             if object_layout:
-                raise SSPError(f"task 'avss' needs class masks, but {len(object_layout)} video(s) come from the "
-                               f"AVSBench-object layout (binary masks only), e.g. {object_layout[0]}")
+                raise SSPError(
+                    f"task 'avss' needs class masks, but {len(object_layout)} video(s) come from the "
+                    f"AVSBench-object layout (binary masks only), e.g. {object_layout[0]}"
+                )
         if image_size < 1:
             raise SSPError(f"image_size must be positive, got {image_size}")
         if max_frames is not None and max_frames < 1:
@@ -117,10 +119,12 @@ class AVSDataset(Dataset):
         num_frames = self.num_frames(index)
         size = self.image_size
 
-        frames = np.stack([
-            _resize(read_frame(record.frame_paths[i], record.root), size, Image.Resampling.BILINEAR)
-            for i in range(num_frames)
-        ])
+        frames = np.stack(
+            [
+                _resize(read_frame(record.frame_paths[i], record.root), size, Image.Resampling.BILINEAR)
+                for i in range(num_frames)
+            ]
+        )
         masks = np.zeros((num_frames, size, size), dtype=np.int64)
         labelled = np.array(record.labelled[:num_frames], dtype=bool)
         for i in np.flatnonzero(labelled):
@@ -149,7 +153,8 @@ class AVSDataset(Dataset):
     def _logmel(self, record: VideoRecord, num_frames: int) -> np.ndarray:
         if self.logmel_dir is None:
             logmel = np.asarray(
-                logmel_from_wav(record.audio_path, record.num_frames, pad=self.pad_short_audio), dtype=np.float32)
+                logmel_from_wav(record.audio_path, record.num_frames, pad=self.pad_short_audio), dtype=np.float32
+            )
             source: str | Path = record.audio_path
         else:
             source = self.logmel_dir / record.rel_dir / "logmel.npy"
@@ -170,16 +175,18 @@ class AVSDataset(Dataset):
     def _flow_mask(self, record: VideoRecord, num_frames: int) -> np.ndarray:
         out = np.zeros((num_frames, self.image_size, self.image_size), dtype=np.float32)
         for i in range(num_frames):
-            gray = _read_gray(self.flow_dir / record.rel_dir / "mask" / f"{i}.png", "optical-flow mask",
-                              "run `ssp flow` first")
+            gray = _read_gray(
+                self.flow_dir / record.rel_dir / "mask" / f"{i}.png", "optical-flow mask", "run `ssp flow` first"
+            )
             out[i] = _resize(gray, self.image_size, Image.Resampling.NEAREST) > 127
         return out
 
     def _stage1_mask(self, record: VideoRecord, num_frames: int) -> np.ndarray:
         out = np.zeros((num_frames, self.image_size, self.image_size), dtype=np.float32)
         for i in range(num_frames):
-            gray = _read_gray(self.stage1_dir / record.rel_dir / f"{i}.png", "stage-1 mask",
-                              "run `ssp stage1-masks` first")
+            gray = _read_gray(
+                self.stage1_dir / record.rel_dir / f"{i}.png", "stage-1 mask", "run `ssp stage1-masks` first"
+            )
             out[i] = _resize(gray, self.image_size, Image.Resampling.BILINEAR).astype(np.float32) / 255.0
         return out
 

@@ -35,7 +35,7 @@ def _pack(rgb: np.ndarray) -> np.ndarray:
 
 
 _PACKED = _pack(PALETTE)
-_ORDER = np.argsort(_PACKED)   # built once: decoding runs per mask in the data loader
+_ORDER = np.argsort(_PACKED)  # built once: decoding runs per mask in the data loader
 _SORTED_KEYS = _PACKED[_ORDER]
 
 

@@ -91,9 +91,21 @@ GENERATOR_VERSION = 1
 SCENARIOS = ("moving_sounding", "still_sounding", "silent_distractor", "same_class_distractor")
 METADATA_COLUMNS = ("vid", "uid", "s_min", "s_sec", "a_obj", "split", "label")
 SCENARIO_COLUMNS = (
-    "uid", "subset", "split", "scenario", "num_frames", "n_objects", "n_sounding", "n_moving",
-    "n_moving_sounding", "n_still_sounding", "n_moving_silent", "n_still_silent",
-    "same_class_distractor", "silent_frames", "sounding_classes",
+    "uid",
+    "subset",
+    "split",
+    "scenario",
+    "num_frames",
+    "n_objects",
+    "n_sounding",
+    "n_moving",
+    "n_moving_sounding",
+    "n_still_sounding",
+    "n_moving_silent",
+    "n_still_silent",
+    "same_class_distractor",
+    "silent_frames",
+    "sounding_classes",
 )
 
 
@@ -120,16 +132,16 @@ TEXTURES = ("solid", "stripes", "checker", "dots")
 class SoundingClass:
     """One class: a noun an MLLM would say, how it looks and how it sounds."""
 
-    name: str          # label2idx name and the noun used in the answers
-    verb: str          # "A bell rings ..."
+    name: str  # label2idx name and the noun used in the answers
+    verb: str  # "A bell rings ..."
     shape: str
     colour: str
     texture: str
-    pitch_hz: float    # fundamental of the harmonic tone
-    harmonics: int     # number of partials (amplitude 1/k)
-    am_hz: float = 0.0     # amplitude modulation rate and depth (0..1)
+    pitch_hz: float  # fundamental of the harmonic tone
+    harmonics: int  # number of partials (amplitude 1/k)
+    am_hz: float = 0.0  # amplitude modulation rate and depth (0..1)
     am_depth: float = 0.0
-    fm_hz: float = 0.0     # frequency modulation rate and relative depth
+    fm_hz: float = 0.0  # frequency modulation rate and relative depth
     fm_depth: float = 0.0
 
 
@@ -146,8 +158,9 @@ CLASS_CATALOGUE: tuple[SoundingClass, ...] = (
     SoundingClass("guitar", "strums", "square", "green", "stripes", 196.0, 6, am_hz=6.0, am_depth=0.5),
     SoundingClass("violin", "sings", "ring", "blue", "solid", 523.0, 5, fm_hz=6.0, fm_depth=0.015),
     SoundingClass("car", "honks", "cross", "white", "checker", 294.0, 7),
-    SoundingClass("bird", "chirps", "diamond", "yellow", "dots", 1568.0, 2, am_hz=8.0, am_depth=0.9, fm_hz=10.0,
-                  fm_depth=0.05),
+    SoundingClass(
+        "bird", "chirps", "diamond", "yellow", "dots", 1568.0, 2, am_hz=8.0, am_depth=0.9, fm_hz=10.0, fm_depth=0.05
+    ),
     SoundingClass("clock", "ticks", "disc", "white", "stripes", 1319.0, 1, am_hz=10.0, am_depth=1.0),
     SoundingClass("trumpet", "blares", "triangle", "orange", "stripes", 466.0, 8, fm_hz=5.0, fm_depth=0.008),
     SoundingClass("piano", "plays", "square", "pink", "solid", 262.0, 5, am_hz=1.5, am_depth=0.9),
@@ -157,6 +170,7 @@ CLASS_CATALOGUE: tuple[SoundingClass, ...] = (
     SoundingClass("helicopter", "whirs", "cross", "blue", "solid", 110.0, 5, am_hz=12.0, am_depth=0.8),
 )
 MIN_CLASSES, MAX_CLASSES = 3, len(CLASS_CATALOGUE)
+
 
 def class_table(num_classes: int) -> list[SoundingClass]:
     """The first ``num_classes`` classes of the catalogue (class index = position + 1)."""
@@ -192,12 +206,12 @@ class SynthConfig:
     command's own knobs (flags), with their defaults here."""
 
     seed: int
-    size: str                     # a PRESETS name
+    size: str  # a PRESETS name
     num_classes: int
     image_size: int
-    snr_db: float = 20.0          # per-source level / noise level, in dB
+    snr_db: float = 20.0  # per-source level / noise level, in dB
     jpeg_quality: int = 90
-    scale: float = 1.0            # multiplies the preset's video counts
+    scale: float = 1.0  # multiplies the preset's video counts
     scenario_mix: dict[str, float] = field(default_factory=lambda: {s: 1.0 for s in SCENARIOS})
 
     def __post_init__(self):
@@ -288,24 +302,28 @@ def plan_videos(config: SynthConfig) -> list[VideoPlan]:
 # + 0.045 + 0.015 x 1.42) = 0.407) and inside the frame (0.2 - 0.015 - 0.045 - 0.1375
 # > 0); the centre only hosts a lone object.
 ANCHORS = {
-    "left": (0.2, 0.5), "right": (0.8, 0.5), "top": (0.5, 0.2), "bottom": (0.5, 0.8),
+    "left": (0.2, 0.5),
+    "right": (0.8, 0.5),
+    "top": (0.5, 0.2),
+    "bottom": (0.5, 0.8),
     "centre": (0.5, 0.5),
 }
 EDGE_LOCATIONS = ("left", "right", "top", "bottom")
 RADIUS_RANGE = (0.105, 0.125)
 MOTION_BOX = 0.045
 SHAPE_REACH = 1.1
-SPEED_RANGE = (0.03, 0.042)     # per second (= per frame), fraction of the frame size; < MOTION_BOX
+SPEED_RANGE = (0.03, 0.042)  # per second (= per frame), fraction of the frame size; < MOTION_BOX
 ANCHOR_JITTER = 0.015
-SOURCE_RMS = 0.1                # level of one sounding object in the mix
+SOURCE_RMS = 0.1  # level of one sounding object in the mix
 
 
 def _round2(x: float) -> float:
     return float(round(float(x), 2))
 
 
-def _trajectory(rng: np.random.Generator, start: np.ndarray, centre: np.ndarray, box: float,
-                speed: float, steps_moving: list[bool]) -> list[np.ndarray]:
+def _trajectory(
+    rng: np.random.Generator, start: np.ndarray, centre: np.ndarray, box: float, speed: float, steps_moving: list[bool]
+) -> list[np.ndarray]:
     """Positions per frame. Each moving step has length exactly ``speed`` (so moving
     objects visibly move every step) and stays within distance ``box`` of ``centre``."""
     positions = [start]
@@ -344,8 +362,9 @@ def _stretch(rng: np.random.Generator, length: int, lo: int, hi: int) -> tuple[i
     return start, n
 
 
-def _draw_roles(rng: np.random.Generator, plan: VideoPlan,
-                num_classes: int) -> tuple[list[tuple[int, bool, bool]], list[str]]:
+def _draw_roles(
+    rng: np.random.Generator, plan: VideoPlan, num_classes: int
+) -> tuple[list[tuple[int, bool, bool]], list[str]]:
     """The objects of a scene in the order they are drawn, (class position, sounding,
     moving) each, and the locations of the scene's object slots (slot i: the i-th object
     once the objects are shuffled)."""
@@ -388,16 +407,26 @@ def _draw_roles(rng: np.random.Generator, plan: VideoPlan,
     return list(zip(sounding_classes + silent_classes, sounds, moves)), locations
 
 
-def _draw_object(rng: np.random.Generator, i: int, cls_pos: int, cls: SoundingClass, sounds: bool, moving: bool,
-                 location: str, subset: str, n_frames: int, size: int) -> dict[str, Any]:
+def _draw_object(
+    rng: np.random.Generator,
+    i: int,
+    cls_pos: int,
+    cls: SoundingClass,
+    sounds: bool,
+    moving: bool,
+    location: str,
+    subset: str,
+    n_frames: int,
+    size: int,
+) -> dict[str, Any]:
     """Object ``i`` of a scene (its scene.json record): size, path, flags, colour, pitch."""
     radius = rng.uniform(*RADIUS_RANGE) * size
     anchor = (np.array(ANCHORS[location]) + rng.uniform(-ANCHOR_JITTER, ANCHOR_JITTER, 2)) * size
     box = MOTION_BOX * size
     steps = [moving] * (n_frames - 1)
     if moving and subset == "v2" and rng.random() < 0.25:
-        start, n = _stretch(rng, n_frames - 1, 2, 3)   # the object pauses a while
-        steps[start:start + n] = [False] * n
+        start, n = _stretch(rng, n_frames - 1, 2, 3)  # the object pauses a while
+        steps[start : start + n] = [False] * n
     start_pos = anchor + (rng.uniform(-box / 2, box / 2, 2) if moving else 0.0)  # within box * 0.71
     positions = _trajectory(rng, start_pos, anchor, box, rng.uniform(*SPEED_RANGE) * size, steps)
     positions = [[_round2(p[0]), _round2(p[1])] for p in positions]
@@ -409,8 +438,8 @@ def _draw_object(rng: np.random.Generator, i: int, cls_pos: int, cls: SoundingCl
     ]
     sounding_flags = [sounds] * n_frames
     if sounds and subset == "v2" and rng.random() < 0.3:
-        start, n = _stretch(rng, n_frames, 2, 3)        # the source falls silent a while
-        sounding_flags[start:start + n] = [False] * n
+        start, n = _stretch(rng, n_frames, 2, 3)  # the source falls silent a while
+        sounding_flags[start : start + n] = [False] * n
     colour = np.array(COLOURS[cls.colour], dtype=float)
     rgb = np.clip(colour * rng.uniform(0.9, 1.05), 0, 255).round().astype(int)
     return {
@@ -467,6 +496,7 @@ def sample_scene(plan: VideoPlan, config: SynthConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------
 # Rendering: frames and masks
 # ----------------------------------------------------------------------------------
+
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
     """Inside-test of a shape centred at 0 with radius ``r`` (dy points down). Every
@@ -575,6 +605,7 @@ def render_frames(scene: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 # Audio: harmonic tones with class pitch and modulation, mixed with noise
 # ----------------------------------------------------------------------------------
 
+
 def _gate(flags: list[bool], sample_rate: int, ramp_s: float = 0.01) -> np.ndarray:
     """1 during the sounding seconds, 0 elsewhere, with short linear ramps centred on
     each on/off boundary (no clicks)."""
@@ -589,8 +620,9 @@ def _gate(flags: list[bool], sample_rate: int, ramp_s: float = 0.01) -> np.ndarr
     return np.interp(t, knots_t, knots_v)
 
 
-def class_tone(cls: SoundingClass, pitch_hz: float, duration_s: float, sample_rate: int,
-               rng: np.random.Generator) -> np.ndarray:
+def class_tone(
+    cls: SoundingClass, pitch_hz: float, duration_s: float, sample_rate: int, rng: np.random.Generator
+) -> np.ndarray:
     """One class's sound: sum of 1/k partials of an FM'd fundamental, times an AM
     envelope; unit RMS."""
     t = np.arange(int(duration_s * sample_rate)) / sample_rate
@@ -610,7 +642,7 @@ def class_tone(cls: SoundingClass, pitch_hz: float, duration_s: float, sample_ra
         tone += (partial * complex(math.cos(offset), math.sin(offset))).imag / k
     am = 1 - cls.am_depth * (0.5 - 0.5 * np.cos(2 * math.pi * cls.am_hz * t + rng.uniform(0, 2 * math.pi)))
     tone *= am
-    return tone / (np.sqrt(np.mean(tone ** 2)) + 1e-12)
+    return tone / (np.sqrt(np.mean(tone**2)) + 1e-12)
 
 
 def synthesise_audio(scene: dict[str, Any]) -> np.ndarray:
@@ -634,7 +666,10 @@ def synthesise_audio(scene: dict[str, Any]) -> np.ndarray:
 # ----------------------------------------------------------------------------------
 
 LOCATION_PHRASES = {
-    "left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+    "left": "on the left",
+    "right": "on the right",
+    "top": "at the top",
+    "bottom": "at the bottom",
     "centre": "in the centre",
 }
 VAGUE_NOUNS = ("object", "thing")
@@ -657,8 +692,9 @@ def _article(word: str) -> str:
     return "An" if word[0] in "aeiou" else "A"
 
 
-def _sentence(colour: str, noun: str, verb: str | None, moving: bool, location: str | None,
-              at_times: bool = False) -> str:
+def _sentence(
+    colour: str, noun: str, verb: str | None, moving: bool, location: str | None, at_times: bool = False
+) -> str:
     """One A1 sentence, e.g. 'A red bell rings while moving on the left.' (``verb``),
     'A blue drum sits silent at the top.' (None) or 'A blue drum is at the top.' ("")."""
     head = f"{_article(colour)} {colour} {noun}" if colour else f"{_article(noun)} {noun}"
@@ -689,7 +725,7 @@ def _answers(scene: dict[str, Any], rng: np.random.Generator | None, p: float) -
     a2: list[str] = []
     extra_sentences: list[str] = []
     for noun in sounding_nouns:
-        u, kind_draw, vague_draw, pick_silent, pick = (rng.random(5) if rng is not None else np.ones(5))
+        u, kind_draw, vague_draw, pick_silent, pick = rng.random(5) if rng is not None else np.ones(5)
         corrupt = rng is not None and u < p
         kind = ("drop", "add", "blur")[min(2, int(kind_draw * 3))]
         owners = [o for o in sounding if o["noun"] == noun]
@@ -706,8 +742,9 @@ def _answers(scene: dict[str, Any], rng: np.random.Generator | None, p: float) -
             a2.append(vague)
         else:  # add: keep the noun, claim another one sounds too
             a2.append(noun)
-            silent = [o for o in objects if not any(o["sounding"]) and o["noun"] not in sounding_nouns
-                      and o["noun"] not in a2]
+            silent = [
+                o for o in objects if not any(o["sounding"]) and o["noun"] not in sounding_nouns and o["noun"] not in a2
+            ]
             present = {o["noun"] for o in objects}
             absent = [n for n in scene["vocabulary"] if n not in present and n not in a2]
             if silent and (pick_silent < 0.5 or not absent):
@@ -727,8 +764,7 @@ def _answers(scene: dict[str, Any], rng: np.random.Generator | None, p: float) -
         state = described[o["id"]]
         if state == "sound":
             verb = "makes a sound" if o["id"] in blurred else o["verb"]
-            sentences.append(_sentence(o["colour"], noun, verb, moving, o["location"],
-                                       at_times=not all(o["sounding"])))
+            sentences.append(_sentence(o["colour"], noun, verb, moving, o["location"], at_times=not all(o["sounding"])))
         elif state == "claimed":
             sentences.append(_sentence(o["colour"], noun, o["verb"], moving, o["location"]))
         elif state == "missed":
@@ -765,6 +801,7 @@ def scene_answers(scene: dict[str, Any], quality: float, seed: int) -> tuple[str
 # ----------------------------------------------------------------------------------
 # Writing one video, and the whole dataset
 # ----------------------------------------------------------------------------------
+
 
 def scene_summary(scene: dict[str, Any]) -> dict[str, Any]:
     """The scenarios.csv row of a scene (counts over the video: "sounding"/"moving" =
@@ -817,8 +854,9 @@ def generate_video(plan: VideoPlan, config: SynthConfig, root: Path) -> tuple[di
 
     video_dir = root / plan.subset / plan.uid
     for t in range(scene["num_frames"]):
-        ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(frames[t], cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality])
+        ok, jpg = cv2.imencode(
+            ".jpg", cv2.cvtColor(frames[t], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, config.jpeg_quality]
+        )
         if not ok:
             raise RuntimeError("JPEG encoding failed")
         _put(video_dir / "frames" / f"{t}.jpg", jpg.tobytes())
@@ -833,8 +871,13 @@ def generate_video(plan: VideoPlan, config: SynthConfig, root: Path) -> tuple[di
 
     summary = scene_summary(scene)
     metadata = {
-        "vid": scene["vid"], "uid": scene["uid"], "s_min": 0, "s_sec": 0,
-        "a_obj": summary["sounding_classes"], "split": scene["split"], "label": scene["subset"],
+        "vid": scene["vid"],
+        "uid": scene["uid"],
+        "s_min": 0,
+        "s_sec": 0,
+        "a_obj": summary["sounding_classes"],
+        "split": scene["split"],
+        "label": scene["subset"],
     }
     return metadata, summary
 
@@ -890,20 +933,24 @@ def _write_dataset(config: SynthConfig, staging: Path, workers: int, progress: b
         for subset in SUBSETS
     }
     scenario_counts = {s: sum(p.scenario == s for p in plans) for s in SCENARIOS}
-    write_json(staging / "manifest.json", {
-        "generator": "ssp synth",
-        "generator_version": GENERATOR_VERSION,
-        "config": asdict(config),
-        "videos": counts,
-        "scenarios": scenario_counts,
-        "classes": [c.name for c in class_table(config.num_classes)],
-        "files": n_files,
-        "content_sha256": digest,
-    })
+    write_json(
+        staging / "manifest.json",
+        {
+            "generator": "ssp synth",
+            "generator_version": GENERATOR_VERSION,
+            "config": asdict(config),
+            "videos": counts,
+            "scenarios": scenario_counts,
+            "classes": [c.name for c in class_table(config.num_classes)],
+            "files": n_files,
+            "content_sha256": digest,
+        },
+    )
 
 
-def generate_dataset(config: SynthConfig, out: str | Path, workers: int = 1, force: bool = False,
-                     progress: bool = True) -> Path:
+def generate_dataset(
+    config: SynthConfig, out: str | Path, workers: int = 1, force: bool = False, progress: bool = True
+) -> Path:
     """Write the whole dataset to ``out`` (staged beside it, then renamed). Returns ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -937,6 +984,7 @@ def generate_dataset(config: SynthConfig, out: str | Path, workers: int = 1, for
 # CLI
 # ----------------------------------------------------------------------------------
 
+
 def _parse_mix(text: str) -> dict[str, float]:
     mix = {s: 0.0 for s in SCENARIOS}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -951,33 +999,66 @@ def _parse_mix(text: str) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="dataset folder to create (AVSBench-semantic layout); written to "
-                        "DIR/../.NAME.partial first and renamed when complete")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="dataset folder to create (AVSBench-semantic layout); written to "
+        "DIR/../.NAME.partial first and renamed when complete",
+    )
     add_params_arguments(parser, "data.size=tiny")
-    parser.epilog = ("Reads the data section of the params file: seed (same seed -> byte-identical files), "
-                     f"size ({' | '.join(PRESETS)}: tiny = 12 videos (tests), demo = 304 (minutes of CPU "
-                     f"training), small = 1216), classes (K, {MIN_CLASSES}..{MAX_CLASSES}) and image_size "
-                     "(frame and mask side in pixels); see ssp/params.py (DataParams).")
-    parser.add_argument("--scale", type=float, default=None, metavar="X",
-                        help="multiply the preset's video counts (at least 1 per subset and split; "
-                        f"default {SynthConfig.scale:g})")
-    parser.add_argument("--snr-db", type=float, default=None, metavar="DB",
-                        help="level of one sounding object over the background noise, dB "
-                        f"(default {SynthConfig.snr_db:g})")
-    parser.add_argument("--scenario-mix", default=None, metavar="MIX",
-                        help="relative proportions of the scenarios, NAME=WEIGHT,... (missing names get 0; "
-                        "default: equal shares of " + ", ".join(SCENARIOS) + ")")
-    parser.add_argument("--jpeg-quality", type=int, default=None, metavar="Q",
-                        help=f"JPEG quality of the frames (default {SynthConfig.jpeg_quality})")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                        help="parallel processes (default: number of CPUs); the output does not depend on it")
+    parser.epilog = (
+        "Reads the data section of the params file: seed (same seed -> byte-identical files), "
+        f"size ({' | '.join(PRESETS)}: tiny = 12 videos (tests), demo = 304 (minutes of CPU "
+        f"training), small = 1216), classes (K, {MIN_CLASSES}..{MAX_CLASSES}) and image_size "
+        "(frame and mask side in pixels); see ssp/params.py (DataParams)."
+    )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        metavar="X",
+        help=f"multiply the preset's video counts (at least 1 per subset and split; default {SynthConfig.scale:g})",
+    )
+    parser.add_argument(
+        "--snr-db",
+        type=float,
+        default=None,
+        metavar="DB",
+        help=f"level of one sounding object over the background noise, dB (default {SynthConfig.snr_db:g})",
+    )
+    parser.add_argument(
+        "--scenario-mix",
+        default=None,
+        metavar="MIX",
+        help="relative proportions of the scenarios, NAME=WEIGHT,... (missing names get 0; "
+        "default: equal shares of " + ", ".join(SCENARIOS) + ")",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        metavar="Q",
+        help=f"JPEG quality of the frames (default {SynthConfig.jpeg_quality})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="parallel processes (default: number of CPUs); the output does not depend on it",
+    )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
 def main(args: argparse.Namespace) -> int:
-    knobs = {"snr_db": args.snr_db, "jpeg_quality": args.jpeg_quality, "scale": args.scale,
-             "scenario_mix": None if args.scenario_mix is None else _parse_mix(args.scenario_mix)}
+    knobs = {
+        "snr_db": args.snr_db,
+        "jpeg_quality": args.jpeg_quality,
+        "scale": args.scale,
+        "scenario_mix": None if args.scenario_mix is None else _parse_mix(args.scenario_mix),
+    }
     config = SynthConfig.from_params(stage_params(args).data, **{k: v for k, v in knobs.items() if v is not None})
     out = generate_dataset(config, args.out, workers=max(1, args.workers), force=args.force)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -80,12 +80,12 @@ from ssp.errors import DataError, SSPError
 from ssp.fileio import tree_digest, write_json
 from ssp.params import add_params_arguments, stage_params
 
-AUDIO_RATE = 16_000            # Hz; the rate every audio stage works at
-AUDIO_TOLERANCE_S = 0.05       # audio may be this much shorter than frames x 1 s
+AUDIO_RATE = 16_000  # Hz; the rate every audio stage works at
+AUDIO_TOLERANCE_S = 0.05  # audio may be this much shorter than frames x 1 s
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 S4_COLUMNS = ("name", "start", "category", "split")
-MS3_COLUMNS = ("video_id", "split")   # the reader also accepts "name" for the id
+MS3_COLUMNS = ("video_id", "split")  # the reader also accepts "name" for the id
 
 
 # ----------------------------------------------------------------------------------
@@ -94,9 +94,9 @@ MS3_COLUMNS = ("video_id", "split")   # the reader also accepts "name" for the i
 
 
 class Failure(NamedTuple):
-    path: str      # file at fault, relative to the dataset root
-    rule: str      # the rule it breaks
-    detail: str    # what was found
+    path: str  # file at fault, relative to the dataset root
+    rule: str  # the rule it breaks
+    detail: str  # what was found
 
 
 @dataclass
@@ -142,9 +142,9 @@ class ValidationReport:
 
 @dataclass
 class ExpectedFile:
-    path: str                  # relative to root
-    kind: str                  # frame | colour_mask | index_mask | binary_mask | audio
-    index: int = -1            # frame index (masks: the frame they belong to)
+    path: str  # relative to root
+    kind: str  # frame | colour_mask | index_mask | binary_mask | audio
+    index: int = -1  # frame index (masks: the frame they belong to)
 
 
 @dataclass
@@ -152,8 +152,8 @@ class ExpectedVideo:
     uid: str
     subset: str
     split: str
-    frames_dir: str            # folder whose image files are this video's frames
-    frame_prefix: str          # frames in frames_dir start with this (object layout)
+    frames_dir: str  # folder whose image files are this video's frames
+    frame_prefix: str  # frames in frames_dir start with this (object layout)
     expected_frames: int
     files: list[ExpectedFile]
 
@@ -161,11 +161,12 @@ class ExpectedVideo:
 @dataclass
 class Manifest:
     """One manifest file and what it needs."""
-    path: str                  # relative to root
-    columns: tuple[str, ...]   # required columns
-    id_column: str             # the column that names a video (must be unique)
-    subset: str | None         # object layout: v1s (S4) or v1m (MS3); semantic: per row
-    data_dir: str              # object layout: folder holding visual_frames/, gt_masks/, audio_wav/
+
+    path: str  # relative to root
+    columns: tuple[str, ...]  # required columns
+    id_column: str  # the column that names a video (must be unique)
+    subset: str | None  # object layout: v1s (S4) or v1m (MS3); semantic: per row
+    data_dir: str  # object layout: folder holding visual_frames/, gt_masks/, audio_wav/
 
 
 def find_manifests(root: Path, layout: str) -> list[Manifest]:
@@ -174,8 +175,10 @@ def find_manifests(root: Path, layout: str) -> list[Manifest]:
     if layout == "semantic":
         return [Manifest(SEMANTIC_CSV, SEMANTIC_COLUMNS, "uid", None, "")]
     manifests = []
-    for csv_name, release_dir, data_dir, subset in ((S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR, "v1s"),
-                                                     (MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR, "v1m")):
+    for csv_name, release_dir, data_dir, subset in (
+        (S4_CSV, S4_RELEASE_DIR, S4_DATA_DIR, "v1s"),
+        (MS3_CSV, MS3_RELEASE_DIR, MS3_DATA_DIR, "v1m"),
+    ):
         part = _find_object_part(root, csv_name, release_dir, data_dir)
         if part is None:
             continue
@@ -338,12 +341,25 @@ def scan_video(root: Path, video: ExpectedVideo) -> tuple[list[dict[str, Any]], 
     rows = []
     for expected in video.files:
         row: dict[str, Any] = {
-            "path": expected.path, "video": video.frames_dir, "kind": expected.kind,
-            "index": expected.index, "present": False, "decodable": None, "error": None,
-            "size": None, "video_frame_size": None, "paired_frame_size": None,
-            "off_palette_pixels": None, "off_palette_example": None, "max_class_index": None,
-            "non_binary_pixels": None, "audio_rate": None, "audio_seconds": None,
-            "audio_margin_s": None, "audio_peak": None, "frames_expected": video.expected_frames,
+            "path": expected.path,
+            "video": video.frames_dir,
+            "kind": expected.kind,
+            "index": expected.index,
+            "present": False,
+            "decodable": None,
+            "error": None,
+            "size": None,
+            "video_frame_size": None,
+            "paired_frame_size": None,
+            "off_palette_pixels": None,
+            "off_palette_example": None,
+            "max_class_index": None,
+            "non_binary_pixels": None,
+            "audio_rate": None,
+            "audio_seconds": None,
+            "audio_margin_s": None,
+            "audio_peak": None,
+            "frames_expected": video.expected_frames,
         }
         path = root / expected.path
         try:
@@ -375,14 +391,18 @@ def scan_video(root: Path, video: ExpectedVideo) -> tuple[list[dict[str, Any]], 
 
     try:
         found = sum(
-            1 for name in os.listdir(root / video.frames_dir)
+            1
+            for name in os.listdir(root / video.frames_dir)
             if Path(name).suffix.lower() in IMAGE_SUFFIXES and name.startswith(video.frame_prefix)
         )
     except OSError:  # no folder (or an unreadable one): no frames
         found = 0
     video_row = {
-        "path": video.frames_dir, "subset": video.subset, "split": video.split,
-        "frames_found": found, "frames_expected": video.expected_frames,
+        "path": video.frames_dir,
+        "subset": video.subset,
+        "split": video.split,
+        "frames_found": found,
+        "frames_expected": video.expected_frames,
     }
     return rows, video_row
 
@@ -395,7 +415,7 @@ def scan_video(root: Path, video: ExpectedVideo) -> tuple[list[dict[str, Any]], 
 @dataclass
 class Rule:
     name: str
-    expectation: Any                       # a gx Expectation
+    expectation: Any  # a gx Expectation
     describe: Callable[[dict[str, Any]], str]  # failing row -> detail text
 
 
@@ -408,32 +428,63 @@ def manifest_rules(gxe: Any, columns: tuple[str, ...], id_column: str, present: 
         return f"line {r['line']} ({id_column}={r.get(id_column)!r})"
 
     rules = [
-        Rule("manifest columns", gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=False),
-             lambda r: f"missing required columns {r['missing']}"),
+        Rule(
+            "manifest columns",
+            gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=False),
+            lambda r: f"missing required columns {r['missing']}",
+        ),
         Rule("manifest not empty", gxe.ExpectTableRowCountToBeBetween(min_value=1), lambda r: "no rows"),
     ]
     for column in columns:
         if column in present:
-            rules.append(Rule(f"{column} not null", gxe.ExpectColumnValuesToNotBeNull(column=column),
-                              lambda r, c=column: f"{line(r)}: empty {c}"))
+            rules.append(
+                Rule(
+                    f"{column} not null",
+                    gxe.ExpectColumnValuesToNotBeNull(column=column),
+                    lambda r, c=column: f"{line(r)}: empty {c}",
+                )
+            )
     if id_column in present:
-        rules.append(Rule(f"{id_column} unique", gxe.ExpectColumnValuesToBeUnique(column=id_column),
-                          lambda r: f"{line(r)}: {id_column} {r[id_column]!r} appears more than once"))
+        rules.append(
+            Rule(
+                f"{id_column} unique",
+                gxe.ExpectColumnValuesToBeUnique(column=id_column),
+                lambda r: f"{line(r)}: {id_column} {r[id_column]!r} appears more than once",
+            )
+        )
     if "split" in present:
-        rules.append(Rule("split known", gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
-                          lambda r: f"{line(r)}: split {r['split']!r} not in {list(SPLITS)}"))
+        rules.append(
+            Rule(
+                "split known",
+                gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
+                lambda r: f"{line(r)}: split {r['split']!r} not in {list(SPLITS)}",
+            )
+        )
     if "label" in present:
-        rules.append(Rule("subset known", gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(SUBSETS)),
-                          lambda r: f"{line(r)}: subset (label column) {r['label']!r} not in {list(SUBSETS)}"))
+        rules.append(
+            Rule(
+                "subset known",
+                gxe.ExpectColumnValuesToBeInSet(column="label", value_set=list(SUBSETS)),
+                lambda r: f"{line(r)}: subset (label column) {r['label']!r} not in {list(SUBSETS)}",
+            )
+        )
     if "objects_known" in present:
-        rules.append(Rule("a_obj names are classes",
-                          gxe.ExpectColumnValuesToBeInSet(column="objects_known", value_set=[True]),
-                          lambda r: f"{line(r)}: a_obj names {r['unknown_objects']} are not in {LABEL2IDX_JSON}"))
+        rules.append(
+            Rule(
+                "a_obj names are classes",
+                gxe.ExpectColumnValuesToBeInSet(column="objects_known", value_set=[True]),
+                lambda r: f"{line(r)}: a_obj names {r['unknown_objects']} are not in {LABEL2IDX_JSON}",
+            )
+        )
     for column in ("s_min", "s_sec", "start"):
         if column in present:
-            rules.append(Rule(f"{column} is a number",
-                              gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"^\s*\d+(?:\.\d*)?\s*$"),
-                              lambda r, c=column: f"{line(r)}: {c} {r[c]!r} is not a non-negative number"))
+            rules.append(
+                Rule(
+                    f"{column} is a number",
+                    gxe.ExpectColumnValuesToMatchRegex(column=column, regex=r"^\s*\d+(?:\.\d*)?\s*$"),
+                    lambda r, c=column: f"{line(r)}: {c} {r[c]!r} is not a non-negative number",
+                )
+            )
     return rules
 
 
@@ -442,40 +493,72 @@ def file_rules(gxe: Any) -> list[Rule]:
         return gxe.ExpectColumnValuesToBeBetween(column=column, **kwargs)
 
     return [
-        Rule("file present", gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True]),
-             lambda r: f"missing ({r['kind'].replace('_', ' ')})" + (f": {r['error']}" if r["error"] else "")),
-        Rule("file decodable", gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
-             lambda r: f"cannot decode: {r['error']}"),
-        Rule("frame size consistent within video",
-             gxe.ExpectColumnPairValuesToBeEqual(column_A="size", column_B="video_frame_size",
-                                                 ignore_row_if="either_value_is_missing"),
-             lambda r: f"frame is {r['size']}, the video's other frames are {r['video_frame_size']}"),
-        Rule("mask size matches frame",
-             gxe.ExpectColumnPairValuesToBeEqual(column_A="size", column_B="paired_frame_size",
-                                                 ignore_row_if="either_value_is_missing"),
-             lambda r: f"mask is {r['size']}, its frame is {r['paired_frame_size']}"),
-        Rule("mask colours in palette", between("off_palette_pixels", min_value=0, max_value=0),
-             lambda r: f"{r['off_palette_pixels']} pixels with colours outside the {NUM_CLASSES}-colour "
-                       f"palette, e.g. {r['off_palette_example']}"),
-        Rule("class index in [0, 70]", between("max_class_index", min_value=0, max_value=NUM_CLASSES - 1),
-             lambda r: f"class index {r['max_class_index']} > {NUM_CLASSES - 1}"),
-        Rule("mask binary", between("non_binary_pixels", min_value=0, max_value=0),
-             lambda r: f"{r['non_binary_pixels']} pixels neither background nor foreground"),
-        Rule("audio sample rate", between("audio_rate", min_value=AUDIO_RATE),
-             lambda r: f"{r['audio_rate']} Hz < {AUDIO_RATE} Hz"),
-        Rule("audio length", between("audio_margin_s", min_value=-AUDIO_TOLERANCE_S),
-             lambda r: f"{r['audio_seconds']:.3f} s of audio for {r['frames_expected']} frames "
-                       f"(needs >= {r['frames_expected'] - AUDIO_TOLERANCE_S:.2f} s)"),
-        Rule("audio not silent", between("audio_peak", min_value=0, strict_min=True),
-             lambda r: "all samples are zero"),
+        Rule(
+            "file present",
+            gxe.ExpectColumnValuesToBeInSet(column="present", value_set=[True]),
+            lambda r: f"missing ({r['kind'].replace('_', ' ')})" + (f": {r['error']}" if r["error"] else ""),
+        ),
+        Rule(
+            "file decodable",
+            gxe.ExpectColumnValuesToBeInSet(column="decodable", value_set=[True]),
+            lambda r: f"cannot decode: {r['error']}",
+        ),
+        Rule(
+            "frame size consistent within video",
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="size", column_B="video_frame_size", ignore_row_if="either_value_is_missing"
+            ),
+            lambda r: f"frame is {r['size']}, the video's other frames are {r['video_frame_size']}",
+        ),
+        Rule(
+            "mask size matches frame",
+            gxe.ExpectColumnPairValuesToBeEqual(
+                column_A="size", column_B="paired_frame_size", ignore_row_if="either_value_is_missing"
+            ),
+            lambda r: f"mask is {r['size']}, its frame is {r['paired_frame_size']}",
+        ),
+        Rule(
+            "mask colours in palette",
+            between("off_palette_pixels", min_value=0, max_value=0),
+            lambda r: (
+                f"{r['off_palette_pixels']} pixels with colours outside the {NUM_CLASSES}-colour "
+                f"palette, e.g. {r['off_palette_example']}"
+            ),
+        ),
+        Rule(
+            "class index in [0, 70]",
+            between("max_class_index", min_value=0, max_value=NUM_CLASSES - 1),
+            lambda r: f"class index {r['max_class_index']} > {NUM_CLASSES - 1}",
+        ),
+        Rule(
+            "mask binary",
+            between("non_binary_pixels", min_value=0, max_value=0),
+            lambda r: f"{r['non_binary_pixels']} pixels neither background nor foreground",
+        ),
+        Rule(
+            "audio sample rate",
+            between("audio_rate", min_value=AUDIO_RATE),
+            lambda r: f"{r['audio_rate']} Hz < {AUDIO_RATE} Hz",
+        ),
+        Rule(
+            "audio length",
+            between("audio_margin_s", min_value=-AUDIO_TOLERANCE_S),
+            lambda r: (
+                f"{r['audio_seconds']:.3f} s of audio for {r['frames_expected']} frames "
+                f"(needs >= {r['frames_expected'] - AUDIO_TOLERANCE_S:.2f} s)"
+            ),
+        ),
+        Rule("audio not silent", between("audio_peak", min_value=0, strict_min=True), lambda r: "all samples are zero"),
     ]
 
 
 def video_rules(gxe: Any) -> list[Rule]:
     return [
-        Rule("frame count",
-             gxe.ExpectColumnPairValuesToBeEqual(column_A="frames_found", column_B="frames_expected"),
-             lambda r: f"{r['frames_found']} frames on disk, subset {r['subset']} has {r['frames_expected']}"),
+        Rule(
+            "frame count",
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="frames_found", column_B="frames_expected"),
+            lambda r: f"{r['frames_found']} frames on disk, subset {r['subset']} has {r['frames_expected']}",
+        ),
     ]
 
 
@@ -520,8 +603,15 @@ class _Validator:
         self.checks_passed = 0
         self.rule_names: list[str] = []
 
-    def validate(self, table: str, records: list[dict[str, Any]], rules: list[Rule], index_columns: list[str],
-                 source: str | None = None, columns: list[str] | None = None) -> list[Failure]:
+    def validate(
+        self,
+        table: str,
+        records: list[dict[str, Any]],
+        rules: list[Rule],
+        index_columns: list[str],
+        source: str | None = None,
+        columns: list[str] | None = None,
+    ) -> list[Failure]:
         """Run ``rules`` over the table of ``records``; return one Failure per failing
         row (table-level rules: one per table). Failures name ``source`` (the manifest
         a table was read from) when given, else each failing row's ``path``."""
@@ -533,9 +623,13 @@ class _Validator:
         for i, rule in enumerate(rules):
             rule.expectation.meta = {"rule_id": i}
             suite.add_expectation(rule.expectation)
-        result = batch.validate(suite, result_format={
-            "result_format": "COMPLETE", "unexpected_index_column_names": index_columns,
-        })
+        result = batch.validate(
+            suite,
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": index_columns,
+            },
+        )
 
         rows_by_key = {tuple(r[c] for c in index_columns): r for r in records}
         failures = []
@@ -641,29 +735,41 @@ def validate_dataset(root: str | Path, layout: str = "auto", workers: int | None
         failures += validator.validate("videos", video_rows, video_rules(validator.gxe), ["path"])
 
     kinds = Counter(r["kind"] for r in file_rows)
-    counts.update({
-        "videos": len(videos),
-        "frames": kinds.get("frame", 0),
-        "masks": sum(v for k, v in kinds.items() if k.endswith("_mask")),
-        "audio": kinds.get("audio", 0),
-    })
+    counts.update(
+        {
+            "videos": len(videos),
+            "frames": kinds.get("frame", 0),
+            "masks": sum(v for k, v in kinds.items() if k.endswith("_mask")),
+            "audio": kinds.get("audio", 0),
+        }
+    )
     ok = not failures
     checks = f"{validator.checks_passed}/{validator.checks_total} checks passed"
     if ok:
         summary = f"OK: {layout} layout, {counts['videos']} videos, {counts['frames']} frames, {checks}"
     else:
         bad = len({f.path for f in failures})
-        summary = (f"INVALID: {layout} layout, {counts['videos']} videos, {counts['frames']} frames, {checks}; "
-                   f"{len(failures)} problems in {bad} files")
+        summary = (
+            f"INVALID: {layout} layout, {counts['videos']} videos, {counts['frames']} frames, {checks}; "
+            f"{len(failures)} problems in {bad} files"
+        )
     return ValidationReport(
-        root=str(root), layout=layout, ok=ok, failures=failures, counts=counts, summary=summary,
-        checks_total=validator.checks_total, checks_passed=validator.checks_passed,
-        rules=sorted(set(validator.rule_names)), seconds=round(time.perf_counter() - started, 3),
+        root=str(root),
+        layout=layout,
+        ok=ok,
+        failures=failures,
+        counts=counts,
+        summary=summary,
+        checks_total=validator.checks_total,
+        checks_passed=validator.checks_passed,
+        rules=sorted(set(validator.rule_names)),
+        seconds=round(time.perf_counter() - started, 3),
     )
 
 
-def _check_manifests(root: Path, layout: str,
-                     validator: _Validator) -> tuple[list[Failure], list[ExpectedVideo], dict[str, Any]]:
+def _check_manifests(
+    root: Path, layout: str, validator: _Validator
+) -> tuple[list[Failure], list[ExpectedVideo], dict[str, Any]]:
     """Every manifest of ``layout`` through the manifest rules: (failures, the videos the
     manifests imply, counts per subset/split and per category)."""
     failures: list[Failure] = []
@@ -687,9 +793,12 @@ def _check_manifests(root: Path, layout: str,
         extra = ["objects_known", "unknown_objects"] if check_objects else []
         present += extra[:1]
         failures += validator.validate(
-            f"manifest_{Path(manifest.path).stem}", records,
-            manifest_rules(validator.gxe, manifest.columns, manifest.id_column, present), ["line"],
-            source=manifest.path, columns=["line", *table.columns, *extra],
+            f"manifest_{Path(manifest.path).stem}",
+            records,
+            manifest_rules(validator.gxe, manifest.columns, manifest.id_column, present),
+            ["line"],
+            source=manifest.path,
+            columns=["line", *table.columns, *extra],
         )
         counts["manifest_rows"] += len(table)
         if manifest.subset is None:
@@ -714,8 +823,9 @@ def _manifest_records(table: pd.DataFrame, classes: set[str] | None) -> list[dic
     return records
 
 
-def _count_videos(counts: dict[str, Any], manifest: Manifest, table: pd.DataFrame,
-                  records: list[dict[str, Any]]) -> None:
+def _count_videos(
+    counts: dict[str, Any], manifest: Manifest, table: pd.DataFrame, records: list[dict[str, Any]]
+) -> None:
     """Add one manifest's videos per subset/split and per sounding-object category."""
     if manifest.subset is None:
         subset_split = [(r.get("label"), r.get("split")) for r in records]
@@ -733,8 +843,9 @@ def _count_videos(counts: dict[str, Any], manifest: Manifest, table: pd.DataFram
                 per_category[name] = per_category.get(name, 0) + 1
 
 
-def _scan_videos(root: Path, videos: list[ExpectedVideo],
-                 workers: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _scan_videos(
+    root: Path, videos: list[ExpectedVideo], workers: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Measure every file, in parallel threads: (file rows, video rows). PIL must not pad
     truncated images here."""
     previous_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -758,22 +869,39 @@ def _scan_videos(root: Path, videos: list[ExpectedVideo],
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data_root", type=Path, metavar="DATA_ROOT",
-                        help="dataset root (holds metadata.csv, or s4_meta_data.csv / ms3_meta_data.csv for "
-                        "AVSBench-object)")
+    parser.add_argument(
+        "data_root",
+        type=Path,
+        metavar="DATA_ROOT",
+        help="dataset root (holds metadata.csv, or s4_meta_data.csv / ms3_meta_data.csv for AVSBench-object)",
+    )
     add_params_arguments(parser, "data.layout=object")
-    parser.add_argument("--layout", choices=["auto", "semantic", "object"], default=None,
-                        help="dataset layout, overriding the params' data.layout; auto detects it from the "
-                        "manifest file present")
-    parser.epilog = ("Reads data.layout of the params file (see ssp/params.py, DataParams). "
-                     "Exit status 0 when every check passes (one summary line is printed); otherwise the "
-                     "failures are listed, each with the file (relative to DATA_ROOT) and the rule it breaks, "
-                     "and the exit status is 2.")
-    parser.add_argument("--report", type=Path, default=None, metavar="FILE.json",
-                        help="also write the full report as JSON to this file, whether or not the data "
-                        "is valid (default: no file)")
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="threads that decode files in parallel (default: min(8, CPU count))")
+    parser.add_argument(
+        "--layout",
+        choices=["auto", "semantic", "object"],
+        default=None,
+        help="dataset layout, overriding the params' data.layout; auto detects it from the manifest file present",
+    )
+    parser.epilog = (
+        "Reads data.layout of the params file (see ssp/params.py, DataParams). "
+        "Exit status 0 when every check passes (one summary line is printed); otherwise the "
+        "failures are listed, each with the file (relative to DATA_ROOT) and the rule it breaks, "
+        "and the exit status is 2."
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="also write the full report as JSON to this file, whether or not the data is valid (default: no file)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="threads that decode files in parallel (default: min(8, CPU count))",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -790,5 +918,6 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(report.format())
     where = f"; full report in {args.report}" if args.report else ""
-    raise SSPError(f"{args.data_root}: dataset is invalid: {len(report.failures)} problems in "
-                   f"{len(report.bad_files)} files{where}")
+    raise SSPError(
+        f"{args.data_root}: dataset is invalid: {len(report.failures)} problems in {len(report.bad_files)} files{where}"
+    )

@@ -55,9 +55,14 @@ def load_split_records(data: str | Path, stage: int, split: str, subsets: list[s
     return records
 
 
-def build_dataset(records: Sequence[VideoRecord], config: SSPConfig, dirs: InputDirs,
-                  stage1_dir: str | Path | None = None, max_frames: int | None = None,
-                  **options: Any) -> AVSDataset:
+def build_dataset(
+    records: Sequence[VideoRecord],
+    config: SSPConfig,
+    dirs: InputDirs,
+    stage1_dir: str | Path | None = None,
+    max_frames: int | None = None,
+    **options: Any,
+) -> AVSDataset:
     """The dataset ``config``'s model reads: flow masks only for pre_mask/post_mask, prompts
     only for text; ``options`` go to :class:`AVSDataset` (e.g. ``strict_masks``)."""
     needs_flow = config.pre_mask or config.post_mask
@@ -66,32 +71,49 @@ def build_dataset(records: Sequence[VideoRecord], config: SSPConfig, dirs: Input
     if config.text != "none" and not dirs.prompts:
         raise SSPError(f"text={config.text!r} needs the MLLM prompts: pass --prompts DIR (from `ssp prompts`)")
     return AVSDataset(
-        records, task="avs" if config.stage == 1 else "avss", image_size=config.image_size,
-        logmel_dir=dirs.logmel, flow_dir=dirs.flow if needs_flow else None,
+        records,
+        task="avs" if config.stage == 1 else "avss",
+        image_size=config.image_size,
+        logmel_dir=dirs.logmel,
+        flow_dir=dirs.flow if needs_flow else None,
         prompts_dir=dirs.prompts if config.text != "none" else None,
-        stage1_dir=stage1_dir, max_frames=max_frames, **options,
+        stage1_dir=stage1_dir,
+        max_frames=max_frames,
+        **options,
     )
 
 
-def build_stage_datasets(data: str | Path, stage: int, config: SSPConfig, tp: TrainParams, dirs: InputDirs,
-                         stage1_masks: str | Path | None,
-                         stage1_checkpoint: str | Path | None) -> tuple[AVSDataset, AVSDataset]:
+def build_stage_datasets(
+    data: str | Path,
+    stage: int,
+    config: SSPConfig,
+    tp: TrainParams,
+    dirs: InputDirs,
+    stage1_masks: str | Path | None,
+    stage1_checkpoint: str | Path | None,
+) -> tuple[AVSDataset, AVSDataset]:
     """Train and val sets of a training stage. Stage 2 validates on stage 1's predicted
     masks (``stage1_masks``, or computed from ``stage1_checkpoint``); its train split
     reads them only when the pre-mask trains on them (``premask_train_source='stage1'``)."""
     train_records = load_split_records(data, stage, "train", tp.subsets)
     val_records = load_split_records(data, stage, "val", tp.subsets)
     if stage == 2 and stage1_masks is None and stage1_checkpoint is None:
-        raise SSPError("stage 2 validates on stage 1's predicted masks: pass --stage1-masks DIR "
-                       "(from `ssp stage1-masks`) or --stage1-checkpoint CKPT")
+        raise SSPError(
+            "stage 2 validates on stage 1's predicted masks: pass --stage1-masks DIR "
+            "(from `ssp stage1-masks`) or --stage1-checkpoint CKPT"
+        )
     train_stage1 = stage == 2 and config.pre_mask and config.premask_train_source == "stage1"
     if train_stage1 and stage1_masks is None:
-        raise SSPError("premask_train_source='stage1' trains on stage 1's masks of the train split: "
-                       "pass --stage1-masks DIR (from `ssp stage1-masks`, train split included)")
-    train_set = build_dataset(train_records, config, dirs, stage1_dir=stage1_masks if train_stage1 else None,
-                              max_frames=tp.max_frames)
-    val_set = build_dataset(val_records, config, dirs, stage1_dir=stage1_masks if stage == 2 else None,
-                            max_frames=tp.max_frames)
+        raise SSPError(
+            "premask_train_source='stage1' trains on stage 1's masks of the train split: "
+            "pass --stage1-masks DIR (from `ssp stage1-masks`, train split included)"
+        )
+    train_set = build_dataset(
+        train_records, config, dirs, stage1_dir=stage1_masks if train_stage1 else None, max_frames=tp.max_frames
+    )
+    val_set = build_dataset(
+        val_records, config, dirs, stage1_dir=stage1_masks if stage == 2 else None, max_frames=tp.max_frames
+    )
     return train_set, val_set
 
 
@@ -109,8 +131,12 @@ class InMemoryDataset:
 
     def __init__(self, dataset: AVSDataset, progress: bool = False):
         self.records = dataset.records
-        self.items = [dataset[i] for i in tqdm(range(len(dataset)), desc="caching train set", unit="video",
-                                                disable=not progress, leave=False)]
+        self.items = [
+            dataset[i]
+            for i in tqdm(
+                range(len(dataset)), desc="caching train set", unit="video", disable=not progress, leave=False
+            )
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -137,8 +163,9 @@ def collate_labelled(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def dataset_batches(dataset: Any, batch_size: int,
-                    collate: Callable[[list], dict[str, Any]] = collate_frames) -> Iterator[dict[str, Any]]:
+def dataset_batches(
+    dataset: Any, batch_size: int, collate: Callable[[list], dict[str, Any]] = collate_frames
+) -> Iterator[dict[str, Any]]:
     """``dataset`` in order, ``batch_size`` videos per collated batch (no loader, no workers)."""
     for start in range(0, len(dataset), batch_size):
         yield collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
@@ -168,15 +195,16 @@ class ResumableSampler(DistributedSampler):
         self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start:])
+        return iter(list(super().__iter__())[self.start :])
 
     def __len__(self) -> int:
         return self.num_samples - self.start
 
 
 def make_resumable_sampler(dataset: Any, dist_info: Dist, seed: int, shuffle: bool) -> ResumableSampler:
-    return ResumableSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                            shuffle=shuffle, seed=seed, drop_last=False)
+    return ResumableSampler(
+        dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=shuffle, seed=seed, drop_last=False
+    )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -193,8 +221,9 @@ class Loaders:
     val: DataLoader  # ``val.dataset_frame_offsets``: :func:`frame_offsets` of the val set
 
 
-def build_loaders(train_set: Any, val_set: AVSDataset, tp: TrainParams, dist_info: Dist, on_cuda: bool,
-                  progress: bool) -> Loaders:
+def build_loaders(
+    train_set: Any, val_set: AVSDataset, tp: TrainParams, dist_info: Dist, on_cuda: bool, progress: bool
+) -> Loaders:
     """The train loader (shuffled by a :class:`ResumableSampler` seeded with ``tp.seed``;
     ``tp.cache_in_memory``: decoded once, no workers) and this rank's val loader (every
     ``world_size``-th video, no padding duplicates)."""
@@ -202,17 +231,25 @@ def build_loaders(train_set: Any, val_set: AVSDataset, tp: TrainParams, dist_inf
         # Items are deterministic, so decoding them once is exact; the step then only collates.
         train_set = InMemoryDataset(train_set, progress=progress and dist_info.is_main)
     sampler = make_resumable_sampler(train_set, dist_info, tp.seed, shuffle=True)
-    loader_kwargs: dict[str, Any] = {"num_workers": tp.num_workers, "pin_memory": on_cuda,
-                                     "worker_init_fn": _seed_worker if tp.num_workers else None,
-                                     "persistent_workers": tp.num_workers > 0}
+    loader_kwargs: dict[str, Any] = {
+        "num_workers": tp.num_workers,
+        "pin_memory": on_cuda,
+        "worker_init_fn": _seed_worker if tp.num_workers else None,
+        "persistent_workers": tp.num_workers > 0,
+    }
     if tp.num_workers:
         loader_kwargs["prefetch_factor"] = 4
-    train_loader = DataLoader(train_set, batch_size=tp.batch_size, sampler=sampler,
-                              collate_fn=collate_labelled if tp.labelled_only else collate_frames,
-                              generator=torch.Generator().manual_seed(tp.seed),
-                              **({"num_workers": 0} if tp.cache_in_memory else loader_kwargs))
+    train_loader = DataLoader(
+        train_set,
+        batch_size=tp.batch_size,
+        sampler=sampler,
+        collate_fn=collate_labelled if tp.labelled_only else collate_frames,
+        generator=torch.Generator().manual_seed(tp.seed),
+        **({"num_workers": 0} if tp.cache_in_memory else loader_kwargs),
+    )
     val_indices = list(range(dist_info.rank, len(val_set), dist_info.world_size))
-    val_loader = DataLoader(val_set, batch_size=tp.val_batch_size, sampler=val_indices,
-                            collate_fn=collate_frames, **loader_kwargs)
+    val_loader = DataLoader(
+        val_set, batch_size=tp.val_batch_size, sampler=val_indices, collate_fn=collate_frames, **loader_kwargs
+    )
     val_loader.dataset_frame_offsets = frame_offsets(val_set)
     return Loaders(train_loader, sampler, val_loader)

@@ -13,7 +13,7 @@ Read top to bottom like torchvision's reference scripts:
    sync), a resumable checkpoint every ``step_checkpoint_every`` steps; at every epoch end
    (:func:`end_epoch`) validation with the AVSBench metrics (:func:`evaluate`), the best
    checkpoint kept, an epoch checkpoint;
-5. outputs (:func:`finish`): ``{run_dir}/checkpoints/`` (:mod:`ssp.models.checkpoint`),
+5. outputs (:func:`finish`): ``{run_dir}/checkpoints/`` (:mod:`ssp.engine.checkpoints`),
    ``history.csv`` (one row per epoch) and ``metrics.json`` for DVC, an MLflow run
    (:mod:`ssp.ops.tracking`) with params, per-epoch metrics, final metrics, the best
    checkpoint and overlay PNGs.
@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from ssp import paper
 from ssp.data.palette import index_to_colour
+from ssp.engine.checkpoints import CheckpointDir, Position, TrainingState, read_training_state
 from ssp.engine.distributed import Dist, barrier, mean_over_ranks, setup_distributed
 from ssp.engine.inputs import InputDirs, Loaders, build_loaders, build_stage_datasets, to_device
 from ssp.engine.predict import predict_batches
@@ -69,17 +70,10 @@ from ssp.errors import SSPError
 from ssp.fileio import atomic_path, write_json, write_text
 from ssp.metrics import BinaryMeter, SemanticMeter
 from ssp.models import SSPConfig, SSPModel
-from ssp.models.checkpoint import (
-    CheckpointDir,
-    Position,
-    TrainingState,
-    load_model,
-    load_weights_into,
-    read_training_state,
-)
+from ssp.models.checkpoint import load_model, load_weights_into
 from ssp.models.criterion import SSPCriterion
 from ssp.ops.tracking import EXPERIMENTS, RunLogger
-from ssp.params import ModelParams, Params, TrainParams, load_params
+from ssp.params import ModelParams, Params, TrainParams, add_params_arguments, load_params
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +166,20 @@ class Progress:
     running_steps: int = 0
 
     def extra(self, config: SSPConfig, running_steps: int) -> dict[str, Any]:
-        return {"history": self.history, "best": self.best, "running_steps": running_steps,
-                "config": config.to_dict()}
+        return {"history": self.history, "best": self.best, "running_steps": running_steps, "config": config.to_dict()}
 
 
-def setup(stage: int, data: str | Path, run_dir: Path, params: Params, row: str | None, dirs: InputDirs,
-          stage1_masks: str | Path | None, stage1_checkpoint: str | Path | None, progress: bool) -> Trainer:
+def setup(
+    stage: int,
+    data: str | Path,
+    run_dir: Path,
+    params: Params,
+    row: str | None,
+    dirs: InputDirs,
+    stage1_masks: str | Path | None,
+    stage1_checkpoint: str | Path | None,
+    progress: bool,
+) -> Trainer:
     """Params -> determinism, devices, seeds, data, model, loss, optimizer (in this order:
     the seeds come before anything that draws from an RNG)."""
     if stage not in (1, 2):
@@ -209,8 +211,22 @@ def setup(stage: int, data: str | Path, run_dir: Path, params: Params, row: str 
         if stage1_model.config.stage != 1:
             raise SSPError(f"{stage1_checkpoint}: --stage1-checkpoint must be a stage-1 checkpoint")
     return Trainer(
-        stage, row, config, tp, dist_info, device, model, criterion, optimizer, scheduler, trainable, loaders,
-        stage1_model, CheckpointDir(run_dir), run_dir, show_progress=progress,
+        stage,
+        row,
+        config,
+        tp,
+        dist_info,
+        device,
+        model,
+        criterion,
+        optimizer,
+        scheduler,
+        trainable,
+        loaders,
+        stage1_model,
+        CheckpointDir(run_dir),
+        run_dir,
+        show_progress=progress,
         autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda),
     )
 
@@ -239,8 +255,12 @@ def resume_progress(trainer: Trainer, resume: bool) -> tuple[Progress, TrainingS
     progress.running_steps = int(state.extra.get("running_steps", 0))
     if "running" in state.extra_tensors:
         progress.running = state.extra_tensors["running"].to(trainer.device)
-    log.info("resuming from %s (epoch %d, %d batches done)", weights_path, progress.position.epoch + 1,
-             progress.position.batches_done)
+    log.info(
+        "resuming from %s (epoch %d, %d batches done)",
+        weights_path,
+        progress.position.epoch + 1,
+        progress.position.batches_done,
+    )
     return progress, state, str(weights_path)
 
 
@@ -249,7 +269,8 @@ def for_training(model: nn.Module, dist_info: Dist, device: torch.device) -> nn.
     if not dist_info.enabled:
         return model
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,8 +288,13 @@ def train_one_epoch(trainer: Trainer, progress: Progress, epoch: int, tracker: R
         progress.running.zero_()
         progress.running_steps = 0
     epoch_start, epoch_lr = time.time(), t.optimizer.param_groups[0]["lr"]
-    bar = tqdm(t.loaders.train, desc=f"stage {t.stage} epoch {epoch + 1}/{tp.epochs}", unit="step",
-               disable=not (t.show_progress and t.dist.is_main), leave=False)
+    bar = tqdm(
+        t.loaders.train,
+        desc=f"stage {t.stage} epoch {epoch + 1}/{tp.epochs}",
+        unit="step",
+        disable=not (t.show_progress and t.dist.is_main),
+        leave=False,
+    )
     for batch in bar:
         batch = to_device(batch, t.device)
         with t.autocast():
@@ -289,10 +315,16 @@ def train_one_epoch(trainer: Trainer, progress: Progress, epoch: int, tracker: R
             bar.set_postfix(loss=f"{mean[0]:.3f}")
             tracker.log_metrics({f"train/{k}": v for k, v in zip(LOSS_NAMES, mean)}, step=position.global_step)
         if tp.step_checkpoint_every and position.global_step % tp.step_checkpoint_every == 0 and t.dist.is_main:
-            t.checkpoints.save("step", t.model, t.optimizer, t.scheduler, position,
-                               info={"epoch": epoch, "kind": "step"},
-                               extra=progress.extra(t.config, progress.running_steps),
-                               extra_tensors={"running": progress.running})
+            t.checkpoints.save(
+                "step",
+                t.model,
+                t.optimizer,
+                t.scheduler,
+                position,
+                info={"epoch": epoch, "kind": "step"},
+                extra=progress.extra(t.config, progress.running_steps),
+                extra_tensors={"running": progress.running},
+            )
         if t.step_hook is not None:
             t.step_hook(position.global_step)
         if t.interrupt_after is not None and position.global_step >= t.interrupt_after:
@@ -305,8 +337,14 @@ def train_one_epoch(trainer: Trainer, progress: Progress, epoch: int, tracker: R
     return row
 
 
-def evaluate(model: SSPModel, loader, config: SSPConfig, device: torch.device, stage1_model: SSPModel | None = None,
-             autocast: Callable[[], AbstractContextManager] | None = None) -> dict[str, float]:
+def evaluate(
+    model: SSPModel,
+    loader,
+    config: SSPConfig,
+    device: torch.device,
+    stage1_model: SSPModel | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+) -> dict[str, float]:
     """Validation: stage 1 binary mIoU / F (BinaryMeter), stage 2 AVSS mIoU / F
     (SemanticMeter), all-reduced over the ranks. The model never sees the GT masks; only
     labelled frames are scored."""
@@ -315,8 +353,10 @@ def evaluate(model: SSPModel, loader, config: SSPConfig, device: torch.device, s
     for batch, scores in predict_batches(model, loader, device, stage1_model, autocast):
         labelled = batch["labelled"].bool()
         if config.stage == 1:
-            ids = torch.tensor([offsets[batch["uid"][v]] for v in batch["video_index"].tolist()]) \
+            ids = (
+                torch.tensor([offsets[batch["uid"][v]] for v in batch["video_index"].tolist()])
                 + batch["frame_index"].cpu()
+            )
             index = labelled.nonzero(as_tuple=True)[0]
             meter.update(scores[index], (batch["masks"][index] > 0).long(), frame_ids=ids[index.cpu()])
         else:
@@ -340,12 +380,24 @@ def end_epoch(trainer: Trainer, progress: Progress, epoch: int, row: dict[str, A
     progress.history.append(row)
     progress.position = Position(epoch + 1, 0, progress.position.global_step)
     if t.dist.is_main:
-        t.checkpoints.save("epoch", t.model, t.optimizer, t.scheduler, progress.position,
-                           info={"epoch": epoch + 1, "kind": "epoch"}, extra=progress.extra(t.config, 0))
+        t.checkpoints.save(
+            "epoch",
+            t.model,
+            t.optimizer,
+            t.scheduler,
+            progress.position,
+            info={"epoch": epoch + 1, "kind": "epoch"},
+            extra=progress.extra(t.config, 0),
+        )
         write_history(t.run_dir / "history.csv", progress.history)
         tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-    log.info("stage %d epoch %d/%d: %s", t.stage, epoch + 1, tp.epochs,
-             ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+    log.info(
+        "stage %d epoch %d/%d: %s",
+        t.stage,
+        epoch + 1,
+        tp.epochs,
+        ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,8 +414,15 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def write_overlays(model: SSPModel, loader, config: SSPConfig, device: torch.device, out_dir: Path, count: int,
-                   stage1_model: SSPModel | None = None) -> list[Path]:
+def write_overlays(
+    model: SSPModel,
+    loader,
+    config: SSPConfig,
+    device: torch.device,
+    out_dir: Path,
+    count: int,
+    stage1_model: SSPModel | None = None,
+) -> list[Path]:
     """frame | GT | prediction PNGs of the first ``count`` labelled validation frames."""
     paths: list[Path] = []
     for batch, scores in predict_batches(model, loader, device, stage1_model):
@@ -385,10 +444,16 @@ def write_overlays(model: SSPModel, loader, config: SSPConfig, device: torch.dev
 def finish(trainer: Trainer, progress: Progress, tracker: RunLogger) -> dict[str, Any]:
     """metrics.json (rank 0), the best metrics, checkpoint and overlays into MLflow."""
     t, best = trainer, progress.best
-    metrics = {"stage": t.stage, "row": t.row, "epochs": t.tp.epochs, "global_steps": progress.position.global_step,
-               "best_epoch": best["epoch"], "best": best["val"],
-               "final": {k[len("val_"):]: v for k, v in progress.history[-1].items() if k.startswith("val_")},
-               "metric_for_best": "val miou"}
+    metrics = {
+        "stage": t.stage,
+        "row": t.row,
+        "epochs": t.tp.epochs,
+        "global_steps": progress.position.global_step,
+        "best_epoch": best["epoch"],
+        "best": best["val"],
+        "final": {k[len("val_") :]: v for k, v in progress.history[-1].items() if k.startswith("val_")},
+        "metric_for_best": "val miou",
+    }
     if tracker.run_id:  # None on non-zero DDP ranks (disabled logger); they write no metrics.json
         # read by `ssp register` and `ssp evaluate` (test metrics go into this run)
         metrics["mlflow_run_id"] = tracker.run_id
@@ -401,8 +466,9 @@ def finish(trainer: Trainer, progress: Progress, tracker: RunLogger) -> dict[str
         tracker.log_artifact(t.checkpoints.best, "checkpoints")
         if t.tp.overlays > 0:
             best_model, _, _ = load_model(t.checkpoints.best, t.device)
-            overlays = write_overlays(best_model, t.loaders.val, t.config, t.device, t.run_dir / "overlays",
-                                      t.tp.overlays, t.stage1_model)
+            overlays = write_overlays(
+                best_model, t.loaders.val, t.config, t.device, t.run_dir / "overlays", t.tp.overlays, t.stage1_model
+            )
             tracker.log_artifacts(overlays, "overlays")
     tracker.log_artifact(t.run_dir / "history.csv")
     tracker.log_artifact(t.run_dir / "metrics.json")
@@ -412,10 +478,22 @@ def finish(trainer: Trainer, progress: Progress, tracker: RunLogger) -> dict[str
 def run_record(trainer: Trainer, data: str | Path, resumed_from: str | None) -> tuple[dict, dict]:
     """(MLflow params, MLflow tags) of a run."""
     t = trainer
-    params = {"stage": t.stage, "row": t.row or "", "data": str(data), "train": dataclasses.asdict(t.tp),
-              "model": t.config.to_dict(), "world_size": t.dist.world_size, "resumed_from": resumed_from or ""}
-    tags = {"ssp.stage": str(t.stage), "ssp.row": t.row or "custom", "ssp.lambda_post": str(t.config.lambda_post),
-            "ssp.size": t.config.size, "ssp.run_dir": str(t.run_dir.resolve())}  # how `ssp register` finds the run
+    params = {
+        "stage": t.stage,
+        "row": t.row or "",
+        "data": str(data),
+        "train": dataclasses.asdict(t.tp),
+        "model": t.config.to_dict(),
+        "world_size": t.dist.world_size,
+        "resumed_from": resumed_from or "",
+    }
+    tags = {
+        "ssp.stage": str(t.stage),
+        "ssp.row": t.row or "custom",
+        "ssp.lambda_post": str(t.config.lambda_post),
+        "ssp.size": t.config.size,
+        "ssp.run_dir": str(t.run_dir.resolve()),
+    }  # how `ssp register` finds the run
     return params, tags
 
 
@@ -445,8 +523,17 @@ def train(
     ``step_hook(global_step)`` is called at the end of every step (bench/train.py times
     the real loop with it)."""
     run_dir = Path(run_dir)
-    t = setup(stage, data, run_dir, params or Params(), row, InputDirs(flow, prompts, logmel), stage1_masks,
-              stage1_checkpoint, progress)
+    t = setup(
+        stage,
+        data,
+        run_dir,
+        params or Params(),
+        row,
+        InputDirs(flow, prompts, logmel),
+        stage1_masks,
+        stage1_checkpoint,
+        progress,
+    )
     at, state, resumed_from = resume_progress(t, resume)
     t.model_for_training = for_training(t.model, t.dist, t.device)
     t.step_hook = step_hook
@@ -471,36 +558,57 @@ def train(
 # CLI
 # ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, choices=(1, 2), required=True,
-                        help="1 = binary AVS (all subsets), 2 = AVSS with stage 1's stepping stones")
+    parser.add_argument(
+        "--stage",
+        type=int,
+        choices=(1, 2),
+        required=True,
+        help="1 = binary AVS (all subsets), 2 = AVSS with stage 1's stepping stones",
+    )
     parser.add_argument("--data", required=True, type=Path, help="dataset root (AVSBench layout or `ssp synth`)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="run folder: checkpoints/, history.csv, metrics.json, overlays/")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="params file; sections model, ssp and train1/train2 (default: params.yaml; "
-                             "built-in demo defaults when the file is missing)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="run folder: checkpoints/, history.csv, metrics.json, overlays/"
+    )
+    add_params_arguments(parser, "train2.epochs=3 --set ssp.text=vta")  # sections model, ssp, train1/train2
     parser.add_argument("--profile", default=None, help="params profile, e.g. paper (default: the file's `profile`)")
-    parser.add_argument("--row", default=None,
-                        help=f"a row of paper Table 2 ({', '.join(paper.ROWS)}): its pre_mask/text/post_mask "
-                             "switches (default: stage 2 the ssp section, stage 1 the aavs row)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a param, e.g. --set train2.epochs=3 --set ssp.text=vta (repeatable)")
+    parser.add_argument(
+        "--row",
+        default=None,
+        help=f"a row of paper Table 2 ({', '.join(paper.ROWS)}): its pre_mask/text/post_mask "
+        "switches (default: stage 2 the ssp section, stage 1 the aavs row)",
+    )
     parser.add_argument("--flow", type=Path, default=None, help="`ssp flow` output (needed by pre_mask/post_mask)")
     parser.add_argument("--prompts", type=Path, default=None, help="`ssp prompts` output (needed by text att/vta)")
-    parser.add_argument("--logmel", type=Path, default=None,
-                        help="`ssp logmel` output (default: log-mel computed from the wav on the fly, slower)")
-    parser.add_argument("--stage1-masks", type=Path, default=None,
-                        help="stage 2: `ssp stage1-masks` output, the stepping stones used at validation")
-    parser.add_argument("--stage1-checkpoint", type=Path, default=None,
-                        help="stage 2: a stage-1 checkpoint to compute the validation stepping stones "
-                             "in-process (when --stage1-masks is not given)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from {out}/checkpoints/last.json (mid-epoch if a step checkpoint is newer)")
+    parser.add_argument(
+        "--logmel",
+        type=Path,
+        default=None,
+        help="`ssp logmel` output (default: log-mel computed from the wav on the fly, slower)",
+    )
+    parser.add_argument(
+        "--stage1-masks",
+        type=Path,
+        default=None,
+        help="stage 2: `ssp stage1-masks` output, the stepping stones used at validation",
+    )
+    parser.add_argument(
+        "--stage1-checkpoint",
+        type=Path,
+        default=None,
+        help="stage 2: a stage-1 checkpoint to compute the validation stepping stones "
+        "in-process (when --stage1-masks is not given)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from {out}/checkpoints/last.json (mid-epoch if a step checkpoint is newer)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="override trainN.seed")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: trainN.device = auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--run-name", default=None,
-                        help="MLflow run name (default: stage{N}-{row or model size}-seed{seed})")
+    parser.add_argument(
+        "--run-name", default=None, help="MLflow run name (default: stage{N}-{row or model size}-seed{seed})"
+    )
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
@@ -515,16 +623,27 @@ def params_from_args(args: argparse.Namespace) -> Params:
 
 def train_from_args(args: argparse.Namespace, params: Params) -> TrainResult:
     result = train(
-        args.stage, args.data, args.out, params, row=args.row, flow=args.flow, prompts=args.prompts,
-        logmel=args.logmel, stage1_masks=args.stage1_masks, stage1_checkpoint=args.stage1_checkpoint,
-        resume=args.resume, progress=not args.no_progress, run_name=args.run_name,
+        args.stage,
+        args.data,
+        args.out,
+        params,
+        row=args.row,
+        flow=args.flow,
+        prompts=args.prompts,
+        logmel=args.logmel,
+        stage1_masks=args.stage1_masks,
+        stage1_checkpoint=args.stage1_checkpoint,
+        resume=args.resume,
+        progress=not args.no_progress,
+        run_name=args.run_name,
     )
     best = result.metrics["best"]
-    log.info("stage %d done: best epoch %s, val mIoU %.4f, F %.4f -> %s", args.stage, result.metrics["best_epoch"],
-             best.get("miou", float("nan")), best.get("fscore", float("nan")), args.out / "metrics.json")
+    log.info(
+        "stage %d done: best epoch %s, val mIoU %.4f, F %.4f -> %s",
+        args.stage,
+        result.metrics["best_epoch"],
+        best.get("miou", float("nan")),
+        best.get("fscore", float("nan")),
+        args.out / "metrics.json",
+    )
     return result
-
-
-def main(args: argparse.Namespace) -> int:
-    train_from_args(args, params_from_args(args))
-    return 0

@@ -50,8 +50,8 @@ from ssp.fileio import write_json, write_text
 from ssp.metrics import METRIC_CONVENTIONS, BinaryMeter, SemanticMeter, official_batch_frames
 from ssp.models.checkpoint import load_model
 from ssp.models.config import SSPConfig
-from ssp.ops.tracking import _retry, get_client, tracking_uri
-from ssp.params import EvaluateParams, load_params
+from ssp.ops.tracking import get_client, retry_locked, tracking_uri
+from ssp.params import EvaluateParams, add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,19 @@ class Meters:
     per_scenario: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, config: SSPConfig, records: list[VideoRecord], scenarios: dict[str, str],
-               fscore_batch_videos: int) -> Meters:
+    def create(
+        cls, config: SSPConfig, records: list[VideoRecord], scenarios: dict[str, str], fscore_batch_videos: int
+    ) -> Meters:
         subsets = sorted({r.subset for r in records}, key=list(FRAMES_PER_VIDEO).index)
         binary = {s: BinaryMeter(official_batch_frames(FRAMES_PER_VIDEO[s], fscore_batch_videos)) for s in subsets}
         names = sorted(set(scenarios.values()))
         if config.stage == 2:
-            return cls(2, binary, {s: SemanticMeter(config.num_classes) for s in [*subsets, "all"]},
-                       {s: SemanticMeter(config.num_classes) for s in names})
+            return cls(
+                2,
+                binary,
+                {s: SemanticMeter(config.num_classes) for s in [*subsets, "all"]},
+                {s: SemanticMeter(config.num_classes) for s in names},
+            )
         return cls(1, binary, {}, {s: BinaryMeter() for s in names})
 
     def update(self, batch: dict[str, Any], scores: torch.Tensor, scenarios: dict[str, str]) -> None:
@@ -121,11 +126,24 @@ class Meters:
                 continue
             numbers = meter.compute()
             if self.stage == 2:
-                rows.append({"scenario": scenario, "miou": numbers["miou"], "fscore": numbers["fscore"],
-                             "miou_present": numbers["miou_present"], "frames": numbers["num_frames"]})
+                rows.append(
+                    {
+                        "scenario": scenario,
+                        "miou": numbers["miou"],
+                        "fscore": numbers["fscore"],
+                        "miou_present": numbers["miou_present"],
+                        "frames": numbers["num_frames"],
+                    }
+                )
             else:
-                rows.append({"scenario": scenario, "miou": numbers["miou_per_frame"],
-                             "fscore": numbers["fscore_per_frame"], "frames": numbers["num_frames"]})
+                rows.append(
+                    {
+                        "scenario": scenario,
+                        "miou": numbers["miou_per_frame"],
+                        "fscore": numbers["fscore_per_frame"],
+                        "frames": numbers["num_frames"],
+                    }
+                )
         return rows
 
 
@@ -155,9 +173,16 @@ def write_tables(meters: Meters, config: SSPConfig, data: Path, out: Path, resul
     if config.stage == 2 and meters.semantic["all"].num_frames:
         numbers = meters.semantic["all"].compute()
         names = class_names(data)
-        rows = [{"index": c, "class": names[c] if c < len(names) else str(c),
-                 "iou": numbers["per_class_iou"][c], "fscore": numbers["per_class_fscore"][c],
-                 "count": numbers["per_class_count"][c]} for c in range(config.num_classes)]
+        rows = [
+            {
+                "index": c,
+                "class": names[c] if c < len(names) else str(c),
+                "iou": numbers["per_class_iou"][c],
+                "fscore": numbers["per_class_fscore"][c],
+                "count": numbers["per_class_count"][c],
+            }
+            for c in range(config.num_classes)
+        ]
         write_text(f"{stem}.per_class.csv", _csv(rows))
         result["per_class_csv"] = f"{stem}.per_class.csv"
     if meters.per_scenario:
@@ -170,12 +195,22 @@ def write_tables(meters: Meters, config: SSPConfig, data: Path, out: Path, resul
 # ---------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------
-def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None, out: str | Path | None = None,
-             stage1_masks: str | Path | None = None, flow: str | Path | None = None,
-             prompts: str | Path | None = None, logmel: str | Path | None = None,
-             fscore_batch_videos: int | None = None, device: str = "auto", batch_size: int = 4,
-             premask_test_source: str | None = None, progress: bool = True,
-             log_to_run: bool = True) -> dict[str, Any]:
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str | None = None,
+    out: str | Path | None = None,
+    stage1_masks: str | Path | None = None,
+    flow: str | Path | None = None,
+    prompts: str | Path | None = None,
+    logmel: str | Path | None = None,
+    fscore_batch_videos: int | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    premask_test_source: str | None = None,
+    progress: bool = True,
+    log_to_run: bool = True,
+) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``split`` (see module doc); written to ``out`` if given.
     ``split`` and ``fscore_batch_videos`` default to the ``evaluate`` params section's
     defaults. ``log_to_run``: also log them into the checkpoint's training run, when it
@@ -191,8 +226,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
     if config.stage == 2 and stage1_masks is None:
         raise SSPError("a stage-2 checkpoint needs --stage1-masks DIR (stage 1's predictions, its stepping stones)")
     records = load_split_records(data, config.stage, split, None)
-    dataset = build_dataset(records, config, InputDirs(flow, prompts, logmel),
-                            stage1_dir=stage1_masks if config.stage == 2 else None)
+    dataset = build_dataset(
+        records, config, InputDirs(flow, prompts, logmel), stage1_dir=stage1_masks if config.stage == 2 else None
+    )
     scenarios = read_scenarios(data)
     meters = Meters.create(config, records, scenarios, fscore_batch_videos)
 
@@ -201,10 +237,18 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str | None = None,
             meters.update(batch, scores, scenarios)
             bar.update(len(batch["uid"]))
 
-    header = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "stage": config.stage,
-              "model": {k: getattr(config, k) for k in ("size", "pre_mask", "text", "post_mask", "lambda_post",
-                                                         "post_mask_form", "premask_test_source")},
-              "trained": info, "fscore_batch_videos": fscore_batch_videos}
+    header = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "stage": config.stage,
+        "model": {
+            k: getattr(config, k)
+            for k in ("size", "pre_mask", "text", "post_mask", "lambda_post", "post_mask_form", "premask_test_source")
+        },
+        "trained": info,
+        "fscore_batch_videos": fscore_batch_videos,
+    }
     result = summarise(meters, config, header)
     if out is not None:
         write_tables(meters, config, data, Path(out), result)
@@ -262,12 +306,16 @@ def log_to_training_run(checkpoint: str | Path, result: dict[str, Any]) -> str |
         return None
     client = get_client()
     try:
-        run = _retry(lambda: client.get_run(run_id), "get_run")
+        run = retry_locked(lambda: client.get_run(run_id), "get_run")
     except MlflowException as e:
         if e.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        log.warning("%s: MLflow run %s (its metrics.json) not found in %s; test metrics not logged to it",
-                    checkpoint, run_id, tracking_uri())
+        log.warning(
+            "%s: MLflow run %s (its metrics.json) not found in %s; test metrics not logged to it",
+            checkpoint,
+            run_id,
+            tracking_uri(),
+        )
         return None
     if run.info.lifecycle_stage == "deleted":
         log.warning("%s: MLflow run %s was deleted; test metrics not logged to it", checkpoint, run_id)
@@ -275,7 +323,7 @@ def log_to_training_run(checkpoint: str | Path, result: dict[str, Any]) -> str |
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in run_metrics(result).items()]
     if metrics:
-        _retry(lambda: client.log_batch(run_id, metrics=metrics), "log_metrics")
+        retry_locked(lambda: client.log_batch(run_id, metrics=metrics), "log_metrics")
         log.info("%s metrics logged to MLflow run %s", result["split"], run_id)
     return run_id
 
@@ -292,44 +340,71 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint (.safetensors) of either stage")
     parser.add_argument("--data", required=True, type=Path, help="dataset root")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="params file whose evaluate section gives the split and the F-score batch "
-                             "(default: params.yaml; built-in defaults when missing)")
-    parser.add_argument("--split", default=None, choices=("train", "val", "test"),
-                        help="split (default: evaluate.split of --params)")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="metrics JSON; FILE.per_class.csv and FILE.per_scenario.csv are written beside it")
-    parser.add_argument("--stage1-masks", type=Path, default=None,
-                        help="`ssp stage1-masks` output: stage 2's stepping stones (required for stage 2)")
+    add_params_arguments(parser, "evaluate.fscore_batch_videos=1")  # section evaluate
+    parser.add_argument(
+        "--split", default=None, choices=("train", "val", "test"), help="split (default: evaluate.split of --params)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="metrics JSON; FILE.per_class.csv and FILE.per_scenario.csv are written beside it",
+    )
+    parser.add_argument(
+        "--stage1-masks",
+        type=Path,
+        default=None,
+        help="`ssp stage1-masks` output: stage 2's stepping stones (required for stage 2)",
+    )
     parser.add_argument("--flow", type=Path, default=None, help="`ssp flow` output (if the model uses pre_mask)")
     parser.add_argument("--prompts", type=Path, default=None, help="`ssp prompts` output (if the model uses text)")
     parser.add_argument("--logmel", type=Path, default=None, help="`ssp logmel` output (default: from the wav)")
-    parser.add_argument("--fscore-batch-videos", type=int, default=None,
-                        help="videos per batch of the official (batch-mode) binary F-score "
-                             "(default: evaluate.fscore_batch_videos of --params; 4 is the official value)")
-    parser.add_argument("--premask-test-source", choices=("stage1", "flow", "all"), default=None,
-                        help="what stands in for M_GT in the pre-mask at test (default: the checkpoint's config)")
+    parser.add_argument(
+        "--fscore-batch-videos",
+        type=int,
+        default=None,
+        help="videos per batch of the official (batch-mode) binary F-score "
+        "(default: evaluate.fscore_batch_videos of --params; 4 is the official value)",
+    )
+    parser.add_argument(
+        "--premask-test-source",
+        choices=("stage1", "flow", "all"),
+        default=None,
+        help="what stands in for M_GT in the pre-mask at test (default: the checkpoint's config)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default: 4)")
-    parser.add_argument("--no-track", action="store_true",
-                        help="do not log the metrics into the checkpoint's MLflow training run")
+    parser.add_argument(
+        "--no-track", action="store_true", help="do not log the metrics into the checkpoint's MLflow training run"
+    )
 
 
-def evaluate_params(params_path: Path, split: str | None, fscore_batch_videos: int | None) -> EvaluateParams:
-    """The ``evaluate`` section of ``params_path`` with the explicit CLI values over it."""
-    section = load_params(params_path).evaluate
-    return EvaluateParams(split=split if split is not None else section.split,
-                          fscore_batch_videos=fscore_batch_videos if fscore_batch_videos is not None
-                          else section.fscore_batch_videos)
+def evaluate_params(args: argparse.Namespace, split: str | None, fscore_batch_videos: int | None) -> EvaluateParams:
+    """The ``evaluate`` section of ``--params``/``--set`` with the explicit CLI values over it."""
+    section = stage_params(args).evaluate
+    return EvaluateParams(
+        split=split if split is not None else section.split,
+        fscore_batch_videos=fscore_batch_videos if fscore_batch_videos is not None else section.fscore_batch_videos,
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    chosen = evaluate_params(args.params, args.split, args.fscore_batch_videos)
-    result = evaluate(args.checkpoint, args.data, chosen.split, args.out, stage1_masks=args.stage1_masks,
-                      flow=args.flow, prompts=args.prompts, logmel=args.logmel,
-                      fscore_batch_videos=chosen.fscore_batch_videos, device=args.device,
-                      batch_size=args.batch_size, premask_test_source=args.premask_test_source,
-                      log_to_run=not args.no_track)
+    chosen = evaluate_params(args, args.split, args.fscore_batch_videos)
+    result = evaluate(
+        args.checkpoint,
+        args.data,
+        chosen.split,
+        args.out,
+        stage1_masks=args.stage1_masks,
+        flow=args.flow,
+        prompts=args.prompts,
+        logmel=args.logmel,
+        fscore_batch_videos=chosen.fscore_batch_videos,
+        device=args.device,
+        batch_size=args.batch_size,
+        premask_test_source=args.premask_test_source,
+        log_to_run=not args.no_track,
+    )
     log_summary(result)
     return 0
 

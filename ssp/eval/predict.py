@@ -60,15 +60,15 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ssp.data.audio import logmel_from_wav
 from ssp.data.avsbench import LABEL2IDX_JSON, VideoRecord, load_label2idx, read_frame
 from ssp.engine.predict import predict_batches, stepping_stone
 from ssp.errors import DataError, SSPError
 from ssp.models.checkpoint import load_model
 from ssp.ops.registry import champion_uri, resolve_model
-from ssp.params import Params, PromptsParams, load_params
+from ssp.params import Params, PromptsParams, add_params_arguments, stage_params
 from ssp.preprocess.flow import flow_masks
 from ssp.preprocess.frames import extract_video
-from ssp.preprocess.logmel import logmel_from_wav
 from ssp.preprocess.prompts.questions import Questions, parse_nouns
 from ssp.preprocess.prompts.stage import build_backend
 from ssp.report.drawing import class_name, overlay
@@ -79,9 +79,17 @@ BINARY_NAMES = ["background", "sounding object"]
 PROMPT_BACKENDS = ("params", "none", "hf", "openai", "scene")
 # Execution options of the hf / openai backends for a user video (not params; the
 # ``prompts`` section holds backend, model, question_variant, frames_per_video).
-PROMPT_OPTIONS = {"max_new_tokens": 256, "trust_remote_code": False, "base_url": None, "api_key": None,
-                  "connect_timeout": 10.0, "read_timeout": 300.0, "max_retries": 4, "backoff": 1.0,
-                  "give_up_after": 3}
+PROMPT_OPTIONS = {
+    "max_new_tokens": 256,
+    "trust_remote_code": False,
+    "base_url": None,
+    "api_key": None,
+    "connect_timeout": 10.0,
+    "read_timeout": 300.0,
+    "max_retries": 4,
+    "backoff": 1.0,
+    "give_up_after": 3,
+}
 
 
 @dataclass
@@ -117,13 +125,23 @@ def _load(path: Path, device: str, source: dict[str, Any], names: list[str] | No
 
 def _from_registry(uri: str, device: str) -> LoadedModel:
     path, manifest = resolve_model(uri)
-    source = {"uri": uri, **manifest["registered"], "val_metric": manifest.get("val_metric"),
-              "metric": manifest.get("metric"), "data_hash": manifest.get("data_hash")}
+    source = {
+        "uri": uri,
+        **manifest["registered"],
+        "val_metric": manifest.get("val_metric"),
+        "metric": manifest.get("metric"),
+        "data_hash": manifest.get("data_hash"),
+    }
     return _load(path, device, source, manifest.get("class_names"))
 
 
-def load_models(checkpoint: str | Path | None, stage1_checkpoint: str | Path | None, model_uri: str | None,
-                stage1_model_uri: str | None, device: str) -> tuple[LoadedModel | None, LoadedModel]:
+def load_models(
+    checkpoint: str | Path | None,
+    stage1_checkpoint: str | Path | None,
+    model_uri: str | None,
+    stage1_model_uri: str | None,
+    device: str,
+) -> tuple[LoadedModel | None, LoadedModel]:
     """(stage-1 model or None when the main model is stage 1 itself, main model)."""
     if checkpoint is not None and model_uri is not None:
         raise SSPError("give either --checkpoint or --model, not both")
@@ -150,8 +168,9 @@ def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
     return [read_frame(p) for p in paths]
 
 
-def ask_prompts(prompts_params: PromptsParams, clip_dir: Path, frame_paths: list[Path], audio_path: Path,
-                uid: str, device: str) -> dict[str, Any]:
+def ask_prompts(
+    prompts_params: PromptsParams, clip_dir: Path, frame_paths: list[Path], audio_path: Path, uid: str, device: str
+) -> dict[str, Any]:
     """A1/A2 for the clip from ``prompts_params.backend`` (``none``: empty prompts;
     ``scene`` answers only for the generated benchmark, so it is ``none`` here)."""
     questions = Questions.from_variant(prompts_params.question_variant)
@@ -161,22 +180,43 @@ def ask_prompts(prompts_params: PromptsParams, clip_dir: Path, frame_paths: list
     if prompts_params.backend == "none":
         return {"backend": "none", "model": "", "a1": "", "a2": [], "a2_raw": ""}
     backend = build_backend(prompts_params, argparse.Namespace(device=device, **PROMPT_OPTIONS))
-    record = VideoRecord(uid=uid, subset="user", split="test", category="", root=clip_dir.parent,
-                         rel_dir=clip_dir.name, frame_paths=list(frame_paths), audio_path=audio_path,
-                         mask_paths=[None] * len(frame_paths), labelled=[False] * len(frame_paths))
+    record = VideoRecord(
+        uid=uid,
+        subset="user",
+        split="test",
+        category="",
+        root=clip_dir.parent,
+        rel_dir=clip_dir.name,
+        frame_paths=list(frame_paths),
+        audio_path=audio_path,
+        mask_paths=[None] * len(frame_paths),
+        labelled=[False] * len(frame_paths),
+    )
     try:
         a1 = backend.answer_q1(record, questions)
         a2_raw = backend.answer_q2(record, questions, a1)
     finally:
         if hasattr(backend, "close"):
             backend.close()
-    return {"backend": prompts_params.backend, "model": backend.model, "a1": a1.strip(), "a2": parse_nouns(a2_raw),
-            "a2_raw": a2_raw.strip()}
+    return {
+        "backend": prompts_params.backend,
+        "model": backend.model,
+        "a1": a1.strip(),
+        "a2": parse_nouns(a2_raw),
+        "a2_raw": a2_raw.strip(),
+    }
 
 
-def model_batch(frames: list[np.ndarray], logmel: np.ndarray, masks_o: list[np.ndarray], prompts: dict[str, Any],
-                image_size: int, device) -> dict[str, Any]:
+def model_batch(
+    frames: list[np.ndarray],
+    logmel: np.ndarray,
+    masks_o: list[np.ndarray],
+    prompts: dict[str, Any],
+    image_size: int,
+    device,
+) -> dict[str, Any]:
     """The batch format of :func:`ssp.data.datasets.collate_frames` for one clip."""
+
     def resize(array: np.ndarray, resample) -> np.ndarray:
         if array.shape[:2] == (image_size, image_size):
             return array
@@ -209,8 +249,9 @@ def logmel_per_frame(audio_path: Path, num_frames: int, fps: float) -> np.ndarra
 # ---------------------------------------------------------------------------------------
 # Running the models
 # ---------------------------------------------------------------------------------------
-def run_models(stage1: LoadedModel | None, main: LoadedModel, frames, logmel, masks_o, prompts, device,
-               batch_frames: int = 16):
+def run_models(
+    stage1: LoadedModel | None, main: LoadedModel, frames, logmel, masks_o, prompts, device, batch_frames: int = 16
+):
     """Per frame ``(class index map, confidence map)`` at the frame size; the models see
     ``batch_frames`` frames at a time (frames are independent at inference), so a long
     video does not need all its frames in one forward pass."""
@@ -242,8 +283,9 @@ def _run_chunk(stage1, main, frames, logmel, masks_o, prompts, device):
     results = []
     for i in range(len(frames)):  # one frame at a time: C×H×W at full size can be large
         if main.config.stage == 1:
-            probability = F.interpolate(scores[i][None, None], size=(height, width), mode="bilinear",
-                                        align_corners=False)[0, 0].sigmoid()
+            probability = F.interpolate(
+                scores[i][None, None], size=(height, width), mode="bilinear", align_corners=False
+            )[0, 0].sigmoid()
             classes = (probability > 0.5).long()
             confidence = torch.where(classes > 0, probability, 1 - probability)
         else:
@@ -261,9 +303,14 @@ def frame_summary(classes: np.ndarray, confidence: np.ndarray, names: Sequence[s
     out = []
     for index in np.unique(classes):
         where = classes == index
-        out.append({"index": int(index), "name": class_name(names, int(index)),
-                    "pixel_share": round(float(where.sum()) / total, 6),
-                    "mean_confidence": round(float(confidence[where].mean()), 6)})
+        out.append(
+            {
+                "index": int(index),
+                "name": class_name(names, int(index)),
+                "pixel_share": round(float(where.sum()) / total, 6),
+                "mean_confidence": round(float(confidence[where].mean()), 6),
+            }
+        )
     return sorted(out, key=lambda c: -c["pixel_share"])
 
 
@@ -299,7 +346,7 @@ def write_overlay_video(path: Path, images: list[np.ndarray], fps: float, audio_
             mono = np.ascontiguousarray(samples.mean(axis=1)[None, :], dtype=np.float32)
             chunk = 1024
             for start in range(0, mono.shape[1], chunk):
-                frame = av.AudioFrame.from_ndarray(mono[:, start: start + chunk], format="fltp", layout="mono")
+                frame = av.AudioFrame.from_ndarray(mono[:, start : start + chunk], format="fltp", layout="mono")
                 frame.sample_rate = sample_rate
                 frame.pts = start
                 frame.time_base = Fraction(1, sample_rate)
@@ -327,8 +374,15 @@ def _replace_dir(built: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_outputs(built: Path, frames: list[np.ndarray], results, names: list[str],
-                  frame_times_s: Sequence[float], fps: float, audio_path: Path | None) -> tuple[list, list[int]]:
+def write_outputs(
+    built: Path,
+    frames: list[np.ndarray],
+    results,
+    names: list[str],
+    frame_times_s: Sequence[float],
+    fps: float,
+    audio_path: Path | None,
+) -> tuple[list, list[int]]:
     """masks/, overlays/ and overlay.mp4 into ``built``; returns (per-frame summaries,
     classes of the whole video)."""
     video_classes = sorted({int(c) for classes, _ in results for c in np.unique(classes) if c != 0})
@@ -340,8 +394,13 @@ def write_outputs(built: Path, frames: list[np.ndarray], results, names: list[st
         with open(built / "overlays" / f"{i}.png", "wb") as f:
             Image.fromarray(overlay(frame, classes, names=names)).save(f, format="PNG")
         video_images.append(overlay(frame, classes, names=names, classes=video_classes))
-        per_frame.append({"index": i, "time_s": frame_times_s[i] if i < len(frame_times_s) else None,
-                          "classes": frame_summary(classes, confidence, names)})
+        per_frame.append(
+            {
+                "index": i,
+                "time_s": frame_times_s[i] if i < len(frame_times_s) else None,
+                "classes": frame_summary(classes, confidence, names),
+            }
+        )
     write_overlay_video(built / "overlay.mp4", video_images, fps, audio_path)
     return per_frame, video_classes
 
@@ -401,8 +460,14 @@ def predict_video(
         step(2)
         masks_o = flow_masks(frames, params.flow)
         step(3)
-        prompts = ask_prompts(_prompts_params(params, prompts_backend), work / "clip", clip.frame_paths,
-                              clip.audio_path, video.stem, device)
+        prompts = ask_prompts(
+            _prompts_params(params, prompts_backend),
+            work / "clip",
+            clip.frame_paths,
+            clip.audio_path,
+            video.stem,
+            device,
+        )
         step(4)
         stage1, main = load_models(checkpoint, stage1_checkpoint, model_uri, stage1_model_uri, device)
         names = list(class_names or main.class_names or (BINARY_NAMES if main.config.stage == 1 else []))
@@ -410,19 +475,31 @@ def predict_video(
         results = run_models(stage1, main, frames, logmel, masks_o, prompts, device)
         step(6)
         height, width = frames[0].shape[:2]
-        per_frame, video_classes = write_outputs(built, frames, results, names, clip.frame_times_s, fps,
-                                                 clip.audio_path)
+        per_frame, video_classes = write_outputs(
+            built, frames, results, names, clip.frame_times_s, fps, clip.audio_path
+        )
         models = {"stage2" if main.config.stage == 2 else "stage1": main.source}
         if stage1 is not None:
             models["stage1"] = stage1.source
         summary = {
-            "video": str(video), "frames": len(frames), "fps": fps, "frame_size": [height, width],
-            "duration_s": clip.duration_s, "silent_audio": clip.silent_audio, "device": str(device),
-            "models": models, "class_names": names,
-            "prompts": {"backend": prompts["backend"], "model": prompts["model"], "a1": prompts["a1"],
-                        "a2": prompts["a2"]},
-            "classes_in_video": [{"index": c, "name": names[c] if c < len(names) else f"class {c}"}
-                                 for c in video_classes],
+            "video": str(video),
+            "frames": len(frames),
+            "fps": fps,
+            "frame_size": [height, width],
+            "duration_s": clip.duration_s,
+            "silent_audio": clip.silent_audio,
+            "device": str(device),
+            "models": models,
+            "class_names": names,
+            "prompts": {
+                "backend": prompts["backend"],
+                "model": prompts["model"],
+                "a1": prompts["a1"],
+                "a2": prompts["a2"],
+            },
+            "classes_in_video": [
+                {"index": c, "name": names[c] if c < len(names) else f"class {c}"} for c in video_classes
+            ],
             "per_frame": per_frame,
         }
         (built / "predictions.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -442,34 +519,65 @@ def predict_video(
 # ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("video", type=Path, help="the video to segment (mp4, mkv, webm, gif, ... with audio)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder: masks/, overlays/, overlay.mp4, predictions.json "
-                             "(replaced as a whole on success; untouched on failure)")
-    model = parser.add_argument_group("model (default: the local registry's champions "
-                                      "models:/ssp-avss@champion and models:/ssp-avs@champion)")
-    model.add_argument("--checkpoint", type=Path, default=None,
-                       help="stage-2 checkpoint (.safetensors); a stage-1 checkpoint gives binary masks")
-    model.add_argument("--stage1-checkpoint", type=Path, default=None,
-                       help="stage-1 checkpoint for the stepping stones (default: models:/ssp-avs@champion)")
-    model.add_argument("--model", default=None, metavar="URI",
-                       help="registered model, e.g. models:/ssp-avss@champion or models:/ssp-avss/3")
-    model.add_argument("--stage1-model", default=None, metavar="URI",
-                       help="registered stage-1 model (default: models:/ssp-avs@champion)")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="params file: its flow section (flow masks) and prompts section (backend, model) "
-                             "are used. Default: params.yaml (built-in defaults when missing)")
-    parser.add_argument("--prompts-backend", choices=PROMPT_BACKENDS, default="params",
-                        help="who writes A1/A2: none (empty prompts), hf (local model), openai (endpoint); "
-                             "default: params.yaml's prompts.backend ('scene' there means none for a user video)")
-    parser.add_argument("--class-names", type=Path, default=None,
-                        help="label2idx.json (or a dataset folder holding it) naming the classes, when the "
-                             "model does not carry its class names (default: the registry's, else 'class K')")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: masks/, overlays/, overlay.mp4, predictions.json "
+        "(replaced as a whole on success; untouched on failure)",
+    )
+    model = parser.add_argument_group(
+        "model (default: the local registry's champions models:/ssp-avss@champion and models:/ssp-avs@champion)"
+    )
+    model.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="stage-2 checkpoint (.safetensors); a stage-1 checkpoint gives binary masks",
+    )
+    model.add_argument(
+        "--stage1-checkpoint",
+        type=Path,
+        default=None,
+        help="stage-1 checkpoint for the stepping stones (default: models:/ssp-avs@champion)",
+    )
+    model.add_argument(
+        "--model",
+        default=None,
+        metavar="URI",
+        help="registered model, e.g. models:/ssp-avss@champion or models:/ssp-avss/3",
+    )
+    model.add_argument(
+        "--stage1-model",
+        default=None,
+        metavar="URI",
+        help="registered stage-1 model (default: models:/ssp-avs@champion)",
+    )
+    add_params_arguments(parser, "flow.rule=fixed")
+    parser.add_argument(
+        "--prompts-backend",
+        choices=PROMPT_BACKENDS,
+        default="params",
+        help="who writes A1/A2: none (empty prompts), hf (local model), openai (endpoint); "
+        "default: params.yaml's prompts.backend ('scene' there means none for a user video)",
+    )
+    parser.add_argument(
+        "--class-names",
+        type=Path,
+        default=None,
+        help="label2idx.json (or a dataset folder holding it) naming the classes, when the "
+        "model does not carry its class names (default: the registry's, else 'class K')",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--fps", type=float, default=1.0, help="frames per second segmented (default: 1, as AVSBench)")
-    parser.add_argument("--seconds", type=int, default=None,
-                        help="segment only the first N seconds (default: the whole video)")
-    parser.add_argument("--silent-audio-ok", action="store_true",
-                        help="accept a video with no audio track (the model then hears silence)")
+    parser.add_argument(
+        "--seconds", type=int, default=None, help="segment only the first N seconds (default: the whole video)"
+    )
+    parser.add_argument(
+        "--silent-audio-ok",
+        action="store_true",
+        help="accept a video with no audio track (the model then hears silence)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -482,16 +590,31 @@ def _class_names_from(path: Path) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    params = load_params(args.params)  # the defaults of ssp.params when the file is missing
+    params = stage_params(args)  # sections flow and prompts
     names = _class_names_from(args.class_names) if args.class_names is not None else None
     start = time.time()
     result = predict_video(
-        args.video, args.out, checkpoint=args.checkpoint, stage1_checkpoint=args.stage1_checkpoint,
-        model_uri=args.model, stage1_model_uri=args.stage1_model, params=params,
-        prompts_backend=args.prompts_backend, class_names=names, device=args.device, fps=args.fps,
-        seconds=args.seconds, silent_audio_ok=args.silent_audio_ok, progress=not args.no_progress,
+        args.video,
+        args.out,
+        checkpoint=args.checkpoint,
+        stage1_checkpoint=args.stage1_checkpoint,
+        model_uri=args.model,
+        stage1_model_uri=args.stage1_model,
+        params=params,
+        prompts_backend=args.prompts_backend,
+        class_names=names,
+        device=args.device,
+        fps=args.fps,
+        seconds=args.seconds,
+        silent_audio_ok=args.silent_audio_ok,
+        progress=not args.no_progress,
     )
     present = sorted({c["name"] for f in result.per_frame for c in f["classes"] if c["index"] != 0})
-    log.info("predict: %d frames in %.1f s; classes: %s -> %s", result.num_frames, time.time() - start,
-             ", ".join(present) or "background only", result.out)
+    log.info(
+        "predict: %d frames in %.1f s; classes: %s -> %s",
+        result.num_frames,
+        time.time() - start,
+        ", ".join(present) or "background only",
+        result.out,
+    )
     return 0

@@ -39,10 +39,18 @@ def stage1_probability_png(logits: torch.Tensor) -> np.ndarray:
     return (logits.float().sigmoid() * 255).round().clamp(0, 255).to("cpu").numpy().astype("uint8")
 
 
-def write_stage1_masks(checkpoint: str | Path, data: str | Path, out: str | Path,
-                       splits: tuple[str, ...] = ("train", "val", "test"), flow: str | Path | None = None,
-                       prompts: str | Path | None = None, logmel: str | Path | None = None,
-                       device: str = "auto", batch_size: int = 4, progress: bool = True) -> dict[str, int]:
+def write_stage1_masks(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    flow: str | Path | None = None,
+    prompts: str | Path | None = None,
+    logmel: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict[str, int]:
     """Write the masks; returns ``{"written": videos done, "skipped": up to date}``."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,8 +109,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    result = write_stage1_masks(args.checkpoint, args.data, args.out, splits, flow=args.flow,
-                                prompts=args.prompts, logmel=args.logmel, device=args.device,
-                                batch_size=args.batch_size)
+    result = write_stage1_masks(
+        args.checkpoint,
+        args.data,
+        args.out,
+        splits,
+        flow=args.flow,
+        prompts=args.prompts,
+        logmel=args.logmel,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
     log.info("stage1-masks: %d videos written, %d up to date -> %s", result["written"], result["skipped"], args.out)
     return 0

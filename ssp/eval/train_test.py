@@ -25,10 +25,14 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     engine_train.add_arguments(parser)
-    parser.add_argument("--test-out", type=Path, default=None,
-                        help="after training, evaluate the best checkpoint on evaluate.split of --params in this "
-                             "process and write the metrics JSON here (what `ssp evaluate --out` writes; saves a "
-                             "second process start per ablation cell)")
+    parser.add_argument(
+        "--test-out",
+        type=Path,
+        default=None,
+        help="after training, evaluate the best checkpoint on evaluate.split of --params in this "
+        "process and write the metrics JSON here (what `ssp evaluate --out` writes; saves a "
+        "second process start per ablation cell)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -37,9 +41,17 @@ def main(args: argparse.Namespace) -> int:
     params = engine_train.params_from_args(args)
     result = engine_train.train_from_args(args, params)
     if args.test_out is not None and int(os.environ.get("RANK", "0")) == 0:
-        tested = evaluate(result.best_checkpoint, args.data, params.evaluate.split, args.test_out,
-                          stage1_masks=args.stage1_masks, flow=args.flow, prompts=args.prompts,
-                          logmel=args.logmel, fscore_batch_videos=params.evaluate.fscore_batch_videos,
-                          progress=not args.no_progress)
+        tested = evaluate(
+            result.best_checkpoint,
+            args.data,
+            params.evaluate.split,
+            args.test_out,
+            stage1_masks=args.stage1_masks,
+            flow=args.flow,
+            prompts=args.prompts,
+            logmel=args.logmel,
+            fscore_batch_videos=params.evaluate.fscore_batch_videos,
+            progress=not args.no_progress,
+        )
         log_summary(tested)
     return 0

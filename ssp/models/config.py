@@ -1,4 +1,4 @@
-"""Configuration of the SSP model (AAVS baseline + SSP additions) and the Table 2 grid.
+"""Configuration of the SSP model (AAVS baseline + SSP additions).
 
 Everything the model and its loss need is one plain dataclass, :class:`SSPConfig`,
 so that a run's params (``params.yaml``), its checkpoint and its MLflow record all carry
@@ -65,12 +65,18 @@ class SSPConfig:
     backbone: str = "swin_tiny_patch4_window7_224"
     backbone_kwargs: dict[str, Any] = field(
         default_factory=lambda: {
-            "embed_dim": 32, "depths": [1, 1, 2, 1], "num_heads": [1, 2, 4, 8], "window_size": 4,
+            "embed_dim": 32,
+            "depths": [1, 1, 2, 1],
+            "num_heads": [1, 2, 4, 8],
+            "window_size": 4,
         }
     )
     hf_swin: dict[str, Any] = field(
         default_factory=lambda: {
-            "embed_dim": 128, "depths": [2, 2, 18, 2], "num_heads": [4, 8, 16, 32], "window_size": 12,
+            "embed_dim": 128,
+            "depths": [2, 2, 18, 2],
+            "num_heads": [4, 8, 16, 32],
+            "window_size": 12,
         }
     )
 

@@ -66,8 +66,10 @@ class SSPCriterion(nn.Module):
         # once (its per-frame Python loop was ~2/3 of the loss time of the tiny model).
         hf_matcher = self.mask2former_loss.matcher
         self.mask2former_loss.matcher = BatchedHungarianMatcher(
-            cost_class=hf_matcher.cost_class, cost_mask=hf_matcher.cost_mask,
-            cost_dice=hf_matcher.cost_dice, num_points=hf_matcher.num_points,
+            cost_class=hf_matcher.cost_class,
+            cost_mask=hf_matcher.cost_mask,
+            cost_dice=hf_matcher.cost_dice,
+            num_points=hf_matcher.num_points,
         )
 
     def targets(self, masks: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -85,9 +87,7 @@ class SSPCriterion(nn.Module):
             else:
                 classes = torch.unique(mask)
                 if int(classes.max()) >= self.config.num_classes or int(classes.min()) < 0:
-                    raise SSPError(
-                        f"mask class index out of range [0, {self.config.num_classes}): {classes.tolist()}"
-                    )
+                    raise SSPError(f"mask class index out of range [0, {self.config.num_classes}): {classes.tolist()}")
                 mask_labels.append((mask[None] == classes[:, None, None]).float())
                 class_labels.append(classes.long())
         return mask_labels, class_labels
@@ -133,8 +133,9 @@ class SSPCriterion(nn.Module):
                 target = post_mask_target(flow.to(masks.device)[index], masks)
                 if self.config.post_mask_form == "recall":
                     post = self.post_mask_recall_loss(
-                        foreground_probability(output.class_logits[index], output.mask_logits[index],
-                                               stage=self.config.stage),
+                        foreground_probability(
+                            output.class_logits[index], output.mask_logits[index], stage=self.config.stage
+                        ),
                         target,
                     )
                 else:
@@ -187,8 +188,13 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
     """
 
     @torch.no_grad()
-    def forward(self, masks_queries_logits: Tensor, class_queries_logits: Tensor,
-                mask_labels: list[Tensor], class_labels: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+    def forward(
+        self,
+        masks_queries_logits: Tensor,
+        class_queries_logits: Tensor,
+        mask_labels: list[Tensor],
+        class_labels: list[Tensor],
+    ) -> list[tuple[Tensor, Tensor]]:
         points = torch.rand(masks_queries_logits.shape[0], self.num_points, 2, device=masks_queries_logits.device)
         costs = self.cost_matrices(masks_queries_logits, class_queries_logits, mask_labels, class_labels, points)
         matched = []
@@ -201,8 +207,14 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
         return matched
 
     @torch.no_grad()
-    def cost_matrices(self, masks_queries_logits: Tensor, class_queries_logits: Tensor,
-                      mask_labels: list[Tensor], class_labels: list[Tensor], points: Tensor) -> list[Tensor]:
+    def cost_matrices(
+        self,
+        masks_queries_logits: Tensor,
+        class_queries_logits: Tensor,
+        mask_labels: list[Tensor],
+        class_labels: list[Tensor],
+        points: Tensor,
+    ) -> list[Tensor]:
         """Per frame a Q×K_i cost matrix; ``points`` N×P×2 in [0, 1] (x, y)."""
         n, q = class_queries_logits.shape[:2]
         counts = [len(labels) for labels in class_labels]
@@ -213,8 +225,9 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
         pred = nn.functional.grid_sample(masks_queries_logits, grid, align_corners=False)[..., 0]  # N×Q×P
 
         # targets of all frames in one grid_sample: K_total masks, each with its frame's points
-        frame_of_target = torch.repeat_interleave(torch.arange(n, device=grid.device),
-                                                  torch.as_tensor(counts, device=grid.device))
+        frame_of_target = torch.repeat_interleave(
+            torch.arange(n, device=grid.device), torch.as_tensor(counts, device=grid.device)
+        )
         stacked = torch.cat([m.to(pred) for m in mask_labels])[:, None]  # K_total×1×H×W
         sampled = nn.functional.grid_sample(stacked, grid[frame_of_target], align_corners=False)[:, 0, :, 0]
         target = pred.new_zeros(n, k_max, self.num_points)

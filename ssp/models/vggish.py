@@ -62,9 +62,12 @@ class VGGish(nn.Module):
         self.features = nn.Sequential(*layers)
         # 96 x 64 input after four 2x2 pools -> 512 channels of 6 x 4
         self.embeddings = nn.Sequential(
-            nn.Linear(512 * 6 * 4, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, EMBEDDING_SIZE), nn.ReLU(inplace=True),
+            nn.Linear(512 * 6 * 4, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, EMBEDDING_SIZE),
+            nn.ReLU(inplace=True),
         )
         self.postprocess = postprocess
         if postprocess:
@@ -154,12 +157,14 @@ def load_pca_params(path: str | Path) -> dict[str, torch.Tensor]:
     elif "pca_eigen_vectors" in state and "pca_means" in state:
         matrix, means = state["pca_eigen_vectors"], state["pca_means"]
     else:
-        raise DataError(path, "no PCA parameters (expected pca_eigen_vectors and pca_means; "
-                              f"found {sorted(state)[:5]})")
+        raise DataError(
+            path, f"no PCA parameters (expected pca_eigen_vectors and pca_means; found {sorted(state)[:5]})"
+        )
     matrix, means = matrix.float(), means.float().reshape(-1, 1)
     if tuple(matrix.shape) != (EMBEDDING_SIZE, EMBEDDING_SIZE) or tuple(means.shape) != (EMBEDDING_SIZE, 1):
-        raise DataError(path, f"PCA parameters have shapes {tuple(matrix.shape)} and {tuple(means.shape)}, "
-                              "expected 128x128 and 128")
+        raise DataError(
+            path, f"PCA parameters have shapes {tuple(matrix.shape)} and {tuple(means.shape)}, expected 128x128 and 128"
+        )
     return {"pproc.pca_matrix": matrix, "pproc.pca_means": means}
 
 
@@ -168,12 +173,16 @@ def _load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: str | 
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [f"{what} {items[:4]}{' ...' if len(items) > 4 else ''}"
-                for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong)) if items]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = [
+        f"{what} {items[:4]}{' ...' if len(items) > 4 else ''}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shapes", wrong))
+        if items
+    ]
     if problems:
         raise DataError(path, "not a torchvggish VGGish weights file: " + "; ".join(problems))
     model.load_state_dict(state, strict=True, assign=True)
-
-

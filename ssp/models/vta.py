@@ -56,8 +56,9 @@ def default_text_model_path() -> Path:
 class TextEncoder(nn.Module):
     """Tokenizer + a BERT-family encoder (optionally only its first layers)."""
 
-    def __init__(self, path: str | Path | None, layers: int | None, trainable: bool, max_tokens: int,
-                 cache_size: int = 4096):
+    def __init__(
+        self, path: str | Path | None, layers: int | None, trainable: bool, max_tokens: int, cache_size: int = 4096
+    ):
         super().__init__()
         path = Path(path) if path is not None else default_text_model_path()
         if not (path / "config.json").is_file():

@@ -89,19 +89,25 @@ def _load_mask2former(model: nn.Module, path: Path) -> list[str]:
     for key, value in state.items():
         if key.startswith("criterion."):
             continue  # the loss's buffers
-        renamed[key[len("model."):] if key.startswith("model.") else key] = value
+        renamed[key[len("model.") :] if key.startswith("model.") else key] = value
 
     own = model.state_dict()
     mask2former_keys = [
         k for k in own if k.startswith(("pixel_level_module.", "transformer_module.", "class_predictor."))
     ]
     # SSP/AAVS additions that a plain Mask2Former checkpoint does not have.
-    optional = ("transformer_module.silence_embed.", "transformer_module.uncertain_embed.",
-                "transformer_module.audio_embed.")
+    optional = (
+        "transformer_module.silence_embed.",
+        "transformer_module.uncertain_embed.",
+        "transformer_module.audio_embed.",
+    )
     missing = [k for k in mask2former_keys if k not in renamed and not k.startswith(optional)]
     if missing:
-        raise DataError(path, f"is not a Mask2Former checkpoint for this model: missing {missing[:5]}"
-                              f"{' ...' if len(missing) > 5 else ''}")
+        raise DataError(
+            path,
+            f"is not a Mask2Former checkpoint for this model: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}",
+        )
 
     to_load, skipped = {}, []
     for key, value in renamed.items():
@@ -112,8 +118,9 @@ def _load_mask2former(model: nn.Module, path: Path) -> list[str]:
             if key.startswith(TASK_SPECIFIC_PREFIXES):
                 skipped.append(key)
                 continue
-            raise DataError(path, f"{key}: shape {tuple(value.shape)} in the file, "
-                                  f"{tuple(own[key].shape)} in the model")
+            raise DataError(
+                path, f"{key}: shape {tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model"
+            )
         to_load[key] = value
     model.load_state_dict(to_load, strict=False)
     return skipped

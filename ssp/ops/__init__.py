@@ -1,1 +1,2 @@
-"""Operations: params, tracking, registry, fingerprints, launching."""
+"""Operations: MLflow tracking and model registry, stage-output fingerprints, launching
+training processes (one, or torchrun across GPUs and nodes)."""

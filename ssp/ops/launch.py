@@ -38,11 +38,10 @@ import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ssp.errors import SSPError
-from ssp.params import LaunchParams, load_params
+from ssp.params import LaunchParams, add_params_arguments, stage_params
 
 # params key -> environment variable that overrides it
 ENV_OVERRIDES = {
@@ -61,10 +60,10 @@ class LaunchConfig:
     """How this machine launches the job: params' ``train`` section (:class:`LaunchParams`,
     where the defaults live) after the environment overrides, plus this node's rank."""
 
-    gpus: int                                # worker processes per node
+    gpus: int  # worker processes per node
     nodes: int
-    node_rank: int                           # this machine's rank; static rendezvous only
-    rdzv_endpoint: str                       # only used when nodes > 1
+    node_rank: int  # this machine's rank; static rendezvous only
+    rdzv_endpoint: str  # only used when nodes > 1
     rdzv_id: str
     rdzv_backend: str
     max_restarts: int
@@ -139,10 +138,14 @@ def training_command(
         torchrun += ["--standalone", "--nnodes", "1"]
     else:
         torchrun += [
-            "--nnodes", str(config.nodes),
-            "--rdzv-backend", config.rdzv_backend,
-            "--rdzv-endpoint", config.rdzv_endpoint,
-            "--rdzv-id", config.rdzv_id,
+            "--nnodes",
+            str(config.nodes),
+            "--rdzv-backend",
+            config.rdzv_backend,
+            "--rdzv-endpoint",
+            config.rdzv_endpoint,
+            "--rdzv-id",
+            config.rdzv_id,
         ]
         if config.rdzv_backend == "static":
             # c10d assigns node ranks at rendezvous (and ignores --node-rank); static needs them
@@ -159,13 +162,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "process, or under torchrun when train.gpus > 1 or train.nodes > 1. SSP_GPUS, SSP_NODES, "
         "SSP_NODE_RANK, SSP_RDZV_ENDPOINT, SSP_RDZV_ID, SSP_RDZV_BACKEND and SSP_MAX_RESTARTS override params."
     )
-    parser.add_argument("--params", default="params.yaml",
-                        help="params file whose `train` section holds gpus/nodes/rdzv_* (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a param, e.g. --set train.gpus=4 (repeatable)")
+    add_params_arguments(parser, "train.gpus=4")
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
-    parser.add_argument("stage_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ...",
-                        help="the ssp command to run, after `--`, e.g. -- train --stage 1 --data DIR --out DIR")
+    parser.add_argument(
+        "stage_args",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND ...",
+        help="the ssp command to run, after `--`, e.g. -- train --stage 1 --data DIR --out DIR",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -174,13 +178,17 @@ def main(args: argparse.Namespace) -> int:
         stage_args = stage_args[1:]
     if not stage_args:
         raise SSPError("nothing to launch: give the ssp command after `--`, e.g. -- train --stage 1 ...")
-    config = launch_config(load_params(Path(args.params), overrides=args.overrides).train)
+    config = launch_config(stage_params(args).train)
     command = training_command(stage_args, config)
     if args.dry_run:
         print(shlex.join(command))
         return 0
-    print(f"ssp launch: {config.nodes} node(s) x {config.gpus} process(es), node rank {config.node_rank}: "
-          f"{shlex.join(command)}", file=sys.stderr, flush=True)
+    print(
+        f"ssp launch: {config.nodes} node(s) x {config.gpus} process(es), node rank {config.node_rank}: "
+        f"{shlex.join(command)}",
+        file=sys.stderr,
+        flush=True,
+    )
     # replace this process: signals (Ctrl-C, DVC or Prefect cancelling) reach torchrun or
     # the trainer directly, and its exit status is the stage's
     os.execv(command[0], command)

@@ -46,8 +46,8 @@ from ssp.data.avsbench import class_names
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
 from ssp.models.checkpoint import read_weights
-from ssp.ops.tracking import EXPERIMENTS, RunLogger, _retry, data_hash, get_client, git_commit, tracking_uri
-from ssp.params import load_params
+from ssp.ops.tracking import EXPERIMENTS, RunLogger, data_hash, get_client, git_commit, retry_locked, tracking_uri
+from ssp.params import add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def read_run_metrics(run_dir: str | Path) -> dict[str, Any]:
 
 def metric_value(metrics: Mapping[str, Any], metric: str) -> float:
     """``val_miou`` -> ``metrics["best"]["miou"]`` (the best epoch's validation value)."""
-    key = metric[len("val_"):] if metric.startswith("val_") else metric
+    key = metric[len("val_") :] if metric.startswith("val_") else metric
     best = metrics.get("best") or {}
     if key not in best:
         raise SSPError(f"metrics.json has no best[{key!r}] (has: {', '.join(sorted(best)) or 'nothing'})")
@@ -124,23 +124,31 @@ def find_run_id(run_dir: str | Path, stage: int) -> str | None:
     experiment = client.get_experiment_by_name(EXPERIMENTS[stage])
     if experiment is None:
         return None
-    runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.`ssp.run_dir` = '{run_dir.resolve()}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`ssp.run_dir` = '{run_dir.resolve()}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if runs:
         return runs[0].info.run_id
     # Fallback: the newest finished run of this stage whose best metrics are the folder's.
     best = _best_metrics(metrics)
     if not best:
         return None
-    candidates = client.search_runs([experiment.experiment_id], filter_string=f"tags.`ssp.stage` = '{stage}'",
-                                    order_by=["attributes.start_time DESC"], max_results=200)
+    candidates = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`ssp.stage` = '{stage}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=200,
+    )
     for run in candidates:
         logged = run.data.metrics
         if logged.get("best/epoch") != float(metrics.get("best_epoch", math.nan)):
             continue
-        if all(math.isclose(logged.get(f"best/{k}", math.nan), v, rel_tol=1e-9, abs_tol=1e-12)
-               for k, v in best.items()):
+        if all(
+            math.isclose(logged.get(f"best/{k}", math.nan), v, rel_tol=1e-9, abs_tol=1e-12) for k, v in best.items()
+        ):
             return run.info.run_id
     return None
 
@@ -203,25 +211,73 @@ def register_checkpoint(
         raise SSPError(f"validation metric must be a finite number, got {val_metric}")
 
     client = get_client()
+    run_id, artifact_uri = _source_run(client, run, checkpoint, stage, name)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": 1,
+        "stage": stage,
+        "weights": WEIGHTS_FILE,
+        "metric": metric_name,
+        "val_metric": float(val_metric),
+        "class_names": class_names,
+        "data_hash": data_hash,
+        "params": dict(params or {}),
+        "checkpoint_info": info,
+        "source_checkpoint": str(checkpoint),
+    }
+    source = _upload(client, run_id, artifact_uri, checkpoint, manifest)
+    tags = {
+        "ssp.stage": str(stage),
+        "ssp.metric": metric_name,
+        "ssp.val_metric": repr(float(val_metric)),
+        "ssp.data_hash": data_hash or "",
+        "ssp.params": _tag(params or {}),
+        "ssp.git_commit": git_commit() or "",
+        "ssp.checkpoint": checkpoint.name,
+    }
+    version = _create_version(client, name, stage, source, run_id, tags, f"{metric_name}={float(val_metric):.4f}")
+
+    previous, previous_metric = _champion(client, name)
+    promote = float(val_metric) > previous_metric
+    if promote:
+        retry_locked(lambda: client.set_registered_model_alias(name, alias, str(version)), "set alias")
+    log.info(
+        "registered %s version %d (%s=%.4f)%s",
+        name,
+        version,
+        metric_name,
+        float(val_metric),
+        f"; now @{alias}" if promote else f"; @{alias} stays on version {previous} ({previous_metric:.4f})",
+    )
+    return Registration(name, version, run_id, float(val_metric), promote, previous)
+
+
+def _source_run(client, run: str | Path | None, checkpoint: Path, stage: int, name: str) -> tuple[str, str]:
+    """The MLflow run the version points at: ``run`` itself, the run that trained the run
+    folder ``run``, or a new ``register`` run holding the artifacts; (run id, artifact URI)."""
     run_id: str | None
     if run is None or (isinstance(run, Path) or Path(str(run)).is_dir()):
         run_id = find_run_id(run, stage) if run is not None else None
         if run_id is None:
             log.warning("no MLflow run found for %s; creating a `register` run for the artifacts", run or checkpoint)
-            with RunLogger(EXPERIMENTS[stage], f"register-{name}", params={"checkpoint": str(checkpoint)},
-                           tags={"ssp.stage": str(stage), "ssp.kind": "register"}, parent_run_id="") as holder:
+            with RunLogger(
+                EXPERIMENTS[stage],
+                f"register-{name}",
+                params={"checkpoint": str(checkpoint)},
+                tags={"ssp.stage": str(stage), "ssp.kind": "register"},
+                parent_run_id="",
+            ) as holder:
                 run_id = holder.run_id
     else:
         run_id = str(run)
     try:
-        run_info = client.get_run(run_id)
+        return run_id, client.get_run(run_id).info.artifact_uri
     except Exception as e:
         raise SSPError(f"MLflow run {run_id} not found in {client.tracking_uri}: {e}") from None
 
-    manifest = {"format": MANIFEST_FORMAT, "version": 1, "stage": stage, "weights": WEIGHTS_FILE,
-                "metric": metric_name, "val_metric": float(val_metric), "class_names": class_names,
-                "data_hash": data_hash, "params": dict(params or {}), "checkpoint_info": info,
-                "source_checkpoint": str(checkpoint)}
+
+def _upload(client, run_id: str, artifact_uri: str, checkpoint: Path, manifest: dict[str, Any]) -> str:
+    """Weights + manifest as artifacts of ``run_id``; returns their artifact URI."""
     # One artifact folder per checkpoint content: registering another checkpoint from the
     # same run must not overwrite the files an earlier version points at.
     artifact_path = f"{ARTIFACT_DIR}-{_file_digest(checkpoint)[:12]}"
@@ -230,34 +286,32 @@ def register_checkpoint(
         folder.mkdir()
         shutil.copyfile(checkpoint, folder / WEIGHTS_FILE)
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        _retry(lambda: client.log_artifacts(run_id, str(folder), artifact_path), "log_artifacts")
+        retry_locked(lambda: client.log_artifacts(run_id, str(folder), artifact_path), "log_artifacts")
+    return f"{artifact_uri.rstrip('/')}/{artifact_path}"
 
-    tags = {"ssp.stage": str(stage), "ssp.metric": metric_name, "ssp.val_metric": repr(float(val_metric)),
-            "ssp.data_hash": data_hash or "", "ssp.params": _tag(params or {}),
-            "ssp.git_commit": git_commit() or "", "ssp.checkpoint": checkpoint.name}
+
+def _create_version(
+    client, name: str, stage: int, source: str, run_id: str, tags: dict[str, str], description: str
+) -> int:
+    """A new version of registered model ``name`` (created on first use) at ``source``."""
 
     def ensure_model() -> None:
         try:
-            client.create_registered_model(name, tags={"ssp.stage": str(stage)},
-                                           description=f"SSP stage {stage} ({'AVS' if stage == 1 else 'AVSS'})")
+            client.create_registered_model(
+                name,
+                tags={"ssp.stage": str(stage)},
+                description=f"SSP stage {stage} ({'AVS' if stage == 1 else 'AVSS'})",
+            )
         except Exception as e:  # exists already (or created meanwhile by another pipeline)
             if "already exists" not in str(e).lower() and "unique" not in str(e).lower():
                 raise
 
-    _retry(ensure_model, "create_registered_model")
-    source = f"{run_info.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    created = _retry(lambda: client.create_model_version(name, source, run_id=run_id, tags=tags,
-                                                          description=f"{metric_name}={float(val_metric):.4f}"),
-                     "create_model_version")
-    version = int(created.version)
-
-    previous, previous_metric = _champion(client, name)
-    promote = float(val_metric) > previous_metric
-    if promote:
-        _retry(lambda: client.set_registered_model_alias(name, alias, str(version)), "set alias")
-    log.info("registered %s version %d (%s=%.4f)%s", name, version, metric_name, float(val_metric),
-             f"; now @{alias}" if promote else f"; @{alias} stays on version {previous} ({previous_metric:.4f})")
-    return Registration(name, version, run_id, float(val_metric), promote, previous)
+    retry_locked(ensure_model, "create_registered_model")
+    created = retry_locked(
+        lambda: client.create_model_version(name, source, run_id=run_id, tags=tags, description=description),
+        "create_model_version",
+    )
+    return int(created.version)
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,11 +337,16 @@ def resolve_model(uri: str, dst: str | Path | None = None) -> tuple[Path, dict[s
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # callers show their own progress
     client = get_client()
     try:
-        found = (client.get_model_version_by_alias(name, alias) if alias is not None
-                 else client.get_model_version(name, str(version)))
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if alias is not None
+            else client.get_model_version(name, str(version))
+        )
     except Exception as e:
-        raise SSPError(f"{uri}: not found in the model registry at {tracking_uri()} "
-                       f"({str(e).splitlines()[0]}); register a model with `ssp register` first") from None
+        raise SSPError(
+            f"{uri}: not found in the model registry at {tracking_uri()} "
+            f"({str(e).splitlines()[0]}); register a model with `ssp register` first"
+        ) from None
     store = hashlib.sha256(tracking_uri().encode()).hexdigest()[:12]
     folder = Path(dst) if dst is not None else _cache_root() / store / name / str(found.version)
     weights, manifest_path = folder / ARTIFACT_DIR / WEIGHTS_FILE, folder / ARTIFACT_DIR / MANIFEST_FILE
@@ -300,8 +359,10 @@ def resolve_model(uri: str, dst: str | Path | None = None) -> tuple[Path, dict[s
                 inner = [p for p in got.iterdir() if p.is_dir()] if got.is_dir() else []
                 got = inner[0] if len(inner) == 1 else got
             if not (got / MANIFEST_FILE).is_file() or not (got / WEIGHTS_FILE).is_file():
-                raise SSPError(f"{uri} (version {found.version}) is not an SSP model: "
-                               f"no {MANIFEST_FILE} / {WEIGHTS_FILE} in its artifacts")
+                raise SSPError(
+                    f"{uri} (version {found.version}) is not an SSP model: "
+                    f"no {MANIFEST_FILE} / {WEIGHTS_FILE} in its artifacts"
+                )
             shutil.rmtree(folder / ARTIFACT_DIR, ignore_errors=True)
             os.replace(got, folder / ARTIFACT_DIR)
     manifest = json.loads(manifest_path.read_text())
@@ -324,27 +385,50 @@ def champion_uri(stage: int) -> str:
 # CLI: ssp register
 # ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", type=Path, required=True,
-                        help="an `ssp train` run folder (metrics.json, checkpoints/best.safetensors)")
-    parser.add_argument("--stage", type=int, choices=(1, 2), required=True,
-                        help="1 registers as ssp-avs, 2 as ssp-avss")
-    parser.add_argument("--metric", default="val_miou",
-                        help="validation metric that decides the champion, higher is better; read from "
-                             "metrics.json's best epoch (val_miou -> best.miou). Default: val_miou")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="checkpoint to register (default: RUN_DIR/checkpoints/best.safetensors)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the dataset the run was trained on: its class names (label2idx.json) are stored "
-                             "with the model for `ssp predict`, and its hash tags the version")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
-                        help="params file recorded with the version (default: params.yaml, if present)")
-    parser.add_argument("--run-id", default=None,
-                        help="MLflow run the checkpoint was logged to (default: found from the run folder)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="also write what was registered (name, version, champion or not) to this JSON "
-                             "file, e.g. as a DVC stage output")
-    parser.add_argument("--alias", default=CHAMPION,
-                        help="alias given to the new version when it beats the holder's metric. Default: champion")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        required=True,
+        help="an `ssp train` run folder (metrics.json, checkpoints/best.safetensors)",
+    )
+    parser.add_argument(
+        "--stage", type=int, choices=(1, 2), required=True, help="1 registers as ssp-avs, 2 as ssp-avss"
+    )
+    parser.add_argument(
+        "--metric",
+        default="val_miou",
+        help="validation metric that decides the champion, higher is better; read from "
+        "metrics.json's best epoch (val_miou -> best.miou). Default: val_miou",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to register (default: RUN_DIR/checkpoints/best.safetensors)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the dataset the run was trained on: its class names (label2idx.json) are stored "
+        "with the model for `ssp predict`, and its hash tags the version",
+    )
+    add_params_arguments(parser, "train2.lr=0.0005")
+    parser.add_argument(
+        "--run-id", default=None, help="MLflow run the checkpoint was logged to (default: found from the run folder)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write what was registered (name, version, champion or not) to this JSON "
+        "file, e.g. as a DVC stage output",
+    )
+    parser.add_argument(
+        "--alias",
+        default=CHAMPION,
+        help="alias given to the new version when it beats the holder's metric. Default: champion",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -358,13 +442,28 @@ def main(args: argparse.Namespace) -> int:
     if args.data is not None:
         names = class_names(args.data)
         digest = data_hash(args.data)
-    params = load_params(args.params).to_dict() if args.params and Path(args.params).is_file() else {}
-    result = register_checkpoint(args.run_id or run_dir, checkpoint, args.stage, value, params=params,
-                                 data_hash=digest, metric_name=args.metric, class_names=names, alias=args.alias)
-    state = (f"now @{args.alias}" if result.champion
-             else f"@{args.alias} stays on version {result.previous_champion}")
+    params = stage_params(args).to_dict()  # recorded with the version
+    result = register_checkpoint(
+        args.run_id or run_dir,
+        checkpoint,
+        args.stage,
+        value,
+        params=params,
+        data_hash=digest,
+        metric_name=args.metric,
+        class_names=names,
+        alias=args.alias,
+    )
+    state = f"now @{args.alias}" if result.champion else f"@{args.alias} stays on version {result.previous_champion}"
     print(f"{result.name} version {result.version} ({args.metric}={value:.4f}): {state}")
     if args.out is not None:
-        write_json(args.out, {**asdict(result), "metric_name": args.metric, "alias": args.alias,
-                              "uri": f"models:/{result.name}/{result.version}"})
+        write_json(
+            args.out,
+            {
+                **asdict(result),
+                "metric_name": args.metric,
+                "alias": args.alias,
+                "uri": f"models:/{result.name}/{result.version}",
+            },
+        )
     return 0

@@ -49,7 +49,7 @@ def tracking_uri() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # relative sqlite path: make sure its folder exists (fresh clone: mlruns/ is empty)
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -57,7 +57,7 @@ def get_client():
     return MlflowClient(tracking_uri=tracking_uri())
 
 
-def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+def retry_locked(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
     """SQLite allows one writer at a time; two pipelines logging at once can see
     'database is locked'. Retry those with backoff instead of losing the run."""
     delay = 0.2
@@ -102,14 +102,12 @@ def get_or_create_experiment(name: str) -> str:
                 return client.get_experiment_by_name(name).experiment_id
             raise
 
-    return _retry(go, f"experiment {name}")
+    return retry_locked(go, f"experiment {name}")
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
@@ -185,7 +183,7 @@ class RunLogger:
         tags = {"mlflow.runName": self.run_name, **default_tags(), **self.tags}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
-        run = _retry(lambda: self._client.create_run(exp_id, run_name=self.run_name, tags=tags), "create_run")
+        run = retry_locked(lambda: self._client.create_run(exp_id, run_name=self.run_name, tags=tags), "create_run")
         self.run_id = run.info.run_id
         if self.params:
             self.log_params(self.params)
@@ -193,7 +191,7 @@ class RunLogger:
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
-            _retry(lambda: self._client.set_terminated(self.run_id, status=status), "set_terminated")
+            retry_locked(lambda: self._client.set_terminated(self.run_id, status=status), "set_terminated")
 
     def __enter__(self) -> "RunLogger":
         return self.start()
@@ -213,7 +211,7 @@ class RunLogger:
         items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             chunk = items[i : i + 100]
-            _retry(lambda: self._client.log_batch(self.run_id, params=chunk), "log_params")
+            retry_locked(lambda: self._client.log_batch(self.run_id, params=chunk), "log_params")
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not (self.enabled and self.run_id):
@@ -222,13 +220,13 @@ class RunLogger:
         items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items() if _is_number(v)]
         for i in range(0, len(items), 1000):
             chunk = items[i : i + 1000]
-            _retry(lambda: self._client.log_batch(self.run_id, metrics=chunk), "log_metrics")
+            retry_locked(lambda: self._client.log_batch(self.run_id, metrics=chunk), "log_metrics")
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not (self.enabled and self.run_id):
             return
         items = [RunTag(k, str(v)) for k, v in tags.items()]
-        _retry(lambda: self._client.log_batch(self.run_id, tags=items), "set_tags")
+        retry_locked(lambda: self._client.log_batch(self.run_id, tags=items), "set_tags")
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not (self.enabled and self.run_id):

@@ -242,9 +242,7 @@ def run_per_video(
     if failures:
         failures.sort()
         lines = [f"  {msg}" if msg.startswith(name(items[i])) else f"  {name(items[i])}: {msg}" for i, msg in failures]
-        raise SSPError(
-            f"{desc}: {len(failures)} of {len(items)} failed (the others are written):\n" + "\n".join(lines)
-        )
+        raise SSPError(f"{desc}: {len(failures)} of {len(items)} failed (the others are written):\n" + "\n".join(lines))
     return [results[i] for i in range(len(items))]
 
 

@@ -138,7 +138,6 @@ def _check_frames(frame_a: np.ndarray, frame_b: np.ndarray) -> None:
         raise ValueError(f"frames differ in size: {frame_a.shape} vs {frame_b.shape}")
 
 
-
 class DISFlow:
     """OpenCV DIS (dense inverse search) on grayscale frames."""
 
@@ -186,8 +185,9 @@ def build_estimator(method: str, **opts: Any) -> Estimator:
     known = {f.name for f in fields(option_type)}
     unknown = sorted(set(opts) - known)
     if unknown:
-        raise SSPError(f"flow method {method!r} has no option {', '.join(unknown)}; "
-                       f"options: {', '.join(sorted(known))}")
+        raise SSPError(
+            f"flow method {method!r} has no option {', '.join(unknown)}; options: {', '.join(sorted(known))}"
+        )
     if opts.get("weights") is not None:
         opts["weights"] = str(Path(opts["weights"]).resolve())
     return _cached_estimator(method, option_type(**opts))
@@ -209,7 +209,6 @@ def estimate_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str, **opts:
     """
     _check_frames(frame_a, frame_b)
     return build_estimator(method, **opts)([frame_a], [frame_b])[0]
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,8 +236,6 @@ def per_frame_magnitudes(pair_flows: Sequence[np.ndarray]) -> list[np.ndarray]:
     maps += [(before + after) / 2.0 for before, after in zip(magnitudes[:-1], magnitudes[1:])]
     maps.append(magnitudes[-1])
     return maps
-
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,10 +312,13 @@ class FlowStageConfig:
         Device and thread counts change speed, not results, so they are left out."""
         flow = self.flow
         params: dict[str, Any] = {
-            "method": flow.method, "size": self.size, "rule": flow.rule,
+            "method": flow.method,
+            "size": self.size,
+            "rule": flow.rule,
             # unused by Otsu: changing it must not redo every video
             "value": None if flow.rule == "otsu" else flow.value,
-            "min_magnitude": flow.min_magnitude, "cleanup": flow.cleanup,
+            "min_magnitude": flow.min_magnitude,
+            "cleanup": flow.cleanup,
         }
         if flow.method == "dis":
             params["preset"] = flow.preset
@@ -355,8 +355,9 @@ def video_magnitudes(frames: Sequence[np.ndarray], config: FlowStageConfig) -> l
     return per_frame_magnitudes(flows)
 
 
-def flow_masks(frames: Sequence[np.ndarray], flow: FlowParams, size: int | None = None,
-               device: str | None = None) -> list[np.ndarray]:
+def flow_masks(
+    frames: Sequence[np.ndarray], flow: FlowParams, size: int | None = None, device: str | None = None
+) -> list[np.ndarray]:
     """Binary M_O (bool, each frame's H×W) of one video's RGB uint8 frames, in order, as
     ``ssp flow`` computes them with the ``flow`` params section (``size``: compute the flow
     at size×size; ``device``: RAFT / Perceiver)."""
@@ -371,8 +372,11 @@ def _read_video_frames(record: VideoRecord) -> list[np.ndarray]:
     frames = [read_frame(path) for path in record.frame_paths]  # DataError naming a bad file
     for path, frame in zip(record.frame_paths[1:], frames[1:]):
         if frame.shape != frames[0].shape:
-            raise DataError(path, f"frame size {frame.shape[1]}×{frame.shape[0]} differs from the video's first frame "
-                            f"({frames[0].shape[1]}×{frames[0].shape[0]})")
+            raise DataError(
+                path,
+                f"frame size {frame.shape[1]}×{frame.shape[0]} differs from the video's first frame "
+                f"({frames[0].shape[1]}×{frames[0].shape[0]})",
+            )
     return frames
 
 
@@ -464,15 +468,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_root", metavar="DATA_ROOT", help="dataset root (AVSBench-semantic or -object layout)")
     parser.add_argument("--out", required=True, help="output folder; mirrors the dataset's per-video folders")
     add_params_arguments(parser, "flow.min_magnitude=0.5")
-    parser.add_argument("--size", type=int, default=None,
-                        help="compute flow on frames resized to SIZExSIZE (faster on large frames); outputs "
-                        "stay at each frame's size. Default: the frame's own size")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="compute flow on frames resized to SIZExSIZE (faster on large frames); outputs "
+        "stay at each frame's size. Default: the frame's own size",
+    )
     parser.add_argument("--device", default=None, help="torch device for raft/perceiver (default: cuda if available)")
-    parser.add_argument("--workers", type=int, default=default_workers(),
-                        help="videos processed in parallel (processes). Default: CPU cores - 1")
-    parser.epilog = ("Reads the flow section of the params file: method (dis | raft | perceiver), preset, "
-                     "weights, rule (fixed | fraction_of_max | otsu), value, min_magnitude, cleanup; "
-                     "see ssp/params.py (FlowParams).")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="videos processed in parallel (processes). Default: CPU cores - 1",
+    )
+    parser.epilog = (
+        "Reads the flow section of the params file: method (dis | raft | perceiver), preset, "
+        "weights, rule (fixed | fraction_of_max | otsu), value, min_magnitude, cleanup; "
+        "see ssp/params.py (FlowParams)."
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -482,7 +496,10 @@ def main(args: argparse.Namespace) -> int:
     summary = run_flow_stage(args.data_root, args.out, config, workers=args.workers)
     logger.info(
         "flow: %d videos (%d processed, %d up to date), mean mask coverage %.3f -> %s",
-        summary["videos"], summary["processed"], summary["skipped"], summary["mean_mask_coverage"],
+        summary["videos"],
+        summary["processed"],
+        summary["skipped"],
+        summary["mean_mask_coverage"],
         Path(args.out) / SUMMARY_NAME,
     )
     return 0

@@ -29,8 +29,10 @@ def _torch_device(device: str | None) -> str:
 
 def _require_weights(method: str, weights: str | None) -> Path:
     if not weights:
-        raise SSPError(f"flow method {method!r} needs local weights: pass weights=PATH (params: flow.weights); "
-                       "nothing is downloaded")
+        raise SSPError(
+            f"flow method {method!r} needs local weights: pass weights=PATH (params: flow.weights); "
+            "nothing is downloaded"
+        )
     path = Path(weights)
     if not path.exists():
         raise DataError(path, f"{method} weights not found")
@@ -43,8 +45,7 @@ class RAFTFlow:
     # RAFT's correlation pyramid needs feature maps of at least 16×16, i.e. 128×128 input.
     MIN_SIZE = 128
 
-    def __init__(self, weights: str | None, variant: str, num_flow_updates: int, device: str | None,
-                 batch_size: int):
+    def __init__(self, weights: str | None, variant: str, num_flow_updates: int, device: str | None, batch_size: int):
         path = _require_weights("raft", weights)
         state_dict = _load_state_dict(path)
         builders = {"small": raft_small, "large": raft_large}
@@ -116,12 +117,12 @@ class PerceiverFlow:
     pixels and are blended with weights that fall off linearly towards each tile's border.
     """
 
-    def __init__(self, weights: str | None, flow_scale: float, min_overlap: int, device: str | None,
-                 batch_size: int):
+    def __init__(self, weights: str | None, flow_scale: float, min_overlap: int, device: str | None, batch_size: int):
         path = _require_weights("perceiver", weights)
         if not (path / "config.json").is_file():
-            raise DataError(path, "no config.json: expected a folder written by "
-                                  "PerceiverForOpticalFlow.save_pretrained")
+            raise DataError(
+                path, "no config.json: expected a folder written by PerceiverForOpticalFlow.save_pretrained"
+            )
         try:
             config = PerceiverConfig.from_pretrained(str(path), local_files_only=True)
             model, info = PerceiverForOpticalFlow.from_pretrained(
@@ -131,8 +132,9 @@ class PerceiverFlow:
             raise DataError(path, f"cannot load a Perceiver optical-flow model: {err}") from err
         bad = sorted(info.get("missing_keys", [])) + sorted(info.get("mismatched_keys", []))
         if bad:
-            raise DataError(path, f"weights do not fit PerceiverForOpticalFlow ({len(bad)} missing or mismatched, "
-                                  f"e.g. {bad[0]})")
+            raise DataError(
+                path, f"weights do not fit PerceiverForOpticalFlow ({len(bad)} missing or mismatched, e.g. {bad[0]})"
+            )
         self.tile = tuple(int(s) for s in config.train_size)
         if min_overlap >= min(self.tile):
             raise SSPError(f"min_overlap {min_overlap} must be smaller than the tile size {self.tile}")

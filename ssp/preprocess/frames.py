@@ -62,12 +62,12 @@ AUDIO_SHORT_TOLERANCE_S = 0.1
 
 @dataclass(frozen=True)
 class FramesParams:
-    fps: float = 1.0                 # frames per second written
-    seconds: int | None = None       # expected length; None = every complete second
+    fps: float = 1.0  # frames per second written
+    seconds: int | None = None  # expected length; None = every complete second
     instant: float = AVSBENCH_INSTANT  # where in each 1/fps interval the frame is taken (0..1)
-    silent_audio_ok: bool = False    # no audio track -> silent wav instead of an error
+    silent_audio_ok: bool = False  # no audio track -> silent wav instead of an error
     jpeg_quality: int = 95
-    version: int = 1                 # bump when outputs change, so old stamps are redone
+    version: int = 1  # bump when outputs change, so old stamps are redone
 
     def __post_init__(self) -> None:
         if not self.fps > 0:
@@ -84,10 +84,10 @@ class ExtractedVideo:
     out_dir: Path
     frame_paths: list[Path]
     audio_path: Path
-    duration_s: float                # seconds covered by frames and audio = N / fps
-    video_fps: float                 # the source's frame rate
-    silent_audio: bool = False       # True: the video had no audio track; audio.wav is zeros
-    skipped: bool = False            # True: outputs were already up to date
+    duration_s: float  # seconds covered by frames and audio = N / fps
+    video_fps: float  # the source's frame rate
+    silent_audio: bool = False  # True: the video had no audio track; audio.wav is zeros
+    skipped: bool = False  # True: outputs were already up to date
     frame_times_s: list[float] = field(default_factory=list)  # timestamp of each chosen frame
 
 
@@ -132,8 +132,11 @@ def _decode_frames(
                 t = index / source_fps if source_fps > 0 else last_time + 1.0 / 25
             last_time, index = t, index + 1
             # The frame on screen at a target time is the last one with timestamp <= target.
-            while (previous is not None and (wanted is None or len(chosen) < wanted)
-                   and t > _target(len(chosen), fps, instant) + 1e-6):
+            while (
+                previous is not None
+                and (wanted is None or len(chosen) < wanted)
+                and t > _target(len(chosen), fps, instant) + 1e-6
+            ):
                 choose(*previous)
             previous = (t, image)
             if wanted is not None and len(chosen) >= wanted and t + frame_duration >= wanted / fps - 1e-6:
@@ -235,13 +238,20 @@ def _extract(path: Path, out_dir: Path, params: FramesParams) -> ExtractedVideo:
     with VideoOutputs(out_dir, STAGE, fp) as outputs:  # on any error: no output left for this video
         if path.stat().st_size == 0:
             raise DataError(path, "video file is empty (0 bytes)")
-        encoded, times, source_fps = _decode_frames(path, params.fps, params.instant, params.seconds,
-                                                    params.jpeg_quality)
+        encoded, times, source_fps = _decode_frames(
+            path, params.fps, params.instant, params.seconds, params.jpeg_quality
+        )
         duration = len(encoded) / params.fps
         audio, silent = _decode_audio(path, duration, params.silent_audio_ok)
         _remove_stale_frames(out_dir, len(encoded))
-        outputs.info = {"source": str(path), "num_frames": len(encoded), "duration_s": duration,
-                        "video_fps": source_fps, "silent_audio": silent, "frame_times_s": times}
+        outputs.info = {
+            "source": str(path),
+            "num_frames": len(encoded),
+            "duration_s": duration,
+            "video_fps": source_fps,
+            "silent_audio": silent,
+            "frame_times_s": times,
+        }
         for i, data in enumerate(encoded):
             with outputs.path(f"frames/{i}.jpg") as tmp:
                 tmp.write_bytes(data)
@@ -305,37 +315,63 @@ def _extract_into(path: Path, out: Path, params: FramesParams) -> ExtractedVideo
     return _extract(path, out / path.stem, params)
 
 
-def extract_videos(videos: list[Path], out: str | Path, params: FramesParams = FramesParams(),
-                   workers: int = 1) -> list[ExtractedVideo]:
+def extract_videos(
+    videos: list[Path], out: str | Path, params: FramesParams = FramesParams(), workers: int = 1
+) -> list[ExtractedVideo]:
     """Extract every video into ``{out}/{stem}/``; one error at the end lists the failures."""
-    return run_per_video(videos, partial(_extract_into, out=Path(out), params=params), workers=workers,
-                         desc="frames")
+    return run_per_video(videos, partial(_extract_into, out=Path(out), params=params), workers=workers, desc="frames")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--videos", nargs="+", required=True, metavar="DIR_OR_FILE",
-                        help=f"video files, or folders searched recursively for {', '.join(VIDEO_EXTENSIONS)}")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder: {out}/{video name}/frames/{i}.jpg and audio.wav")
-    parser.add_argument("--fps", type=float, default=FramesParams.fps,
-                        help=f"frames written per second (default: {FramesParams.fps:g})")
-    parser.add_argument("--seconds", type=int, default=None,
-                        help="take the first N seconds of each video (N * fps frames, N s of audio); "
-                             "a shorter video is an error (default: every complete second of each video)")
-    parser.add_argument("--instant", type=float, default=FramesParams.instant,
-                        help="where within each second the frame is taken, as a fraction: the frame on "
-                             "screen at t = (i + instant) / fps (default: 15/16 = 0.9375, as AVSBench)")
-    parser.add_argument("--silent-audio-ok", action="store_true",
-                        help="write a silent audio.wav for videos without an audio track "
-                             "(default: such a video is an error)")
-    parser.add_argument("--jpeg-quality", type=int, default=FramesParams.jpeg_quality,
-                        help=f"JPEG quality of the frames (default: {FramesParams.jpeg_quality})")
+    parser.add_argument(
+        "--videos",
+        nargs="+",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help=f"video files, or folders searched recursively for {', '.join(VIDEO_EXTENSIONS)}",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder: {out}/{video name}/frames/{i}.jpg and audio.wav"
+    )
+    parser.add_argument(
+        "--fps", type=float, default=FramesParams.fps, help=f"frames written per second (default: {FramesParams.fps:g})"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=int,
+        default=None,
+        help="take the first N seconds of each video (N * fps frames, N s of audio); "
+        "a shorter video is an error (default: every complete second of each video)",
+    )
+    parser.add_argument(
+        "--instant",
+        type=float,
+        default=FramesParams.instant,
+        help="where within each second the frame is taken, as a fraction: the frame on "
+        "screen at t = (i + instant) / fps (default: 15/16 = 0.9375, as AVSBench)",
+    )
+    parser.add_argument(
+        "--silent-audio-ok",
+        action="store_true",
+        help="write a silent audio.wav for videos without an audio track (default: such a video is an error)",
+    )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=FramesParams.jpeg_quality,
+        help=f"JPEG quality of the frames (default: {FramesParams.jpeg_quality})",
+    )
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: 1)")
 
 
 def main(args: argparse.Namespace) -> int:
-    params = FramesParams(fps=args.fps, seconds=args.seconds, instant=args.instant,
-                          silent_audio_ok=args.silent_audio_ok, jpeg_quality=args.jpeg_quality)
+    params = FramesParams(
+        fps=args.fps,
+        seconds=args.seconds,
+        instant=args.instant,
+        silent_audio_ok=args.silent_audio_ok,
+        jpeg_quality=args.jpeg_quality,
+    )
     videos = find_videos(args.videos)
     if not videos:
         raise SSPError(f"no video files found in {' '.join(map(str, args.videos))}")

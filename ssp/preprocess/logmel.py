@@ -43,21 +43,27 @@ def logmel_one_video(record: VideoRecord, out: str | Path, params: LogMelStagePa
     return True
 
 
-def compute_logmel(records: list[VideoRecord], out: str | Path, params: LogMelStageParams = LogMelStageParams(),
-                   workers: int = 1) -> list[bool]:
+def compute_logmel(
+    records: list[VideoRecord], out: str | Path, params: LogMelStageParams = LogMelStageParams(), workers: int = 1
+) -> list[bool]:
     """Run the logmel stage over ``records``; returns per video whether it was (re)computed."""
     return run_per_video(records, partial(logmel_one_video, out=out, params=params), workers=workers, desc="logmel")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_root", type=Path, help="dataset root (AVSBench-semantic or -object layout)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder; writes {out}/{video folder}/logmel.npy (T x 96 x 64 float32)")
-    parser.add_argument("--pad-short-audio", action="store_true",
-                        help="pad audio shorter than the video's frame count with silence "
-                             "(default: such a video is an error)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="parallel worker processes (default: 1)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder; writes {out}/{video folder}/logmel.npy (T x 96 x 64 float32)",
+    )
+    parser.add_argument(
+        "--pad-short-audio",
+        action="store_true",
+        help="pad audio shorter than the video's frame count with silence (default: such a video is an error)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: 1)")
 
 
 def main(args: argparse.Namespace) -> int:

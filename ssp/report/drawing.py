@@ -1,4 +1,4 @@
-"""Drawing code shared by ``ssp predict``, ``ssp report`` and the MLflow sample artifacts.
+"""Drawing code shared by ``ssp predict``, ``ssp samples`` (the Fig. 8 grid) and training's overlays.
 
 - :func:`overlay`: a frame with its class mask blended in (palette colours) and a legend
   of the class names present, below the frame;
@@ -78,7 +78,7 @@ def text_panel(text: str, width: int, max_lines: int | None = None) -> np.ndarra
     """A white ``? x width`` panel with ``text`` wrapped to the width."""
     lines = wrap(text, width)
     if max_lines is not None and len(lines) > max_lines:
-        lines = lines[: max_lines - 1] + [lines[max_lines - 1][: -3] + "..."]
+        lines = lines[: max_lines - 1] + [lines[max_lines - 1][:-3] + "..."]
     panel = np.full((len(lines) * LINE_HEIGHT + 2 * PADDING, width, 3), BACKGROUND, np.uint8)
     for i, line in enumerate(lines):
         put_text(panel, line, PADDING, PADDING + (i + 1) * LINE_HEIGHT - 3)
@@ -97,8 +97,9 @@ def colourise(class_mask: np.ndarray, palette: np.ndarray | None = None) -> np.n
     return palette[class_mask].astype(np.uint8)
 
 
-def blend(frame: np.ndarray, class_mask: np.ndarray, palette: np.ndarray | None = None,
-          alpha: float = 0.55) -> np.ndarray:
+def blend(
+    frame: np.ndarray, class_mask: np.ndarray, palette: np.ndarray | None = None, alpha: float = 0.55
+) -> np.ndarray:
     """The frame with every non-background pixel tinted by its class colour."""
     frame = np.asarray(frame, dtype=np.uint8)
     if frame.shape[:2] != np.shape(class_mask):
@@ -131,16 +132,21 @@ def legend(classes: Sequence[int], palette: np.ndarray | None, names, width: int
         top = PADDING + row * LINE_HEIGHT + 1
         for index, name, x0 in items:
             colour = tuple(int(v) for v in palette[index])
-            strip[top: top + SWATCH, x0: x0 + SWATCH] = colour
-            strip[top: top + SWATCH, x0: x0 + 1] = strip[top: top + SWATCH, x0 + SWATCH - 1: x0 + SWATCH] = 96
-            strip[top: top + 1, x0: x0 + SWATCH] = strip[top + SWATCH - 1: top + SWATCH, x0: x0 + SWATCH] = 96
+            strip[top : top + SWATCH, x0 : x0 + SWATCH] = colour
+            strip[top : top + SWATCH, x0 : x0 + 1] = strip[top : top + SWATCH, x0 + SWATCH - 1 : x0 + SWATCH] = 96
+            strip[top : top + 1, x0 : x0 + SWATCH] = strip[top + SWATCH - 1 : top + SWATCH, x0 : x0 + SWATCH] = 96
             put_text(strip, name, x0 + SWATCH + 4, top + SWATCH - 1)
     return strip
 
 
-def overlay(frame: np.ndarray, class_mask: np.ndarray, palette: np.ndarray | None = None,
-            names: Sequence[str] | Mapping[int, str] | None = None, alpha: float = 0.55,
-            classes: Sequence[int] | None = None) -> np.ndarray:
+def overlay(
+    frame: np.ndarray,
+    class_mask: np.ndarray,
+    palette: np.ndarray | None = None,
+    names: Sequence[str] | Mapping[int, str] | None = None,
+    alpha: float = 0.55,
+    classes: Sequence[int] | None = None,
+) -> np.ndarray:
     """The frame blended with its class mask, with a legend of the classes below it.
 
     ``classes`` fixes the legend's entries (e.g. every class of a whole video, so that all
@@ -172,9 +178,13 @@ def fit_panel(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
 
-def sample_grid(rows: Mapping[str, Sequence[np.ndarray]], clips: Sequence[str],
-                panel_size: int | tuple[int, int] = 128, label_width: int = 110,
-                caption_lines: int = 6) -> np.ndarray:
+def sample_grid(
+    rows: Mapping[str, Sequence[np.ndarray]],
+    clips: Sequence[str],
+    panel_size: int | tuple[int, int] = 128,
+    label_width: int = 110,
+    caption_lines: int = 6,
+) -> np.ndarray:
     """Fig. 8-style grid: a column per clip, a row per entry of ``rows``.
 
     ``rows`` maps a row name (shown at the left) to one panel per clip, in the order of
@@ -187,8 +197,9 @@ def sample_grid(rows: Mapping[str, Sequence[np.ndarray]], clips: Sequence[str],
     height, width = (panel_size, panel_size) if isinstance(panel_size, int) else panel_size
     for name, panels in rows.items():
         if len(panels) != len(clips):
-            raise SSPError(f"row {name!r} has {len(panels)} panels for {len(clips)} clips "
-                           "(every row must show the same clips)")
+            raise SSPError(
+                f"row {name!r} has {len(panels)} panels for {len(clips)} clips (every row must show the same clips)"
+            )
     gap = 2
     grid_rows = []
     for name, panels in rows.items():
@@ -222,8 +233,9 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
 # ---------------------------------------------------------------------------------------
 # MLflow
 # ---------------------------------------------------------------------------------------
-def log_sample_grid(run_logger: Any, grid: str | Path | np.ndarray, artifact_path: str = "samples",
-                    name: str = "sample_grid.png") -> None:
+def log_sample_grid(
+    run_logger: Any, grid: str | Path | np.ndarray, artifact_path: str = "samples", name: str = "sample_grid.png"
+) -> None:
     """Log a grid image (a PNG path or an RGB array) as an artifact of an MLflow run
     (a :class:`ssp.ops.tracking.RunLogger`; a disabled logger does nothing)."""
     if isinstance(grid, (str, Path)):

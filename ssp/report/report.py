@@ -47,9 +47,14 @@ def row_numbers(result: dict[str, Any]) -> tuple[float | None, ...]:
         value = section.get(key)
         return None if value is None else 100.0 * float(value)
 
-    return (pct(binary.get("v1s", {}), "miou"), pct(binary.get("v1s", {}), "fscore"),
-            pct(binary.get("v1m", {}), "miou"), pct(binary.get("v1m", {}), "fscore"),
-            pct(semantic, "miou"), pct(semantic, "fscore"))
+    return (
+        pct(binary.get("v1s", {}), "miou"),
+        pct(binary.get("v1s", {}), "fscore"),
+        pct(binary.get("v1m", {}), "miou"),
+        pct(binary.get("v1m", {}), "fscore"),
+        pct(semantic, "miou"),
+        pct(semantic, "fscore"),
+    )
 
 
 def _fmt(v: float | None) -> str:
@@ -98,13 +103,23 @@ def ablation_table(metrics_dir: Path) -> tuple[str, dict[str, tuple]]:
     per_seed = seed_numbers(metrics_dir)
     stats = {row: [mean_std(column) for column in zip(*numbers)] for row, numbers in per_seed.items()}
     ours = {row: tuple(mean for mean, _ in columns) for row, columns in stats.items()}
-    head = "| component | " + " | ".join(f"{c} (ours)" for c in COLUMNS) + " | " + " | ".join(
-        f"{c} (paper)" for c in COLUMNS) + " |"
+    head = (
+        "| component | "
+        + " | ".join(f"{c} (ours)" for c in COLUMNS)
+        + " | "
+        + " | ".join(f"{c} (paper)" for c in COLUMNS)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (1 + 2 * len(COLUMNS))]
     for row, paper_row in TABLE2.items():
         mine = stats.get(row) or [(None, None)] * len(COLUMNS)
-        lines.append(f"| {paper_row.label} | " + " | ".join(_fmt_std(m, s) for m, s in mine) + " | "
-                     + " | ".join(_fmt(v) for v in paper_row.numbers) + " |")
+        lines.append(
+            f"| {paper_row.label} | "
+            + " | ".join(_fmt_std(m, s) for m, s in mine)
+            + " | "
+            + " | ".join(_fmt(v) for v in paper_row.numbers)
+            + " |"
+        )
     if any(len(numbers) > 1 for numbers in per_seed.values()):
         seeds = ", ".join(f"{row} {len(numbers)}" for row, numbers in per_seed.items())
         lines += ["", f"Ours: mean ± sample standard deviation over the seeds present (seeds per row: {seeds})."]
@@ -114,7 +129,7 @@ def ablation_table(metrics_dir: Path) -> tuple[str, dict[str, tuple]]:
 def sweep_points(metrics_dir: Path) -> list[tuple[float, float | None, float | None]]:
     points = []
     for path in (metrics_dir / "sweep").glob("lambda_*.json"):
-        value = float(path.stem[len("lambda_"):])
+        value = float(path.stem[len("lambda_") :])
         numbers = row_numbers(_read(path))
         points.append((value, numbers[4], numbers[5]))
     return sorted(points)
@@ -126,8 +141,10 @@ def scenario_table(result: dict[str, Any]) -> str:
         return "_(no per-scenario table: the dataset has no scenarios.csv)_"
     lines = ["| scenario | frames | AVSS mIoU | AVSS F | mIoU (present classes) |", "|---|---|---|---|---|"]
     for name, m in sorted(scenarios.items()):
-        lines.append(f"| {name} | {m.get('frames', '')} | {_fmt(100 * m['miou'])} | "
-                     f"{_fmt(100 * m['fscore'])} | {_fmt(100 * m.get('miou_present', float('nan')))} |")
+        lines.append(
+            f"| {name} | {m.get('frames', '')} | {_fmt(100 * m['miou'])} | "
+            f"{_fmt(100 * m['fscore'])} | {_fmt(100 * m.get('miou_present', float('nan')))} |"
+        )
     return "\n".join(lines)
 
 
@@ -176,13 +193,20 @@ def samples_section(samples: Path | None, out: Path) -> list[str]:
     if samples is None or not samples.is_file():
         return parts + ["_(no sample grid yet: dvc repro samples)_", ""]
     link = Path(os.path.relpath(samples.resolve(), out.resolve())).as_posix()
-    return parts + [("The same test clips under every row: frame, flow mask M_O, pre-mask M_Pre, "
-                     "ground truth, then each row's prediction; A1/A2 prompts under each column."), "",
-                    f"![ablation samples]({link})", ""]
+    return parts + [
+        (
+            "The same test clips under every row: frame, flow mask M_O, pre-mask M_Pre, "
+            "ground truth, then each row's prediction; A1/A2 prompts under each column."
+        ),
+        "",
+        f"![ablation samples]({link})",
+        "",
+    ]
 
 
-def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports",
-                 samples: str | Path | None = DEFAULT_SAMPLES) -> tuple[Path, str]:
+def build_report(
+    metrics_dir: str | Path = "metrics", out: str | Path = "reports", samples: str | Path | None = DEFAULT_SAMPLES
+) -> tuple[Path, str]:
     metrics_dir, out = Path(metrics_dir), Path(out)
     samples = Path(samples) if samples is not None else None
     if not metrics_dir.is_dir():
@@ -192,11 +216,20 @@ def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports
     points = sweep_points(metrics_dir)
     main = _read(metrics_dir / "stage2.json") if (metrics_dir / "stage2.json").exists() else {}
 
-    parts = ["# SSP report", "",
-             (f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; "
-              "AVSS over real frames, mean over all 71 classes). Our numbers come from the "
-              "dataset the pipeline ran on; the paper's from AVSBench."), "",
-             "## Ablation (paper Table 2)", "", table, ""]
+    parts = [
+        "# SSP report",
+        "",
+        (
+            f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; "
+            "AVSS over real frames, mean over all 71 classes). Our numbers come from the "
+            "dataset the pipeline ran on; the paper's from AVSBench."
+        ),
+        "",
+        "## Ablation (paper Table 2)",
+        "",
+        table,
+        "",
+    ]
     if plot_ablation(ours, out):
         parts += ["![ablation](ablation.png)", ""]
     parts += samples_section(samples, out)
@@ -216,13 +249,21 @@ def build_report(metrics_dir: str | Path = "metrics", out: str | Path = "reports
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics", default="metrics", type=Path,
-                        help="metrics folder written by the evaluation stages (default: metrics)")
-    parser.add_argument("--out", default="reports", type=Path,
-                        help="where report.md and the PNG plots go (default: reports)")
-    parser.add_argument("--samples", default=DEFAULT_SAMPLES, type=Path,
-                        help=f"the ablation sample grid of `ssp samples`, linked when it exists "
-                             f"(default: {DEFAULT_SAMPLES})")
+    parser.add_argument(
+        "--metrics",
+        default="metrics",
+        type=Path,
+        help="metrics folder written by the evaluation stages (default: metrics)",
+    )
+    parser.add_argument(
+        "--out", default="reports", type=Path, help="where report.md and the PNG plots go (default: reports)"
+    )
+    parser.add_argument(
+        "--samples",
+        default=DEFAULT_SAMPLES,
+        type=Path,
+        help=f"the ablation sample grid of `ssp samples`, linked when it exists (default: {DEFAULT_SAMPLES})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

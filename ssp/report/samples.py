@@ -34,9 +34,9 @@ from ssp.engine.predict import predict_batches
 from ssp.errors import SSPError
 from ssp.models.checkpoint import load_model
 from ssp.models.premask import pre_mask
-from ssp.ops.tracking import RunLogger, _retry, get_client, parent_run_from_env
+from ssp.ops.tracking import RunLogger, get_client, parent_run_from_env, retry_locked
 from ssp.paper import TABLE2
-from ssp.params import Params, load_params
+from ssp.params import Params, add_params_arguments, stage_params
 from ssp.report.drawing import (
     blend,
     default_palette,
@@ -125,9 +125,15 @@ def _read_gray(path: Path) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
-def clip_panels(records: Sequence[VideoRecord], flow_dir: str | Path | None, prompts_dir: str | Path | None,
-                stage1_dir: str | Path | None, frame_index: int, size: tuple[int, int],
-                palette: np.ndarray) -> tuple[dict[str, list[np.ndarray]], list[str], set[int]]:
+def clip_panels(
+    records: Sequence[VideoRecord],
+    flow_dir: str | Path | None,
+    prompts_dir: str | Path | None,
+    stage1_dir: str | Path | None,
+    frame_index: int,
+    size: tuple[int, int],
+    palette: np.ndarray,
+) -> tuple[dict[str, list[np.ndarray]], list[str], set[int]]:
     """The fixed rows (frame, M_O, M_Pre, GT overlay) of every clip, the column captions
     and the classes of the GT panels."""
     frames, flows, premasks, gts, captions = [], [], [], [], []
@@ -139,13 +145,16 @@ def clip_panels(records: Sequence[VideoRecord], flow_dir: str | Path | None, pro
         gt = fit_panel(gt.astype(np.uint8), size).astype(np.int64)[..., 0]
         flow = np.zeros(size, np.float32)
         if flow_dir is not None and (Path(flow_dir) / record.rel_dir / "mask" / f"{i}.png").is_file():
-            flow = fit_panel(np.asarray(_read_gray(Path(flow_dir) / record.rel_dir / "mask" / f"{i}.png")),
-                             size)[..., 0] > 127
+            flow = (
+                fit_panel(np.asarray(_read_gray(Path(flow_dir) / record.rel_dir / "mask" / f"{i}.png")), size)[..., 0]
+                > 127
+            )
         stand_in = gt > 0
         if stage1_dir is not None and (Path(stage1_dir) / record.rel_dir / f"{i}.png").is_file():
             stand_in = fit_panel(_read_gray(Path(stage1_dir) / record.rel_dir / f"{i}.png"), size)[..., 0] > 127
-        premask = pre_mask(torch.from_numpy(np.asarray(flow, np.float32)),
-                           torch.from_numpy(stand_in.astype(np.float32)))
+        premask = pre_mask(
+            torch.from_numpy(np.asarray(flow, np.float32)), torch.from_numpy(stand_in.astype(np.float32))
+        )
         frames.append(frame)
         flows.append(mask_panel(flow))
         premasks.append(mask_panel(premask.numpy()))
@@ -160,16 +169,31 @@ def clip_panels(records: Sequence[VideoRecord], flow_dir: str | Path | None, pro
     return rows, captions, shown
 
 
-def prediction_panels(run: str | Path, records: Sequence[VideoRecord], frames: Sequence[np.ndarray],
-                      flow_dir: str | Path | None, prompts_dir: str | Path | None, stage1_dir: str | Path | None,
-                      frame_index: int, device: str, size: tuple[int, int], palette: np.ndarray,
-                      shown: set[int]) -> list[np.ndarray]:
+def prediction_panels(
+    run: str | Path,
+    records: Sequence[VideoRecord],
+    frames: Sequence[np.ndarray],
+    flow_dir: str | Path | None,
+    prompts_dir: str | Path | None,
+    stage1_dir: str | Path | None,
+    frame_index: int,
+    device: str,
+    size: tuple[int, int],
+    palette: np.ndarray,
+    shown: set[int],
+) -> list[np.ndarray]:
     """One row's model (run folder or checkpoint) on every clip: its prediction of frame
     ``frame_index`` blended into the frame panel; stage-2 classes shown go into ``shown``."""
     model, config, _ = load_model(checkpoint_of(run), device)
-    dataset = build_dataset(records, config, InputDirs(flow=flow_dir, prompts=prompts_dir),
-                            stage1_dir=stage1_dir if config.stage == 2 else None, strict_masks=False,
-                            pad_short_audio=True, max_frames=frame_index + 1)  # frames up to the shown one
+    dataset = build_dataset(
+        records,
+        config,
+        InputDirs(flow=flow_dir, prompts=prompts_dir),
+        stage1_dir=stage1_dir if config.stage == 2 else None,
+        strict_masks=False,
+        pad_short_audio=True,
+        max_frames=frame_index + 1,
+    )  # frames up to the shown one
     panels = []
     for v, (_, scores) in enumerate(predict_batches(model, dataset_batches(dataset, 1), device)):
         i = min(frame_index, records[v].num_frames - 1)
@@ -217,8 +241,9 @@ def ablation_sample_grid(
     size = (panel_size, panel_size)
     rows, captions, shown = clip_panels(records, flow_dir, prompts_dir, stage1_dir, frame_index, size, palette)
     for row_name, run in run_dirs.items():
-        rows[row_name] = prediction_panels(run, records, rows["frame"], flow_dir, prompts_dir, stage1_dir,
-                                           frame_index, device, size, palette, shown)
+        rows[row_name] = prediction_panels(
+            run, records, rows["frame"], flow_dir, prompts_dir, stage1_dir, frame_index, device, size, palette, shown
+        )
     # One legend for every class shown (GT and predictions), so the colours can be read off.
     grid = sample_grid(rows, captions, panel_size=panel_size, caption_lines=8)
     grid = np.concatenate([grid, legend(sorted(shown), palette, names, grid.shape[1])], axis=0)
@@ -239,7 +264,7 @@ class _ExistingRun:
         self._client = get_client()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        _retry(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path), "log_artifact")
+        retry_locked(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path), "log_artifact")
 
 
 def log_grid(path: str | Path) -> str | None:
@@ -254,11 +279,23 @@ def log_grid(path: str | Path) -> str | None:
     return run.run_id
 
 
-def make_samples(data: str | Path, runs: str | Path, rows: Sequence[str], out: str | Path = DEFAULT_OUT,
-                 flow: str | Path | None = None, prompts: str | Path | None = None,
-                 stage1_masks: str | Path | None = None, uids: Sequence[str] | None = None, clips: int = 4,
-                 split: str = "test", frame_index: int = 0, panel_size: int = 128, device: str = "cpu",
-                 track: bool = True, seed: int = 0) -> tuple[Path, str | None]:
+def make_samples(
+    data: str | Path,
+    runs: str | Path,
+    rows: Sequence[str],
+    out: str | Path = DEFAULT_OUT,
+    flow: str | Path | None = None,
+    prompts: str | Path | None = None,
+    stage1_masks: str | Path | None = None,
+    uids: Sequence[str] | None = None,
+    clips: int = 4,
+    split: str = "test",
+    frame_index: int = 0,
+    panel_size: int = 128,
+    device: str = "cpu",
+    track: bool = True,
+    seed: int = 0,
+) -> tuple[Path, str | None]:
     """Write the ablation grid of ``rows`` (run folders ``{runs}/{row}/seed{seed}``) to
     ``out`` and log it to MLflow unless ``track`` is False. Returns (PNG path, MLflow run
     id or None)."""
@@ -268,38 +305,62 @@ def make_samples(data: str | Path, runs: str | Path, rows: Sequence[str], out: s
     checkpoints = {row: run_dir(runs, row, seed) / "checkpoints" / "best.safetensors" for row in rows}
     missing = [str(path) for path in checkpoints.values() if not path.is_file()]
     if missing:
-        raise SSPError(f"no checkpoint for {len(missing)} ablation row(s): {', '.join(missing)} "
-                       "(train them first: dvc repro ablation)")
+        raise SSPError(
+            f"no checkpoint for {len(missing)} ablation row(s): {', '.join(missing)} "
+            "(train them first: dvc repro ablation)"
+        )
     if len(set(rows)) != len(rows):
         raise SSPError(f"ablation rows repeat: {', '.join(rows)}")
     uids = list(uids) if uids else pick_clips(data, clips, split)
     log.info("samples: %d rows x %d clips (%s), seed %d", len(rows), len(uids), ", ".join(uids), seed)
-    path = ablation_sample_grid({row_label(row): run_dir(runs, row, seed) for row in rows}, data, flow, prompts,
-                                stage1_masks, uids, out=out, frame_index=frame_index, device=device,
-                                panel_size=panel_size)
+    path = ablation_sample_grid(
+        {row_label(row): run_dir(runs, row, seed) for row in rows},
+        data,
+        flow,
+        prompts,
+        stage1_masks,
+        uids,
+        out=out,
+        frame_index=frame_index,
+        device=device,
+        panel_size=panel_size,
+    )
     run_id = log_grid(path) if track else None
     return path, run_id
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="dataset root")
-    parser.add_argument("--runs", default=Path("runs/ablation"), type=Path,
-                        help="folder of the rows' run folders, {runs}/{row}/seed{seed}/checkpoints/best.safetensors "
-                             "(default: runs/ablation)")
-    parser.add_argument("--rows", nargs="+", default=None,
-                        help="rows, top to bottom (default: ablation.rows of --params)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="the seed whose models are shown (default: the first of ablation.seeds of --params)")
-    parser.add_argument("--params", default=Path("params.yaml"), type=Path,
-                        help="params file whose ablation.rows / ablation.seeds pick the models (default: params.yaml)")
+    parser.add_argument(
+        "--runs",
+        default=Path("runs/ablation"),
+        type=Path,
+        help="folder of the rows' run folders, {runs}/{row}/seed{seed}/checkpoints/best.safetensors "
+        "(default: runs/ablation)",
+    )
+    parser.add_argument(
+        "--rows", nargs="+", default=None, help="rows, top to bottom (default: ablation.rows of --params)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the seed whose models are shown (default: the first of ablation.seeds of --params)",
+    )
+    add_params_arguments(parser, "ablation.seeds=[1]")
     parser.add_argument("--flow", type=Path, default=None, help="`ssp flow` output (M_O panels, pre-mask rows)")
     parser.add_argument("--prompts", type=Path, default=None, help="`ssp prompts` output (captions, text rows)")
-    parser.add_argument("--stage1-masks", type=Path, default=None,
-                        help="`ssp stage1-masks` output: stage 2's stepping stones (required for stage-2 rows)")
+    parser.add_argument(
+        "--stage1-masks",
+        type=Path,
+        default=None,
+        help="`ssp stage1-masks` output: stage 2's stepping stones (required for stage-2 rows)",
+    )
     parser.add_argument("--clips", type=int, default=4, help="number of clips (columns) (default: 4)")
     parser.add_argument("--uids", nargs="+", default=None, help="these clips instead of the automatic choice")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"),
-                        help="split the clips come from (default: test)")
+    parser.add_argument(
+        "--split", default="test", choices=("train", "val", "test"), help="split the clips come from (default: test)"
+    )
     parser.add_argument("--frame", type=int, default=0, help="frame index shown per clip (default: 0)")
     parser.add_argument("--panel-size", type=int, default=128, help="side of each panel in pixels (default: 128)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu; a few forward passes)")
@@ -308,12 +369,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    params = load_params(args.params)
+    params = stage_params(args)
     rows = args.rows or ablation_rows(params, args.params)
     seed = args.seed if args.seed is not None else first_seed(params, args.params)
-    path, run_id = make_samples(args.data, args.runs, rows, args.out, flow=args.flow, prompts=args.prompts,
-                                stage1_masks=args.stage1_masks, uids=args.uids, clips=args.clips,
-                                split=args.split, frame_index=args.frame, panel_size=args.panel_size,
-                                device=args.device, track=not args.no_track, seed=seed)
+    path, run_id = make_samples(
+        args.data,
+        args.runs,
+        rows,
+        args.out,
+        flow=args.flow,
+        prompts=args.prompts,
+        stage1_masks=args.stage1_masks,
+        uids=args.uids,
+        clips=args.clips,
+        split=args.split,
+        frame_index=args.frame,
+        panel_size=args.panel_size,
+        device=args.device,
+        track=not args.no_track,
+        seed=seed,
+    )
     log.info("samples: %s%s", path, f" (MLflow run {run_id}, artifact {ARTIFACT_PATH}/{path.name})" if run_id else "")
     return 0

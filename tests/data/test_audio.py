@@ -21,7 +21,7 @@ def reference_waveform_to_examples(samples: np.ndarray) -> np.ndarray:
     window, hop, fft = 400, 160, 512
     hann = np.array([0.5 - 0.5 * math.cos(2 * math.pi * n / window) for n in range(window)])
     n_frames = 1 + (len(samples) - window) // hop
-    spec = np.array([np.abs(np.fft.rfft(samples[f * hop:f * hop + window] * hann, fft)) for f in range(n_frames)])
+    spec = np.array([np.abs(np.fft.rfft(samples[f * hop : f * hop + window] * hann, fft)) for f in range(n_frames)])
 
     def mel(hz):
         return 1127.0 * math.log(1.0 + hz / 700.0)
@@ -38,7 +38,7 @@ def reference_waveform_to_examples(samples: np.ndarray) -> np.ndarray:
             weights[b, band] = max(0.0, min((m - left) / (centre - left), (right - m) / (right - centre)))
     log_mel = np.log(spec @ weights + 0.01)
     n_examples = 1 + (n_frames - 96) // 96
-    return np.stack([log_mel[e * 96:e * 96 + 96] for e in range(n_examples)])
+    return np.stack([log_mel[e * 96 : e * 96 + 96] for e in range(n_examples)])
 
 
 def test_logmel_matches_reference_transcription():

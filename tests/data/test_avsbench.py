@@ -65,7 +65,8 @@ def test_semantic_records_counts_rules_and_paths(semantic_root):
     assert detect_layout(semantic_root) == "semantic"
     assert [r.uid for r in records] == [v["uid"] for v in DEFAULT_SEMANTIC_VIDEOS]
     assert Counter((r.subset, r.split) for r in records) == Counter(
-        (v["subset"], v["split"]) for v in DEFAULT_SEMANTIC_VIDEOS)
+        (v["subset"], v["split"]) for v in DEFAULT_SEMANTIC_VIDEOS
+    )
     assert len({r.rel_dir for r in records}) == len(records)
     by_uid = {r.uid: r for r in records}
 
@@ -170,11 +171,14 @@ def test_unlabelled_frame_and_missing_mask_are_errors(semantic_root, tmp_path):
 
 
 def test_frame_count_comes_from_disk_and_keeps_gaps(tmp_path):
-    root = write_semantic_dataset(tmp_path, videos=[
-        {"uid": "long", "subset": "v2", "n_frames": 7},
-        {"uid": "gap", "subset": "v1m"},
-        {"uid": "noframes", "subset": "v1m"},
-    ])
+    root = write_semantic_dataset(
+        tmp_path,
+        videos=[
+            {"uid": "long", "subset": "v2", "n_frames": 7},
+            {"uid": "gap", "subset": "v1m"},
+            {"uid": "noframes", "subset": "v1m"},
+        ],
+    )
     (root / "v1m" / "gap" / "frames" / "2.jpg").unlink()
     shutil.rmtree(root / "v1m" / "noframes" / "frames")
     long, gap, noframes = load_records(root)
@@ -401,8 +405,14 @@ def test_logmel_in_process_matches_the_logmel_files(mixed_root, tmp_path):
 def test_extras_are_loaded(mixed_root, tmp_path):
     records = load_records(mixed_root)
     written = _write_extras(tmp_path, records)
-    dataset = AVSDataset(records, image_size=48, logmel_dir=None, flow_dir=tmp_path / "flow",
-                         stage1_dir=tmp_path / "stage1", prompts_dir=tmp_path / "prompts")
+    dataset = AVSDataset(
+        records,
+        image_size=48,
+        logmel_dir=None,
+        flow_dir=tmp_path / "flow",
+        stage1_dir=tmp_path / "stage1",
+        prompts_dir=tmp_path / "prompts",
+    )
     item = dataset[1]
     flows, probs, prompts = written["ten"]
     # written at 48 x 40 (H x W), read at 48 x 48
@@ -416,17 +426,26 @@ def test_extras_are_loaded(mixed_root, tmp_path):
     assert item["prompt_a1"] == "A video of ten." and item["prompt_a2"] == ["car", "dog", "cat"]
 
 
-@pytest.mark.parametrize("missing,stage", [("flow", "ssp flow"), ("stage1", "ssp stage1-masks"),
-                                           ("prompts", "ssp prompts")])
+@pytest.mark.parametrize(
+    "missing,stage", [("flow", "ssp flow"), ("stage1", "ssp stage1-masks"), ("prompts", "ssp prompts")]
+)
 def test_missing_extras_name_the_file(mixed_root, tmp_path, missing, stage):
     records = load_records(mixed_root)
     _write_extras(tmp_path, records, **{f"with_{missing}": False})
-    dataset = AVSDataset(records, image_size=16, flow_dir=tmp_path / "flow",
-                         stage1_dir=tmp_path / "stage1", prompts_dir=tmp_path / "prompts")
+    dataset = AVSDataset(
+        records,
+        image_size=16,
+        flow_dir=tmp_path / "flow",
+        stage1_dir=tmp_path / "stage1",
+        prompts_dir=tmp_path / "prompts",
+    )
     with pytest.raises(DataError) as info:
         dataset[0]
-    expected = {"flow": "flow/v1m/five/mask/0.png", "stage1": "stage1/v1m/five/0.png",
-                "prompts": "prompts/v1m/five/prompts.json"}[missing]
+    expected = {
+        "flow": "flow/v1m/five/mask/0.png",
+        "stage1": "stage1/v1m/five/0.png",
+        "prompts": "prompts/v1m/five/prompts.json",
+    }[missing]
     assert info.value.path == str(tmp_path / expected)
     assert stage in info.value.problem
 
@@ -442,8 +461,14 @@ def test_bad_prompts_file_is_an_error(mixed_root, tmp_path):
 def test_collate_flattens_mixed_5_and_10_frame_videos(mixed_root, tmp_path):
     records = load_records(mixed_root)
     _write_extras(tmp_path, records)
-    dataset = AVSDataset(records, task="avss", image_size=16, flow_dir=tmp_path / "flow",
-                         stage1_dir=tmp_path / "stage1", prompts_dir=tmp_path / "prompts")
+    dataset = AVSDataset(
+        records,
+        task="avss",
+        image_size=16,
+        flow_dir=tmp_path / "flow",
+        stage1_dir=tmp_path / "stage1",
+        prompts_dir=tmp_path / "prompts",
+    )
     items = [dataset[k] for k in range(3)]
     batch = collate_frames(items)
     n = 5 + 10 + 5

@@ -7,8 +7,15 @@ from ssp.data.palette import NUM_CLASSES, PALETTE, colour_to_index, index_to_col
 def test_voc_bit_interleave_colours():
     assert PALETTE.shape == (NUM_CLASSES, 3)
     assert PALETTE[:9].tolist() == [
-        [0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128],
-        [128, 0, 128], [0, 128, 128], [128, 128, 128], [64, 0, 0],
+        [0, 0, 0],
+        [128, 0, 0],
+        [0, 128, 0],
+        [128, 128, 0],
+        [0, 0, 128],
+        [128, 0, 128],
+        [0, 128, 128],
+        [128, 128, 128],
+        [64, 0, 0],
     ]
     assert PALETTE[70].tolist() == [32, 128, 128]  # 70 = 0b1_000_110: bits (r,g,b) per octal digit, high bits first
     assert len({tuple(c) for c in PALETTE}) == NUM_CLASSES
@@ -21,8 +28,8 @@ def test_round_trip_and_unknown_colours():
     assert (decoded == index).all() and not unknown.any()
 
     rgb = index_to_colour(index)
-    rgb[2, 3] = (1, 2, 3)           # not a palette colour
-    rgb[4, 4] = PALETTE[1] + 1      # near miss
+    rgb[2, 3] = (1, 2, 3)  # not a palette colour
+    rgb[4, 4] = PALETTE[1] + 1  # near miss
     rgb[0, 0] = index_to_colour(np.array([[71]]))[0, 0]  # palette colour of a class beyond 70
     decoded, unknown = colour_to_index(rgb)
     assert sorted(zip(*np.nonzero(unknown))) == [(0, 0), (2, 3), (4, 4)]

@@ -212,8 +212,10 @@ def test_moving_objects_move_and_still_ones_do_not(tiny):
             for t in range(scene["num_frames"] - 1):
                 if not (obj["sounding"][t] and obj["sounding"][t + 1] and scene["labelled"][t + 1]):
                     continue
-                a, b = (cv2.imread(str(video / "labels_semantic" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
-                        == obj["class_index"] for i in (t, t + 1))
+                a, b = (
+                    cv2.imread(str(video / "labels_semantic" / f"{i}.png"), cv2.IMREAD_UNCHANGED) == obj["class_index"]
+                    for i in (t, t + 1)
+                )
                 shift = np.hypot(*(np.argwhere(a).mean(0) - np.argwhere(b).mean(0)))
                 if obj["positions"][t] != obj["positions"][t + 1]:
                     assert obj["moving"][t] and obj["moving"][t + 1]
@@ -253,8 +255,10 @@ def test_scenarios_mean_what_they_say():
 
 
 def test_plan_follows_the_scenario_mix_and_presets():
-    config = S.SynthConfig.from_params(DataParams(size="demo"), scenario_mix={
-        "moving_sounding": 3, "still_sounding": 1, "silent_distractor": 0, "same_class_distractor": 0})
+    config = S.SynthConfig.from_params(
+        DataParams(size="demo"),
+        scenario_mix={"moving_sounding": 3, "still_sounding": 1, "silent_distractor": 0, "same_class_distractor": 0},
+    )
     plans = S.plan_videos(config)
     assert len(plans) == 304
     counts = {s: sum(p.scenario == s for p in plans) for s in S.SCENARIOS}
@@ -272,8 +276,14 @@ def _single_source_scene(class_pos: int, sounding: list[bool], snr_db: float = 2
     scene = copy.deepcopy(_many_scenes(1)[0])
     obj = scene["objects"][0]
     cls = S.CLASS_CATALOGUE[class_pos]
-    obj.update(class_index=class_pos + 1, class_name=cls.name, noun=cls.name, pitch_hz=cls.pitch_hz,
-               gain=1.0, sounding=sounding)
+    obj.update(
+        class_index=class_pos + 1,
+        class_name=cls.name,
+        noun=cls.name,
+        pitch_hz=cls.pitch_hz,
+        gain=1.0,
+        sounding=sounding,
+    )
     scene["objects"] = [obj]
     scene["num_frames"] = len(sounding)
     scene["snr_db"] = snr_db

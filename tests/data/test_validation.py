@@ -88,7 +88,13 @@ def test_valid_semantic_fixture_passes(tmp_path):
     assert report.counts["videos"] == 7
     assert report.counts["frames"] == 2 * 5 + 2 * 5 + 3 * 10
     assert report.counts["videos_per_subset_split"] == {
-        "v1m/train": 1, "v1m/val": 1, "v1s/test": 1, "v1s/train": 1, "v2/test": 1, "v2/train": 1, "v2/val": 1,
+        "v1m/train": 1,
+        "v1m/val": 1,
+        "v1s/test": 1,
+        "v1s/train": 1,
+        "v2/test": 1,
+        "v2/train": 1,
+        "v2/val": 1,
     }
     assert report.counts["videos_per_category"]["dog"] == 2 and report.counts["videos_per_category"]["man"] == 1
     assert 0 < report.checks_passed == report.checks_total
@@ -244,8 +250,9 @@ def test_mask_and_frame_size_mismatch(semantic, obj):
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(semantic / V2_DIR / "labels_rgb" / "4.png")
     report = validate_dataset(semantic)
     assert problems(report) == {f"{V2_DIR}/labels_rgb/4.png": {"mask size matches frame"}}
-    assert detail(report, f"{V2_DIR}/labels_rgb/4.png", "mask size matches frame") == \
-        "mask is 64x48, its frame is 64x64"
+    assert (
+        detail(report, f"{V2_DIR}/labels_rgb/4.png", "mask size matches frame") == "mask is 64x48, its frame is 64x64"
+    )
 
     Image.fromarray(np.zeros((64, 32), np.uint8)).save(obj / S4_MASKS / "s4vid_violin_val_3.png")
     assert problems(validate_dataset(obj)) == {f"{S4_MASKS}/s4vid_violin_val_3.png": {"mask size matches frame"}}
@@ -273,8 +280,10 @@ def test_duplicate_uid_is_rejected(semantic, obj):
     csv.write_text("\n".join(lines + [lines[2].replace("yt0001", "yt9999")]) + "\n")
     report = validate_dataset(semantic)
     assert problems(report) == {"metadata.csv": {"uid unique"}}
-    assert [f.detail.split(":")[0] for f in report.failures] == ["line 3 (uid='ms3_guitar_man_val')",
-                                                                 "line 5 (uid='ms3_guitar_man_val')"]
+    assert [f.detail.split(":")[0] for f in report.failures] == [
+        "line 3 (uid='ms3_guitar_man_val')",
+        "line 5 (uid='ms3_guitar_man_val')",
+    ]
 
     edit_csv(obj / "s4_meta_data.csv", "s4vid_violin_val,", "s4vid_dog_train,")
     report = validate_dataset(obj)
@@ -296,9 +305,9 @@ def test_unknown_split_and_subset_are_rejected(semantic, obj):
 
 def test_manifest_columns_nulls_and_classes(semantic):
     csv = semantic / "metadata.csv"
-    text = csv.read_text().replace("vid,uid,s_min", "video,uid,s_min", 1)   # wrong column name
-    text = text.replace('"guitar,man"', '"guitar,unicorn"')                # unknown class
-    text = text.replace(",violin,", ",,")                                   # empty a_obj
+    text = csv.read_text().replace("vid,uid,s_min", "video,uid,s_min", 1)  # wrong column name
+    text = text.replace('"guitar,man"', '"guitar,unicorn"')  # unknown class
+    text = text.replace(",violin,", ",,")  # empty a_obj
     csv.write_text(text)
     report = validate_dataset(semantic)
     assert problems(report) == {"metadata.csv": {"manifest columns", "a_obj not null", "a_obj names are classes"}}
@@ -398,8 +407,13 @@ def test_a_rule_that_cannot_run_fails_instead_of_passing():
     from ssp.data.validation import Rule, _Validator
 
     validator = _Validator()
-    rules = [Rule("needs a column", validator.gxe.ExpectColumnValuesToBeInSet(column="absent", value_set=[1]),
-                  lambda row: "unused")]
+    rules = [
+        Rule(
+            "needs a column",
+            validator.gxe.ExpectColumnValuesToBeInSet(column="absent", value_set=[1]),
+            lambda row: "unused",
+        )
+    ]
     failures = validator.validate("table", [{"path": "a", "present": True}], rules, ["path"], source="x.csv")
     assert [(f.path, f.rule) for f in failures] == [("x.csv", "needs a column")]
     assert failures[0].detail.startswith("check could not run:") and "absent" in failures[0].detail

@@ -15,10 +15,21 @@ from ssp.preprocess.prompts.stage import PromptsConfig, run_prompts
 
 # Small and fast: 64 px, v1m + v2 (2 train videos each), 2 frames per video, no workers.
 FAST = [
-    "train1.batch_size=1", "train1.max_frames=2", "train1.num_workers=0", "train1.threads=1",
-    "train1.log_every=1", "train1.overlays=0", "train1.subsets=[v1m,v2]", "train1.lr_step_epoch=1",
-    "train2.batch_size=2", "train2.max_frames=2", "train2.num_workers=0", "train2.threads=1",
-    "train2.overlays=1", "train2.subsets=[v2]", "train2.epochs=1",
+    "train1.batch_size=1",
+    "train1.max_frames=2",
+    "train1.num_workers=0",
+    "train1.threads=1",
+    "train1.log_every=1",
+    "train1.overlays=0",
+    "train1.subsets=[v1m,v2]",
+    "train1.lr_step_epoch=1",
+    "train2.batch_size=2",
+    "train2.max_frames=2",
+    "train2.num_workers=0",
+    "train2.threads=1",
+    "train2.overlays=1",
+    "train2.subsets=[v2]",
+    "train2.epochs=1",
     "model.num_points=64",
     "model.premask_train_source=gt",  # stage 1 with a pre-mask row (no stage-1 masks to train on)
 ]
@@ -30,8 +41,11 @@ def make_benchmark(root: Path) -> dict[str, Path]:
     records = load_records(data)
     run_flow_stage(data, root / "flow", FlowStageConfig())
     prompts = PromptsParams()
-    run_prompts(records, SceneBackend(quality=prompts.quality, seed=prompts.seed),
-                PromptsConfig(out_dir=root / "prompts", question_variant=prompts.question_variant))
+    run_prompts(
+        records,
+        SceneBackend(quality=prompts.quality, seed=prompts.seed),
+        PromptsConfig(out_dir=root / "prompts", question_variant=prompts.question_variant),
+    )
     compute_logmel(records, root / "logmel")
     return {"data": data, "flow": root / "flow", "prompts": root / "prompts", "logmel": root / "logmel"}
 

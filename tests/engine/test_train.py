@@ -44,11 +44,16 @@ def train_test_main(argv: list[str]) -> int:
 
 
 def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
-    s1 = train(1, bench["data"], tmp_path / "s1", params("train1.epochs=2"), row="full", progress=False,
-               **dirs(bench))
+    s1 = train(1, bench["data"], tmp_path / "s1", params("train1.epochs=2"), row="full", progress=False, **dirs(bench))
     ckpt = tmp_path / "s1" / "checkpoints"
-    for name in ("epoch_1.safetensors", "epoch_1.state.safetensors", "epoch_2.safetensors",
-                 "epoch_2.state.safetensors", "best.safetensors", "last.json"):
+    for name in (
+        "epoch_1.safetensors",
+        "epoch_1.state.safetensors",
+        "epoch_2.safetensors",
+        "epoch_2.state.safetensors",
+        "best.safetensors",
+        "last.json",
+    ):
         assert (ckpt / name).is_file(), name
     assert json.loads((ckpt / "last.json").read_text())["weights"] == "epoch_2.safetensors"
     history = list(csv.DictReader((tmp_path / "s1" / "history.csv").open()))
@@ -62,16 +67,19 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
     assert info["epoch"] == metrics["best_epoch"]
 
     out = tmp_path / "stage1_masks"
-    assert write_stage1_masks(s1.best_checkpoint, bench["data"], out, ("val", "test"), progress=False,
-                              **dirs(bench)) == {"written": 6, "skipped": 0}
-    s2 = train(2, bench["data"], tmp_path / "s2", params(), row="aavs", stage1_masks=out, progress=False,
-               **dirs(bench))
+    assert write_stage1_masks(
+        s1.best_checkpoint, bench["data"], out, ("val", "test"), progress=False, **dirs(bench)
+    ) == {"written": 6, "skipped": 0}
+    s2 = train(2, bench["data"], tmp_path / "s2", params(), row="aavs", stage1_masks=out, progress=False, **dirs(bench))
     assert s2.metrics["stage"] == 2 and 0 <= s2.metrics["best"]["miou"] <= 1
     assert list((tmp_path / "s2" / "overlays").glob("*.png"))
 
     client = get_client()
-    runs = {r.data.tags["ssp.stage"]: r for exp in client.search_experiments()
-            for r in client.search_runs([exp.experiment_id])}
+    runs = {
+        r.data.tags["ssp.stage"]: r
+        for exp in client.search_experiments()
+        for r in client.search_runs([exp.experiment_id])
+    }
     assert runs["1"].data.tags["ssp.row"] == "full" and runs["2"].data.tags["ssp.row"] == "aavs"
     assert runs["2"].data.tags["ssp.lambda_post"] == "10.0"
     assert runs["1"].data.params["train.lr"] == "0.001"
@@ -81,18 +89,33 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
     assert client.list_artifacts(runs["2"].info.run_id, "overlays")
     # the run folder names its MLflow run both ways `ssp register` / `ssp evaluate` look it up
     for stage, folder in (("1", "s1"), ("2", "s2")):
-        assert json.loads((tmp_path / folder / "metrics.json").read_text())["mlflow_run_id"] == \
-            runs[stage].info.run_id
+        assert json.loads((tmp_path / folder / "metrics.json").read_text())["mlflow_run_id"] == runs[stage].info.run_id
         assert runs[stage].data.tags["ssp.run_dir"] == str((tmp_path / folder).resolve())
 
     # `ssp train --test-out` (the ablation/sweep cells): train, then test the best checkpoint
     # in the same process -> the `ssp evaluate` JSON (split and F-score batch from params
     # `evaluate`), and test metrics on the training run
     test_json = tmp_path / "cell.json"
-    argv = ["--stage", "2", "--row", "aavs", "--data", str(bench["data"]), "--out", str(tmp_path / "cell"),
-            "--params", str(tmp_path / "none.yaml"), "--stage1-masks", str(out), "--no-progress",
-            "--test-out", str(test_json), "--set", "evaluate.fscore_batch_videos=2",
-            *[a for o in FAST for a in ("--set", o)]]
+    argv = [
+        "--stage",
+        "2",
+        "--row",
+        "aavs",
+        "--data",
+        str(bench["data"]),
+        "--out",
+        str(tmp_path / "cell"),
+        "--params",
+        str(tmp_path / "none.yaml"),
+        "--stage1-masks",
+        str(out),
+        "--no-progress",
+        "--test-out",
+        str(test_json),
+        "--set",
+        "evaluate.fscore_batch_videos=2",
+        *[a for o in FAST for a in ("--set", o)],
+    ]
     for name in ("flow", "prompts", "logmel"):
         argv += [f"--{name}", str(bench[name])]
     assert train_test_main(argv) == 0
@@ -116,8 +139,7 @@ def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_pa
     # the interrupted/resumed run decodes its train set once into RAM: same items, same result
     p.train1.cache_in_memory = True
     with pytest.raises(TrainingInterrupted):
-        train(1, bench["data"], tmp_path / "cut", p, row="full", progress=False, interrupt_after_steps=7,
-              **dirs(bench))
+        train(1, bench["data"], tmp_path / "cut", p, row="full", progress=False, interrupt_after_steps=7, **dirs(bench))
     last = json.loads((tmp_path / "cut" / "checkpoints" / "last.json").read_text())
     assert (last["kind"], last["epoch"], last["batches_done"], last["global_step"]) == ("step", 1, 2, 6)
     resumed = train(1, bench["data"], tmp_path / "cut", p, row="full", resume=True, progress=False, **dirs(bench))
@@ -141,8 +163,16 @@ def test_the_interrupt_environment_variable_and_the_step_hook(bench, tmp_path, m
     steps: list[int] = []
     monkeypatch.setenv("SSP_TRAIN_INTERRUPT_AFTER_STEPS", "3")
     with pytest.raises(TrainingInterrupted, match="after step 3"):
-        train(1, bench["data"], tmp_path / "run", params("train1.epochs=2"), row="aavs", progress=False,
-              step_hook=steps.append, **dirs(bench))
+        train(
+            1,
+            bench["data"],
+            tmp_path / "run",
+            params("train1.epochs=2"),
+            row="aavs",
+            progress=False,
+            step_hook=steps.append,
+            **dirs(bench),
+        )
     assert steps == [1, 2, 3]
 
 
@@ -150,8 +180,16 @@ def test_resume_rejects_another_config(bench, tmp_path, mlflow_store):
     p = params("train1.epochs=1")
     train(1, bench["data"], tmp_path / "run", p, row="aavs", progress=False, **dirs(bench))
     with pytest.raises(SSPError, match="another model config"):
-        train(1, bench["data"], tmp_path / "run", params("train1.epochs=2"), row="full", resume=True,
-              progress=False, **dirs(bench))
+        train(
+            1,
+            bench["data"],
+            tmp_path / "run",
+            params("train1.epochs=2"),
+            row="full",
+            resume=True,
+            progress=False,
+            **dirs(bench),
+        )
 
 
 def test_clear_errors_for_missing_inputs(bench, tmp_path, mlflow_store):
@@ -200,10 +238,17 @@ def test_model_config_from_typed_params_is_the_old_one(profile):
 def test_collate_labelled_drops_unlabelled_frames():
     def item(uid, labelled):
         n = len(labelled)
-        return {"uid": uid, "subset": "v1s", "rel_dir": uid, "frames": torch.rand(n, 3, 4, 4),
-                "masks": torch.arange(n).view(n, 1, 1).expand(n, 4, 4).clone(),
-                "labelled": torch.tensor(labelled), "logmel": torch.zeros(n, 96, 64),
-                "prompt_a1": uid, "prompt_a2": [uid]}
+        return {
+            "uid": uid,
+            "subset": "v1s",
+            "rel_dir": uid,
+            "frames": torch.rand(n, 3, 4, 4),
+            "masks": torch.arange(n).view(n, 1, 1).expand(n, 4, 4).clone(),
+            "labelled": torch.tensor(labelled),
+            "logmel": torch.zeros(n, 96, 64),
+            "prompt_a1": uid,
+            "prompt_a2": [uid],
+        }
 
     batch = collate_labelled([item("a", [True, False, False]), item("b", [True, True])])
     assert batch["frames"].shape[0] == 3
@@ -217,10 +262,32 @@ def test_torchrun_two_cpu_processes(bench, tmp_path, mlflow_store):
     if not torchrun.exists():
         pytest.skip("no .venv/bin/torchrun")
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc-per-node", "2", "--master-port", "29517", "-m", "ssp.cli", "train",
-           "--stage", "1", "--data", str(bench["data"]), "--out", str(out), "--params", "/nonexistent.yaml",
-           "--logmel", str(bench["logmel"]), "--row", "aavs", "--no-progress", "--set", "train1.epochs=1",
-           *[a for s in FAST if s.startswith(("train1", "model")) for a in ("--set", s)]]
+    cmd = [
+        str(torchrun),
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "ssp.cli",
+        "train",
+        "--stage",
+        "1",
+        "--data",
+        str(bench["data"]),
+        "--out",
+        str(out),
+        "--params",
+        "/nonexistent.yaml",
+        "--logmel",
+        str(bench["logmel"]),
+        "--row",
+        "aavs",
+        "--no-progress",
+        "--set",
+        "train1.epochs=1",
+        *[a for s in FAST if s.startswith(("train1", "model")) for a in ("--set", s)],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -27,8 +27,16 @@ def test_stage2_report_and_csvs(checkpoints, monkeypatch):
 
     monkeypatch.setattr(SSPModel, "forward", spy)
     out = checkpoints["root"] / "report" / "test.json"
-    result = evaluate(checkpoints["s2"], checkpoints["data"], "test", out, stage1_masks=checkpoints["stage1"],
-                      logmel=checkpoints["logmel"], fscore_batch_videos=2, progress=False)
+    result = evaluate(
+        checkpoints["s2"],
+        checkpoints["data"],
+        "test",
+        out,
+        stage1_masks=checkpoints["stage1"],
+        logmel=checkpoints["logmel"],
+        fscore_batch_videos=2,
+        progress=False,
+    )
     assert seen and all("masks" not in keys and "stage1_mask" in keys for keys in seen)
 
     saved = json.loads(out.read_text())
@@ -44,8 +52,11 @@ def test_stage2_report_and_csvs(checkpoints, monkeypatch):
     assert len(per_class) == 71 and per_class[0]["class"] == "background"
     names = json.loads((checkpoints["data"] / "label2idx.json").read_text())
     assert {r["class"] for r in per_class} == set(names)
-    scenarios = {row["uid"]: row["scenario"] for row in csv.DictReader((checkpoints["data"] / "scenarios.csv").open())
-                 if row["split"] == "test"}
+    scenarios = {
+        row["uid"]: row["scenario"]
+        for row in csv.DictReader((checkpoints["data"] / "scenarios.csv").open())
+        if row["split"] == "test"
+    }
     per_scenario = list(csv.DictReader(Path(result["per_scenario_csv"]).read_text().splitlines()))
     assert {r["scenario"] for r in per_scenario} == set(scenarios.values())
     assert sum(int(r["frames"]) for r in per_scenario) == 20
@@ -54,14 +65,26 @@ def test_stage2_report_and_csvs(checkpoints, monkeypatch):
 def test_stage1_report_and_missing_stage1_masks(checkpoints, tmp_path):
     from ssp.eval.evaluate import evaluate
 
-    result = evaluate(checkpoints["s1"], checkpoints["data"], "test", tmp_path / "s1.json",
-                      logmel=checkpoints["logmel"], progress=False)
+    result = evaluate(
+        checkpoints["s1"],
+        checkpoints["data"],
+        "test",
+        tmp_path / "s1.json",
+        logmel=checkpoints["logmel"],
+        progress=False,
+    )
     assert result["semantic"] == {} and result["binary"].keys() == {"v1s", "v1m", "v2"}
     assert result["binary"]["v1m"]["batch_frames"] == 20
     assert (tmp_path / "s1.per_scenario.csv").is_file()
     with pytest.raises(SSPError, match="--stage1-masks"):
-        evaluate(checkpoints["s2"], checkpoints["data"], "test", tmp_path / "x.json", logmel=checkpoints["logmel"],
-                 progress=False)
+        evaluate(
+            checkpoints["s2"],
+            checkpoints["data"],
+            "test",
+            tmp_path / "x.json",
+            logmel=checkpoints["logmel"],
+            progress=False,
+        )
 
 
 def test_cli_takes_split_and_fscore_batch_from_params_unless_given(checkpoints, tmp_path):
@@ -69,8 +92,18 @@ def test_cli_takes_split_and_fscore_batch_from_params_unless_given(checkpoints, 
 
     params = tmp_path / "params.yaml"
     params.write_text("evaluate:\n  split: val\n  fscore_batch_videos: 1\n")
-    base = ["evaluate", "--checkpoint", str(checkpoints["s1"]), "--data", str(checkpoints["data"]),
-            "--logmel", str(checkpoints["logmel"]), "--no-track", "--params", str(params)]
+    base = [
+        "evaluate",
+        "--checkpoint",
+        str(checkpoints["s1"]),
+        "--data",
+        str(checkpoints["data"]),
+        "--logmel",
+        str(checkpoints["logmel"]),
+        "--no-track",
+        "--params",
+        str(params),
+    ]
     assert cli([*base, "--out", str(tmp_path / "a.json")]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     assert (a["split"], a["fscore_batch_videos"], a["binary"]["v2"]["batch_frames"]) == ("val", 1, 10)
@@ -111,8 +144,16 @@ def test_test_metrics_are_logged_into_the_training_run(checkpoints, tmp_path, ml
     with RunLogger("ssp-avss", "stage2-full-seed0") as training:
         training.log_metrics({"best/miou": 0.1})
     checkpoint = run_folder(tmp_path, checkpoints["s2"], training.run_id)
-    result = evaluate(checkpoint, checkpoints["data"], "test", tmp_path / "m.json", stage1_masks=checkpoints["stage1"],
-                      logmel=checkpoints["logmel"], fscore_batch_videos=2, progress=False)
+    result = evaluate(
+        checkpoint,
+        checkpoints["data"],
+        "test",
+        tmp_path / "m.json",
+        stage1_masks=checkpoints["stage1"],
+        logmel=checkpoints["logmel"],
+        fscore_batch_videos=2,
+        progress=False,
+    )
     logged = get_client().get_run(training.run_id).data.metrics
     semantic = result["semantic"]["all"]
     for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
@@ -124,17 +165,26 @@ def test_test_metrics_are_logged_into_the_training_run(checkpoints, tmp_path, ml
 
 
 def fake_result(split="test"):
-    return {"split": split, "semantic": {"all": {"miou": 0.25, "fscore": 0.5, "miou_no_bg": float("nan")}},
-            "binary": {"v1s": {"miou": 0.75, "fscore": 0.8}}}
+    return {
+        "split": split,
+        "semantic": {"all": {"miou": 0.25, "fscore": 0.5, "miou_no_bg": float("nan")}},
+        "binary": {"v1s": {"miou": 0.75, "fscore": 0.8}},
+    }
 
 
 def test_run_metrics_names_and_no_nan():
     from ssp.eval.evaluate import run_metrics
 
-    assert run_metrics(fake_result("val")) == {"val/miou": 0.25, "val/fscore": 0.5, "val/binary/v1s/miou": 0.75,
-                                               "val/binary/v1s/fscore": 0.8}
+    assert run_metrics(fake_result("val")) == {
+        "val/miou": 0.25,
+        "val/fscore": 0.5,
+        "val/binary/v1s/miou": 0.75,
+        "val/binary/v1s/fscore": 0.8,
+    }
     assert run_metrics({"split": "test", "semantic": {}, "binary": {"v2": {"miou": 0.5, "fscore": 0.6}}}) == {
-        "test/binary/v2/miou": 0.5, "test/binary/v2/fscore": 0.6}  # stage 1: binary only
+        "test/binary/v2/miou": 0.5,
+        "test/binary/v2/fscore": 0.6,
+    }  # stage 1: binary only
 
 
 def test_a_vanished_training_run_is_only_a_warning(checkpoints, tmp_path, mlflow_store, caplog):

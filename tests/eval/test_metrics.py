@@ -19,7 +19,7 @@ def f_measure(p: float, r: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# Naive references: loop-based transcriptions of the AVSBench definitions (metrics.md),
+# Naive references: loop-based transcriptions of the AVSBench definitions (docs/design.md, "Metric conventions"),
 # written the way the official code reads -- per frame, per threshold, per class.
 # Deliberately independent of the vectorised code under test.
 # ---------------------------------------------------------------------------------------
@@ -66,14 +66,14 @@ def ref_eval_fmeasure(logits: torch.Tensor, gt: torch.Tensor) -> float:
 
 def ref_batched(fn, logits, gt, batch_frames):
     """The official test loop: one score per batch, then the mean over batches."""
-    scores = [fn(logits[s:s + batch_frames], gt[s:s + batch_frames])
-              for s in range(0, logits.shape[0], batch_frames)]
+    scores = [
+        fn(logits[s : s + batch_frames], gt[s : s + batch_frames]) for s in range(0, logits.shape[0], batch_frames)
+    ]
     return sum(scores) / len(scores)
 
 
 def ref_per_frame_fscore(logits, gt):
-    scores = [ref_eval_fmeasure(logits[i:i + 1], gt[i:i + 1])
-              for i in range(logits.shape[0]) if gt[i].sum() > 0]
+    scores = [ref_eval_fmeasure(logits[i : i + 1], gt[i : i + 1]) for i in range(logits.shape[0]) if gt[i].sum() > 0]
     return sum(scores) / len(scores)
 
 
@@ -100,10 +100,15 @@ def ref_semantic(logits: torch.Tensor, gt: torch.Tensor, num_classes: int) -> di
                 count[c] += 1
     per_iou = [s / n if n else 0.0 for s, n in zip(iou_sum, count)]
     per_f = [s / n if n else 0.0 for s, n in zip(f_sum, count)]
-    return {"miou": sum(per_iou) / num_classes, "fscore": sum(per_f) / num_classes,
-            "miou_no_bg": sum(per_iou[1:]) / (num_classes - 1),
-            "fscore_no_bg": sum(per_f[1:]) / (num_classes - 1),
-            "per_class_iou": per_iou, "per_class_fscore": per_f, "per_class_count": count}
+    return {
+        "miou": sum(per_iou) / num_classes,
+        "fscore": sum(per_f) / num_classes,
+        "miou_no_bg": sum(per_iou[1:]) / (num_classes - 1),
+        "fscore_no_bg": sum(per_f[1:]) / (num_classes - 1),
+        "per_class_iou": per_iou,
+        "per_class_fscore": per_f,
+        "per_class_count": count,
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,10 +118,10 @@ def random_binary(num_frames=24, size=12, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_frames, size, size, generator=g) * 4
     gt = (torch.rand(num_frames, size, size, generator=g) < 0.35).long()
-    gt[[2, 3, 9]] = 0                  # empty GTs (frames 2 and 3 share a batch of 4)
-    gt[5] = 1                          # a full GT
-    logits[7] = 0.0                    # sigmoid exactly 0.5: background
-    logits[8, :6] = 30.0               # saturated: sigmoid == 1.0 reaches the last threshold
+    gt[[2, 3, 9]] = 0  # empty GTs (frames 2 and 3 share a batch of 4)
+    gt[5] = 1  # a full GT
+    logits[7] = 0.0  # sigmoid exactly 0.5: background
+    logits[8, :6] = 30.0  # saturated: sigmoid == 1.0 reaches the last threshold
     logits[8, 6:] = -30.0
     return logits, gt
 
@@ -124,12 +129,15 @@ def random_binary(num_frames=24, size=12, seed=0):
 def random_semantic(num_frames=9, size=10, num_classes=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(num_frames, num_classes, size, size, generator=g)
-    present = torch.tensor([0, 1, 2, 4])   # 3, 5, 6 never in the GT
+    present = torch.tensor([0, 1, 2, 4])  # 3, 5, 6 never in the GT
     gt = present[torch.randint(0, len(present), (num_frames, size, size), generator=g)]
-    logits[:, 6] = -50.0                    # class 6 never predicted either: scores 0
+    logits[:, 6] = -50.0  # class 6 never predicted either: scores 0
     # help the model get some pixels right so IoUs are not all tiny
-    logits += 3.0 * torch.nn.functional.one_hot(gt, num_classes).permute(0, 3, 1, 2) \
+    logits += (
+        3.0
+        * torch.nn.functional.one_hot(gt, num_classes).permute(0, 3, 1, 2)
         * (torch.rand(num_frames, 1, size, size, generator=g) < 0.6)
+    )
     return logits, gt
 
 
@@ -138,7 +146,7 @@ def random_semantic(num_frames=9, size=10, num_classes=7, seed=0):
 # ---------------------------------------------------------------------------------------
 def test_miou_empty_gt_scores_background_fraction():
     gt = torch.zeros(1, 2, 2, dtype=torch.long)
-    logits = torch.tensor([[[5.0, -5.0], [-5.0, -5.0]]])   # 1 of 4 pixels predicted
+    logits = torch.tensor([[[5.0, -5.0], [-5.0, -5.0]]])  # 1 of 4 pixels predicted
     assert M.binary_miou(logits, gt) == pytest.approx(3 / (4 + 1e-7), abs=1e-15)
     # nothing predicted on an empty GT is a perfect frame (up to eps)
     assert M.binary_miou(-logits.abs(), gt) == pytest.approx(4 / (4 + 1e-7), abs=1e-15)
@@ -168,9 +176,13 @@ def test_miou_threshold_is_strict():
 
 def test_miou_mean_over_frames_and_official_batch_mean():
     gt = torch.tensor([[[1, 0], [0, 0]], [[1, 1], [0, 0]], [[0, 0], [0, 0]]])
-    logits = torch.tensor([[[5.0, -5.0], [-5.0, -5.0]],     # IoU 1
-                           [[5.0, -5.0], [-5.0, -5.0]],     # IoU 1/2
-                           [[5.0, 5.0], [-5.0, -5.0]]])     # empty GT: 2/4
+    logits = torch.tensor(
+        [
+            [[5.0, -5.0], [-5.0, -5.0]],  # IoU 1
+            [[5.0, -5.0], [-5.0, -5.0]],  # IoU 1/2
+            [[5.0, 5.0], [-5.0, -5.0]],
+        ]
+    )  # empty GT: 2/4
     per_frame = [1 / (1 + 1e-7), 1 / (2 + 1e-7), 2 / (4 + 1e-7)]
     assert M.binary_miou(logits, gt) == pytest.approx(sum(per_frame) / 3, abs=1e-14)
     # batches of 2: (mean(f0, f1) + f2) / 2 -- differs when the split does not divide
@@ -212,7 +224,7 @@ def stack(*frames):
 def test_fscore_thresholds_match_official_float32_linspace():
     thresholds = M._f_thresholds(torch.device("cpu"), torch.float32)
     assert len(thresholds) == 255 and thresholds[0] == 0.0
-    assert thresholds[-1] == 1.0          # 1 - 1e-10 rounds to 1.0 in float32
+    assert thresholds[-1] == 1.0  # 1 - 1e-10 rounds to 1.0 in float32
     assert torch.equal(thresholds, torch.linspace(0, 1 - 1e-10, 255))
 
 
@@ -236,8 +248,7 @@ def test_fscore_nan_becomes_zero():
     assert torch.all(curve[1:] == 0.0)
     assert curve[0].item() == pytest.approx(f_measure(0.25, 1.0), abs=1e-12)
     # a frame with nothing predicted anywhere above threshold 0
-    assert M.binary_fscore(torch.full((1, 2, 2), -20.0), gt) == pytest.approx(
-        f_measure(0.25, 1.0), abs=1e-12)
+    assert M.binary_fscore(torch.full((1, 2, 2), -20.0), gt) == pytest.approx(f_measure(0.25, 1.0), abs=1e-12)
 
 
 def test_fscore_skips_empty_gt_frames():
@@ -261,8 +272,7 @@ def test_fscore_depends_on_batch_size():
     # batch of 1: each frame keeps its own best threshold
     assert one_per_batch == pytest.approx((F_A_T0 + F_B_REST) / 2, abs=1e-12)
     # batch of 2: one threshold for the mean curve
-    assert two_per_batch == pytest.approx(
-        max((F_A_T0 + F_B_T0) / 2, (F_A_REST + F_B_REST) / 2), abs=1e-12)
+    assert two_per_batch == pytest.approx(max((F_A_T0 + F_B_T0) / 2, (F_A_REST + F_B_REST) / 2), abs=1e-12)
     assert two_per_batch == pytest.approx(0.75, abs=1e-12)
     assert one_per_batch - two_per_batch > 0.03
     # per-frame mode equals batches of one frame when no GT is empty
@@ -278,9 +288,11 @@ def test_fscore_depends_on_batch_size():
 def test_binary_agrees_with_reference(batch_frames):
     logits, gt = random_binary()
     assert M.binary_miou(logits, gt, batch_frames=batch_frames) == pytest.approx(
-        ref_batched(ref_mask_iou, logits, gt, batch_frames), abs=1e-6)
+        ref_batched(ref_mask_iou, logits, gt, batch_frames), abs=1e-6
+    )
     assert M.binary_fscore(logits, gt, batch_frames=batch_frames) == pytest.approx(
-        ref_batched(ref_eval_fmeasure, logits, gt, batch_frames), abs=1e-6)
+        ref_batched(ref_eval_fmeasure, logits, gt, batch_frames), abs=1e-6
+    )
 
 
 def test_binary_per_frame_agrees_with_reference():
@@ -336,7 +348,7 @@ def test_binary_meter_merge_and_state_roundtrip():
     restored = M.BinaryMeter(batch_frames=4)
     restored.load_state_tensors(first.state_tensors())
     assert restored.compute() == whole.compute()
-    restored.update(logits[:4], gt[:4])     # continues after the loaded frames
+    restored.update(logits[:4], gt[:4])  # continues after the loaded frames
     assert restored.num_frames == 20
     with pytest.raises(ValueError, match="batch_frames"):
         first.merge(M.BinaryMeter(batch_frames=5))
@@ -352,13 +364,13 @@ def labels(*rows):
 def test_semantic_absent_classes_count_as_zero():
     meter = M.SemanticMeter(num_classes=4)
     frame = labels([0, 0], [1, 1])
-    meter.update_labels(frame, frame)                  # perfect, classes 0 and 1 only
+    meter.update_labels(frame, frame)  # perfect, classes 0 and 1 only
     out = meter.compute()
     perfect = 2 / (2 + 2.220446049250313e-16)
     assert out["per_class_iou"] == pytest.approx([perfect, perfect, 0.0, 0.0], abs=1e-15)
     assert out["per_class_fscore"] == pytest.approx([1.0, 1.0, 0.0, 0.0], abs=1e-15)
     assert out["per_class_count"] == [1, 1, 0, 0]
-    assert out["miou"] == pytest.approx(perfect / 2, abs=1e-15)   # mean over ALL 4
+    assert out["miou"] == pytest.approx(perfect / 2, abs=1e-15)  # mean over ALL 4
     assert out["fscore"] == pytest.approx(0.5, abs=1e-15)
     assert out["miou_present"] == pytest.approx(perfect, abs=1e-15)
     assert out["num_classes_present"] == 2
@@ -371,7 +383,7 @@ def test_semantic_count_only_frames_where_union_positive():
     meter.update_labels(labels([1, 1], [0, 0]), labels([1, 1], [0, 0]))
     out = meter.compute()
     assert out["per_class_count"] == [2, 1, 1]
-    assert out["per_class_iou"][2] == pytest.approx(0.5, abs=1e-12)      # not 0.25
+    assert out["per_class_iou"][2] == pytest.approx(0.5, abs=1e-12)  # not 0.25
     assert out["per_class_fscore"][2] == pytest.approx(f_measure(0.5, 1.0), abs=1e-12)
     # background: frame 1 inter 2 union 3, frame 2 perfect
     assert out["per_class_iou"][0] == pytest.approx((2 / 3 + 1) / 2, abs=1e-12)
@@ -383,9 +395,9 @@ def test_semantic_precision_recall_nan_handling():
     # class 1 predicted but absent (R = 0/0), class 2 present but not predicted (P = 0/0)
     meter.update_labels(labels([1, 0], [0, 0]), labels([0, 0], [2, 0]))
     out = meter.compute()
-    assert out["per_class_count"] == [1, 1, 1]           # union > 0 for both
+    assert out["per_class_count"] == [1, 1, 1]  # union > 0 for both
     assert out["per_class_iou"][1:] == [0.0, 0.0]
-    assert out["per_class_fscore"][1:] == [0.0, 0.0]      # NaN -> 0, and counted
+    assert out["per_class_fscore"][1:] == [0.0, 0.0]  # NaN -> 0, and counted
     assert not any(math.isnan(v) for v in out["per_class_fscore"])
     # background: pred 3 pixels, gt 3 pixels, 2 in common
     assert out["per_class_fscore"][0] == pytest.approx(f_measure(2 / 3, 2 / 3), abs=1e-12)
@@ -397,9 +409,9 @@ def test_semantic_no_bg_drops_class_zero_not_the_last():
     meter.update_labels(labels([0, 0], [1, 2]), labels([0, 0], [1, 1]))
     out = meter.compute()
     per_iou = out["per_class_iou"]
-    assert per_iou[0] > 0.99 and per_iou[2] == 0.0          # background right, class 2 wrong
+    assert per_iou[0] > 0.99 and per_iou[2] == 0.0  # background right, class 2 wrong
     assert out["miou_no_bg"] == pytest.approx((per_iou[1] + per_iou[2]) / 2, abs=1e-15)
-    assert out["miou_no_bg"] != pytest.approx((per_iou[0] + per_iou[1]) / 2)   # the [:-1] bug
+    assert out["miou_no_bg"] != pytest.approx((per_iou[0] + per_iou[1]) / 2)  # the [:-1] bug
     per_f = out["per_class_fscore"]
     assert out["fscore_no_bg"] == pytest.approx((per_f[1] + per_f[2]) / 2, abs=1e-15)
 
@@ -414,7 +426,7 @@ def test_semantic_argmax_of_softmax_and_ties():
     logits[0, 2, 0, 1] = 5.0
     meter = M.SemanticMeter(num_classes=3)
     meter.update(logits, torch.tensor([[[0, 2]]]))
-    assert meter.compute()["per_class_count"] == [1, 0, 1]   # class 1 never predicted
+    assert meter.compute()["per_class_count"] == [1, 0, 1]  # class 1 never predicted
     assert meter.compute()["miou"] == pytest.approx(2 / 3, abs=1e-12)
 
 
@@ -429,7 +441,7 @@ def test_semantic_padding_frames_skipped_by_default():
     padded.update_labels(pred, gt, frame_valid=valid)
     assert default.compute()["per_class_count"] == [1, 1]
     assert default.compute()["num_padding_frames_skipped"] == 2
-    assert padded.compute()["per_class_count"] == [3, 1]      # padding inflates background
+    assert padded.compute()["per_class_count"] == [3, 1]  # padding inflates background
     assert "real frames only" in default.conventions()["miou"]
     assert "padding frames scored" in padded.conventions()["miou"]
 
@@ -438,7 +450,7 @@ def test_semantic_negative_gt_pixels_are_ignored_and_bad_input_rejected():
     meter = M.SemanticMeter(num_classes=3)
     meter.update_labels(labels([2, 1], [0, 0]), labels([-1, 1], [0, 0]))
     out = meter.compute()
-    assert out["per_class_count"] == [1, 1, 0]             # the prediction 2 is not counted
+    assert out["per_class_count"] == [1, 1, 0]  # the prediction 2 is not counted
     with pytest.raises(ValueError, match="num_classes"):
         meter.update_labels(labels([0, 0]), labels([0, 3]))
     with pytest.raises(ValueError, match="N x 3 x H x W"):
@@ -450,7 +462,7 @@ def test_semantic_negative_gt_pixels_are_ignored_and_bad_input_rejected():
 # ---------------------------------------------------------------------------------------
 def test_semantic_agrees_with_reference():
     logits, gt = random_semantic()
-    gt[0, 0, :3] = -1                                      # a few ignored pixels
+    gt[0, 0, :3] = -1  # a few ignored pixels
     out = M.semantic_scores(logits, gt)
     ref = ref_semantic(logits, gt, num_classes=7)
     assert out["per_class_count"] == ref["per_class_count"]
@@ -465,7 +477,7 @@ def test_semantic_agrees_with_reference():
 def test_semantic_meter_in_chunks_equals_one_shot():
     logits, gt = random_semantic(num_frames=11, seed=2)
     one_shot = M.semantic_scores(logits, gt)
-    meter = M.SemanticMeter(num_classes=7, pixels_per_chunk=7 * 100 * 2)   # 2 frames at a time
+    meter = M.SemanticMeter(num_classes=7, pixels_per_chunk=7 * 100 * 2)  # 2 frames at a time
     for start, stop in [(0, 3), (3, 4), (4, 11)]:
         meter.update(logits[start:stop].numpy(), gt[start:stop].numpy())
     streamed = meter.compute()
@@ -504,8 +516,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # two ranks on 2 cores
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         logits, gt = random_binary(num_frames=10, seed=6)
         # a DistributedSampler-like split: strided, the last rank padded with frame 0
@@ -521,8 +532,9 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         semantic.update(sem_logits[rank::2], sem_gt[rank::2])
         semantic.sync()
         with open(f"{out_dir}/rank{rank}.json", "w") as f:
-            json.dump({"binary": binary.compute(), "rank_order": in_rank_order.compute(),
-                       "semantic": semantic.compute()}, f)
+            json.dump(
+                {"binary": binary.compute(), "rank_order": in_rank_order.compute(), "semantic": semantic.compute()}, f
+            )
     finally:
         dist.destroy_process_group()
 
@@ -535,9 +547,9 @@ def test_sync_across_two_gloo_ranks(tmp_path):
     # spawn, not fork: forking a process that already runs threads (torch's pools, the
     # session's Prefect test server) can deadlock the child; gloo on CPU only
     context = mp.get_context("spawn")
-    workers = [context.Process(target=_ddp_worker,
-                               args=(rank, 2, str(tmp_path / "init"), str(tmp_path)))
-               for rank in range(2)]
+    workers = [
+        context.Process(target=_ddp_worker, args=(rank, 2, str(tmp_path / "init"), str(tmp_path))) for rank in range(2)
+    ]
     for worker in workers:
         worker.start()
     try:

@@ -39,7 +39,7 @@ def write_clip(path, audio: bool = True, sample_rate: int = 22_050) -> None:
         frames = SECONDS * SOURCE_FPS
         for i in range(frames):
             x = 4 * i  # the camera pans right by 4 px per frame (on the half-size image)
-            crop = np.ascontiguousarray(image[80:80 + 2 * HEIGHT:2, 2 * x:2 * x + 2 * WIDTH:2])
+            crop = np.ascontiguousarray(image[80 : 80 + 2 * HEIGHT : 2, 2 * x : 2 * x + 2 * WIDTH : 2])
             frame = av.VideoFrame.from_ndarray(crop, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, SOURCE_FPS)
             container.mux(video.encode(frame))
@@ -48,8 +48,9 @@ def write_clip(path, audio: bool = True, sample_rate: int = 22_050) -> None:
             t = np.arange(SECONDS * sample_rate) / sample_rate
             tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
             for start in range(0, tone.shape[1], 1024):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(tone[:, start:start + 1024]),
-                                                   format="fltp", layout="mono")
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(tone[:, start : start + 1024]), format="fltp", layout="mono"
+                )
                 frame.sample_rate, frame.pts = sample_rate, start
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
@@ -64,8 +65,11 @@ def inputs(tmp_path_factory):
     (folder / "notes.mp4").write_text("this is not a video\n")
     torch.manual_seed(0)
     save_weights(folder / "s1.safetensors", SSPModel(SSPConfig.tiny(1, num_points=64)), {"epoch": 1})
-    save_weights(folder / "s2.safetensors",
-                 SSPModel(SSPConfig.tiny(2, num_points=64, num_classes=len(NAMES), pre_mask=True)), {"epoch": 1})
+    save_weights(
+        folder / "s2.safetensors",
+        SSPModel(SSPConfig.tiny(2, num_points=64, num_classes=len(NAMES), pre_mask=True)),
+        {"epoch": 1},
+    )
     return folder
 
 
@@ -84,8 +88,14 @@ def read_back(path):
 
 def test_predict_writes_every_output(inputs, tmp_path):
     out = tmp_path / "out"
-    result = predict_video(inputs / "astronaut.mp4", out, checkpoint=inputs / "s2.safetensors",
-                           stage1_checkpoint=inputs / "s1.safetensors", class_names=NAMES, progress=False)
+    result = predict_video(
+        inputs / "astronaut.mp4",
+        out,
+        checkpoint=inputs / "s2.safetensors",
+        stage1_checkpoint=inputs / "s1.safetensors",
+        class_names=NAMES,
+        progress=False,
+    )
     assert result.num_frames == SECONDS and result.frame_size == (HEIGHT, WIDTH)
     assert sorted(p.name for p in out.iterdir()) == ["masks", "overlay.mp4", "overlays", "predictions.json"]
     summary = json.loads((out / "predictions.json").read_text())
@@ -121,12 +131,24 @@ def test_predict_by_registered_champion(inputs, tmp_path, mlflow_store, monkeypa
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     params = tmp_path / "params.yaml"
-    params.write_text("flow:\n  method: dis\n  rule: fixed\n  value: 0.5\n  min_magnitude: 0.5\n"
-                      "prompts:\n  backend: none\n")
+    params.write_text(
+        "flow:\n  method: dis\n  rule: fixed\n  value: 0.5\n  min_magnitude: 0.5\nprompts:\n  backend: none\n"
+    )
     for extra in (["--model", "models:/ssp-avss@champion"], []):  # explicit alias, then the default
         out = tmp_path / f"out{len(extra)}"
-        args = parser.parse_args([str(inputs / "astronaut.mp4"), "--out", str(out), "--params", str(params),
-                                  "--device", "cpu", "--no-progress", *extra])
+        args = parser.parse_args(
+            [
+                str(inputs / "astronaut.mp4"),
+                "--out",
+                str(out),
+                "--params",
+                str(params),
+                "--device",
+                "cpu",
+                "--no-progress",
+                *extra,
+            ]
+        )
         assert main(args) == 0
         summary = json.loads((out / "predictions.json").read_text())
         assert summary["models"]["stage2"]["name"] == "ssp-avss" and summary["models"]["stage2"]["version"] == 1
@@ -135,17 +157,25 @@ def test_predict_by_registered_champion(inputs, tmp_path, mlflow_store, monkeypa
         assert len(list((out / "masks").glob("*.png"))) == SECONDS
 
 
-@pytest.mark.parametrize("name, message", [
-    ("silent.mp4", "no audio track"),
-    ("empty.mp4", "empty"),
-    ("notes.mp4", "cannot open as a video"),
-    ("missing.mp4", "missing"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("silent.mp4", "no audio track"),
+        ("empty.mp4", "empty"),
+        ("notes.mp4", "cannot open as a video"),
+        ("missing.mp4", "missing"),
+    ],
+)
 def test_bad_inputs_fail_clearly_and_leave_no_output(inputs, tmp_path, name, message):
     out = tmp_path / "out"
     with pytest.raises(DataError, match=message) as err:
-        predict_video(inputs / name, out, checkpoint=inputs / "s2.safetensors",
-                      stage1_checkpoint=inputs / "s1.safetensors", progress=False)
+        predict_video(
+            inputs / name,
+            out,
+            checkpoint=inputs / "s2.safetensors",
+            stage1_checkpoint=inputs / "s1.safetensors",
+            progress=False,
+        )
     assert name in str(err.value)  # the message names the file
     assert list(tmp_path.iterdir()) == []  # no DIR, no partial build folder
 
@@ -156,8 +186,17 @@ def test_cli_error_is_one_line_and_an_old_output_survives(inputs, tmp_path, caps
     out = tmp_path / "out"
     out.mkdir()
     (out / "predictions.json").write_text("{}")
-    code = cli_main(["predict", str(inputs / "empty.mp4"), "--out", str(out),
-                     "--checkpoint", str(inputs / "s2.safetensors"), "--no-progress"])
+    code = cli_main(
+        [
+            "predict",
+            str(inputs / "empty.mp4"),
+            "--out",
+            str(out),
+            "--checkpoint",
+            str(inputs / "s2.safetensors"),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "empty.mp4: video file is empty (0 bytes)" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "predictions.json").read_text() == "{}"
@@ -165,16 +204,27 @@ def test_cli_error_is_one_line_and_an_old_output_survives(inputs, tmp_path, caps
 
 def test_silent_audio_ok_and_a_stage1_model_alone(inputs, tmp_path):
     out = tmp_path / "out"
-    predict_video(inputs / "silent.mp4", out, checkpoint=inputs / "s1.safetensors", silent_audio_ok=True,
-                  seconds=2, progress=False)
+    predict_video(
+        inputs / "silent.mp4",
+        out,
+        checkpoint=inputs / "s1.safetensors",
+        silent_audio_ok=True,
+        seconds=2,
+        progress=False,
+    )
     summary = json.loads((out / "predictions.json").read_text())
     assert summary["silent_audio"] and summary["frames"] == 2 and summary["class_names"][1] == "sounding object"
     assert list(summary["models"]) == ["stage1"]
     frames, duration, _, _, rms = read_back(out / "overlay.mp4")
     assert len(frames) == 2 and duration == pytest.approx(2) and rms == 0.0
     with pytest.raises(SSPError, match="either --checkpoint or --model"):
-        predict_video(inputs / "astronaut.mp4", tmp_path / "x", checkpoint=inputs / "s1.safetensors",
-                      model_uri="models:/ssp-avss@champion", progress=False)
+        predict_video(
+            inputs / "astronaut.mp4",
+            tmp_path / "x",
+            checkpoint=inputs / "s1.safetensors",
+            model_uri="models:/ssp-avss@champion",
+            progress=False,
+        )
 
 
 def test_frame_chunks_give_the_same_segmentation(inputs):

@@ -20,11 +20,15 @@ from ssp.models.checkpoint import load_model
 def test_written_then_up_to_date(checkpoints, tmp_path):
     out = tmp_path / "masks"
     kwargs = {"logmel": checkpoints["logmel"], "progress": False}
-    assert write_stage1_masks(checkpoints["s1"], checkpoints["data"], out, ("val", "test"), **kwargs) == \
-        {"written": 6, "skipped": 0}
+    assert write_stage1_masks(checkpoints["s1"], checkpoints["data"], out, ("val", "test"), **kwargs) == {
+        "written": 6,
+        "skipped": 0,
+    }
     assert len(list(out.rglob("*.png"))) == 2 * (5 + 5 + 10)  # every frame, labelled or not
-    assert write_stage1_masks(checkpoints["s1"], checkpoints["data"], out, ("val", "test"), **kwargs) == \
-        {"written": 0, "skipped": 6}
+    assert write_stage1_masks(checkpoints["s1"], checkpoints["data"], out, ("val", "test"), **kwargs) == {
+        "written": 0,
+        "skipped": 6,
+    }
     with pytest.raises(SSPError, match="stage1-masks needs stage 1's"):
         write_stage1_masks(checkpoints["s2"], checkpoints["data"], out, ("test",), **kwargs)
 

@@ -37,17 +37,32 @@ def make_project(tmp_path: Path, fail_validate: bool = False) -> Path:
     subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=proj, check=True)
     (proj / "log_stage.py").write_text(LOGGING_STAGE)
     (proj / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": 3}, "sweep": {"lambda_post": [1, 10]}}))
-    validate_cmd = f"{PY} -c \"import sys; print('bad file: a/b.jpg'); sys.exit(1)\"" if fail_validate else "echo ok > valid.txt"
+    validate_cmd = (
+        f"{PY} -c \"import sys; print('bad file: a/b.jpg'); sys.exit(1)\"" if fail_validate else "echo ok > valid.txt"
+    )
     dvc_yaml = {
         "stages": {
-            "synth": {"cmd": "python3 -c \"import yaml;n=yaml.safe_load(open('params.yaml'))['data']['classes'];open('data.txt','w').write('x'*n)\"".replace("python3", PY),
-                      "params": ["data"], "outs": ["data.txt"]},
+            "synth": {
+                "cmd": "python3 -c \"import yaml;n=yaml.safe_load(open('params.yaml'))['data']['classes'];open('data.txt','w').write('x'*n)\"".replace(
+                    "python3", PY
+                ),
+                "params": ["data"],
+                "outs": ["data.txt"],
+            },
             "validate": {"cmd": validate_cmd, "deps": ["data.txt"], "outs": ["valid.txt"]},
-            "train": {"cmd": "cat data.txt valid.txt > model.txt", "deps": ["data.txt", "valid.txt"], "outs": ["model.txt"]},
-            "sweep": {"foreach": "${sweep.lambda_post}",
-                      "do": {"cmd": f"{PY} log_stage.py sweep_${{item}}.json ${{item}}",
-                             "deps": ["model.txt", "log_stage.py"],
-                             "metrics": [{"sweep_${item}.json": {"cache": False}}]}},
+            "train": {
+                "cmd": "cat data.txt valid.txt > model.txt",
+                "deps": ["data.txt", "valid.txt"],
+                "outs": ["model.txt"],
+            },
+            "sweep": {
+                "foreach": "${sweep.lambda_post}",
+                "do": {
+                    "cmd": f"{PY} log_stage.py sweep_${{item}}.json ${{item}}",
+                    "deps": ["model.txt", "log_stage.py"],
+                    "metrics": [{"sweep_${item}.json": {"cache": False}}],
+                },
+            },
         }
     }
     (proj / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))

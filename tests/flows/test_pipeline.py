@@ -41,8 +41,12 @@ def committed_pipeline(tmp_path_factory) -> Path:
     from dvc.repo import Repo
 
     with Repo(str(proj)) as repo:
-        paths = {str(Path(o.def_path)) for s in repo.index.stages for o in [*s.deps, *s.outs]
-                 if not o.def_path.endswith(".yaml") and o.__class__.__name__ != "ParamsDependency"}
+        paths = {
+            str(Path(o.def_path))
+            for s in repo.index.stages
+            for o in [*s.deps, *s.outs]
+            if not o.def_path.endswith(".yaml") and o.__class__.__name__ != "ParamsDependency"
+        }
     for rel in sorted(paths):
         p = proj / rel
         if p.suffix in (".json", ".csv", ".py"):
@@ -72,10 +76,17 @@ def test_all_stages_present_in_dependency_order():
     from flows.dvc_stages import stage_order
 
     order = stage_order(ROOT)
-    for a, b in [("synth", "validate"), ("validate", "flow"), ("validate", "prompts"),
-                 ("train_stage1", "stage1_masks"), ("stage1_masks", "train_stage2"),
-                 ("train_stage2", "evaluate"), ("stage1_masks", "ablation@full-0"),
-                 ("stage1_masks", "sweep@10"), ("ablation@full-0", "samples")]:
+    for a, b in [
+        ("synth", "validate"),
+        ("validate", "flow"),
+        ("validate", "prompts"),
+        ("train_stage1", "stage1_masks"),
+        ("stage1_masks", "train_stage2"),
+        ("train_stage2", "evaluate"),
+        ("stage1_masks", "ablation@full-0"),
+        ("stage1_masks", "sweep@10"),
+        ("ablation@full-0", "samples"),
+    ]:
         assert order.index(a) < order.index(b), (a, b)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     # the grid is a matrix over Table-2 row x seed; the rows are ssp.paper's, in its order
@@ -100,6 +111,7 @@ def test_seeds_add_cells_without_touching_the_others(committed_pipeline):
 def test_sweep_values_touch_only_their_own_cells(committed_pipeline):
     def edit(p):
         p["sweep"]["lambda_post"] = [1, 5, 10, 20, 100]
+
     stale = stale_after(committed_pipeline, edit)
     assert not stale & (PREPROCESSING | {"train_stage1", "train_stage2", "evaluate"})
 

@@ -46,7 +46,6 @@ PY = sys.executable
 BIN = Path(PY).parent
 
 
-
 # -- processes ---------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -64,14 +63,23 @@ class Service:
     """A server process in its own session, its output in a log file. ``stop()`` ends it
     and every process it started, then checks that none is left and the port is closed."""
 
-    def __init__(self, name: str, command: list[str], log: Path, port: int | None = None,
-                 env: dict[str, str] | None = None, cwd: Path | None = None, user: pwd.struct_passwd | None = None,
-                 stop_signal: int = signal.SIGTERM):
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        log: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        user: pwd.struct_passwd | None = None,
+        stop_signal: int = signal.SIGTERM,
+    ):
         self.name, self.command, self.log, self.port, self.stop_signal = name, command, log, port, stop_signal
         as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                         start_new_session=True, **as_user)
+            self.proc = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True, **as_user
+            )
 
     def tail(self, lines: int = 60) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -169,8 +177,10 @@ def postgres():
     pytest.importorskip("psycopg", reason="psycopg (PostgreSQL driver) not installed in this environment")
     bindir = postgres_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin or initdb on PATH): "
-                    "run `bash infra/ci/install-services.sh` (Debian/Ubuntu) to install them")
+        pytest.skip(
+            "PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin or initdb on PATH): "
+            "run `bash infra/ci/install-services.sh` (Debian/Ubuntu) to install them"
+        )
     owner = None
     if os.geteuid() == 0:  # initdb and postgres refuse to run as root
         try:
@@ -183,18 +193,45 @@ def postgres():
         os.chown(workdir, owner.pw_uid, owner.pw_gid)
     as_user = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []} if owner else {}
     init = subprocess.run(
-        [str(bindir / "initdb"), "-D", str(workdir / "data"), "-U", "ssp", "--auth=trust", "-E", "UTF8",
-         "--no-locale", "--no-sync"],
-        cwd=workdir, capture_output=True, text=True, **as_user,
+        [
+            str(bindir / "initdb"),
+            "-D",
+            str(workdir / "data"),
+            "-U",
+            "ssp",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        **as_user,
     )
     assert init.returncode == 0, f"initdb failed:\n{init.stdout}\n{init.stderr}"
     port = free_port()
     service = Service(
         "postgres",
         # -F: no fsync (a throwaway cluster); -k: socket in our folder, not /var/run
-        [str(bindir / "postgres"), "-D", str(workdir / "data"), "-k", str(workdir), "-h", "127.0.0.1",
-         "-p", str(port), "-F"],
-        log=workdir / "postgres.log", port=port, cwd=workdir, user=owner, stop_signal=signal.SIGINT,
+        [
+            str(bindir / "postgres"),
+            "-D",
+            str(workdir / "data"),
+            "-k",
+            str(workdir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-F",
+        ],
+        log=workdir / "postgres.log",
+        port=port,
+        cwd=workdir,
+        user=owner,
+        stop_signal=signal.SIGINT,
     )
     pg = Postgres(service, port, "ssp")
     try:
@@ -222,10 +259,23 @@ def mlflow_server(postgres, tmp_path):
     artifacts = tmp_path / "artifacts"
     service = Service(
         "mlflow",
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres.url(database, "psycopg"),
-         "--artifacts-destination", artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        log=tmp_path / "mlflow.log", port=port, cwd=tmp_path,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            postgres.url(database, "psycopg"),
+            "--artifacts-destination",
+            artifacts.as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        log=tmp_path / "mlflow.log",
+        port=port,
+        cwd=tmp_path,
         # the job runner (huey consumers) is for GenAI jobs; not needed, and 2 cores are few
         env=server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
     )
@@ -253,8 +303,16 @@ def tiny_benchmark(root: Path) -> dict[str, Path]:
 
 
 # one short epoch on two subsets, 64 px, no workers: seconds on a CPU
-TINY_TRAINING = ["train1.epochs=1", "train1.batch_size=1", "train1.max_frames=2", "train1.num_workers=0",
-                 "train1.threads=1", "train1.overlays=0", "train1.subsets=[v1m,v2]", "model.num_points=64"]
+TINY_TRAINING = [
+    "train1.epochs=1",
+    "train1.batch_size=1",
+    "train1.max_frames=2",
+    "train1.num_workers=0",
+    "train1.threads=1",
+    "train1.overlays=0",
+    "train1.subsets=[v1m,v2]",
+    "model.num_points=64",
+]
 
 
 @pytest.mark.servers
@@ -272,12 +330,36 @@ def test_training_logs_to_the_mlflow_server_with_postgres_backend(mlflow_server,
 
     # a pipeline parent run, and `ssp train` started the way dvc.yaml starts it (ssp launch)
     with RunLogger("ssp-avs", "pipeline", parent_run_id="") as parent:
-        env = server_env(MLFLOW_TRACKING_URI=url, SSP_MLFLOW_PARENT_RUN_ID=parent.run_id, DVC_STAGE="train_stage1",
-                         OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-        command = [PY, "-m", "ssp.ops.launch", "--params", str(params), "--", "train", "--stage", "1",
-                   "--data", str(bench["data"]), "--out", str(tmp_path / "run"), "--params", str(params),
-                   "--logmel", str(bench["logmel"]), "--row", "aavs", "--no-progress",
-                   *[arg for s in TINY_TRAINING for arg in ("--set", s)]]
+        env = server_env(
+            MLFLOW_TRACKING_URI=url,
+            SSP_MLFLOW_PARENT_RUN_ID=parent.run_id,
+            DVC_STAGE="train_stage1",
+            OMP_NUM_THREADS="1",
+            TQDM_DISABLE="1",
+        )
+        command = [
+            PY,
+            "-m",
+            "ssp.ops.launch",
+            "--params",
+            str(params),
+            "--",
+            "train",
+            "--stage",
+            "1",
+            "--data",
+            str(bench["data"]),
+            "--out",
+            str(tmp_path / "run"),
+            "--params",
+            str(params),
+            "--logmel",
+            str(bench["logmel"]),
+            "--row",
+            "aavs",
+            "--no-progress",
+            *[arg for s in TINY_TRAINING for arg in ("--set", s)],
+        ]
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -314,12 +396,13 @@ def make_dvc_project(root: Path, work_pool: str) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=root, check=True)
     (root / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": 4}, "pipeline": {"work_pool": work_pool}}))
-    make_data = "import yaml; n = yaml.safe_load(open('params.yaml'))['data']['classes']; open('data.txt', 'w').write('x' * n)"
+    make_data = (
+        "import yaml; n = yaml.safe_load(open('params.yaml'))['data']['classes']; open('data.txt', 'w').write('x' * n)"
+    )
     score = "import json; json.dump({'score': len(open('data.txt').read())}, open('score.json', 'w'))"
     stages = {
         "synth": {"cmd": f'{PY} -c "{make_data}"', "params": ["data"], "outs": ["data.txt"]},
-        "train": {"cmd": f'{PY} -c "{score}"', "deps": ["data.txt"],
-                  "metrics": [{"score.json": {"cache": False}}]},
+        "train": {"cmd": f'{PY} -c "{score}"', "deps": ["data.txt"], "metrics": [{"score.json": {"cache": False}}]},
     }
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
@@ -342,7 +425,10 @@ def prefect_server(postgres, tmp_path):
         "prefect-server",
         # the API only: schedules and the other loop services are not what this checks
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
-        log=tmp_path / "prefect-server.log", port=port, env=env, cwd=tmp_path,
+        log=tmp_path / "prefect-server.log",
+        port=port,
+        env=env,
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
@@ -374,25 +460,50 @@ def test_retrain_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     # unset, the pull step keeps the placeholder and each worker resolves its own
     deploy_env = {k: v for k, v in env.items() if k != "SSP_PROJECT_DIR"}
     deploy = subprocess.run(
-        [PY, str(ROOT / "infra/prefect/deploy.py"), "--params-file", str(project / "params.yaml"),
-         "--name", "retrain", "--flow-params", json.dumps({"project_dir": str(project)})],
-        env=deploy_env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        [
+            PY,
+            str(ROOT / "infra/prefect/deploy.py"),
+            "--params-file",
+            str(project / "params.yaml"),
+            "--name",
+            "retrain",
+            "--flow-params",
+            json.dumps({"project_dir": str(project)}),
+        ],
+        env=deploy_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert deploy.returncode == 0, deploy.stdout + deploy.stderr
     api = httpx.Client(base_url=prefect_server["url"], timeout=30)
     deployment = api.get("/deployments/name/retrain/retrain").json()
     assert deployment["work_pool_name"] == pool
     assert deployment["parameters"] == {"project_dir": str(project)}
-    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] \
+    assert (
+        deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
         == "{{ $SSP_PROJECT_DIR }}"
+    )
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
     assert api.get(f"/work_pools/{pool}").json()["type"] == "process"
 
-    worker = Service("prefect-worker", [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "1"],
-                     log=tmp_path / "worker.log", env=env, cwd=tmp_path)
+    worker = Service(
+        "prefect-worker",
+        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--limit", "1"],
+        log=tmp_path / "worker.log",
+        env=env,
+        cwd=tmp_path,
+    )
     try:
-        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "retrain/retrain"],
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "retrain/retrain"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stdout + run.stderr
         flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", run.stdout).group(1)
 
@@ -450,8 +561,9 @@ def test_compose_file_validates():
     if compose is None:
         pytest.skip("no docker client with the compose plugin (`docker compose`) or docker-compose v2 here")
     files = ["-f", str(ROOT / "infra/docker-compose.yml"), "-f", str(ROOT / "infra/docker-compose.gpu.yml")]
-    out = subprocess.run([*compose, *files, "config", "--format", "json"],
-                         env=example_env(), capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [*compose, *files, "config", "--format", "json"], env=example_env(), capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     services = json.loads(out.stdout)["services"]
     long_running = {"postgres", "objectstore", "mlflow", "prefect-server", "prefect-worker"}
@@ -469,8 +581,13 @@ def test_compose_file_validates():
     # a required secret left unset is an error, not an empty password
     env = example_env()
     del env["POSTGRES_PASSWORD"]
-    missing = subprocess.run([*compose, "-f", str(ROOT / "infra/docker-compose.yml"), "config", "-q"],
-                             env=env, capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*compose, "-f", str(ROOT / "infra/docker-compose.yml"), "config", "-q"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
 
 

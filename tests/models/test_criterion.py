@@ -155,7 +155,8 @@ def test_post_mask_recall_form_penalises_only_missing_m_post(stage):
     losses = criterion(output, batch)
     m_post = ((batch["flow_mask"] > 0) & (batch["masks"] > 0)).float()
     expected = 10.0 * criterion.post_mask_recall_loss(
-        foreground_probability(output.class_logits, output.mask_logits, stage=stage), m_post)
+        foreground_probability(output.class_logits, output.mask_logits, stage=stage), m_post
+    )
     assert losses["loss_post"] > 0 and torch.allclose(losses["loss_post"], expected)
     recall = tiny_config(stage, None, pre_mask=True, post_mask=True, post_mask_form="recall")
     assert SSPModel(recall).post_mask_head is None
@@ -277,11 +278,14 @@ def test_batched_matcher_costs_and_assignment_equal_transformers(monkeypatch):
     for i, cost in enumerate(costs):
         coords = points[i : i + 1]
         pred = hf.sample_point(masks[i][:, None], coords.repeat(len(masks[i]), 1, 1), align_corners=False).squeeze(1)
-        target = hf.sample_point(mask_labels[i][:, None], coords.repeat(len(mask_labels[i]), 1, 1),
-                                 align_corners=False).squeeze(1)
-        expected = (5.0 * hf.pair_wise_sigmoid_cross_entropy_loss(pred, target)
-                    + 2.0 * -classes[i].softmax(-1)[:, class_labels[i]]
-                    + 5.0 * hf.pair_wise_dice_loss(pred, target))
+        target = hf.sample_point(
+            mask_labels[i][:, None], coords.repeat(len(mask_labels[i]), 1, 1), align_corners=False
+        ).squeeze(1)
+        expected = (
+            5.0 * hf.pair_wise_sigmoid_cross_entropy_loss(pred, target)
+            + 2.0 * -classes[i].softmax(-1)[:, class_labels[i]]
+            + 5.0 * hf.pair_wise_dice_loss(pred, target)
+        )
         assert cost.shape == (6, len(class_labels[i]))
         torch.testing.assert_close(cost, expected, rtol=1e-5, atol=1e-5)
 
@@ -316,11 +320,14 @@ def test_stacked_layers_equal_transformers_auxiliary_sum(stage, monkeypatch):
 
     hf_loss = Mask2FormerLoss(build_mask2former_config(config), weight_dict=criterion.weights)
     mask_labels, class_labels = criterion.targets(batch["masks"])
-    parts = hf_loss(output.mask_logits, output.class_logits, mask_labels, class_labels,
-                    auxiliary_predictions=[{"class_queries_logits": c, "masks_queries_logits": m}
-                                           for c, m in output.aux_outputs])
+    parts = hf_loss(
+        output.mask_logits,
+        output.class_logits,
+        mask_labels,
+        class_labels,
+        auxiliary_predictions=[{"class_queries_logits": c, "masks_queries_logits": m} for c, m in output.aux_outputs],
+    )
     assert len(parts) == 3 * config.decoder_layers
-    for ours_key, hf_key in (("loss_ce", "loss_cross_entropy"), ("loss_mask", "loss_mask"),
-                             ("loss_dice", "loss_dice")):
+    for ours_key, hf_key in (("loss_ce", "loss_cross_entropy"), ("loss_mask", "loss_mask"), ("loss_dice", "loss_dice")):
         expected = sum(v for k, v in parts.items() if k.startswith(hf_key)) * criterion.weights[hf_key]
         assert ours[ours_key].item() == pytest.approx(expected.item(), rel=1e-5), ours_key

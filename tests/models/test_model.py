@@ -62,7 +62,8 @@ def test_every_ablation_row_shapes_and_gradients(stage, row, tiny_text_model):
     optimizer.zero_grad()
     criterion(model(make_batch(stage, seed=1)), make_batch(stage, seed=1))["loss"].backward()
     no_gradient = [
-        name for name, p in model.named_parameters()
+        name
+        for name, p in model.named_parameters()
         if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0)
     ]
     assert no_gradient == []
@@ -181,8 +182,14 @@ def test_stepping_stone_injection_by_hand(monkeypatch):
     stone[:, :, SIZE // 2 :] = 1.0
     # positional prompts: silence where <=0.4, audio where >=0.6, uncertain in between
     prompt = module._stone_prompt(torch.tensor([[[0.2, 0.5], [0.8, 0.4]]]), (2, 2))  # HW×N×D
-    expected = torch.stack([module.silence_embed.weight[0], module.uncertain_embed.weight[0],
-                            module.audio_embed.weight[0], module.silence_embed.weight[0]])
+    expected = torch.stack(
+        [
+            module.silence_embed.weight[0],
+            module.uncertain_embed.weight[0],
+            module.audio_embed.weight[0],
+            module.silence_embed.weight[0],
+        ]
+    )
     assert torch.allclose(prompt[:, 0], expected)
 
     seen = {}
@@ -217,13 +224,29 @@ def test_transformers_seam():
 
     assert transformers.__version__ == TRANSFORMERS_VERSION, "re-check ssp/models/mask2former.py against it"
     layer_params = list(inspect.signature(upstream.Mask2FormerMaskedAttentionDecoderLayer.forward).parameters)
-    assert layer_params[:7] == ["self", "hidden_states", "level_index", "attention_mask", "position_embeddings",
-                                "query_position_embeddings", "encoder_hidden_states"]
+    assert layer_params[:7] == [
+        "self",
+        "hidden_states",
+        "level_index",
+        "attention_mask",
+        "position_embeddings",
+        "query_position_embeddings",
+        "encoder_hidden_states",
+    ]
     assert "encoder_attention_mask" in layer_params
     assert list(inspect.signature(upstream.Mask2FormerMaskPredictor.forward).parameters) == [
-        "self", "outputs", "pixel_embeddings", "attention_mask_target_size"]
+        "self",
+        "outputs",
+        "pixel_embeddings",
+        "attention_mask_target_size",
+    ]
     assert list(inspect.signature(upstream.Mask2FormerSinePositionEmbedding.forward).parameters) == [
-        "self", "shape", "device", "dtype", "mask"]
+        "self",
+        "shape",
+        "device",
+        "dtype",
+        "mask",
+    ]
 
     config = SSPConfig.tiny(stage=1)
     m2f = build_mask2former_config(config)
@@ -231,8 +254,15 @@ def test_transformers_seam():
     ours = AudioAwareTransformerModule(config.hidden_dim, m2f, stepping_stone=False)
     init_mask2former_weights(ours, m2f)
     theirs = upstream.Mask2FormerTransformerModule(config.hidden_dim, m2f)
-    for attribute in ("position_embedder", "queries_embedder", "queries_features", "input_projections",
-                      "level_embed", "decoder", "num_feature_levels"):
+    for attribute in (
+        "position_embedder",
+        "queries_embedder",
+        "queries_features",
+        "input_projections",
+        "level_embed",
+        "decoder",
+        "num_feature_levels",
+    ):
         assert hasattr(theirs, attribute)
     for attribute in ("layers", "layernorm", "mask_predictor", "num_feature_levels", "layerdrop"):
         assert hasattr(theirs.decoder, attribute)
@@ -255,7 +285,12 @@ def test_transformers_seam():
     fields = upstream.Mask2FormerPixelDecoderOutput.__dataclass_fields__
     assert "mask_features" in fields and "multi_scale_features" in fields
     assert set(inspect.signature(upstream.Mask2FormerLoss.forward).parameters) >= {
-        "masks_queries_logits", "class_queries_logits", "mask_labels", "class_labels", "auxiliary_predictions"}
+        "masks_queries_logits",
+        "class_queries_logits",
+        "mask_labels",
+        "class_labels",
+        "auxiliary_predictions",
+    }
 
 
 def test_paper_preset_and_hf_parameter_names(tmp_path):
@@ -285,8 +320,11 @@ def test_paper_preset_and_hf_parameter_names(tmp_path):
     m2f.backbone_config = SwinConfig(image_size=128, out_features=stages, **small_swin)
     reference = set(Mask2FormerModel(m2f).state_dict())
     ours = {k for k in model.state_dict() if k.startswith(("pixel_level_module.", "transformer_module."))}
-    additions = {k for k in ours if "_embed.weight" in k and k.split(".")[1] in
-                 ("silence_embed", "uncertain_embed", "audio_embed")}
+    additions = {
+        k
+        for k in ours
+        if "_embed.weight" in k and k.split(".")[1] in ("silence_embed", "uncertain_embed", "audio_embed")
+    }
     assert ours - additions == reference
 
     # A Hugging Face Mask2Former checkpoint (AVSS head: 71 classes, 100 queries) loads as is.
@@ -389,8 +427,7 @@ def test_config_round_trip_and_validation():
     # checkpoints saved before post_mask_form existed were trained with the head form
     older = {k: v for k, v in config.to_dict().items() if k != "post_mask_form"}
     assert config.post_mask_form == "recall" and SSPConfig.from_dict(older).post_mask_form == "head"
-    assert set(TABLE2) == {"aavs", "pre_mask", "pre_mask_post_mask", "text_att", "text_vta",
-                                  "pre_mask_vta", "full"}
+    assert set(TABLE2) == {"aavs", "pre_mask", "pre_mask_post_mask", "text_att", "text_vta", "pre_mask_vta", "full"}
     assert TABLE2["full"].switches == {"pre_mask": True, "text": "vta", "post_mask": True}
 
 

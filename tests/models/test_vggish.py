@@ -20,15 +20,24 @@ from tests.avsbench_fixtures import tone
 # The layout of torchvggish's vggish-10086976.pth (harritaylor/torchvggish), written out
 # independently of the module: conv layers at features.{0,3,6,8,11,13}, fc at embeddings.{0,2,4}.
 TORCHVGGISH_SHAPES = {
-    "features.0.weight": (64, 1, 3, 3), "features.0.bias": (64,),
-    "features.3.weight": (128, 64, 3, 3), "features.3.bias": (128,),
-    "features.6.weight": (256, 128, 3, 3), "features.6.bias": (256,),
-    "features.8.weight": (256, 256, 3, 3), "features.8.bias": (256,),
-    "features.11.weight": (512, 256, 3, 3), "features.11.bias": (512,),
-    "features.13.weight": (512, 512, 3, 3), "features.13.bias": (512,),
-    "embeddings.0.weight": (4096, 12288), "embeddings.0.bias": (4096,),
-    "embeddings.2.weight": (4096, 4096), "embeddings.2.bias": (4096,),
-    "embeddings.4.weight": (128, 4096), "embeddings.4.bias": (128,),
+    "features.0.weight": (64, 1, 3, 3),
+    "features.0.bias": (64,),
+    "features.3.weight": (128, 64, 3, 3),
+    "features.3.bias": (128,),
+    "features.6.weight": (256, 128, 3, 3),
+    "features.6.bias": (256,),
+    "features.8.weight": (256, 256, 3, 3),
+    "features.8.bias": (256,),
+    "features.11.weight": (512, 256, 3, 3),
+    "features.11.bias": (512,),
+    "features.13.weight": (512, 512, 3, 3),
+    "features.13.bias": (512,),
+    "embeddings.0.weight": (4096, 12288),
+    "embeddings.0.bias": (4096,),
+    "embeddings.2.weight": (4096, 4096),
+    "embeddings.2.bias": (4096,),
+    "embeddings.4.weight": (128, 4096),
+    "embeddings.4.bias": (128,),
 }
 
 
@@ -39,8 +48,11 @@ def torchvggish_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
     state = {}
     for key, shape in TORCHVGGISH_SHAPES.items():
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
-        state[key] = torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5 if len(shape) > 1 \
+        state[key] = (
+            torch.randn(shape, generator=gen) * (2.0 / fan_in) ** 0.5
+            if len(shape) > 1
             else torch.randn(shape, generator=gen) * 0.01
+        )
     path = tmp_path_factory.mktemp("vggish") / "vggish-random.pth"
     torch.save(state, path)
     return path, state

@@ -45,15 +45,29 @@ def test_one_process_runs_the_plain_cli():
 
 def test_defaults_when_params_have_no_train_section():
     assert launch_config(None, env={}) == launch_config(LaunchParams(), env={})
-    assert training_command(["train"], launch_config(None, env={}), python="python3") == ["python3", "-m", "ssp.cli", "train"]
+    assert training_command(["train"], launch_config(None, env={}), python="python3") == [
+        "python3",
+        "-m",
+        "ssp.cli",
+        "train",
+    ]
 
 
 def test_several_gpus_on_one_machine_use_a_standalone_rendezvous():
     config = launch_config(LaunchParams(gpus=4), env={})
     assert config.distributed and config.world_size == 4
     assert training_command(["train", "--stage", "2"], config) == [
-        *TORCHRUN, "--nproc-per-node", "4", "--standalone", "--nnodes", "1",
-        "-m", "ssp.cli", "train", "--stage", "2",
+        *TORCHRUN,
+        "--nproc-per-node",
+        "4",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "-m",
+        "ssp.cli",
+        "train",
+        "--stage",
+        "2",
     ]
 
 
@@ -62,9 +76,22 @@ def test_several_nodes_meet_at_the_c10d_rendezvous():
     config = launch_config(LaunchParams(**params["train"]), env={})
     assert config.world_size == 16
     assert training_command(["train"], config) == [
-        *TORCHRUN, "--nproc-per-node", "8", "--nnodes", "2", "--rdzv-backend", "c10d",
-        "--rdzv-endpoint", "head:29400", "--rdzv-id", "job7", "--max-restarts", "3",
-        "-m", "ssp.cli", "train",
+        *TORCHRUN,
+        "--nproc-per-node",
+        "8",
+        "--nnodes",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "head:29400",
+        "--rdzv-id",
+        "job7",
+        "--max-restarts",
+        "3",
+        "-m",
+        "ssp.cli",
+        "train",
     ]
 
 
@@ -78,11 +105,18 @@ def test_static_rendezvous_passes_this_nodes_rank_from_the_environment():
 
 def test_environment_overrides_params_and_empty_variables_do_not():
     params = {"train": {"gpus": 1, "nodes": 1, "rdzv_endpoint": "a:1"}}
-    env = {"SSP_GPUS": "2", "SSP_NODES": "4", "SSP_NODE_RANK": "3", "SSP_RDZV_ENDPOINT": "b:2",
-           "SSP_RDZV_ID": "", "SSP_MAX_RESTARTS": "1"}
+    env = {
+        "SSP_GPUS": "2",
+        "SSP_NODES": "4",
+        "SSP_NODE_RANK": "3",
+        "SSP_RDZV_ENDPOINT": "b:2",
+        "SSP_RDZV_ID": "",
+        "SSP_MAX_RESTARTS": "1",
+    }
     config = launch_config(LaunchParams(**params["train"]), env=env)
-    assert config == LaunchConfig(gpus=2, nodes=4, node_rank=3, rdzv_endpoint="b:2", rdzv_id="ssp", rdzv_backend="c10d",
-                                   max_restarts=1)
+    assert config == LaunchConfig(
+        gpus=2, nodes=4, node_rank=3, rdzv_endpoint="b:2", rdzv_id="ssp", rdzv_backend="c10d", max_restarts=1
+    )
 
 
 def test_gpus_auto_counts_visible_gpus(monkeypatch):
@@ -112,24 +146,44 @@ def test_cli_dry_run_prints_the_command(tmp_path):
     params.write_text(yaml.safe_dump({"train": {"gpus": 2}}))
     out = subprocess.run(
         [PY, "-m", "ssp.ops.launch", "--params", str(params), "--dry-run", "--", "train", "--stage", "1"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    assert out.stdout.split() == [*TORCHRUN, "--nproc-per-node", "2", "--standalone", "--nnodes", "1",
-                                  "-m", "ssp.cli", "train", "--stage", "1"]
+    assert out.stdout.split() == [
+        *TORCHRUN,
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "-m",
+        "ssp.cli",
+        "train",
+        "--stage",
+        "1",
+    ]
     # --set wins over the file
     out = subprocess.run(
         [PY, "-m", "ssp.ops.launch", "--params", str(params), "--set", "train.gpus=1", "--dry-run", "train"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert out.stdout.split() == [PY, "-m", "ssp.cli", "train"]
 
 
 def test_cli_runs_the_command_in_place_and_keeps_its_exit_status(tmp_path):
-    ok = subprocess.run([PY, "-m", "ssp.ops.launch", "--params", str(tmp_path / "none.yaml"), "--", "--version"],
-                        capture_output=True, text=True, cwd=tmp_path)
+    ok = subprocess.run(
+        [PY, "-m", "ssp.ops.launch", "--params", str(tmp_path / "none.yaml"), "--", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert ok.returncode == 0 and ok.stdout.startswith("ssp ")
-    bad = subprocess.run([PY, "-m", "ssp.ops.launch", "--", "no-such-command"], capture_output=True, text=True,
-                         cwd=tmp_path)
+    bad = subprocess.run(
+        [PY, "-m", "ssp.ops.launch", "--", "no-such-command"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
     nothing = subprocess.run([PY, "-m", "ssp.ops.launch"], capture_output=True, text=True, cwd=tmp_path)
     assert nothing.returncode == 2 and "nothing to launch" in nothing.stderr
@@ -142,8 +196,14 @@ def _worker_lines(output: str) -> list[str]:
 def test_torchrun_starts_two_processes_on_one_machine(tmp_path):
     (tmp_path / "show_rank.py").write_text(SHOW_RANK)
     command = training_command(["x"], launch_config(LaunchParams(gpus=2), env={}), module="show_rank")
-    out = subprocess.run(command, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert _worker_lines(out.stdout) == [
         "worker RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=0 x",
@@ -158,8 +218,16 @@ def test_torchrun_nodes_meet_at_a_c10d_rendezvous(tmp_path):
     nodes = []
     for _ in range(2):  # two "machines", each one process
         config = launch_config(LaunchParams(nodes=2, rdzv_endpoint=endpoint, rdzv_id="t"), env={})
-        nodes.append(subprocess.Popen(training_command(["y"], config, module="show_rank"), cwd=tmp_path, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        nodes.append(
+            subprocess.Popen(
+                training_command(["y"], config, module="show_rank"),
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for p in nodes:
@@ -171,5 +239,7 @@ def test_torchrun_nodes_meet_at_a_c10d_rendezvous(tmp_path):
                 p.wait()
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(outputs)
     lines = _worker_lines("\n".join(outputs))
-    assert lines == ["worker RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=0 y",
-                     "worker RANK=1 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=1 y"]
+    assert lines == [
+        "worker RANK=0 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=0 y",
+        "worker RANK=1 LOCAL_RANK=0 WORLD_SIZE=2 GROUP_RANK=1 y",
+    ]

@@ -100,10 +100,19 @@ def test_dvc_exp_run_with_the_paper_profile_records_the_paper_values(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*env_git, "add", "-A"], cwd=tmp_path, check=True)
     subprocess.run([*env_git, "commit", "-qm", "x"], cwd=tmp_path, check=True)
-    subprocess.run([DVC, "exp", "run", "-S", "profile=paper", "--queue", "--name", "paper"], cwd=tmp_path,
-                   check=True, capture_output=True)
-    shown = subprocess.run([DVC, "exp", "show", "--csv", "--keep", r"^(profile|model\.size|train2\.epochs)$",
-                            "--drop", ".*"], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+    subprocess.run(
+        [DVC, "exp", "run", "-S", "profile=paper", "--queue", "--name", "paper"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    shown = subprocess.run(
+        [DVC, "exp", "show", "--csv", "--keep", r"^(profile|model\.size|train2\.epochs)$", "--drop", ".*"],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     rows = [line.split(",") for line in shown.strip().splitlines()]
     header = rows[0]
     values = {tuple(r[header.index(k)] for k in ("profile", "model.size", "train2.epochs")) for r in rows[1:]}

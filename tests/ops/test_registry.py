@@ -44,8 +44,15 @@ def store(mlflow_store, tmp_path, monkeypatch):
 def test_champion_moves_only_to_a_better_version(checkpoints, store):
     from ssp.ops.tracking import get_client
 
-    first = register_checkpoint(None, checkpoints["a"], 2, 0.40, params={"train2": {"lr": 0.001}},
-                                data_hash="files:abc", class_names=["background", "dog"])
+    first = register_checkpoint(
+        None,
+        checkpoints["a"],
+        2,
+        0.40,
+        params={"train2": {"lr": 0.001}},
+        data_hash="files:abc",
+        class_names=["background", "dog"],
+    )
     assert (first.name, first.version, first.champion, first.previous_champion) == ("ssp-avss", 1, True, None)
     worse = register_checkpoint(first.run_id, checkpoints["b"], 2, 0.35)
     assert (worse.version, worse.champion, worse.previous_champion) == (2, False, 1)
@@ -121,8 +128,20 @@ def test_register_cli_on_a_run_folder(checkpoints, store, tmp_path, capsys):
     (data / "metadata.csv").write_text("vid,uid,s_min,s_sec,a_obj,split,label\n")
     parser = argparse.ArgumentParser()
     registry.add_arguments(parser)
-    args = parser.parse_args(["--run-dir", str(run_dir), "--stage", "1", "--data", str(data),
-                              "--params", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "registered.json")])
+    args = parser.parse_args(
+        [
+            "--run-dir",
+            str(run_dir),
+            "--stage",
+            "1",
+            "--data",
+            str(data),
+            "--params",
+            str(tmp_path / "none.yaml"),
+            "--out",
+            str(tmp_path / "registered.json"),
+        ]
+    )
     assert registry.main(args) == 0
     assert "ssp-avs version 1 (val_miou=0.6100): now @champion" in capsys.readouterr().out
     record = json.loads((tmp_path / "registered.json").read_text())

@@ -127,8 +127,13 @@ def tiny_perceiver_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = PerceiverConfig(
-        num_latents=8, d_latents=16, num_blocks=1, num_self_attends_per_block=1,
-        num_self_attention_heads=1, num_cross_attention_heads=1, train_size=[24, 32],
+        num_latents=8,
+        d_latents=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=1,
+        num_cross_attention_heads=1,
+        train_size=[24, 32],
     )
     path = tmp_path_factory.mktemp("perceiver") / "tiny-perceiver-flow"
     PerceiverForOpticalFlow(config).save_pretrained(path)
@@ -162,8 +167,9 @@ def test_perceiver_tiles_cover_the_frame_and_blend_to_the_model_output(tiny_perc
             return type("Output", (), {"logits": logits})()
 
     estimator = PerceiverFlow.__new__(PerceiverFlow)
-    estimator.__dict__.update(tile=(24, 32), min_overlap=8, flow_scale=20.0, batch_size=2, device="cpu",
-                              model=ConstantModel())
+    estimator.__dict__.update(
+        tile=(24, 32), min_overlap=8, flow_scale=20.0, batch_size=2, device="cpu", model=ConstantModel()
+    )
     a, b = shifted_pair(40, 70, 0, 0)
     (flow,) = estimator([a], [b])
     np.testing.assert_allclose(flow[..., 0], 2.0, rtol=1e-6)
@@ -282,8 +288,10 @@ def test_min_magnitude_keeps_still_frames_empty_and_cleanup_removes_specks():
     assert np.array_equal(cleaned, expected)
 
 
-@pytest.mark.parametrize("rule, value", [("fixed", None), ("fixed", -1.0), ("fraction_of_max", 1.5),
-                                         ("fraction_of_max", 0.0), ("median", 1.0)])
+@pytest.mark.parametrize(
+    "rule, value",
+    [("fixed", None), ("fixed", -1.0), ("fraction_of_max", 1.5), ("fraction_of_max", 0.0), ("median", 1.0)],
+)
 def test_bad_threshold_rules_are_user_errors(rule, value):
     with pytest.raises(SSPError):
         FlowStageConfig(FlowParams(rule=rule, value=value))
@@ -320,10 +328,14 @@ SQUARE = (slice(24, 48), slice(10, 34))  # where the moving square starts (rows,
 def write_flow_dataset(root: Path) -> dict[str, Path]:
     """Two videos in the AVSBench-semantic layout: a textured square sliding right by
     4 px per frame over a still textured background, and a video where nothing moves."""
-    write_semantic_dataset(root, videos=[
-        {"uid": "moving", "subset": "v1m", "split": "train"},
-        {"uid": "still", "subset": "v1s", "split": "test"},
-    ], size=(72, 96))
+    write_semantic_dataset(
+        root,
+        videos=[
+            {"uid": "moving", "subset": "v1m", "split": "train"},
+            {"uid": "still", "subset": "v1s", "split": "test"},
+        ],
+        size=(72, 96),
+    )
     dirs = {r.uid: r.root / r.rel_dir for r in load_records(root)}
     background = textured_canvas(72, 96, seed=1)
     square = textured_canvas(24, 24, seed=2)
@@ -341,8 +353,17 @@ def output_files(out: Path) -> dict[str, int]:
 
 def flow_cli(tmp_path: Path, *args: str) -> int:
     """``ssp flow DATA --out FLOW`` with the params defaults (no params file) and ``args``."""
-    return ssp_main(["flow", str(tmp_path / "data"), "--out", str(tmp_path / "flow"),
-                     "--params", str(tmp_path / "no-params.yaml"), *args])
+    return ssp_main(
+        [
+            "flow",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "flow"),
+            "--params",
+            str(tmp_path / "no-params.yaml"),
+            *args,
+        ]
+    )
 
 
 def test_flow_stage_writes_masks_and_magnitudes_then_skips(tmp_path):

@@ -25,8 +25,14 @@ FPS = 25
 TONE_HZ = 440.0
 
 
-def write_video(path: Path, seconds: float = 3, fps: int = FPS, audio: bool = True,
-                audio_seconds: float | None = None, codec: str = "libx264") -> Path:
+def write_video(
+    path: Path,
+    seconds: float = 3,
+    fps: int = FPS,
+    audio: bool = True,
+    audio_seconds: float | None = None,
+    codec: str = "libx264",
+) -> Path:
     n_frames = int(round(seconds * fps))
     rate = 44_100
     with av.open(str(path), "w") as container:
@@ -47,7 +53,7 @@ def write_video(path: Path, seconds: float = 3, fps: int = FPS, audio: bool = Tr
             t = np.arange(int(rate * (seconds if audio_seconds is None else audio_seconds))) / rate
             tone = (0.5 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
             for start in range(0, tone.size, 1024):
-                chunk = np.ascontiguousarray(np.stack([tone[start:start + 1024]] * 2))
+                chunk = np.ascontiguousarray(np.stack([tone[start : start + 1024]] * 2))
                 frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
                 frame.sample_rate, frame.pts = rate, start
                 for packet in sound.encode(frame):

@@ -25,8 +25,14 @@ def make_record(root: Path, uid: str, seconds: float, num_frames: int) -> VideoR
     audio = folder / "audio.wav"
     sf.write(audio, tone(400 + 100 * num_frames, seconds), SR, subtype="PCM_16")
     return VideoRecord(
-        uid=uid, subset="v2", split="train", category="dog", root=root, rel_dir=rel_dir,
-        frame_paths=[folder / "frames" / f"{i}.jpg" for i in range(num_frames)], audio_path=audio,
+        uid=uid,
+        subset="v2",
+        split="train",
+        category="dog",
+        root=root,
+        rel_dir=rel_dir,
+        frame_paths=[folder / "frames" / f"{i}.jpg" for i in range(num_frames)],
+        audio_path=audio,
         mask_paths=[None] * num_frames,
     )
 
@@ -53,10 +59,13 @@ def test_logmel_stage_writes_skips_and_reports(tmp_path):
 
 
 def test_ssp_logmel_cli_on_an_avsbench_dataset(tmp_path):
-    root = write_semantic_dataset(tmp_path / "avsbench", videos=[
-        {"uid": "s4_dog", "subset": "v1s", "split": "train", "objects": ["dog"]},
-        {"uid": "v2_car", "subset": "v2", "split": "val", "objects": ["car"]},
-    ])
+    root = write_semantic_dataset(
+        tmp_path / "avsbench",
+        videos=[
+            {"uid": "s4_dog", "subset": "v1s", "split": "train", "objects": ["dog"]},
+            {"uid": "v2_car", "subset": "v2", "split": "val", "objects": ["car"]},
+        ],
+    )
     out = tmp_path / "logmel"
     assert ssp_main(["logmel", str(root), "--out", str(out)]) == 0
     records = load_records(root)

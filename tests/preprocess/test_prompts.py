@@ -31,9 +31,7 @@ from ssp.preprocess.prompts.questions import (
 from ssp.preprocess.prompts.stage import PromptsConfig, build_backend, run_prompts
 from tests.avsbench_fixtures import write_semantic_dataset
 
-VIDEOS = [
-    {"uid": f"vid{i}", "subset": "v1m", "split": "train", "objects": ["dog"]} for i in range(4)
-]
+VIDEOS = [{"uid": f"vid{i}", "subset": "v1m", "split": "train", "objects": ["dog"]} for i in range(4)]
 
 
 @pytest.fixture
@@ -58,30 +56,40 @@ def test_questions_are_the_papers():
     assert QUESTION_1_VARIANTS["c"].endswith('with a format of "A NOUN VERB NOUN".')
     assert "NOUN word that potentially produce sound" in QUESTION_2
     versions = {Questions.from_variant(v).version for v in "abcd"}
-    assert len(versions) == 4                      # each variant has its own cache
+    assert len(versions) == 4  # each variant has its own cache
     with pytest.raises(SSPError, match="unknown question variant"):
         Questions.from_variant("e")
 
 
-@pytest.mark.parametrize("answer, nouns", [
-    ("piano, microphone, man.", ["piano", "microphone", "man"]),
-    ("The piano and a man", ["piano", "man"]),
-    ("Piano, piano, PIANO!", ["piano"]),
-    ("Answer2: a dog; the cat\n- bird", ["dog", "cat", "bird"]),
-    ("The sound-producing objects are: an electric guitar and drums.", ["electric guitar", "drums"]),
-    ("piano, guitar, and man", ["piano", "guitar", "man"]),
-    ("1. violin\n2. \"The Cello\"", ["violin", "cello"]),
-    ("piano keyboard", ["piano keyboard"]),
-    ("", []),
-    (" , and . ", []),
-])
+@pytest.mark.parametrize(
+    "answer, nouns",
+    [
+        ("piano, microphone, man.", ["piano", "microphone", "man"]),
+        ("The piano and a man", ["piano", "man"]),
+        ("Piano, piano, PIANO!", ["piano"]),
+        ("Answer2: a dog; the cat\n- bird", ["dog", "cat", "bird"]),
+        ("The sound-producing objects are: an electric guitar and drums.", ["electric guitar", "drums"]),
+        ("piano, guitar, and man", ["piano", "guitar", "man"]),
+        ('1. violin\n2. "The Cello"', ["violin", "cello"]),
+        ("piano keyboard", ["piano keyboard"]),
+        ("", []),
+        (" , and . ", []),
+    ],
+)
 def test_parse_nouns(answer, nouns):
     assert parse_nouns(answer) == nouns
 
 
-@pytest.mark.parametrize("n, k, expected", [
-    (5, 4, [0, 1, 3, 4]), (10, 4, [0, 3, 6, 9]), (5, 1, [2]), (3, 8, [0, 1, 2]), (5, 5, [0, 1, 2, 3, 4]),
-])
+@pytest.mark.parametrize(
+    "n, k, expected",
+    [
+        (5, 4, [0, 1, 3, 4]),
+        (10, 4, [0, 3, 6, 9]),
+        (5, 1, [2]),
+        (3, 8, [0, 1, 2]),
+        (5, 5, [0, 1, 2, 3, 4]),
+    ],
+)
 def test_sample_frame_indices(n, k, expected):
     assert sample_frame_indices(n, k) == expected
 
@@ -131,8 +139,12 @@ def test_stage_writes_prompts_and_rerun_does_nothing(dataset, tmp_path):
     assert (summary.videos, summary.asked, summary.written) == (4, 8, 4)
     p = read_prompts(out, records[0])
     assert p == {
-        "a1": "A dog barks in vid0.", "a2": ["dog", "ball"], "a2_raw": "The dog, a ball and the dog.",
-        "backend": "fake", "model": "fake-model", "question_variant": "d",
+        "a1": "A dog barks in vid0.",
+        "a2": ["dog", "ball"],
+        "a2_raw": "The dog, a ball and the dog.",
+        "backend": "fake",
+        "model": "fake-model",
+        "question_variant": "d",
         "questions": {"q1": QUESTION_1_VARIANTS["d"], "q2": QUESTION_2},
     }
     q = Questions.from_variant("d")
@@ -153,12 +165,12 @@ def test_stage_writes_prompts_and_rerun_does_nothing(dataset, tmp_path):
 def test_killed_run_resumes_without_reasking(dataset, tmp_path):
     out = tmp_path / "prompts"
     records = records_of(dataset)
-    dying = FakeBackend(die_after=3)     # vid0 Q1+Q2, vid1 Q1, then killed during vid1 Q2
+    dying = FakeBackend(die_after=3)  # vid0 Q1+Q2, vid1 Q1, then killed during vid1 Q2
     with pytest.raises(KeyboardInterrupt):
         run_prompts(records, dying, PromptsConfig(out, "d"))
     assert (out / records[0].rel_dir / "prompts.json").is_file()
     assert not (out / records[1].rel_dir / "prompts.json").exists()
-    assert not list(out.rglob("*.tmp*"))          # no half-written file
+    assert not list(out.rglob("*.tmp*"))  # no half-written file
 
     resumed = FakeBackend()
     summary = run_prompts(records, resumed, PromptsConfig(out, "d"))
@@ -194,7 +206,7 @@ def test_question_variant_changes_the_question_and_the_cache(dataset, tmp_path):
     for variant in "abcd":
         backend = FakeBackend()
         run_prompts(records, backend, PromptsConfig(out_dir=out, question_variant=variant))
-        assert backend.q1_seen == [QUESTION_1_VARIANTS[variant]]      # a new variant is asked again
+        assert backend.q1_seen == [QUESTION_1_VARIANTS[variant]]  # a new variant is asked again
         assert read_prompts(out, records[0])["question_variant"] == variant
 
 
@@ -257,25 +269,36 @@ def test_cli_scene_on_generated_data(synth_dataset, tmp_path):
     out = tmp_path / "p"
     params = tmp_path / "params.yaml"
     params.write_text("prompts:\n  backend: scene\n  quality: 0.5\n")
-    argv = ["prompts", str(synth_dataset), "--out", str(out), "--params", str(params),
-            "--set", "prompts.question_variant=c"]
+    argv = [
+        "prompts",
+        str(synth_dataset),
+        "--out",
+        str(out),
+        "--params",
+        str(params),
+        "--set",
+        "prompts.question_variant=c",
+    ]
     assert main(argv) == 0
     files = sorted(out.rglob("prompts.json"))
     assert len(files) == len(load_records(synth_dataset))
     assert json.loads(files[0].read_text())["questions"]["q1"] == QUESTION_1_VARIANTS["c"]
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    assert main(argv) == 0                                   # up to date: nothing rewritten
+    assert main(argv) == 0  # up to date: nothing rewritten
     assert {f: f.stat().st_mtime_ns for f in files} == stamps
 
 
 def test_cli_none_backend_and_clear_error(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_MODEL", raising=False)
     no_params = ["--params", str(tmp_path / "no-params.yaml")]
-    assert main(["prompts", str(dataset), "--out", str(tmp_path / "p"), *no_params,
-                 "--set", "prompts.backend=none"]) == 0
+    assert (
+        main(["prompts", str(dataset), "--out", str(tmp_path / "p"), *no_params, "--set", "prompts.backend=none"]) == 0
+    )
     assert len(list((tmp_path / "p").rglob("prompts.json"))) == 4
-    assert main(["prompts", str(dataset), "--out", str(tmp_path / "q"), *no_params,
-                 "--set", "prompts.backend=openai"]) == 2
+    assert (
+        main(["prompts", str(dataset), "--out", str(tmp_path / "q"), *no_params, "--set", "prompts.backend=openai"])
+        == 2
+    )
     assert "needs prompts.model" in capsys.readouterr().err
 
 
@@ -283,8 +306,10 @@ def test_build_backend_reads_the_prompts_params_and_the_execution_options():
     assert build_backend(PromptsParams(backend="none")) is None
     scene = build_backend(PromptsParams(backend="scene", quality=0.5, seed=3))
     assert isinstance(scene, SceneBackend) and scene.settings == {"quality": 0.5, "seed": 3}
-    hf = build_backend(PromptsParams(backend="hf", model="some/model", frames_per_video=2),
-                       argparse.Namespace(max_new_tokens=None, device="cpu", base_url="http://x/v1"))
+    hf = build_backend(
+        PromptsParams(backend="hf", model="some/model", frames_per_video=2),
+        argparse.Namespace(max_new_tokens=None, device="cpu", base_url="http://x/v1"),
+    )
     assert (hf.config.frames_per_video, hf.config.max_new_tokens, hf.config.device) == (2, 256, "cpu")
     with pytest.raises(SSPError, match="prompts.model"):
         build_backend(PromptsParams(backend="hf"))
@@ -311,7 +336,7 @@ class ScriptedServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
 
     def handle_error(self, request, client_address):
-        pass   # a hung reply writes to a socket the client closed: expected
+        pass  # a hung reply writes to a socket the client closed: expected
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -340,8 +365,11 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "ok":
             is_q2 = len(body["messages"]) == 3
             content = "piano, the Man and a dog." if is_q2 else "A man plays a piano."
-            reply = {"id": "x", "object": "chat.completion",
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+            reply = {
+                "id": "x",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+            }
             self._send(200, json.dumps(reply).encode())
         elif action == "malformed":
             self._send(200, b"{this is not json")
@@ -366,9 +394,15 @@ def server():
 def openai_backend(server, **overrides):
     from ssp.preprocess.prompts.backends.openai import OpenAIBackend, OpenAIConfig
 
-    config = OpenAIConfig(model="test-vlm", base_url=f"http://127.0.0.1:{server.server_port}/v1",
-                          frames_per_video=3, connect_timeout=1.0, read_timeout=0.3,
-                          max_retries=2, backoff=0.01)
+    config = OpenAIConfig(
+        model="test-vlm",
+        base_url=f"http://127.0.0.1:{server.server_port}/v1",
+        frames_per_video=3,
+        connect_timeout=1.0,
+        read_timeout=0.3,
+        max_retries=2,
+        backoff=0.01,
+    )
     for k, v in overrides.items():
         setattr(config, k, v)
     return OpenAIBackend(config)
@@ -378,10 +412,17 @@ def test_openai_retries_timeouts_malformed_and_resume(dataset, tmp_path, server)
     out = tmp_path / "prompts"
     records = records_of(dataset)
     server.script = [
-        "500", "ok", "ok",                  # vid0: Q1 500 then ok; Q2 ok
-        "hang", "ok", "ok",                 # vid1: Q1 times out then ok; Q2 ok
-        "malformed",                        # vid2: Q1 not JSON -> fails at once
-        "ok", "503", "503", "503",          # vid3: Q1 ok; Q2 fails for good (3 attempts)
+        "500",
+        "ok",
+        "ok",  # vid0: Q1 500 then ok; Q2 ok
+        "hang",
+        "ok",
+        "ok",  # vid1: Q1 times out then ok; Q2 ok
+        "malformed",  # vid2: Q1 not JSON -> fails at once
+        "ok",
+        "503",
+        "503",
+        "503",  # vid3: Q1 ok; Q2 fails for good (3 attempts)
     ]
     with pytest.raises(SSPError) as err:
         run_prompts(records, openai_backend(server), PromptsConfig(out, "d"))
@@ -416,12 +457,15 @@ def test_openai_retries_timeouts_malformed_and_resume(dataset, tmp_path, server)
     assert all((out / r.rel_dir / "prompts.json").is_file() for r in records)
 
 
-@pytest.mark.parametrize("script, requests, error", [
-    (["400"], 1, "HTTP 400"),                       # client error: no retry
-    (["429", "ok"], 2, None),                       # rate limit: retried (Retry-After honoured)
-    (["no-choices"], 1, "no choices"),
-    (["hang", "hang", "hang"], 3, "timed out"),     # read timeout on every attempt
-])
+@pytest.mark.parametrize(
+    "script, requests, error",
+    [
+        (["400"], 1, "HTTP 400"),  # client error: no retry
+        (["429", "ok"], 2, None),  # rate limit: retried (Retry-After honoured)
+        (["no-choices"], 1, "no choices"),
+        (["hang", "hang", "hang"], 3, "timed out"),  # read timeout on every attempt
+    ],
+)
 def test_openai_retry_policy(dataset, tmp_path, server, script, requests, error):
     from ssp.preprocess.prompts.backends.openai import EndpointError
 
@@ -441,11 +485,19 @@ def test_openai_connection_refused_is_retried_then_named(dataset):
 
     from ssp.preprocess.prompts.backends.openai import EndpointError, OpenAIBackend, OpenAIConfig
 
-    with socket.socket() as s:           # a port nobody listens on
+    with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    backend = OpenAIBackend(OpenAIConfig(model="m", frames_per_video=4, base_url=f"http://127.0.0.1:{port}/v1",
-                                         connect_timeout=0.5, max_retries=1, backoff=0.01))
+    backend = OpenAIBackend(
+        OpenAIConfig(
+            model="m",
+            frames_per_video=4,
+            base_url=f"http://127.0.0.1:{port}/v1",
+            connect_timeout=0.5,
+            max_retries=1,
+            backoff=0.01,
+        )
+    )
     with pytest.raises(EndpointError, match=r"connection error \(ConnectError.*gave up after 2 attempts"):
         backend.answer_q1(records_of(dataset)[0], Questions.from_variant("d"))
 
@@ -457,7 +509,7 @@ def test_openai_dead_endpoint_stops_asking(dataset, tmp_path, server):
     backend = openai_backend(server, max_retries=1, give_up_after=2)
     with pytest.raises(SSPError) as err:
         run_prompts(records, backend, PromptsConfig(out, "d"))
-    assert len(server.requests) == 4                 # 2 videos x 2 attempts, then no more requests
+    assert len(server.requests) == 4  # 2 videos x 2 attempts, then no more requests
     lines = str(err.value).splitlines()
     assert "4 of 4 failed" in lines[0]
     for record, expected in zip(records, ["gave up after 2", "gave up after 2", "not asked", "not asked"]):
@@ -473,8 +525,9 @@ def test_openai_settings_from_env_and_parallel_workers(dataset, tmp_path, server
     config = OpenAIConfig.from_env(model="test-vlm", read_timeout=2.0, frames_per_video=1)
     assert config.read_timeout == 2.0 and config.api_key == "sk-test"
     out = tmp_path / "prompts"
-    summary = run_prompts(records_of(dataset), OpenAIBackend(config),
-                          PromptsConfig(out_dir=out, question_variant="b", workers=3))
+    summary = run_prompts(
+        records_of(dataset), OpenAIBackend(config), PromptsConfig(out_dir=out, question_variant="b", workers=3)
+    )
     assert summary.asked == 8 and len(server.requests) == 8
     assert all(h.get("Authorization") == "Bearer sk-test" for h in server.headers_seen)
     assert {r["messages"][0]["content"][0]["text"] for r in server.requests} == {QUESTION_1_VARIANTS["b"]}
@@ -502,14 +555,19 @@ def tiny_llava(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llava")
     words = Tokenizer(models.WordLevel(unk_token="<unk>"))
     words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.decoder = decoders.WordPiece()          # joins words with spaces
-    corpus = [*QUESTION_1_VARIANTS.values(), QUESTION_2, "user assistant a man plays a piano",
-              "dog guitar microphone"]
-    words.train_from_iterator(corpus, trainers.WordLevelTrainer(
-        special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", pad_token="<pad>",
-                                        bos_token="<s>", eos_token="</s>",
-                                        extra_special_tokens={"image_token": "<image>"})
+    words.decoder = decoders.WordPiece()  # joins words with spaces
+    corpus = [*QUESTION_1_VARIANTS.values(), QUESTION_2, "user assistant a man plays a piano", "dog guitar microphone"]
+    words.train_from_iterator(
+        corpus, trainers.WordLevelTrainer(special_tokens=["<unk>", "<pad>", "<s>", "</s>", "<image>"])
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     chat_template = (
         "{% for m in messages %}{{ m['role'] }} "
         "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% else %}{{ c['text'] }} {% endif %}"
@@ -517,18 +575,37 @@ def tiny_llava(tmp_path_factory) -> Path:
     )
     processor = LlavaProcessor(
         image_processor=LlavaImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="full",
-        num_additional_image_tokens=1, chat_template=chat_template, image_token="<image>",
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
+        image_token="<image>",
     )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
-                                num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="full", vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
     )
     torch.manual_seed(0)
     LlavaForConditionalGeneration(config).save_pretrained(folder)
@@ -554,10 +631,10 @@ def test_hf_backend_end_to_end_with_tiny_llava(dataset, tmp_path, tiny_llava, mo
     config = HFConfig(model=str(tiny_llava), frames_per_video=2, max_new_tokens=6, device="cpu")
     summary = run_prompts(records, HFBackend(config), PromptsConfig(out, "d", workers=4))
     assert summary.asked == 4 and len(calls) == 4
-    assert all(c["pixel_values"].shape[0] == 2 and c["max_new_tokens"] == 6 and c["do_sample"] is False
-               for c in calls)
+    assert all(c["pixel_values"].shape[0] == 2 and c["max_new_tokens"] == 6 and c["do_sample"] is False for c in calls)
 
     from transformers import AutoProcessor
+
     tokenizer = AutoProcessor.from_pretrained(tiny_llava).tokenizer
     for i, record in enumerate(records):
         p = read_prompts(out, record)
@@ -568,7 +645,7 @@ def test_hf_backend_end_to_end_with_tiny_llava(dataset, tmp_path, tiny_llava, mo
         q2_prompt = tokenizer.decode(calls[2 * i + 1]["input_ids"][0], skip_special_tokens=True)
         assert q1_prompt.endswith("assistant") and q1_prompt.count("assistant") == 1
         assert q2_prompt.endswith("assistant") and q2_prompt.count("assistant") == 2
-        assert f"assistant {p['a1']}" in q2_prompt        # A1 is the assistant turn before Q2
+        assert f"assistant {p['a1']}" in q2_prompt  # A1 is the assistant turn before Q2
 
     # a fresh run: everything cached, the model is neither loaded nor called
     backend = HFBackend(config)

@@ -38,7 +38,7 @@ def test_overlay_tints_only_foreground_and_adds_a_legend_below():
     strip = image[40:]
     colour = index_to_colour(np.array([[3]]))[0, 0]
     assert (strip == colour).all(-1).sum() >= 8 * 8  # the class's swatch is drawn
-    assert (strip[:, PADDING + SWATCH + 2:] < 128).all(-1).sum() > 20  # and its name ("axe") as dark text
+    assert (strip[:, PADDING + SWATCH + 2 :] < 128).all(-1).sum() > 20  # and its name ("axe") as dark text
 
 
 def test_legend_wraps_and_lists_background_only_when_empty():
@@ -63,12 +63,11 @@ def test_blend_rejects_a_mask_of_another_size():
 
 def test_sample_grid_layout_and_same_clips_per_row():
     panels = [_frame(32, 32, 0), _frame(50, 20, 255)]
-    grid = sample_grid({"frame": panels, "full": panels}, ["clip a\nA1: x", "clip b"], panel_size=40,
-                       label_width=70)
+    grid = sample_grid({"frame": panels, "full": panels}, ["clip a\nA1: x", "clip b"], panel_size=40, label_width=70)
     assert grid.shape[1] == 70 + 2 * (2 + 40)
     assert grid.shape[0] > 2 * (40 + 2)  # two rows, gaps, then captions
-    assert (grid[0:40, 70 + 2: 70 + 2 + 40] == 0).all()  # first panel resized into its cell
-    assert (grid[0:40, 70 + 44: 70 + 84] == 255).all()
+    assert (grid[0:40, 70 + 2 : 70 + 2 + 40] == 0).all()  # first panel resized into its cell
+    assert (grid[0:40, 70 + 44 : 70 + 84] == 255).all()
     with pytest.raises(SSPError, match="same clips"):
         sample_grid({"frame": panels, "full": panels[:1]}, ["a", "b"])
 

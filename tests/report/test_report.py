@@ -9,9 +9,11 @@ from ssp.report.report import build_report, row_numbers
 
 
 def result(s4, ms3, avss, scenarios=None):
-    return {"binary": {"v1s": {"miou": s4, "fscore": s4 + 0.01}, "v1m": {"miou": ms3, "fscore": ms3 + 0.01}},
-            "semantic": {"all": {"miou": avss, "fscore": avss + 0.02}},
-            "per_scenario": scenarios or {}}
+    return {
+        "binary": {"v1s": {"miou": s4, "fscore": s4 + 0.01}, "v1m": {"miou": ms3, "fscore": ms3 + 0.01}},
+        "semantic": {"all": {"miou": avss, "fscore": avss + 0.02}},
+        "per_scenario": scenarios or {},
+    }
 
 
 def write(path, obj):
@@ -35,8 +37,10 @@ def test_report_tables_plots_and_cli(tmp_path, capsys):
         write(cell(metrics, row), result(0.5, 0.4, 0.10 + i / 100))
     for lam, m in [(1, 0.12), (10, 0.16), (50, 0.11)]:
         write(metrics / "sweep" / f"lambda_{lam}.json", result(0.5, 0.4, m))
-    write(metrics / "stage2.json", result(0.5, 0.4, 0.16, {"still_sounding": {"miou": 0.2, "fscore": 0.3,
-                                                                           "miou_present": 0.5, "frames": 40}}))
+    write(
+        metrics / "stage2.json",
+        result(0.5, 0.4, 0.16, {"still_sounding": {"miou": 0.2, "fscore": 0.3, "miou_present": 0.5, "frames": 40}}),
+    )
     path, text = build_report(metrics, tmp_path / "reports")
     assert path.read_text() == text
     assert "| AAVS [29] | 50.0 | 51.0 | 40.0 | 41.0 | 10.0 | 12.0 | 83.2 | 91.3 | 67.3 | 77.6 | 48.5 | 53.2 |" in text
@@ -57,8 +61,9 @@ def test_several_seeds_show_mean_and_sample_std(tmp_path):
     write(cell(metrics, "aavs", 3), result(0.5, 0.4, 0.08))  # a single seed, whichever it is
     write(metrics / "ablation" / "full" / "notes.json", {"not": "a seed"})
     _, text = build_report(metrics, tmp_path / "reports")
-    assert ("| Full model | 50.0 ± 0.0 | 51.0 ± 0.0 | 40.0 ± 0.0 | 41.0 ± 0.0 | 12.0 ± 2.0 | 14.0 ± 2.0 "
-            "| 85.4 |") in text
+    assert (
+        "| Full model | 50.0 ± 0.0 | 51.0 ± 0.0 | 40.0 ± 0.0 | 41.0 ± 0.0 | 12.0 ± 2.0 | 14.0 ± 2.0 | 85.4 |"
+    ) in text
     assert "| AAVS [29] | 50.0 | 51.0 | 40.0 | 41.0 | 8.0 | 10.0 | 83.2 |" in text
     assert "seeds per row: aavs 1, full 3" in text
 
@@ -82,6 +87,5 @@ def test_sample_grid_is_linked_relative_to_the_report_when_it_exists(tmp_path):
     _, text = build_report(tmp_path / "m", tmp_path / "reports", samples=grid)
     assert "![ablation samples](samples/ablation_grid.png)" in text
     assert text.index("## Ablation") < text.index("![ablation samples]") < text.index("## λ'_mask sweep")
-    assert cli(["report", "--metrics", str(tmp_path / "m"), "--out", str(tmp_path / "r"),
-                "--samples", str(grid)]) == 0
+    assert cli(["report", "--metrics", str(tmp_path / "m"), "--out", str(tmp_path / "r"), "--samples", str(grid)]) == 0
     assert "![ablation samples](../reports/samples/ablation_grid.png)" in (tmp_path / "r" / "report.md").read_text()

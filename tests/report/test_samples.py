@@ -29,8 +29,10 @@ TEST_VIDEOS = [  # manifest order; scenario in the last field
 
 
 def write_dataset(root: Path, scenarios: bool = True) -> Path:
-    videos = [{"uid": uid, "subset": "v2", "split": "test", "objects": objects, "n_frames": 2}
-              for uid, objects, _ in TEST_VIDEOS]
+    videos = [
+        {"uid": uid, "subset": "v2", "split": "test", "objects": objects, "n_frames": 2}
+        for uid, objects, _ in TEST_VIDEOS
+    ]
     videos.append({"uid": "v2_train", "subset": "v2", "split": "train", "objects": ["dog"], "n_frames": 2})
     data = write_semantic_dataset(root, videos=videos)
     if scenarios:
@@ -68,30 +70,59 @@ def ablation_setup(tmp_path):
     mask[:, :32] = 255
     for uid, objects, _ in TEST_VIDEOS:
         for i in range(2):
-            for path, image in ((flow / "v2" / uid / "mask" / f"{i}.png", mask),
-                                (stage1 / "v2" / uid / f"{i}.png", mask.T.copy())):
+            for path, image in (
+                (flow / "v2" / uid / "mask" / f"{i}.png", mask),
+                (stage1 / "v2" / uid / f"{i}.png", mask.T.copy()),
+            ):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(image).save(path)
         (prompts / "v2" / uid).mkdir(parents=True)
         (prompts / "v2" / uid / "prompts.json").write_text(
-            json.dumps({"a1": f"a {objects[0]} makes a sound", "a2": objects}))
+            json.dumps({"a1": f"a {objects[0]} makes a sound", "a2": objects})
+        )
     torch.manual_seed(0)
     runs = tmp_path / "runs" / "ablation"
-    configs = {"aavs": SSPConfig.tiny(2, num_points=64),
-               "full": SSPConfig.tiny(2, num_points=64, pre_mask=True, text="vta", post_mask=True)}
+    configs = {
+        "aavs": SSPConfig.tiny(2, num_points=64),
+        "full": SSPConfig.tiny(2, num_points=64, pre_mask=True, text="vta", post_mask=True),
+    }
     for row, config in configs.items():
         for seed in (3, 5):
             save_weights(runs / row / f"seed{seed}" / "checkpoints" / "best.safetensors", SSPModel(config))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"ablation": {"rows": ["full", "aavs"], "seeds": [3, 5]}}))
-    return {"data": data, "flow": flow, "prompts": prompts, "stage1": stage1, "runs": runs, "params": params,
-            "root": tmp_path}
+    return {
+        "data": data,
+        "flow": flow,
+        "prompts": prompts,
+        "stage1": stage1,
+        "runs": runs,
+        "params": params,
+        "root": tmp_path,
+    }
 
 
 def samples_args(s, out: Path, *extra: str) -> list[str]:
-    return ["samples", "--data", str(s["data"]), "--runs", str(s["runs"]), "--params", str(s["params"]),
-            "--flow", str(s["flow"]), "--prompts", str(s["prompts"]), "--stage1-masks", str(s["stage1"]),
-            "--out", str(out), "--panel-size", "64", *extra]
+    return [
+        "samples",
+        "--data",
+        str(s["data"]),
+        "--runs",
+        str(s["runs"]),
+        "--params",
+        str(s["params"]),
+        "--flow",
+        str(s["flow"]),
+        "--prompts",
+        str(s["prompts"]),
+        "--stage1-masks",
+        str(s["stage1"]),
+        "--out",
+        str(out),
+        "--panel-size",
+        "64",
+        *extra,
+    ]
 
 
 def test_samples_command_writes_the_grid_logs_it_and_the_report_links_it(ablation_setup, mlflow_store):
@@ -136,9 +167,18 @@ def test_samples_go_into_the_pipeline_parent_run(ablation_setup, mlflow_store, m
     with RunLogger("ssp-avss", "pipeline-x", parent_run_id="") as parent:
         # the reproduce flow exports one parent per experiment, as JSON
         monkeypatch.setenv("SSP_MLFLOW_PARENT_RUN_ID", json.dumps({"ssp-avs": "other", "ssp-avss": parent.run_id}))
-        path, run_id = make_samples(s["data"], s["runs"], ["aavs"], s["root"] / "grid.png", flow=s["flow"],
-                                    prompts=s["prompts"], stage1_masks=s["stage1"], uids=["v2_cat"],
-                                    panel_size=64, seed=3)
+        path, run_id = make_samples(
+            s["data"],
+            s["runs"],
+            ["aavs"],
+            s["root"] / "grid.png",
+            flow=s["flow"],
+            prompts=s["prompts"],
+            stage1_masks=s["stage1"],
+            uids=["v2_cat"],
+            panel_size=64,
+            seed=3,
+        )
     assert run_id == parent.run_id and path.is_file()
     client = get_client()
     assert [a.path for a in client.list_artifacts(parent.run_id, "samples")] == ["samples/grid.png"]
@@ -185,10 +225,13 @@ def test_ablation_sample_grid_from_checkpoints(tmp_path):
     from ssp.models.checkpoint import save_weights
     from ssp.report.samples import ablation_sample_grid
 
-    root = write_semantic_dataset(tmp_path / "data", videos=[
-        {"uid": "v2_dog", "subset": "v2", "split": "test", "objects": ["dog"], "n_frames": 2},
-        {"uid": "v2_car_man", "subset": "v2", "split": "test", "objects": ["car", "man"], "n_frames": 2},
-    ])
+    root = write_semantic_dataset(
+        tmp_path / "data",
+        videos=[
+            {"uid": "v2_dog", "subset": "v2", "split": "test", "objects": ["dog"], "n_frames": 2},
+            {"uid": "v2_car_man", "subset": "v2", "split": "test", "objects": ["car", "man"], "n_frames": 2},
+        ],
+    )
     flow, prompts, stage1 = tmp_path / "flow", tmp_path / "prompts", tmp_path / "stage1"
     for uid, label in (("v2_dog", "v2"), ("v2_car_man", "v2")):
         (flow / label / uid / "mask").mkdir(parents=True)
@@ -205,8 +248,16 @@ def test_ablation_sample_grid_from_checkpoints(tmp_path):
     run_dir = tmp_path / "run_aavs"
     save_weights(run_dir / "checkpoints" / "best.safetensors", SSPModel(SSPConfig.tiny(2, num_points=64)))
 
-    out = ablation_sample_grid({"aavs": run_dir, "full": checkpoint}, root, flow, prompts, stage1,
-                               ["v2_dog", "v2_car_man"], out=tmp_path / "grid.png", panel_size=64)
+    out = ablation_sample_grid(
+        {"aavs": run_dir, "full": checkpoint},
+        root,
+        flow,
+        prompts,
+        stage1,
+        ["v2_dog", "v2_car_man"],
+        out=tmp_path / "grid.png",
+        panel_size=64,
+    )
     grid = np.asarray(Image.open(out))
     assert grid.shape[1] == 110 + 2 * (2 + 64)
     assert grid.shape[0] > 6 * (64 + 2)  # frame, flow, pre-mask, GT, two rows, captions, legend

@@ -22,10 +22,10 @@ logger = logging.getLogger(__name__)
 QUESTION_1_VARIANTS: dict[str, str] = {
     "a": "Describe the video.",
     "b": "Describe the video with every objects location.",
-    "c": 'Describe the video, give every objects location with their characteristic, '
-         'with a format of "A NOUN VERB NOUN".',
-    "d": 'Describe the video, give every object\'s location with their characteristic, '
-         'with a format of "A NOUN VERB NOUN", for example: "a man plays a guitar".',
+    "c": "Describe the video, give every objects location with their characteristic, "
+    'with a format of "A NOUN VERB NOUN".',
+    "d": "Describe the video, give every object's location with their characteristic, "
+    'with a format of "A NOUN VERB NOUN", for example: "a man plays a guitar".',
 }
 # Q2 of §4.2. The paper writes "with A_1"; Fig. 7 calls the first answer "Answer1". A1 is
 # the assistant turn right before Q2 in the conversation, so the model sees it.
@@ -79,7 +79,7 @@ def parse_nouns(answer: str) -> list[str]:
     text = answer.strip()
     lead_in = _LEAD_IN.match(text)
     if lead_in and len(lead_in.group(1).split()) <= _MAX_LEAD_IN_WORDS:
-        text = text[lead_in.end():]
+        text = text[lead_in.end() :]
     nouns: list[str] = []
     for item in _ITEM_SEPARATORS.split(text):
         item = _BULLET.sub("", item).lower()
@@ -144,5 +144,3 @@ def frames_to_show(record: VideoRecord, count: int) -> list[Path]:
 def load_frames(record: VideoRecord, count: int) -> list[Image.Image]:
     """The sampled frames of a video as RGB PIL images (a bad frame is a DataError naming it)."""
     return [Image.fromarray(read_frame(path, record.root)) for path in frames_to_show(record, count)]
-
-

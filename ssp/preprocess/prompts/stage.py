@@ -109,10 +109,16 @@ class AnswerCache:
         return entry
 
     def save(self, record: VideoRecord, a1: str | None, a2_raw: str | None) -> None:
-        write_json(self.path(record), {
-            "uid": record.uid, "settings": self.settings, "questions": self.questions.as_dict(),
-            "a1": a1, "a2_raw": a2_raw,
-        })
+        write_json(
+            self.path(record),
+            {
+                "uid": record.uid,
+                "settings": self.settings,
+                "questions": self.questions.as_dict(),
+                "a1": a1,
+                "a2_raw": a2_raw,
+            },
+        )
 
 
 # --------------------------------------------------------------------------- the stage
@@ -121,9 +127,9 @@ class AnswerCache:
 @dataclass
 class PromptsConfig:
     out_dir: Path
-    question_variant: str               # the prompts param of that name (Q1 wording of Fig. 7)
-    cache_dir: Path | None = None       # default: {out_dir}/.cache
-    workers: int = 1                    # videos asked at once (backends that allow it)
+    question_variant: str  # the prompts param of that name (Q1 wording of Fig. 7)
+    cache_dir: Path | None = None  # default: {out_dir}/.cache
+    workers: int = 1  # videos asked at once (backends that allow it)
 
     @property
     def resolved_cache_dir(self) -> Path:
@@ -133,8 +139,8 @@ class PromptsConfig:
 @dataclass
 class PromptsSummary:
     videos: int = 0
-    asked: int = 0          # questions sent to the backend in this run
-    written: int = 0        # videos whose prompts.json was (re)written
+    asked: int = 0  # questions sent to the backend in this run
+    written: int = 0  # videos whose prompts.json was (re)written
 
 
 def prompts_record(a1: str, a2_raw: str, backend: str, model: str, questions: Questions) -> dict[str, Any]:
@@ -163,22 +169,22 @@ def _inputs(record: VideoRecord, backend: PromptBackend | None) -> list[Path]:
     return paths
 
 
-def _run_threads(records: Sequence[VideoRecord], fn: Callable[[VideoRecord], int], workers: int,
-                 desc: str) -> list[int]:
+def _run_threads(
+    records: Sequence[VideoRecord], fn: Callable[[VideoRecord], int], workers: int, desc: str
+) -> list[int]:
     """:func:`run_per_video` with threads instead of processes: for I/O-bound backends
     (HTTP) that share one client. Same contract: failures are collected and reported
     together, naming each video; an interrupt stops at once."""
     results: dict[int, int] = {}
     failures: list[tuple[int, str]] = []
-    with tqdm(total=len(records), desc=desc, unit="video") as bar, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
+    with tqdm(total=len(records), desc=desc, unit="video") as bar, ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(fn, record): i for i, record in enumerate(records)}
         try:
             for future in as_completed(futures):
                 i = futures[future]
                 try:
                     results[i] = future.result()
-                except Exception as e:   # noqa: BLE001 - reported per video below
+                except Exception as e:  # noqa: BLE001 - reported per video below
                     failures.append((i, str(e) if isinstance(e, SSPError) else f"{type(e).__name__}: {e}"))
                 bar.update()
         except BaseException:
@@ -186,13 +192,13 @@ def _run_threads(records: Sequence[VideoRecord], fn: Callable[[VideoRecord], int
             raise
     if failures:
         lines = [f"  {records[i].rel_dir}: {message}" for i, message in sorted(failures)]
-        raise SSPError(f"{desc}: {len(failures)} of {len(records)} failed (the others are written):\n"
-                       + "\n".join(lines))
+        raise SSPError(
+            f"{desc}: {len(failures)} of {len(records)} failed (the others are written):\n" + "\n".join(lines)
+        )
     return [results[i] for i in range(len(records))]
 
 
-def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None,
-                config: PromptsConfig) -> PromptsSummary:
+def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None, config: PromptsConfig) -> PromptsSummary:
     """Ask Q1 then Q2 for every video (cached answers are reused, answers are cached as
     soon as they arrive), write each video's prompts.json, and raise one SSPError naming
     every video that failed (their prompts.json is not written; the others are).
@@ -201,10 +207,17 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None,
     questions = Questions.from_variant(config.question_variant)
     name = backend.name if backend is not None else "none"
     model = backend.model if backend is not None else ""
-    params = {"backend": name, "model": model, "questions": questions.version,
-              "settings": backend.settings if backend is not None else {}}
-    cache = (AnswerCache(config.resolved_cache_dir, name, backend.cache_key, questions, backend.settings)
-             if backend is not None else None)
+    params = {
+        "backend": name,
+        "model": model,
+        "questions": questions.version,
+        "settings": backend.settings if backend is not None else {},
+    }
+    cache = (
+        AnswerCache(config.resolved_cache_dir, name, backend.cache_key, questions, backend.settings)
+        if backend is not None
+        else None
+    )
 
     def process(record: VideoRecord) -> int:
         """Returns the number of questions asked for this video (-1: already up to date)."""
@@ -223,7 +236,7 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None,
             a1, a2_raw = entry.get("a1"), entry.get("a2_raw")
             if a1 is None:
                 a1 = backend.answer_q1(record, questions)
-                cache.save(record, a1, None)       # keep A1 even if Q2 fails below
+                cache.save(record, a1, None)  # keep A1 even if Q2 fails below
                 asked += 1
             if a2_raw is None:
                 a2_raw = backend.answer_q2(record, questions, a1)
@@ -243,16 +256,28 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None,
     except SSPError as e:
         if cache is None:
             raise
-        raise SSPError(f"{e}\nEvery answer obtained is cached in {cache.folder}; "
-                       f"a re-run asks only for the missing ones.") from None
-    return PromptsSummary(videos=len(records), asked=sum(max(0, n) for n in results),
-                          written=sum(n >= 0 for n in results))
+        raise SSPError(
+            f"{e}\nEvery answer obtained is cached in {cache.folder}; a re-run asks only for the missing ones."
+        ) from None
+    return PromptsSummary(
+        videos=len(records), asked=sum(max(0, n) for n in results), written=sum(n >= 0 for n in results)
+    )
 
 
 # Execution options of the model backends: flags of `ssp prompts`, not params (where the
 # model runs and how to reach it). None: the backend config's own default.
-BACKEND_OPTIONS = ("max_new_tokens", "device", "trust_remote_code", "base_url", "api_key", "connect_timeout",
-                   "read_timeout", "max_retries", "backoff", "give_up_after")
+BACKEND_OPTIONS = (
+    "max_new_tokens",
+    "device",
+    "trust_remote_code",
+    "base_url",
+    "api_key",
+    "connect_timeout",
+    "read_timeout",
+    "max_retries",
+    "backoff",
+    "give_up_after",
+)
 
 
 def build_backend(prompts: PromptsParams, options: Any = None) -> PromptBackend | None:
@@ -274,8 +299,9 @@ def build_backend(prompts: PromptsParams, options: Any = None) -> PromptBackend 
         return HFBackend(HFConfig(model=model, frames_per_video=prompts.frames_per_video, **hf_options))
     if prompts.backend == "openai":
         openai_options = {k: v for k, v in given.items() if k not in ("device", "trust_remote_code")}
-        return OpenAIBackend(OpenAIConfig.from_env(model=model, frames_per_video=prompts.frames_per_video,
-                                                   **openai_options))
+        return OpenAIBackend(
+            OpenAIConfig.from_env(model=model, frames_per_video=prompts.frames_per_video, **openai_options)
+        )
     raise SSPError(f"unknown backend {prompts.backend!r}; choose one of {BACKENDS}")
 
 
@@ -284,44 +310,84 @@ def build_backend(prompts: PromptsParams, options: Any = None) -> PromptBackend 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_root", type=Path, help="dataset root (either AVSBench layout, or `ssp synth` output)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder; gets {out}/{video dir}/prompts.json, mirroring the dataset")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder; gets {out}/{video dir}/prompts.json, mirroring the dataset",
+    )
     add_params_arguments(parser, "prompts.quality=0.5")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help=f"answer length limit (hf, openai). Default: {MAX_NEW_TOKENS}")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="videos asked at once (openai and scene; hf runs one at a time). Default: 1")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="answer cache (reused across runs). Default: {out}/.cache")
-    parser.epilog = ("Reads the prompts section of the params file: backend (hf | openai | scene | none), "
-                     "question_variant (a-d), model (hf: local model folder or hub id if cached; openai: the "
-                     "served model name, else $OPENAI_MODEL), frames_per_video, quality and seed (scene); see "
-                     "ssp/params.py (PromptsParams).")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"answer length limit (hf, openai). Default: {MAX_NEW_TOKENS}"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="videos asked at once (openai and scene; hf runs one at a time). Default: 1",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="answer cache (reused across runs). Default: {out}/.cache"
+    )
+    parser.epilog = (
+        "Reads the prompts section of the params file: backend (hf | openai | scene | none), "
+        "question_variant (a-d), model (hf: local model folder or hub id if cached; openai: the "
+        "served model name, else $OPENAI_MODEL), frames_per_video, quality and seed (scene); see "
+        "ssp/params.py (PromptsParams)."
+    )
     hf = parser.add_argument_group("hf backend")
-    hf.add_argument("--device", default=None,
-                    help=f"auto (CUDA + bf16 when present, else CPU), cpu, cuda, cuda:1... Default: {HFConfig.device}")
-    hf.add_argument("--trust-remote-code", action="store_true",
-                    help="allow the model folder's own Python code to run (only for models you trust)")
+    hf.add_argument(
+        "--device",
+        default=None,
+        help=f"auto (CUDA + bf16 when present, else CPU), cpu, cuda, cuda:1... Default: {HFConfig.device}",
+    )
+    hf.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow the model folder's own Python code to run (only for models you trust)",
+    )
     oa = parser.add_argument_group("openai backend")
-    oa.add_argument("--base-url", default=None,
-                    help="endpoint base URL, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, "
-                         f"else {OpenAIConfig.base_url})")
-    oa.add_argument("--api-key", default=None,
-                    help="API key (default: $OPENAI_API_KEY; prefer the variable, a flag shows in `ps`)")
-    oa.add_argument("--connect-timeout", type=float, default=None,
-                    help=f"seconds to connect. Default: {OpenAIConfig.connect_timeout:g}")
-    oa.add_argument("--read-timeout", type=float, default=None,
-                    help=f"seconds to wait for an answer. Default: {OpenAIConfig.read_timeout:g}")
-    oa.add_argument("--max-retries", type=int, default=None,
-                    help="retries on 5xx/429/timeouts/connection errors, exponential backoff. "
-                         f"Default: {OpenAIConfig.max_retries}")
-    oa.add_argument("--backoff", type=float, default=None,
-                    help="first retry delay in seconds (doubles each retry, plus jitter). "
-                         f"Default: {OpenAIConfig.backoff:g}")
-    oa.add_argument("--give-up-after", type=int, default=None,
-                    help="after this many questions in a row failed (retries included), take the endpoint "
-                         "for dead and do not ask the remaining videos; 0 = never. "
-                         f"Default: {OpenAIConfig.give_up_after}")
+    oa.add_argument(
+        "--base-url",
+        default=None,
+        help="endpoint base URL, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, "
+        f"else {OpenAIConfig.base_url})",
+    )
+    oa.add_argument(
+        "--api-key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable, a flag shows in `ps`)"
+    )
+    oa.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        help=f"seconds to connect. Default: {OpenAIConfig.connect_timeout:g}",
+    )
+    oa.add_argument(
+        "--read-timeout",
+        type=float,
+        default=None,
+        help=f"seconds to wait for an answer. Default: {OpenAIConfig.read_timeout:g}",
+    )
+    oa.add_argument(
+        "--max-retries",
+        type=int,
+        default=None,
+        help=f"retries on 5xx/429/timeouts/connection errors, exponential backoff. Default: {OpenAIConfig.max_retries}",
+    )
+    oa.add_argument(
+        "--backoff",
+        type=float,
+        default=None,
+        help=f"first retry delay in seconds (doubles each retry, plus jitter). Default: {OpenAIConfig.backoff:g}",
+    )
+    oa.add_argument(
+        "--give-up-after",
+        type=int,
+        default=None,
+        help="after this many questions in a row failed (retries included), take the endpoint "
+        "for dead and do not ask the remaining videos; 0 = never. "
+        f"Default: {OpenAIConfig.give_up_after}",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -330,13 +396,22 @@ def main(args: argparse.Namespace) -> int:
         raise DataError(args.data_root, "dataset root not found")
     records = load_records(args.data_root)
     backend = build_backend(prompts, args)
-    config = PromptsConfig(out_dir=args.out, question_variant=prompts.question_variant,
-                           cache_dir=args.cache_dir, workers=max(1, args.workers))
+    config = PromptsConfig(
+        out_dir=args.out,
+        question_variant=prompts.question_variant,
+        cache_dir=args.cache_dir,
+        workers=max(1, args.workers),
+    )
     try:
         summary = run_prompts(records, backend, config)
     finally:
         if hasattr(backend, "close"):
             backend.close()
-    logger.info("prompts: %d videos, %d questions asked, %d prompts.json written to %s",
-                summary.videos, summary.asked, summary.written, args.out)
+    logger.info(
+        "prompts: %d videos, %d questions asked, %d prompts.json written to %s",
+        summary.videos,
+        summary.asked,
+        summary.written,
+        args.out,
+    )
     return 0

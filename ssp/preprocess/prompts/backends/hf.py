@@ -23,16 +23,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class HFConfig:
-    model: str                      # local folder (or a hub id already in the local cache)
-    frames_per_video: int           # the prompts param of that name
+    model: str  # local folder (or a hub id already in the local cache)
+    frames_per_video: int  # the prompts param of that name
     max_new_tokens: int = MAX_NEW_TOKENS
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     trust_remote_code: bool = False
 
 
 class HFBackend:
     name = "hf"
-    parallel = False   # one model, one video at a time
+    parallel = False  # one model, one video at a time
 
     def __init__(self, config: HFConfig):
         self.config = config
@@ -58,9 +58,11 @@ class HFBackend:
         local_only = Path(source).exists()
         try:
             processor = AutoProcessor.from_pretrained(
-                source, trust_remote_code=self.config.trust_remote_code, local_files_only=local_only)
+                source, trust_remote_code=self.config.trust_remote_code, local_files_only=local_only
+            )
             network = AutoModelForImageTextToText.from_pretrained(
-                source, dtype=dtype, trust_remote_code=self.config.trust_remote_code, local_files_only=local_only)
+                source, dtype=dtype, trust_remote_code=self.config.trust_remote_code, local_files_only=local_only
+            )
         except (OSError, ValueError) as e:
             raise SSPError(f"cannot load the hf model {source!r}: {e}") from e
         if getattr(processor, "chat_template", None) is None:
@@ -84,11 +86,12 @@ class HFBackend:
                 self._load()
             network = self._network
             inputs = self._processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+            )
             inputs = inputs.to(network.device, dtype=network.dtype)
             with torch.inference_mode():
                 output = network.generate(**inputs, max_new_tokens=self.config.max_new_tokens, do_sample=False)
-            new_tokens = output[0, inputs["input_ids"].shape[1]:]
+            new_tokens = output[0, inputs["input_ids"].shape[1] :]
             return self._processor.decode(new_tokens, skip_special_tokens=True).strip()
 
     def answer_q1(self, record: VideoRecord, questions: Questions) -> str:
@@ -96,4 +99,3 @@ class HFBackend:
 
     def answer_q2(self, record: VideoRecord, questions: Questions, a1: str) -> str:
         return self.chat(record, conversation(questions, a1))
-

@@ -29,7 +29,7 @@ from ssp.preprocess.prompts.questions import MAX_NEW_TOKENS, Questions, conversa
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "http://localhost:8000/v1"   # vLLM's default; Ollama: http://localhost:11434/v1
+DEFAULT_BASE_URL = "http://localhost:8000/v1"  # vLLM's default; Ollama: http://localhost:11434/v1
 MAX_BACKOFF_S = 60.0
 
 
@@ -41,20 +41,21 @@ class EndpointError(SSPError):
 @dataclass
 class OpenAIConfig:
     model: str
-    frames_per_video: int           # the prompts param of that name
+    frames_per_video: int  # the prompts param of that name
     base_url: str = DEFAULT_BASE_URL
     api_key: str | None = None
     max_new_tokens: int = MAX_NEW_TOKENS
     jpeg_quality: int = 90
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
-    max_retries: int = 4            # retries after the first attempt
-    backoff: float = 1.0            # first retry delay (s); doubles each retry, plus up to 100% jitter
-    give_up_after: int = 3          # after this many questions failed in a row, stop asking (0: never)
+    max_retries: int = 4  # retries after the first attempt
+    backoff: float = 1.0  # first retry delay (s); doubles each retry, plus up to 100% jitter
+    give_up_after: int = 3  # after this many questions failed in a row, stop asking (0: never)
 
     @classmethod
-    def from_env(cls, model: str | None = None, base_url: str | None = None, api_key: str | None = None,
-                 **kwargs) -> "OpenAIConfig":
+    def from_env(
+        cls, model: str | None = None, base_url: str | None = None, api_key: str | None = None, **kwargs
+    ) -> "OpenAIConfig":
         """Explicit values first, then $OPENAI_MODEL / $OPENAI_BASE_URL / $OPENAI_API_KEY."""
         model = model or os.environ.get("OPENAI_MODEL")
         if not model:
@@ -83,7 +84,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 class OpenAIBackend:
     name = "openai"
-    parallel = True   # httpx.Client is thread-safe; --workers requests in flight
+    parallel = True  # httpx.Client is thread-safe; --workers requests in flight
 
     def __init__(self, config: OpenAIConfig, client: httpx.Client | None = None):
         self.config = config
@@ -114,15 +115,21 @@ class OpenAIBackend:
             else:
                 content = turn["text"]
             messages.append({"role": turn["role"], "content": content})
-        return {"model": self.config.model, "messages": messages,
-                "max_tokens": self.config.max_new_tokens, "temperature": 0.0}
+        return {
+            "model": self.config.model,
+            "messages": messages,
+            "max_tokens": self.config.max_new_tokens,
+            "temperature": 0.0,
+        }
 
     def chat(self, record: VideoRecord, turns: list[dict[str, str]]) -> str:
         # A dead endpoint would cost every remaining video its full retry schedule:
         # after `give_up_after` failures in a row the remaining videos are not asked.
         if 0 < self.config.give_up_after <= self._failures_in_a_row:
-            raise EndpointError(f"not asked: {self._failures_in_a_row} questions in a row failed at "
-                                f"{self.config.base_url} (is the endpoint up?)")
+            raise EndpointError(
+                f"not asked: {self._failures_in_a_row} questions in a row failed at "
+                f"{self.config.base_url} (is the endpoint up?)"
+            )
         try:
             answer = self._chat(record, turns)
         except EndpointError:
@@ -153,8 +160,7 @@ class OpenAIBackend:
                     raise EndpointError(f"endpoint {self.config.base_url} answered {problem}")
                 delay = _retry_after(response)
             if attempt == attempts:
-                raise EndpointError(f"endpoint {self.config.base_url} {problem}, "
-                                    f"gave up after {attempts} attempts")
+                raise EndpointError(f"endpoint {self.config.base_url} {problem}, gave up after {attempts} attempts")
             if delay is None:
                 base = self.config.backoff * 2 ** (attempt - 1)
                 delay = base + random.uniform(0, base)
@@ -171,9 +177,8 @@ class OpenAIBackend:
         try:
             content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
-            raise EndpointError(f"malformed reply (no choices[0].message.content): "
-                                f"{str(reply)[:200]}") from None
-        if isinstance(content, list):   # some servers answer with content parts
+            raise EndpointError(f"malformed reply (no choices[0].message.content): {str(reply)[:200]}") from None
+        if isinstance(content, list):  # some servers answer with content parts
             content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
         if not isinstance(content, str):
             raise EndpointError(f"malformed reply (content is {type(content).__name__})")
