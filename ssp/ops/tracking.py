@@ -8,7 +8,8 @@
   exports its id in ``SSP_MLFLOW_PARENT_RUN_ID``; every ``ssp train``/``evaluate``
   process started under it becomes a nested run. Environment, not params: DVC must
   not see a new parent id as a changed input.
-- Tags on every run: git commit, DVC stage name (``DVC_STAGE`` / caller), data hash.
+- Tags on every run: git commit, DVC stage name (``DVC_STAGE`` / caller); the data hash
+  (:func:`data_hash`) goes on registered model versions (:mod:`ssp.ops.registry`).
 
 We use ``MlflowClient`` with explicit run ids rather than mlflow's global "active run"
 so that several runs can be open in one process (tests, the ablation flow) and only
@@ -265,7 +266,7 @@ def _version() -> str:
     return __version__
 
 
-# -- where a process of a (distributed) job ran, and its node's system metrics -------------------------------------------
+# -- where a process of a (distributed) job ran, and its node's system metrics ------------
 def node_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """MLflow tags that say where a process of a (possibly distributed) job ran;
     torchrun's GROUP_RANK is the node rank, WORLD_SIZE the number of processes."""
