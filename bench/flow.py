@@ -132,6 +132,10 @@ def benchmark_dataset(work: Path, args: argparse.Namespace) -> Path:
         "data.seed=0",
         "--set",
         f"data.size={args.synth_size}",
+        "--set",
+        "data.classes=8",
+        "--set",
+        "data.image_size=64",
         "--workers",
         str(os.cpu_count() or 1),
     ]

@@ -24,7 +24,7 @@ from prefect.runtime import flow_run
 
 from flows.dvc_stages import run_stage, stage_order
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
-from ssp.params import DEFAULT_PARAMS, compose, load_params, write_params
+from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
 
 # Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
 # are cached, so a retry only asks for the rest). Deterministic stages (validate,
@@ -53,7 +53,7 @@ def pipeline_params(project_dir: str | Path, profile: str | None = None) -> dict
     does, so that DVC sees (and records) the values the stages read."""
     path = Path(project_dir) / DEFAULT_PARAMS
     if profile is not None:
-        write_params(compose(Path(project_dir) / "conf", profile), path)
+        write_params(compose(Path(project_dir) / CONF_DIR, profile), path)
     return load_params(path).to_dict()
 
 
@@ -66,7 +66,8 @@ def dvc_metrics(project_dir: str | Path) -> dict[str, float]:
         for path, entry in (rev.get("data") or {}).items():
             for key, value in flatten(entry.get("data") or {}).items():
                 if isinstance(value, (int, float)):
-                    out[f"{Path(path).stem}.{key}"] = float(value)
+                    # the path names the metric: the grid's cells are metrics/ablation/{row}/seed{k}.json
+                    out[f"{Path(path).with_suffix('').as_posix().replace('/', '.')}.{key}"] = float(value)
     return out
 
 

@@ -21,6 +21,8 @@ import argparse
 import copy
 import dataclasses
 import logging
+import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,7 +86,7 @@ class ModelParams:
     """Architecture, read by both stages (the SSP switches are the ``ssp`` section)."""
 
     size: str = "tiny"  # tiny (CPU, demo) | paper (Swin-B Mask2Former as AAVS)
-    image_size: int = 64
+    image_size: int | None = None  # model input side in pixels (None: the size preset's, tiny 64, paper 384)
     # M_GT of eq. 2 in training: stage1 (stage 1's masks, as at test) | gt (the paper's wording)
     premask_train_source: str = "stage1"
     premask_test_source: str = "stage1"  # ... and at test, where the GT is unknown: stage1 | flow | all
@@ -167,6 +169,7 @@ class AblationParams:
 
     rows: list[str] = field(default_factory=lambda: list(paper.ROWS))
     seeds: list[int] = field(default_factory=lambda: [0])
+    lambda_post: float = 10.0  # λ'_mask of the rows with the post-mask (the paper's; the sweep varies it)
 
 
 @dataclass
@@ -213,43 +216,69 @@ class Params:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str | Path = "params") -> Params:
         """Typed sections from a (composed) params mapping; a missing section or key takes
-        its default, an unknown one is an error naming ``source``."""
+        its default; an unknown section or key, or a value of the wrong type, is an error
+        naming ``source`` (the file, or the ``--set`` overrides)."""
         data = dict(data or {})
-        sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(sections))
+        sections = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - sections)
         if unknown:
-            raise DataError(source, f"unknown params sections {unknown} (known: {sorted(sections)})")
+            hint = " (params.yaml is composed from conf/ now: run `ssp params`)" if "profiles" in unknown else ""
+            raise DataError(source, f"unknown params sections {unknown} (known: {sorted(sections)}){hint}")
         base = cls()
         values: dict[str, Any] = {"profile": str(data.get("profile") or DEFAULT_PROFILE)}
-        for name in sections:
-            if name == "profile":
-                continue
-            values[name] = _section(getattr(base, name), data.get(name), f"{source}: {name}")
+        for name in sections - {"profile"}:
+            values[name] = _section(getattr(base, name), data.get(name), source, name)
         params = cls(**values)
         params.train1.check(f"{source}: train1")
         params.train2.check(f"{source}: train2")
         return params
 
 
-def _section(default: Any, given: Mapping[str, Any] | None, where: str) -> Any:
+# the SSP switches of the main model were `model.*` keys before they got their own section
+_MOVED_KEYS = {("model", k): f"ssp.{k}" for k in ("pre_mask", "text", "post_mask", "lambda_post")}
+
+
+def _section(default: Any, given: Mapping[str, Any] | None, source: str | Path, name: str) -> Any:
     if given is None:
         return default
     if not isinstance(given, Mapping):
-        raise DataError(where.split(":")[0], f"section {where.split(': ')[-1]} must be a mapping, got {given!r}")
+        raise DataError(source, f"section {name} must be a mapping, got {given!r}")
     known = {f.name for f in dataclasses.fields(default)}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise DataError(
-            where.split(":")[0], f"unknown keys {unknown} in section {where.split(': ')[-1]} (known: {sorted(known)})"
-        )
-    values = dict(given)
+        moved = [f"{name}.{k} is {_MOVED_KEYS[(name, k)]}" for k in unknown if (name, k) in _MOVED_KEYS]
+        hint = f" ({'; '.join(moved)} now)" if moved else ""
+        raise DataError(source, f"unknown keys {unknown} in section {name} (known: {sorted(known)}){hint}")
     hints = typing.get_type_hints(type(default))
-    for key, value in values.items():
-        # a float knob written as a YAML integer (`--set flow.min_magnitude=2`) is still a
-        # float: values enter stamps, tags and configs, and must not depend on the spelling
-        if hints[key] is float and isinstance(value, int) and not isinstance(value, bool):
-            values[key] = float(value)
+    values = {key: _typed(value, hints[key], source, f"{name}.{key}") for key, value in given.items()}
     return dataclasses.replace(default, **values)
+
+
+def _typed(value: Any, hint: Any, source: str | Path, key: str) -> Any:
+    """``value`` as the type ``hint`` says, or a DataError naming ``key``. A float knob
+    written as an integer or in exponent form (``--set train2.lr=1e-3``, which YAML reads as
+    a string) becomes a float: values enter stamps, tags and configs, and must not depend
+    on the spelling."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option in (str, bool) and type(value) is option:
+            return value
+        if origin in (list, dict) and isinstance(value, origin):
+            return value
+    wanted = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise DataError(source, f"{key} must be {wanted}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -293,6 +322,12 @@ def compose(conf_dir: str | Path, profile: str = DEFAULT_PROFILE) -> dict[str, A
     from omegaconf import OmegaConf  # noqa: PLC0415
 
     conf_dir = Path(conf_dir).resolve()
+    if not (conf_dir / "config.yaml").is_file():
+        raise DataError(
+            conf_dir,
+            "no conf/config.yaml here: profiles are composed from the conf/ folder "
+            "beside the params file (the repository's)",
+        )
     choices = sorted(p.stem for p in (conf_dir / "profile").glob("*.yaml"))
     if profile not in choices:
         raise DataError(conf_dir / "profile", f"no profile {profile!r} (profiles: {', '.join(choices)})")
@@ -304,8 +339,10 @@ def compose(conf_dir: str | Path, profile: str = DEFAULT_PROFILE) -> dict[str, A
 def load_params(path: str | Path | None = None, profile: str | None = None, overrides: Iterable[str] = ()) -> Params:
     """The params a command runs with: ``path`` (default params.yaml; the defaults of this
     module when it does not exist), or, when ``profile`` names another profile than the
-    file's, that profile composed from ``conf/`` beside the file; then ``overrides``.
-    ``profile=NAME`` among the overrides selects the profile too (as ``dvc exp run -S``)."""
+    file's, that profile composed from ``conf/`` beside the file (the file's own values are
+    then not used: profiles are compositions of conf/, as `dvc exp run -S profile=NAME`
+    makes them); then ``overrides``. ``profile=NAME`` among the overrides selects the
+    profile too."""
     path = Path(path) if path is not None else DEFAULT_PARAMS
     overrides = list(overrides)
     chosen = [str(parse_override(o)[1]) for o in overrides if parse_override(o)[0] == ["profile"]]
@@ -314,7 +351,10 @@ def load_params(path: str | Path | None = None, profile: str | None = None, over
     raw = read_yaml(path) if path.exists() else {}
     if profile is not None and profile != raw.get("profile", DEFAULT_PROFILE):
         raw = compose(path.parent / CONF_DIR, profile)
-    return Params.from_dict(apply_overrides(raw, overrides), source=path)
+    params = Params.from_dict(raw, source=path)
+    if not overrides:
+        return params
+    return Params.from_dict(apply_overrides(raw, overrides), source="--set " + " --set ".join(overrides))
 
 
 def write_params(params: Mapping[str, Any], path: str | Path = DEFAULT_PARAMS) -> Path:
@@ -324,24 +364,28 @@ def write_params(params: Mapping[str, Any], path: str | Path = DEFAULT_PARAMS) -
         "# file). The values the stages read; every knob is documented in ssp/params.py.\n"
     )
     write_text(path, header + yaml.safe_dump(dict(params), sort_keys=False, default_flow_style=False))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # a tracked file others read (atomic writes make it 0600)
     return Path(path)
 
 
 # ---------------------------------------------------------------------------------------
 # The options every stage command shares
 # ---------------------------------------------------------------------------------------
-def add_params_arguments(parser: argparse.ArgumentParser, example: str) -> None:
+def add_params_arguments(parser: argparse.ArgumentParser, example: str, moved: Mapping[str, str] | None = None) -> None:
     """``--params FILE`` and the repeatable ``--set SECTION.KEY=VALUE`` (``example``: one
     override that makes sense for the command, shown in its help). A stage reads its knobs
     from its own section; what is not a param (where to write, workers, device, how to
-    reach an endpoint) stays a flag of the command."""
+    reach an endpoint) stays a flag of the command. ``moved``: former flags of the command
+    that are params now (flag -> key); giving one is an error saying which ``--set``."""
     parser.add_argument(
         "--params",
         type=Path,
         default=DEFAULT_PARAMS,
         metavar="FILE",
         help=f"params file whose section(s) this command reads (default: {DEFAULT_PARAMS}; "
-        "the defaults of ssp/params.py when the file does not exist)",
+        "the defaults of ssp/params.py when it does not exist)",
     )
     parser.add_argument(
         "--set",
@@ -351,11 +395,29 @@ def add_params_arguments(parser: argparse.ArgumentParser, example: str) -> None:
         metavar="KEY=VALUE",
         help=f"override a param, e.g. --set {example} (repeatable)",
     )
+    for flag, key in (moved or {}).items():
+        parser.add_argument(flag, nargs="?", action=_MovedFlag, key=key, help=argparse.SUPPRESS)
 
 
-def stage_params(args: argparse.Namespace) -> Params:
-    """The params a stage command runs with: ``--params`` with the ``--set`` overrides."""
-    return load_params(args.params, overrides=args.overrides)
+class _MovedFlag(argparse.Action):
+    """A flag that became a param: an error naming the ``--set`` that replaces it."""
+
+    def __init__(self, option_strings: list[str], dest: str, key: str, **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.key = key
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        value = values if values is not None else "VALUE"
+        parser.error(f"{option_string} is a param now: --set {self.key}={value} (or edit conf/config.yaml)")
+
+
+def stage_params(args: argparse.Namespace, profile: str | None = None, extra: Iterable[str] = ()) -> Params:
+    """The params a command runs with: ``--params`` with the ``--set`` overrides (then
+    ``extra`` ones). The defaults stand in for a missing params.yaml, but a file named
+    explicitly must exist (a typo must not run the demo defaults)."""
+    if Path(args.params) != DEFAULT_PARAMS and not Path(args.params).exists():
+        raise DataError(args.params, "params file not found (an empty file gives the defaults)")
+    return load_params(args.params, profile=profile, overrides=[*args.overrides, *extra])
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what tests/test_infra_servers.py starts as real servers: Debian's PostgreSQL
+# Installs what tests/infra/test_servers.py starts as real servers: Debian's PostgreSQL
 # server (MLflow's and Prefect's backend store). MLflow and Prefect come with the
 # Python environment. Idempotent and quick: does nothing when the binaries are there.
 #

@@ -1007,7 +1007,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset folder to create (AVSBench-semantic layout); written to "
         "DIR/../.NAME.partial first and renamed when complete",
     )
-    add_params_arguments(parser, "data.size=tiny")
+    add_params_arguments(
+        parser,
+        "data.size=tiny",
+        moved={
+            "--seed": "data.seed",
+            "--size": "data.size",
+            "--classes": "data.classes",
+            "--image-size": "data.image_size",
+        },
+    )
     parser.epilog = (
         "Reads the data section of the params file: seed (same seed -> byte-identical files), "
         f"size ({' | '.join(PRESETS)}: tiny = 12 videos (tests), demo = 304 (minutes of CPU "

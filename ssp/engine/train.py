@@ -73,7 +73,7 @@ from ssp.models import SSPConfig, SSPModel
 from ssp.models.checkpoint import load_model, load_weights_into
 from ssp.models.criterion import SSPCriterion
 from ssp.ops.tracking import EXPERIMENTS, RunLogger
-from ssp.params import ModelParams, Params, TrainParams, add_params_arguments, load_params
+from ssp.params import ModelParams, Params, TrainParams, add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,16 @@ VAL_METRICS = ("miou", "fscore", "miou_no_bg", "fscore_no_bg", "miou_per_frame",
 # Params -> model config, optimizer
 # ---------------------------------------------------------------------------------------
 def model_switches(params: Params, stage: int, row: str | None = None) -> dict[str, Any]:
-    """The SSP switches (pre_mask, text, post_mask, lambda_post) of a stage's model: a
-    Table-2 ``row``'s with ``ssp.lambda_post``; no row: the ``ssp`` section for stage 2,
-    the ``aavs`` row for stage 1 (the AAVS binary model)."""
+    """The SSP switches (pre_mask, text, post_mask, lambda_post) of a stage's model: no row,
+    the ``ssp`` section for stage 2 (the main model) and the ``aavs`` row for stage 1 (the
+    AAVS binary model); a Table-2 ``row``'s switches, with ``ablation.lambda_post`` when the
+    row has the post-mask (the other rows do not read λ', so its change leaves them alone)."""
     if row is None and stage == 2:
         return dataclasses.asdict(params.ssp)
-    return {**paper.row(row or "aavs").switches, "lambda_post": params.ssp.lambda_post}
+    switches = dict(paper.row(row or "aavs").switches)
+    if switches["post_mask"]:
+        switches["lambda_post"] = params.ablation.lambda_post
+    return switches
 
 
 def build_model_config(model: ModelParams, stage: int, switches: Mapping[str, Any]) -> SSPConfig:
@@ -569,7 +573,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, help="run folder: checkpoints/, history.csv, metrics.json, overlays/"
     )
-    add_params_arguments(parser, "train2.epochs=3 --set ssp.text=vta")  # sections model, ssp, train1/train2
+    add_params_arguments(
+        parser,
+        "train2.epochs=3 --set ssp.text=vta",
+        moved={"--test-split": "evaluate.split", "--fscore-batch-videos": "evaluate.fscore_batch_videos"},
+    )  # sections model, ssp, train1/train2
     parser.add_argument("--profile", default=None, help="params profile, e.g. paper (default: the file's `profile`)")
     parser.add_argument(
         "--row",
@@ -613,12 +621,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def params_from_args(args: argparse.Namespace) -> Params:
     """--params / --profile / --set, with --seed and --device as trainN overrides."""
-    overrides = list(args.overrides)
+    extra = []
     if args.seed is not None:
-        overrides.append(f"train{args.stage}.seed={args.seed}")
+        extra.append(f"train{args.stage}.seed={args.seed}")
     if args.device is not None:
-        overrides.append(f"train{args.stage}.device={args.device}")
-    return load_params(args.params, profile=args.profile, overrides=overrides)
+        extra.append(f"train{args.stage}.device={args.device}")
+    return stage_params(args, args.profile, extra)
 
 
 def train_from_args(args: argparse.Namespace, params: Params) -> TrainResult:

@@ -4,7 +4,7 @@ The pipeline is the training pipeline's, on one clip:
 
 1. frames at ``--fps`` (default 1 per second) and the audio as 16 kHz mono
    (:func:`ssp.preprocess.frames.extract_video`, into a temporary folder);
-2. VGGish log-mel, one 96×64 patch per second (:mod:`ssp.preprocess.logmel`);
+2. VGGish log-mel, one 96×64 patch per second (:mod:`ssp.data.audio`);
 3. optical-flow masks M_O with the ``flow`` section of params.yaml, as the flow stage;
 4. MLLM prompts A1/A2 with the ``prompts`` section's backend (``--prompts-backend``
    overrides it; ``scene`` answers exist only for the generated benchmark, so it

@@ -183,7 +183,7 @@ class BatchedHungarianMatcher(Mask2FormerHungarianMatcher):
     largest float; scipy's Hungarian assignment (for a single target that is the argmin
     over queries, taken directly). Only the random draw differs (one ``torch.rand`` for
     the batch instead of one per frame). Subclassed against transformers 5.23.0 (pinned);
-    ``tests/test_losses.py`` checks the costs against the parent's pairwise functions and
+    ``tests/models/test_criterion.py`` checks the costs against the parent's pairwise functions and
     the assignments against the parent's on the same points.
     """
 

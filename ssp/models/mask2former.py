@@ -16,7 +16,7 @@ embedding. Subclassed, because AAVS injects into them:
 
 Parameter names are those of ``Mask2FormerModel`` (``pixel_level_module.encoder/decoder``,
 ``transformer_module.*``), so Mask2Former and AAVS checkpoints load by name.
-``tests/test_model.py::test_transformers_seam`` fails loudly if the internals used here
+``tests/models/test_model.py::test_transformers_seam`` fails loudly if the internals used here
 change: it checks the version, the attributes, the call signatures, and that both
 subclasses reproduce the upstream forward exactly when nothing is injected.
 """

@@ -41,7 +41,7 @@ class VGGishPostprocessor(nn.Module):
 
 class VGGish(nn.Module):
     """VGGish: (N, 96, 64) or (N, 1, 96, 64) log-mel examples -> (N, 128) embeddings,
-    i.e. one 128-d vector per second for :func:`logmel_per_second` input.
+    i.e. one 128-d vector per second for :func:`ssp.data.audio.logmel_per_second` input.
 
     State-dict keys match torchvggish (``features.{0,3,6,8,11,13}.*``,
     ``embeddings.{0,2,4}.*``, and ``pproc.pca_matrix`` / ``pproc.pca_means`` when

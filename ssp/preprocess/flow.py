@@ -467,7 +467,19 @@ def run_flow_stage(data_root: str | Path, out: str | Path, config: FlowStageConf
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data_root", metavar="DATA_ROOT", help="dataset root (AVSBench-semantic or -object layout)")
     parser.add_argument("--out", required=True, help="output folder; mirrors the dataset's per-video folders")
-    add_params_arguments(parser, "flow.min_magnitude=0.5")
+    add_params_arguments(
+        parser,
+        "flow.min_magnitude=0.5",
+        moved={
+            "--method": "flow.method",
+            "--preset": "flow.preset",
+            "--weights": "flow.weights",
+            "--rule": "flow.rule",
+            "--value": "flow.value",
+            "--min-magnitude": "flow.min_magnitude",
+            "--cleanup": "flow.cleanup",
+        },
+    )
     parser.add_argument(
         "--size",
         type=int,

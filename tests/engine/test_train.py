@@ -106,7 +106,7 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
         "--out",
         str(tmp_path / "cell"),
         "--params",
-        str(tmp_path / "none.yaml"),
+        os.devnull,
         "--stage1-masks",
         str(out),
         "--no-progress",
@@ -229,10 +229,16 @@ def test_model_config_from_typed_params_is_the_old_one(profile):
     assert new(2) == _old_config(model, 2, None, dict(ssp))  # train_stage2: --set model.<ssp keys>
     for row in paper.ROWS:  # the ablation rows: --row R
         assert new(2, row) == _old_config(model, 2, row, {})
-    swept = load_params(REPO / "params.yaml", profile=profile, overrides=["ssp.lambda_post=5"])
+    swept = load_params(REPO / "params.yaml", profile=profile, overrides=["ablation.lambda_post=5"])
     assert new(2, "full", swept) == _old_config(model, 2, "full", {"lambda_post": 5})  # the sweep
     config = build_model_config(ModelParams(size="tiny"), 2, model_switches(swept, 2, "pre_mask_post_mask"))
     assert (config.pre_mask, config.text, config.post_mask, config.lambda_post) == (True, "none", True, 5)
+    # λ' reaches only the models that use it: the main model's is its own, rows without the
+    # post-mask and stage 1 keep the config default (so DVC need not retrain them)
+    main_swept = load_params(REPO / "params.yaml", profile=profile, overrides=["ssp.lambda_post=5"])
+    assert new(2, params=main_swept).lambda_post == 5 and new(2, "full", main_swept) == new(2, "full")
+    for changed in (swept, main_swept):
+        assert new(1, params=changed) == new(1) and new(2, "text_vta", changed) == new(2, "text_vta")
 
 
 def test_collate_labelled_drops_unlabelled_frames():
@@ -278,7 +284,7 @@ def test_torchrun_two_cpu_processes(bench, tmp_path, mlflow_store):
         "--out",
         str(out),
         "--params",
-        "/nonexistent.yaml",
+        os.devnull,
         "--logmel",
         str(bench["logmel"]),
         "--row",

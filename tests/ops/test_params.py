@@ -35,7 +35,9 @@ def test_paper_profile_values():
     demo, paper = load_params(ROOT / "params.yaml"), load_params(ROOT / "params.yaml", profile="paper")
     assert (demo.profile, paper.profile) == ("demo", "paper")
     assert (demo.model.size, paper.model.size) == ("tiny", "paper")
-    assert (paper.model.image_size, paper.train2.epochs, paper.train2.lr_step_epoch) == (384, 60, 20)
+    # the input size is the size preset's (tiny 64 px, paper 384 px) unless a profile sets one
+    assert (demo.model.image_size, paper.model.image_size) == (None, None)
+    assert (paper.train2.epochs, paper.train2.lr_step_epoch) == (60, 20)
     assert (paper.train1.epochs, paper.train1.lr_step_epoch) == (30, 15)
     # the paper profile trains on whole videos of every subset (the demo keeps a few frames of v2)
     assert paper.train2.max_frames is None and paper.train2.subsets is None and paper.train1.max_frames is None
@@ -66,14 +68,30 @@ def test_profile_chosen_by_argument_or_override_composes_conf_beside_the_file(tm
     assert load_params(path, profile="demo") == load_params(path)
 
 
+def test_overrides_are_typed_and_their_errors_name_the_override(tmp_path):
+    path = project(tmp_path)
+    params = load_params(path, overrides=["train2.lr=1e-3", "flow.min_magnitude=2", "ablation.seeds=[0, 1]"])
+    assert (params.train2.lr, params.flow.min_magnitude, params.ablation.seeds) == (1e-3, 2.0, [0, 1])
+    assert isinstance(params.flow.min_magnitude, float)  # stamps and tags do not depend on the spelling
+    with pytest.raises(DataError, match=r"--set train2.epochs=abc: train2.epochs must be int, got 'abc'"):
+        load_params(path, overrides=["train2.epochs=abc"])
+    with pytest.raises(DataError, match=r"--set train1.subsets=v2: train1.subsets must be list or null"):
+        load_params(path, overrides=["train1.subsets=v2"])
+    with pytest.raises(DataError, match=r"--set model.text=vta: unknown keys \['text'\].*model.text is ssp.text now"):
+        load_params(path, overrides=["model.text=vta"])
+
+
 def test_errors_name_the_file_and_the_problem(tmp_path):
     path = project(tmp_path)
     with pytest.raises(DataError, match=r"conf/profile: no profile 'gpu' \(profiles: demo, paper\)"):
         load_params(path, profile="gpu")
-    with pytest.raises(DataError, match=r"params.yaml: unknown keys \['epochz'\] in section train1"):
+    with pytest.raises(DataError, match=r"--set train1.epochz=3: unknown keys \['epochz'\] in section train1"):
         load_params(path, overrides=["train1.epochz=3"])
-    with pytest.raises(DataError, match=r"params.yaml: unknown params sections \['profiles'\]"):
-        load_params(path, overrides=["profiles.paper.x=1"])
+    path.write_text(yaml.safe_dump({"profile": "demo", "profiles": {"paper": {}}}))  # the old single-file form
+    with pytest.raises(DataError, match=r"params.yaml: unknown params sections \['profiles'\].*run `ssp params`"):
+        load_params(path)
+    with pytest.raises(DataError, match=r"no conf/config.yaml here"):
+        load_params(tmp_path / "elsewhere" / "params.yaml", profile="paper")
     path.write_text("a: [1, 2\n")
     with pytest.raises(DataError, match="params.yaml: not valid YAML"):
         load_params(path)
@@ -117,3 +135,18 @@ def test_dvc_exp_run_with_the_paper_profile_records_the_paper_values(tmp_path):
     header = rows[0]
     values = {tuple(r[header.index(k)] for k in ("profile", "model.size", "train2.epochs")) for r in rows[1:]}
     assert ("paper", "paper", "60") in values and ("demo", "tiny", "12") in values
+
+
+def test_former_flags_and_missing_params_files_are_clear_errors(tmp_path, capsys):
+    from ssp.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["synth", "--out", str(tmp_path / "d"), "--size", "tiny"])
+    assert exit_.value.code == 2
+    assert "ssp synth: error: --size is a param now: --set data.size=tiny" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prompts", str(tmp_path), "--out", str(tmp_path / "p"), "--backend", "none"])
+    assert "--set prompts.backend=none" in capsys.readouterr().err
+    # a params file named explicitly must exist: a typo would silently run the demo defaults
+    assert main(["synth", "--out", str(tmp_path / "d"), "--params", str(tmp_path / "typo.yaml")]) == 2
+    assert "typo.yaml: params file not found" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -290,7 +291,7 @@ def test_cli_scene_on_generated_data(synth_dataset, tmp_path):
 
 def test_cli_none_backend_and_clear_error(dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("OPENAI_MODEL", raising=False)
-    no_params = ["--params", str(tmp_path / "no-params.yaml")]
+    no_params = ["--params", os.devnull]
     assert (
         main(["prompts", str(dataset), "--out", str(tmp_path / "p"), *no_params, "--set", "prompts.backend=none"]) == 0
     )

@@ -316,7 +316,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="output folder; gets {out}/{video dir}/prompts.json, mirroring the dataset",
     )
-    add_params_arguments(parser, "prompts.quality=0.5")
+    add_params_arguments(
+        parser,
+        "prompts.quality=0.5",
+        moved={
+            "--backend": "prompts.backend",
+            "--question-variant": "prompts.question_variant",
+            "--model": "prompts.model",
+            "--frames-per-video": "prompts.frames_per_video",
+            "--quality": "prompts.quality",
+            "--seed": "prompts.seed",
+        },
+    )
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help=f"answer length limit (hf, openai). Default: {MAX_NEW_TOKENS}"
     )
