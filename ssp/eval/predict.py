@@ -70,28 +70,17 @@ from ssp.params import Params, PromptsParams, add_params_arguments, stage_params
 from ssp.preprocess.flow import flow_masks
 from ssp.preprocess.frames import extract_video
 from ssp.preprocess.prompts.questions import Questions, parse_nouns
-from ssp.preprocess.prompts.stage import build_backend
+from ssp.preprocess.prompts.stage import add_backend_options, build_backend
 from ssp.report.drawing import class_name, overlay
 
 log = logging.getLogger(__name__)
 
 BINARY_NAMES = ["background", "sounding object"]
 PROMPT_BACKENDS = ("params", "none", "hf", "openai", "scene")
+
+
 # Execution options of the hf / openai backends for a user video (not params; the
 # ``prompts`` section holds backend, model, question_variant, frames_per_video).
-PROMPT_OPTIONS = {
-    "max_new_tokens": 256,
-    "trust_remote_code": False,
-    "base_url": None,
-    "api_key": None,
-    "connect_timeout": 10.0,
-    "read_timeout": 300.0,
-    "max_retries": 4,
-    "backoff": 1.0,
-    "give_up_after": 3,
-}
-
-
 @dataclass
 class LoadedModel:
     """A model ready to run and where it came from (recorded in predictions.json)."""
@@ -169,17 +158,26 @@ def read_frames(paths: Sequence[Path]) -> list[np.ndarray]:
 
 
 def ask_prompts(
-    prompts_params: PromptsParams, clip_dir: Path, frame_paths: list[Path], audio_path: Path, uid: str, device: str
+    prompts_params: PromptsParams,
+    clip_dir: Path,
+    frame_paths: list[Path],
+    audio_path: Path,
+    uid: str,
+    device: str,
+    options: argparse.Namespace | None = None,
 ) -> dict[str, Any]:
     """A1/A2 for the clip from ``prompts_params.backend`` (``none``: empty prompts;
-    ``scene`` answers only for the generated benchmark, so it is ``none`` here)."""
+    ``scene`` answers only for the generated benchmark, so it is ``none`` here);
+    ``options``: the backend options of :func:`ssp.preprocess.prompts.stage.add_backend_options`."""
     questions = Questions.from_variant(prompts_params.question_variant)
     if prompts_params.backend == "scene":
         log.info("prompts backend 'scene' answers only for the generated benchmark; using 'none' for a user video")
         prompts_params = dataclasses.replace(prompts_params, backend="none")
     if prompts_params.backend == "none":
         return {"backend": "none", "model": "", "a1": "", "a2": [], "a2_raw": ""}
-    backend = build_backend(prompts_params, argparse.Namespace(device=device, **PROMPT_OPTIONS))
+    backend = build_backend(
+        prompts_params, argparse.Namespace(**{**vars(options or argparse.Namespace()), "device": device})
+    )
     record = VideoRecord(
         uid=uid,
         subset="user",
@@ -413,6 +411,28 @@ def _prompts_params(params: Params, prompts_backend: str | None) -> PromptsParam
     return dataclasses.replace(params.prompts, backend=prompts_backend)
 
 
+def prediction_summary(video, clip, frames, fps, device, stage1, main, names, prompts, per_frame, video_classes):
+    """predictions.json: the clip, the models and prompts used, the classes per frame."""
+    height, width = frames[0].shape[:2]
+    models = {"stage2" if main.config.stage == 2 else "stage1": main.source}
+    if stage1 is not None:
+        models["stage1"] = stage1.source
+    return {
+        "video": str(video),
+        "frames": len(frames),
+        "fps": fps,
+        "frame_size": [height, width],
+        "duration_s": clip.duration_s,
+        "silent_audio": clip.silent_audio,
+        "device": str(device),
+        "models": models,
+        "class_names": names,
+        "prompts": {k: prompts[k] for k in ("backend", "model", "a1", "a2")},
+        "classes_in_video": [{"index": c, "name": names[c] if c < len(names) else f"class {c}"} for c in video_classes],
+        "per_frame": per_frame,
+    }
+
+
 def predict_video(
     video: str | Path,
     out: str | Path,
@@ -428,9 +448,11 @@ def predict_video(
     seconds: int | None = None,
     silent_audio_ok: bool = False,
     progress: bool = True,
+    backend_options: argparse.Namespace | None = None,
 ) -> Prediction:
     """Run the whole pipeline on one video and write DIR (see the module doc); ``params``:
-    its ``flow`` and ``prompts`` sections (None: the defaults)."""
+    its ``flow`` and ``prompts`` sections (None: the defaults); ``backend_options``: how to
+    run or reach the MLLM (``ssp prompts``' backend options)."""
     video, out = Path(video), Path(out)
     params = params or Params()
     if device == "auto":
@@ -467,6 +489,7 @@ def predict_video(
             clip.audio_path,
             video.stem,
             device,
+            backend_options,
         )
         step(4)
         stage1, main = load_models(checkpoint, stage1_checkpoint, model_uri, stage1_model_uri, device)
@@ -478,30 +501,10 @@ def predict_video(
         per_frame, video_classes = write_outputs(
             built, frames, results, names, clip.frame_times_s, fps, clip.audio_path
         )
-        models = {"stage2" if main.config.stage == 2 else "stage1": main.source}
-        if stage1 is not None:
-            models["stage1"] = stage1.source
-        summary = {
-            "video": str(video),
-            "frames": len(frames),
-            "fps": fps,
-            "frame_size": [height, width],
-            "duration_s": clip.duration_s,
-            "silent_audio": clip.silent_audio,
-            "device": str(device),
-            "models": models,
-            "class_names": names,
-            "prompts": {
-                "backend": prompts["backend"],
-                "model": prompts["model"],
-                "a1": prompts["a1"],
-                "a2": prompts["a2"],
-            },
-            "classes_in_video": [
-                {"index": c, "name": names[c] if c < len(names) else f"class {c}"} for c in video_classes
-            ],
-            "per_frame": per_frame,
-        }
+        summary = prediction_summary(
+            video, clip, frames, fps, device, stage1, main, names, prompts, per_frame, video_classes
+        )
+        models = summary["models"]
         (built / "predictions.json").write_text(json.dumps(summary, indent=2) + "\n")
         _replace_dir(built, out)
         bar.update()
@@ -579,6 +582,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accept a video with no audio track (the model then hears silence)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_backend_options(parser, device=False)  # the MLLM's: --trust-remote-code, --base-url, ...
 
 
 def _class_names_from(path: Path) -> list[str]:
@@ -608,6 +612,7 @@ def main(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         silent_audio_ok=args.silent_audio_ok,
         progress=not args.no_progress,
+        backend_options=args,
     )
     present = sorted({c["name"] for f in result.per_frame for c in f["classes"] if c["index"] != 0})
     log.info(

@@ -329,9 +329,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         },
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help=f"answer length limit (hf, openai). Default: {MAX_NEW_TOKENS}"
-    )
-    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -346,12 +343,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "served model name, else $OPENAI_MODEL), frames_per_video, quality and seed (scene); see "
         "ssp/params.py (PromptsParams)."
     )
-    hf = parser.add_argument_group("hf backend")
-    hf.add_argument(
-        "--device",
-        default=None,
-        help=f"auto (CUDA + bf16 when present, else CPU), cpu, cuda, cuda:1... Default: {HFConfig.device}",
+    add_backend_options(parser)
+
+
+def add_backend_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """How to run or reach the MLLM (not params: they do not change the answers' meaning):
+    the answer length, the hf backend's device and remote-code permission, the openai
+    endpoint and its retries. Shared by ``ssp prompts`` and ``ssp predict`` (which has its
+    own ``--device``: ``device=False``)."""
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"answer length limit (hf, openai). Default: {MAX_NEW_TOKENS}"
     )
+    hf = parser.add_argument_group("hf backend")
+    if device:
+        hf.add_argument(
+            "--device",
+            default=None,
+            help=f"auto (CUDA + bf16 when present, else CPU), cpu, cuda, cuda:1... Default: {HFConfig.device}",
+        )
     hf.add_argument(
         "--trust-remote-code",
         action="store_true",
