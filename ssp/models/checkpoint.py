@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from ssp.errors import DataError
 from ssp.fileio import atomic_path
 from ssp.models.config import SSPConfig
-from ssp.models.ssp import SSPModel
 
 FORMAT = "ssp-checkpoint"
 VERSION = 1
@@ -137,6 +136,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
         config = SSPConfig.from_dict(config_dict)
     except Exception as err:
         raise DataError(path, f"checkpoint config does not build a model ({err})") from None
+    # building a model needs torch + transformers + timm (~3 s); reading or writing weights
+    # (`ssp register`, the training loop) does not
+    from ssp.models.ssp import SSPModel  # noqa: PLC0415
+
     model = SSPModel(config)
     load_weights_into(model, path, state)
     return model.to(device).eval(), config, info
