@@ -33,13 +33,16 @@ sys.path.insert(0, str(ROOT))
 from ssp.eval.evaluate import evaluate  # noqa: E402
 from ssp.fileio import write_text  # noqa: E402
 from ssp.paper import TABLE2  # noqa: E402
+from ssp.report.report import mean_std as report_mean_std  # noqa: E402
 
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 AVSS_MIOU, AVSS_F = 4, 5  # indices of ssp.paper.COLUMNS
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """``ssp report``'s mean and sample std, with 0 for the std of a single seed."""
+    mean, std = report_mean_std(values)
+    return mean, std or 0.0
 
 
 def read_cells(metrics_dir: Path, rows: list[str]) -> dict[str, dict[int, dict]]:
