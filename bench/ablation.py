@@ -1,27 +1,33 @@
-"""Paper Table 2 on the generated benchmark, mean ± std over seeds, from the DVC grid.
+"""Paper Tables 1-2 on the generated benchmark, mean ± std over seeds, from the DVC grid.
 
-The grid itself is the pipeline's: the DVC ``ablation`` stage is a matrix over
-``ablation.rows`` x ``ablation.seeds`` (one stage-2 model per cell, tested on the test
-split in the same process, ``metrics/ablation/{row}/seed{seed}.json``). This script only
-reads those files:
+The grid itself is the pipeline's, two DVC matrices over rows x ``ablation.seeds`` whose
+cells train a model and test it on the test split in the same process:
 
-    dvc exp run -S 'ablation.seeds=[0,1,2]' ablation      # train the cells that are missing
-    .venv/bin/python bench/ablation.py                    # table -> stdout and bench/README.md
+- ``ablation`` (rows ``ablation.rows``): one stage-2 model per cell -> the AVSS columns,
+  ``metrics/ablation/{row}/seed{seed}.json``;
+- ``ablation_avs`` (rows ``ablation.stage1_rows``): one stage-1 (binary) model per cell,
+  trained on v1s + v1m -> the S4 / MS3 columns, ``metrics/ablation_avs/{row}/seed{seed}.json``.
 
-Every cell shares the one stage-1 model of ``train1.seed`` (its masks are the stepping
-stones of every row), so the std is over stage-2 seeds. The table gives mean ± sample std
-of AVSS mIoU and F per row beside the paper's numbers (``ssp.paper``), and the verdict of
-the issue-4 acceptance: the full model beats AAVS in mIoU by more than twice the
-seed-to-seed std.
+This script only reads those files, with ``ssp report``'s reader
+(:func:`ssp.report.report.cell_numbers`):
 
-``--premask-study`` re-evaluates the finished pre-mask cells with every test-time
-stand-in for M_GT in eq. 2 (stage1 | flow | all); that evaluates, it does not train.
+    dvc exp run -S 'ablation.seeds=[0,1,2]' ablation ablation_avs   # the cells that are missing
+    .venv/bin/python bench/ablation.py                              # table -> stdout and bench/README.md
+
+The stage-2 cells share the one stage-1 model of ``train1.seed`` (its masks are the
+stepping stones of every row), so their std is over stage-2 seeds; the stage-1 cells are
+trained per seed. The table gives mean ± sample std per column beside the paper's
+numbers (``ssp.paper``), and the verdict of the issue-4 acceptance: the full model beats
+AAVS in mIoU by more than twice the seed-to-seed std (AVSS; S4 and MS3 likewise).
+
+``--premask-study`` re-evaluates the finished stage-2 pre-mask cells with every
+test-time stand-in for M_GT in eq. 2 (stage1 | flow | all); that evaluates, it does not
+train.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -32,11 +38,12 @@ sys.path.insert(0, str(ROOT))
 
 from ssp.eval.evaluate import evaluate  # noqa: E402
 from ssp.fileio import write_text  # noqa: E402
-from ssp.paper import TABLE2  # noqa: E402
+from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE2  # noqa: E402
+from ssp.report.report import CELL_FOLDERS, Cells, cell_numbers, column_stats  # noqa: E402
 from ssp.report.report import mean_std as report_mean_std  # noqa: E402
 
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
-AVSS_MIOU, AVSS_F = 4, 5  # indices of ssp.paper.COLUMNS
+MIOU_COLUMNS = {"S4": 0, "MS3": 2, "AVSS": 4}  # indices of ssp.paper.COLUMNS
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -45,45 +52,48 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, std or 0.0
 
 
-def read_cells(metrics_dir: Path, rows: list[str]) -> dict[str, dict[int, dict]]:
-    """{row: {seed: AVSS numbers of the test split (v2, else all subsets)}}."""
-    cells: dict[str, dict[int, dict]] = {}
-    for row in rows:
-        for path in sorted((metrics_dir / row).glob("seed*.json")):
-            result = json.loads(path.read_text())
-            semantic = result["semantic"]
-            numbers = dict(semantic["v2" if "v2" in semantic else "all"])
-            numbers["per_scenario"] = result.get("per_scenario", {})
-            cells.setdefault(row, {})[int(path.stem[len("seed") :])] = numbers
-    return cells
+def read_cells(metrics_dir: Path, rows: list[str]) -> Cells:
+    """``ssp report``'s cells (row -> stage -> seed -> numbers in %) of ``rows``."""
+    return {row: cells for row, cells in cell_numbers(metrics_dir).items() if row in rows}
 
 
-def table(cells: dict[str, dict[int, dict]]) -> str:
+def table(cells: Cells) -> str:
     lines = [
-        "| Row | AVSS mIoU (ours, test v2) | AVSS F (ours) | seeds | paper mIoU | paper F |",
-        "|---|---|---|---|---|---|",
+        "| Row | " + " | ".join(f"{c} (ours, test)" for c in COLUMNS) + " | seeds S4/MS3, AVSS | "
+        "paper " + " / ".join(COLUMNS) + " |",
+        "|---|" + "---|" * (len(COLUMNS) + 2),
     ]
-    for row, per_seed in cells.items():
-        (m, ms), (f, fs) = (mean_std([r[k] * 100 for r in per_seed.values()]) for k in ("miou", "fscore"))
-        paper = TABLE2[row].numbers
-        lines.append(
-            f"| {TABLE2[row].label} (`{row}`) | {m:.2f} ± {ms:.2f} | {f:.2f} ± {fs:.2f} | "
-            f"{len(per_seed)} | {paper[AVSS_MIOU]} | {paper[AVSS_F]} |"
-        )
+    for row, row_cells in cells.items():
+        stats = column_stats(row_cells)
+        ours = ["–" if m is None else f"{m:.2f} ± {s or 0.0:.2f}" for m, s in stats]
+        seeds = ", ".join(str(len(row_cells.get(stage, {}))) for stage in CELL_FOLDERS)
+        paper = " / ".join(f"{v}" for v in TABLE2[row].numbers)
+        lines.append(f"| {TABLE2[row].label} (`{row}`) | " + " | ".join(ours) + f" | {seeds} | {paper} |")
     return "\n".join(lines)
 
 
-def verdict(cells: dict[str, dict[int, dict]]) -> str:
-    if min(len(cells.get("full", {})), len(cells.get("aavs", {}))) < 2:
-        return "Full − AAVS gap: needs both rows with at least 2 seeds."
-    full = [r["miou"] for r in cells["full"].values()]
-    base = [r["miou"] for r in cells["aavs"].values()]
-    gap = statistics.fmean(full) - statistics.fmean(base)
-    std = max(statistics.stdev(full), statistics.stdev(base))
-    return (
-        f"Full − AAVS mIoU gap: {gap * 100:.2f} points; 2 × seed std (max of the two rows): "
-        f"{2 * std * 100:.2f} → acceptance {'PASS' if gap > 2 * std else 'FAIL'}."
-    )
+def column_values(cells: Cells, row: str, column: int) -> list[float]:
+    """Per-seed values (%) of one of the six columns of ``row``."""
+    stage = next(stage for stage, columns in STAGE_COLUMNS.items() if column in columns)
+    index = STAGE_COLUMNS[stage].index(column)
+    per_seed = cells.get(row, {}).get(stage, {})
+    return [numbers[index] for numbers in per_seed.values() if numbers[index] is not None]
+
+
+def verdict(cells: Cells) -> str:
+    lines = []
+    for name, column in MIOU_COLUMNS.items():
+        full, base = column_values(cells, "full", column), column_values(cells, "aavs", column)
+        if min(len(full), len(base)) < 2:
+            lines.append(f"{name}: Full − AAVS gap needs both rows with at least 2 seeds.")
+            continue
+        gap = statistics.fmean(full) - statistics.fmean(base)
+        std = max(statistics.stdev(full), statistics.stdev(base))
+        lines.append(
+            f"{name}: Full − AAVS mIoU gap {gap:.2f} points; 2 × seed std (max of the two rows) "
+            f"{2 * std:.2f} → acceptance {'PASS' if gap > 2 * std else 'FAIL'}."
+        )
+    return "\n".join(lines)
 
 
 def write_readme_section(text: str, readme: Path) -> None:
@@ -130,8 +140,9 @@ def main() -> int:
     parser.add_argument(
         "--metrics",
         type=Path,
-        default=Path("metrics/ablation"),
-        help="the grid's metrics folder, {metrics}/{row}/seed{seed}.json (default: metrics/ablation)",
+        default=Path("metrics"),
+        help="the pipeline's metrics folder: {metrics}/ablation/{row}/seed{seed}.json (AVSS) and "
+        "{metrics}/ablation_avs/{row}/seed{seed}.json (S4/MS3) (default: metrics)",
     )
     parser.add_argument("--rows", default=None, help="comma-separated rows (default: all seven, paper order)")
     parser.add_argument(
@@ -163,7 +174,7 @@ def main() -> int:
     else:
         cells = read_cells(args.metrics, rows)
         if not cells:
-            parser.error(f"no results under {args.metrics} (run the grid first: dvc repro ablation)")
+            parser.error(f"no results under {args.metrics} (run the grid first: dvc repro ablation ablation_avs)")
         text = table(cells) + "\n\n" + verdict(cells)
     print(text)
     if args.readme and not args.premask_study:  # the study is printed, not kept

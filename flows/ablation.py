@@ -1,4 +1,5 @@
-"""The ``ablation`` flow: the Table-2 grid (``ablation@<row>-<seed>``) and the λ'_mask sweep
+"""The ``ablation`` flow: the Table-2 grid (``ablation@<row>-<seed>`` for the AVSS columns,
+``ablation_avs@<row>-<seed>`` for S4/MS3) and the λ'_mask sweep
 (``sweep@<value>``), one Prefect task per cell, plus what they depend on (stage 1,
 the stepping-stone masks, preprocessing) when stale. Cells already computed for the
 current code, data and params are skipped by DVC."""
@@ -15,8 +16,9 @@ from flows.reproduce import reproduce
 
 @flow(name="ablation", log_prints=True)
 def ablation(project_dir: str = ".", include_sweep: bool = True, track: bool = True) -> dict[str, Any]:
-    # `samples` is the Fig. 8 grid of the rows' predictions; it needs every ablation cell
-    targets = ["ablation", "samples", "sweep"] if include_sweep else ["ablation", "samples"]
+    # `ablation_avs`: the S4/MS3 (stage-1) cells; `samples` is the Fig. 8 grid of the rows'
+    # predictions, it needs every ablation cell
+    targets = ["ablation", "ablation_avs", "samples"] + (["sweep"] if include_sweep else [])
     return reproduce(project_dir=project_dir, targets=targets, track=track)
 
 

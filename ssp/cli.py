@@ -18,6 +18,7 @@ from ssp.errors import SSPError
 # name -> (module, one-line help). Order = pipeline order, as shown by `ssp --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "params": ("ssp.params", "compose params.yaml from conf/ with a profile (what `dvc exp run -S profile=NAME` does)"),
+    "weights": ("ssp.ops.weights", "resolve (download) and list every pretrained weights spec of the params; --pin"),
     "synth": ("ssp.data.synthetic", "generate the AVSBench-format benchmark (default data)"),
     "validate": ("ssp.data.validation", "check a dataset (either AVSBench layout) before any stage uses it"),
     "frames": ("ssp.preprocess.frames", "raw videos -> 1 frame/s + 16 kHz mono audio"),

@@ -15,8 +15,14 @@ always include the prompts):
 - ``pre_mask_vta``: "w/o. Post-mask", the full model minus the post-mask loss;
 - ``full``: "Full model", pre-mask + VTA + post-mask.
 
-Numbers are the paper's test-set results in %, in :data:`COLUMNS` order. Table 1 (AAVS vs
-SSP) is the first and the last row.
+Numbers are the paper's test-set results in %, in :data:`COLUMNS` order. Table 1 compares
+SSP with other methods; the two we train, AAVS and SSP, are Table 2's first and last rows
+(the same numbers in both tables): :data:`TABLE1`.
+
+Where our numbers come from (``ssp report``): the S4 / MS3 columns of a row from a
+stage-1 (binary) model with the row's switches trained on v1s + v1m (DVC matrix
+``ablation_avs``), the AVSS columns from the stage-2 model with the row's switches (DVC
+matrix ``ablation``): :data:`STAGE_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ TABLE2: dict[str, PaperRow] = {
     )
 }
 ROWS: tuple[str, ...] = tuple(TABLE2)
+
+# Table 1, the methods we train: the paper's method name -> its Table-2 row
+TABLE1: dict[str, str] = {"AAVS [29]": "aavs", "SSP": "full"}
+
+# the model stage each column's numbers come from: S4/MS3 binary (stage 1), AVSS (stage 2)
+STAGE_COLUMNS: dict[int, tuple[int, ...]] = {1: (0, 1, 2, 3), 2: (4, 5)}
 
 
 def row(name: str) -> PaperRow:

@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 DEFAULT_PARAMS = Path("params.yaml")
 CONF_DIR = "conf"  # beside params.yaml: config.yaml + profile/{name}.yaml (Hydra layout)
 DEFAULT_PROFILE = "demo"
+# params that name pretrained weights: a local path or a hub id "org/name@revision",
+# resolved by ssp/hub.py and recorded with every run (`ssp weights` lists them);
+# prompts.model is weights only for the hf backend
+WEIGHT_PARAMS = (
+    "model.mask2former_weights",
+    "model.backbone_weights",
+    "model.vggish_weights",
+    "model.text_model",
+    "model.clip_model",
+    "flow.weights",
+    "prompts.model",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -62,7 +74,13 @@ class FlowParams:
 
     method: str = "dis"  # dis | raft | perceiver (raft/perceiver need weights)
     preset: str = "medium"  # DIS preset: ultrafast | fast | medium
-    weights: str = ""  # RAFT / Perceiver IO weights (local path; never downloaded)
+    # RAFT / Perceiver IO weights: a local path, or a hub id org/name@revision (ssp.hub).
+    # perceiver: a PerceiverForOpticalFlow save_pretrained folder / repo (the paper's:
+    # deepmind/optical-flow-perceiver); raft: a torchvision state dict file, or a repo holding one
+    weights: str = ""
+    variant: str = "auto"  # RAFT: small | large | auto (from the weights' layer shapes)
+    size: int | None = None  # flow computed on frames resized to size x size (None: native); outputs at frame size
+    device: str = "auto"  # RAFT / Perceiver IO: auto (cuda when present) | cpu | cuda | cuda:N
     rule: str = "otsu"  # threshold rule: fixed | fraction_of_max | otsu
     value: float = 0.0  # the rule's value (pixels, or fraction of max); unused by otsu
     min_magnitude: float = 1.0  # pixels moving less than this are never in M_O (keeps still frames empty)
@@ -75,10 +93,28 @@ class PromptsParams:
 
     backend: str = "scene"  # hf | openai | scene (generated benchmark only) | none
     question_variant: str = "d"  # Q1 wording of paper Fig. 7 (d = the paper's final Q1)
-    model: str = ""  # hf: model folder or id; openai: served model name
-    frames_per_video: int = 4
+    # hf: local model folder or hub id org/name@revision (ssp.hub); openai: served model name
+    model: str = ""
+    frames_per_video: int = 4  # frames shown to the MLLM, spread evenly (>= the video's: all)
+    max_new_tokens: int = 256  # answer length limit (hf, openai)
     quality: float = 1.0  # scene backend: answer quality (paper Fig. 6 study)
     seed: int = 0  # scene backend: degradation draws
+    # hf backend. hf_api: chat_template (AutoModelForImageTextToText + the processor's chat
+    # template) | model_chat (AutoModel + the repository's own model.chat(msgs, tokenizer),
+    # MiniCPM-o / MiniCPM-V) | auto (model_chat when config.json maps AutoModel to remote code)
+    hf_api: str = "auto"
+    trust_remote_code: bool = False  # run the model repository's Python code (MiniCPM-o needs it)
+    device: str = "auto"  # auto (CUDA + bf16 when present, else CPU) | cpu | cuda | cuda:N
+    chat_options: dict[str, Any] = field(default_factory=dict)  # model_chat: extra keyword arguments of model.chat
+    # openai backend: the endpoint, the NAME of the environment variable holding the API key
+    # ("" = no key; the key itself never goes into params), timeouts (s) and retries
+    base_url: str = "http://localhost:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    max_retries: int = 4  # retries on 5xx / 429 / timeouts / connection errors, exponential backoff
+    backoff: float = 1.0  # first retry delay (s); doubles each retry, plus up to 100% jitter
+    give_up_after: int = 3  # after this many questions failed in a row, stop asking (0: never)
 
 
 @dataclass
@@ -90,13 +126,32 @@ class ModelParams:
     # M_GT of eq. 2 in training: stage1 (stage 1's masks, as at test) | gt (the paper's wording)
     premask_train_source: str = "stage1"
     premask_test_source: str = "stage1"  # ... and at test, where the GT is unknown: stage1 | flow | all
-    post_mask_form: str = "recall"  # L'_mask on the segmentation, one-sided (recall) | on an extra head (head)
+    # SSP's components (SSPConfig documents each; None: the size preset's, tiny | paper):
+    # L'_mask: mask (paper: BCE + dice vs M_Post) | recall (tiny: one-sided) | head (extra prediction)
+    post_mask_form: str | None = None
+    stepping_stone_test: str | None = None  # stage 2's stone at test: binary (both presets) | soft
+    text_visual_tokens: str | None = None  # VTA's visual tokens: clip (paper) | pixel_decoder (tiny)
+    # how the text reaches the segmentation: cross_attention (both presets) | residual
+    text_injection: str | None = None
     num_points: int | None = None  # points sampled per mask in the loss (None: the size preset's)
-    # local pretrained weights ("" = random init / the packaged default text model)
-    text_model_path: str = ""
+    # pretrained weights: a local path or a hub id "org/name@revision" (ssp/hub.py);
+    # "" = random init; text_model/clip_model None = the preset's (tiny: the packaged MiniLM,
+    # no CLIP; paper: bert-base-uncased, CLIP ViT-B/16)
+    text_model: str | None = None
+    clip_model: str | None = None
     vggish_weights: str = ""
     backbone_weights: str = ""
     mask2former_weights: str = ""
+    # the paper preset refuses to build without its pretrained weights; true = random init on purpose
+    allow_random_init: bool | None = None  # None: the preset's (tiny true, paper false)
+    # AAVS's training recipe (SSPConfig documents each; None: the size preset's -- tiny: off,
+    # paper: frozen Mask2Former with adapters, drop path 0.3)
+    freeze_pretrained: bool | None = None  # freeze the Mask2Former parts but trainable_pretrained
+    trainable_pretrained: list[str] | None = None  # name fragments that still train (None: AAVS's per stage)
+    swin_adapters: bool | None = None  # bottleneck adapters in every Swin block (trained from phase 2)
+    decoder_adapters: str | None = None  # none | replace (AAVS) | residual (starts as the identity)
+    adapter_reduction: int | None = None  # adapter width = dim // this (AAVS 4)
+    drop_path_rate: float | None = None  # Swin stochastic depth (paper 0.3)
 
 
 @dataclass
@@ -146,10 +201,17 @@ class TrainParams:
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn only where impossible)
     overlays: int = 2  # prediction overlay PNGs logged for the best checkpoint
     cache_in_memory: bool = True  # decode the train set once into RAM (small data); then no loader workers
+    # AAVS's phase switch: before epoch index phase2_epoch (this many epochs done) reload the best
+    # checkpoint, re-initialise and unfreeze the Swin adapters, new AdamW at phase2_lr (paper:
+    # 15 S4/MS3, 20 AVSS, as AAVS's epochs//2 and //3); null = one phase
+    phase2_epoch: int | None = None
+    phase2_lr: float = 1e-4
 
     def check(self, where: str) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise SSPError(f"params {where}: epochs and batch_size must be >= 1")
+        if self.phase2_epoch is not None and self.phase2_epoch < 1:
+            raise SSPError(f"params {where}: phase2_epoch must be >= 1 (epochs done before the switch) or null")
 
 
 def _train2() -> TrainParams:
@@ -165,10 +227,14 @@ class EvaluateParams:
 
 @dataclass
 class AblationParams:
-    """Paper Table 2: one stage-2 run per row and seed (DVC matrix ``ablation``)."""
+    """Paper Tables 1-2: per row and seed, a stage-2 run (DVC matrix ``ablation``, the AVSS
+    columns) and a stage-1 run on v1s + v1m (matrix ``ablation_avs``, the S4/MS3 columns)."""
 
     rows: list[str] = field(default_factory=lambda: list(paper.ROWS))
     seeds: list[int] = field(default_factory=lambda: [0])
+    # rows with a stage-1 (S4/MS3) cell; the demo keeps Table 1's pair (1-2.5 min per cell on
+    # 2 CPU cores), the paper profile has all seven
+    stage1_rows: list[str] = field(default_factory=lambda: list(paper.TABLE1.values()))
     lambda_post: float = 10.0  # λ'_mask of the rows with the post-mask (the paper's; the sweep varies it)
 
 
@@ -236,6 +302,7 @@ class Params:
 
 # the SSP switches of the main model were `model.*` keys before they got their own section
 _MOVED_KEYS = {("model", k): f"ssp.{k}" for k in ("pre_mask", "text", "post_mask", "lambda_post")}
+_MOVED_KEYS[("model", "text_model_path")] = "model.text_model"  # renamed: a hub id or a path
 
 
 def _section(default: Any, given: Mapping[str, Any] | None, source: str | Path, name: str) -> Any:
@@ -395,7 +462,13 @@ def add_params_arguments(parser: argparse.ArgumentParser, example: str, moved: M
         metavar="KEY=VALUE",
         help=f"override a param, e.g. --set {example} (repeatable)",
     )
-    for flag, key in (moved or {}).items():
+    add_moved_flags(parser, moved or {})
+
+
+def add_moved_flags(parser: argparse.ArgumentParser, moved: Mapping[str, str]) -> None:
+    """Former flags that are params now (flag -> key): giving one is an error naming the
+    ``--set`` that replaces it (for option groups shared by several commands)."""
+    for flag, key in moved.items():
         parser.add_argument(flag, nargs="?", action=_MovedFlag, key=key, help=argparse.SUPPRESS)
 
 

@@ -1,12 +1,27 @@
-"""Tiny but complete AVSBench datasets on disk, for tests.
+"""Tiny but complete AVSBench datasets on disk, for tests, in the RELEASED formats.
 
-Two writers, one per on-disk layout that :mod:`ssp.data.avsbench` reads:
+Two writers, one per official on-disk layout:
 
 - :func:`write_semantic_dataset`: AVSBench-semantic (subsets v1s / v1m / v2).
-- :func:`write_object_dataset`: AVSBench-object v1 (S4 and / or MS3).
+- :func:`write_object_dataset`: AVSBench-object v1 (S4 and / or MS3), by default in the
+  release tree (``Single-source/``, ``Multi-sources/``).
 
-Both are deterministic from ``seed``. Every object of a video is drawn as a filled
-rectangle in its own vertical band of the image, so every labelled mask contains
+The conventions are those of the official AVSBench code (GitHub OpenNLPLab/AVSBench),
+written down HERE, independently of ``ssp.data``, so that the tests do not share the
+code's assumptions:
+
+- ``label2idx.json`` is the released 1-based file ``{"background": 1, "accordion": 2,
+  ...}`` (71 entries, :data:`RELEASED_LABEL2IDX`); a class's index in the masks is its
+  position in the file (background 0), :data:`CLASS_INDEX`;
+- colour masks use :data:`PALETTE`, computed by :func:`release_palette` the way
+  ``get_v2_pallete`` of ``avs_scripts/avss/color_dataloader.py`` does;
+- ``metadata.csv``: ``vid,uid,s_min,s_sec,a_obj,split,label`` with ``label`` the subset
+  and ``a_obj`` the sounding classes joined with ``_`` (no quoting needed);
+- S4: ``s4_meta_data.csv`` ``name,start,category,split``; MS3: ``ms3_meta_data.csv``
+  ``video_id,split`` (both loaders index the columns by position).
+
+Both writers are deterministic from ``seed``. Every object of a video is drawn as a
+filled rectangle in its own vertical band of the image, so every labelled mask contains
 exactly the classes of the video's ``objects`` (plus background) and the frames show
 the objects where the masks say they are. Import them from any test file::
 
@@ -27,15 +42,111 @@ import pandas as pd
 import soundfile as sf
 from PIL import Image
 
-from ssp.data.avsbench import AVSBENCH_CLASS_NAMES
-from ssp.data.palette import index_to_colour
-
 SAMPLE_RATE = 16_000
 
-# The 71 AVSBench-semantic classes: background first, then 70 sounding-object classes.
-CLASS_NAMES: list[str] = ["background", *AVSBENCH_CLASS_NAMES]
-assert len(CLASS_NAMES) == 71
-LABEL2IDX: dict[str, int] = {name: k for k, name in enumerate(CLASS_NAMES)}
+# The released label2idx.json: background, then the 70 sounding-object classes, in
+# file order.
+CLASS_NAMES: list[str] = [
+    "background",
+    "accordion",
+    "airplane",
+    "axe",
+    "baby",
+    "bassoon",
+    "bell",
+    "bird",
+    "boat",
+    "boy",
+    "bus",
+    "car",
+    "cat",
+    "cello",
+    "clarinet",
+    "clipper",
+    "clock",
+    "dog",
+    "donkey",
+    "drum",
+    "duck",
+    "elephant",
+    "emergency-car",
+    "erhu",
+    "flute",
+    "frying-food",
+    "girl",
+    "goose",
+    "guitar",
+    "gun",
+    "guzheng",
+    "hair-dryer",
+    "handpan",
+    "harmonica",
+    "harp",
+    "helicopter",
+    "hen",
+    "horse",
+    "keyboard",
+    "leopard",
+    "lion",
+    "man",
+    "marimba",
+    "missile-rocket",
+    "motorcycle",
+    "mower",
+    "parrot",
+    "piano",
+    "pig",
+    "pipa",
+    "saw",
+    "saxophone",
+    "sheep",
+    "sitar",
+    "sorna",
+    "squirrel",
+    "tabla",
+    "tank",
+    "tiger",
+    "tractor",
+    "train",
+    "trombone",
+    "truck",
+    "trumpet",
+    "tuba",
+    "ukulele",
+    "utv",
+    "vacuum-cleaner",
+    "violin",
+    "wolf",
+    "woman",
+]
+assert len(CLASS_NAMES) == 71 and len(set(CLASS_NAMES)) == 71
+RELEASED_LABEL2IDX: dict[str, int] = {name: k + 1 for k, name in enumerate(CLASS_NAMES)}  # the file
+CLASS_INDEX: dict[str, int] = {name: k for k, name in enumerate(CLASS_NAMES)}  # the masks
+
+
+def release_palette(num_classes: int = 71) -> np.ndarray:
+    """``num_classes x 3`` uint8: row k = the colour of class index k in AVSBench masks.
+
+    Transcribed from the official definition (``_getpallete`` in ``get_v2_pallete``,
+    avs_scripts/avss/color_dataloader.py): the index's bits are read three at a time
+    from the lowest; the t-th triple sets bit ``7 - t`` of red (its lowest bit), green
+    (its middle bit) and blue (its highest bit).
+    """
+    colours = np.zeros((num_classes, 3), dtype=np.uint8)
+    for k in range(num_classes):
+        rest, bit = k, 7
+        red = green = blue = 0
+        while rest > 0:
+            red |= (rest & 1) << bit
+            green |= ((rest >> 1) & 1) << bit
+            blue |= ((rest >> 2) & 1) << bit
+            rest >>= 3
+            bit -= 1
+        colours[k] = (red, green, blue)
+    return colours
+
+
+PALETTE = release_palette()
 
 FRAMES_PER_SUBSET = {"v1s": 5, "v1m": 5, "v2": 10}
 
@@ -140,10 +251,12 @@ def write_semantic_dataset(
     v1s / v1m, 10 for v2), ``objects`` (class names from :data:`CLASS_NAMES`, default
     ``["dog"]``), ``labelled`` (frame indices that get a mask; default frame 0 for v1s
     train, every frame otherwise), ``size`` (H, W) for this video, ``vid``, ``s_min``,
-    ``s_sec``.
+    ``s_sec``, ``a_obj`` (the cell as written; default the objects joined with ``_``).
 
-    ``size`` is (height, width). ``semantic_labels`` also writes
-    ``labels_semantic/{i}.png`` (class indices, 8-bit grayscale).
+    ``size`` is (height, width). Colour masks ``labels_rgb/{i}.png`` use :data:`PALETTE`
+    at :data:`CLASS_INDEX`; ``label2idx.json`` is :data:`RELEASED_LABEL2IDX`.
+    ``semantic_labels`` also writes ``labels_semantic/{i}.png`` (class indices, 8-bit
+    grayscale), which the official loaders, and ssp, do not read.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -164,7 +277,7 @@ def write_semantic_dataset(
             labelled = {0}
         else:
             labelled = set(range(n_frames))
-        class_ids = [LABEL2IDX[name] for name in objects]
+        class_ids = [CLASS_INDEX[name] for name in objects]
         video_dir = root / label / uid
         for i in range(n_frames):
             boxes = _object_boxes(rng, len(objects), height, width)
@@ -175,7 +288,7 @@ def write_semantic_dataset(
                 index = np.zeros((height, width), dtype=np.uint8)
                 for (y0, y1, x0, x1), c in zip(boxes, class_ids):
                     index[y0:y1, x0:x1] = c
-                _write_png(video_dir / "labels_rgb" / f"{i}.png", index_to_colour(index))
+                _write_png(video_dir / "labels_rgb" / f"{i}.png", PALETTE[index])
                 if semantic_labels:
                     _write_png(video_dir / "labels_semantic" / f"{i}.png", index)
         _write_wav(video_dir / "audio.wav", n_frames, pitch=220.0 + 40.0 * n)
@@ -185,14 +298,14 @@ def write_semantic_dataset(
                 "uid": uid,
                 "s_min": spec.get("s_min", 0),
                 "s_sec": spec.get("s_sec", n % 50),
-                "a_obj": ",".join(objects),
+                "a_obj": spec.get("a_obj", "_".join(objects)),
                 "split": split,
                 "label": label,
             }
         )
     columns = ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"]
     pd.DataFrame(rows, columns=columns).to_csv(root / "metadata.csv", index=False)
-    (root / "label2idx.json").write_text(json.dumps(LABEL2IDX, indent=2) + "\n")
+    (root / "label2idx.json").write_text(json.dumps(RELEASED_LABEL2IDX) + "\n")
     return root
 
 
@@ -207,25 +320,26 @@ def write_object_dataset(
     ms3_videos: list[dict[str, Any]] | None = None,
     size: tuple[int, int] = (64, 64),
     seed: int = 0,
-    release_tree: bool = False,
+    release_tree: bool = True,
 ) -> Path:
     """Write an AVSBench-object v1 dataset under ``root`` and return ``root``.
 
-    ``s4`` / ``ms3`` choose the parts written. Flat layout (default)::
+    ``s4`` / ``ms3`` choose the parts written. The tree of the official release
+    (default; paths of ``avs_scripts/avs_s4/config.py`` and ``avs_ms3/config.py``, file
+    names of their ``dataloader.py``)::
 
-        s4_meta_data.csv                      name,start,category,split
-        visual_frames/{split}/{category}/{name}/{name}_{1..5}.png
-        gt_masks/{split}/{category}/{name}/{name}_{k}.png   (train: k=1 only)
-        audio_wav/{split}/{category}/{name}.wav
-        ms3_meta_data.csv                     video_id,split
-        visual_frames/{name}/{name}.mp4_{1..5}.png
-        gt_masks/{split}/{name}/{name}_{1..5}.png
-        audio_wav/{split}/{name}.wav
+        Single-source/s4_meta_data.csv                name,start,category,split
+        Single-source/s4_data/visual_frames/{split}/{category}/{name}/{name}_{1..5}.png
+        Single-source/s4_data/gt_masks/{split}/{category}/{name}/{name}_{k}.png
+                                                      (train: k=1 only)
+        Single-source/s4_data/audio_wav/{split}/{category}/{name}.wav
+        Multi-sources/ms3_meta_data.csv               video_id,split
+        Multi-sources/ms3_data/visual_frames/{name}/{name}.mp4_{1..5}.png
+        Multi-sources/ms3_data/gt_masks/{split}/{name}/{name}_{1..5}.png
+        Multi-sources/ms3_data/audio_wav/{split}/{name}.wav
 
-    ``release_tree=True`` writes the tree of the official release instead:
-    ``Single-source/s4_meta_data.csv`` with the S4 folders under
-    ``Single-source/s4_data/``, ``Multi-sources/ms3_meta_data.csv`` with the MS3
-    folders under ``Multi-sources/ms3_data/``.
+    ``release_tree=False`` writes the same files flat under ``root`` (no
+    ``Single-source/s4_data`` / ``Multi-sources/ms3_data`` prefixes).
 
     S4 entries: ``name``, ``category``, ``split``, ``start``; MS3 entries: ``name``,
     ``split``, ``n_objects``. Masks are 8-bit grayscale, 0 or 255. ``size`` is (H, W).

@@ -4,9 +4,12 @@ Layouts (``docs/design.md``, "Datasets"):
 - ``semantic``: AVSBench-semantic (subsets v1s = S4, v1m = MS3, v2 = AVSS).
   ``metadata.csv`` (vid,uid,s_min,s_sec,a_obj,split,label), ``label2idx.json``,
   where the ``label`` column holds the SUBSET (v1s / v1m / v2, as in the official
-  AVSS loader) and ``a_obj`` the sounding object categories;
-  ``{root}/{label}/{uid}/frames/{i}.jpg``, ``audio.wav``, ``labels_rgb/{i}.png``,
-  optionally ``labels_semantic/{i}.png``.
+  AVSS loader) and ``a_obj`` the sounding object categories (joined with ``_``);
+  ``{root}/{label}/{uid}/frames/{i}.jpg``, ``audio.wav``, ``labels_rgb/{i}.png``.
+  ``label2idx.json`` is the released 1-based file (``{"background": 1, "accordion":
+  2, ...}``); a class's index in the masks is its position in it (background 0), see
+  :func:`load_label2idx`. Masks are read from ``labels_rgb`` (palette colours), as the
+  official loader does; a ``labels_semantic`` folder is ignored.
   The generated benchmark (``ssp synth``) uses this layout and adds per video
   ``scene.json`` (ground truth of the scene, for the ``scene`` prompt backend and
   the per-scenario tables).
@@ -153,7 +156,6 @@ class VideoRecord:
     frame_paths: list[Path]  # one per second, in order
     audio_path: Path
     mask_paths: list[Path | None]  # colour (semantic) or binary (object) masks; None = unlabelled
-    semantic_mask_paths: list[Path | None] = field(default_factory=list)  # labels_semantic/{i}.png if present
     labelled: list[bool] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)  # a_obj, split into names
     layout: str = "semantic"
@@ -176,11 +178,9 @@ class VideoRecord:
         return self.root / self.rel_dir if self.layout == "semantic" else None
 
     def referenced_paths(self) -> list[Path]:
-        """Every file the record points at: frames, audio, masks of labelled frames and
-        the class-index masks found on disk (for validation)."""
+        """Every file the record points at: frames, audio and the masks of labelled frames."""
         paths = [*self.frame_paths, self.audio_path]
         paths += [p for p in self.mask_paths if p is not None]
-        paths += [p for p in self.semantic_mask_paths if p is not None]
         return paths
 
     def display_path(self, path: str | Path) -> str:
@@ -315,8 +315,6 @@ def _semantic_records(root: Path, subsets, splits) -> list[VideoRecord]:
         # Official rule: a v1s (S4) train video has only its first frame annotated.
         first_only = subset == "v1s" and split == "train"
         labelled = [i == 0 for i in range(num_frames)] if first_only else [True] * num_frames
-        semantic_dir = video_dir / "labels_semantic"
-        has_semantic = semantic_dir.is_dir()
         a_obj = row.get("a_obj", "").strip()
         records.append(
             VideoRecord(
@@ -329,12 +327,6 @@ def _semantic_records(root: Path, subsets, splits) -> list[VideoRecord]:
                 frame_paths=[video_dir / "frames" / f"{i}.jpg" for i in range(num_frames)],
                 audio_path=video_dir / "audio.wav",
                 mask_paths=[video_dir / "labels_rgb" / f"{i}.png" if labelled[i] else None for i in range(num_frames)],
-                semantic_mask_paths=[
-                    semantic_dir / f"{i}.png"
-                    if labelled[i] and has_semantic and (semantic_dir / f"{i}.png").is_file()
-                    else None
-                    for i in range(num_frames)
-                ],
                 labelled=labelled,
                 objects=split_objects(a_obj),
                 layout="semantic",
@@ -396,7 +388,6 @@ def _s4_records(root: Path, part: tuple[Path, Path], splits) -> list[VideoRecord
                 frame_paths=[frames_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
                 audio_path=data / "audio_wav" / split / category / f"{name}.wav",
                 mask_paths=[masks_dir / f"{name}_{i + 1}.png" if labelled[i] else None for i in range(OBJECT_FRAMES)],
-                semantic_mask_paths=[None] * OBJECT_FRAMES,
                 labelled=labelled,
                 objects=[category] if category else [],
                 layout="object",
@@ -423,7 +414,6 @@ def _ms3_records(root: Path, part: tuple[Path, Path], splits) -> list[VideoRecor
                 frame_paths=[data / "visual_frames" / name / f"{name}.mp4_{i + 1}.png" for i in range(OBJECT_FRAMES)],
                 audio_path=data / "audio_wav" / split / f"{name}.wav",
                 mask_paths=[masks_dir / f"{name}_{i + 1}.png" for i in range(OBJECT_FRAMES)],
-                semantic_mask_paths=[None] * OBJECT_FRAMES,
                 labelled=[True] * OBJECT_FRAMES,
                 objects=[],
                 layout="object",
@@ -495,33 +485,79 @@ def read_json(path: Path, missing: str, root: Path | None = None) -> Any:
         raise DataError(shown, f"not valid JSON ({e})") from None
 
 
+LABEL2IDX_FORM = (
+    'expected the released AVSBench form {"background": 1, "accordion": 2, ...}: '
+    "indices 1..N in file order, background first"
+)
+
+
+class _Pairs(list):
+    """A JSON object read as its (key, value) pairs, in file order, duplicates kept."""
+
+
+def _label2idx_pairs(path: Path, shown: str) -> list[tuple[str, int]]:
+    """The (name, index) pairs of ``label2idx.json`` in file order, duplicates kept."""
+    try:
+        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_Pairs)
+    except FileNotFoundError:
+        raise DataError(shown, "class list is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(shown, f"not valid JSON ({e})") from None
+    if not isinstance(pairs, _Pairs) or not all(isinstance(v, int) and not isinstance(v, bool) for _, v in pairs):
+        raise DataError(shown, f"expected a JSON object mapping class name -> integer index; {LABEL2IDX_FORM}")
+    return pairs
+
+
+def _label2idx_problem(pairs: list[tuple[str, int]]) -> str | None:
+    """What is wrong with ``label2idx.json``'s pairs against the released form, or None."""
+    if not pairs:
+        return "no classes"
+    names = [k for k, _ in pairs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return f"class name(s) {twice} appear more than once"
+    if len(pairs) > NUM_CLASSES:
+        return f"{len(pairs)} classes, the AVSBench palette has {NUM_CLASSES}"
+    if names[0] != "background":
+        return f"the first entry is {names[0]!r}, not 'background'"
+    if pairs[0][1] == 0:
+        return "indices start at 0 (background: 0), the older 0-based convention"
+    for position, (name, value) in enumerate(pairs, start=1):
+        if value != position:
+            return (
+                f"entry {position} ({name!r}) has index {value}, expected {position} (a gap or an out-of-order index)"
+            )
+    return None
+
+
 def load_label2idx(root: str | Path) -> dict[str, int]:
-    """``label2idx.json`` of an AVSBench-semantic dataset: class name -> index."""
+    """``label2idx.json`` of an AVSBench-semantic dataset: class name -> class index in
+    the masks (0 = background), in file order.
+
+    The file must be in the released form ``{"background": 1, "accordion": 2, ...}``
+    (1-based, indices 1..N in file order). As in the official AVSS code, a class's
+    index in the masks (and its palette colour) is its position in the file: the
+    file's value minus one. Any other form (0-based, gaps, duplicates, background not
+    first, more than 71 classes) is a :class:`DataError` naming the file.
+    """
     path = Path(root) / LABEL2IDX_JSON
     shown = _display_path(path, root)
-    mapping = read_json(path, "class list is missing", root)
-    if not isinstance(mapping, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in mapping.items()
-    ):
-        raise DataError(shown, "expected a JSON object mapping class name -> integer index")
-    return mapping
+    pairs = _label2idx_pairs(path, shown)
+    problem = _label2idx_problem(pairs)
+    if problem is not None:
+        raise DataError(shown, f"{problem}; {LABEL2IDX_FORM}")
+    return {name: value - 1 for name, value in pairs}
 
 
 def class_names(root: str | Path) -> list[str]:
-    """Class names ordered by index (index 0 = background).
+    """Class names ordered by their index in the masks (index 0 = background).
 
-    AVSBench-semantic: from ``label2idx.json`` (indices must be exactly 0..N-1).
+    AVSBench-semantic: from ``label2idx.json`` (see :func:`load_label2idx`).
     AVSBench-object has no classes: ``["background", "sounding"]``.
     """
     if detect_layout(root) == "object":
         return ["background", "sounding"]
-    mapping = load_label2idx(root)
-    by_index = sorted(mapping.items(), key=lambda kv: kv[1])
-    if [v for _, v in by_index] != list(range(len(by_index))):
-        raise DataError(
-            _display_path(Path(root) / LABEL2IDX_JSON, root), "class indices must be exactly 0..N-1, each once"
-        )
-    return [name for name, _ in by_index]
+    return list(load_label2idx(root))
 
 
 # ---------------------------------------------------------------------------------
@@ -549,26 +585,9 @@ def read_frame(path: str | Path, root: str | Path | None = None) -> np.ndarray:
 
 
 def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray:
-    """Class-index mask of frame ``i`` of a semantic-layout record (H x W uint8)."""
-    semantic_path = record.semantic_mask_paths[i] if i < len(record.semantic_mask_paths) else None
-    if semantic_path is not None:
-        image = open_image(semantic_path, record.root, "class-index mask")
-        if image.mode not in ("L", "P", "I", "I;16", "1"):
-            raise DataError(
-                record.display_path(semantic_path), f"class-index mask must be single-channel, got mode {image.mode}"
-            )
-        index = np.asarray(image, dtype=np.int64)
-        invalid = (index < 0) | (index >= NUM_CLASSES)
-        if invalid.any():
-            if strict:
-                bad = sorted(set(index[invalid].tolist()))[:5]
-                raise DataError(
-                    record.display_path(semantic_path),
-                    f"{int(invalid.sum())} pixels have class indices outside 0..{NUM_CLASSES - 1}, e.g. {bad}",
-                )
-            index = np.where(invalid, 0, index)
-        return index.astype(np.uint8)
-
+    """Class-index mask of frame ``i`` of a semantic-layout record (H x W uint8), decoded
+    from its ``labels_rgb`` colour mask with the palette, as the official AVSS loader
+    does (``labels_semantic``, when a copy has it, is not read)."""
     path = record.mask_paths[i]
     image = open_image(path, record.root, "colour mask")
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
@@ -584,14 +603,23 @@ def _read_class_indices(record: VideoRecord, i: int, strict: bool) -> np.ndarray
     return index.astype(np.uint8)
 
 
+def binary_mask_values(image: Image.Image) -> np.ndarray:
+    """The values of an AVSBench-object mask whose non-zero pixels are foreground
+    (H x W uint8): a palette image's indices (the official MS3 loader opens masks in
+    mode ``P``), else its gray levels."""
+    if image.mode == "P":
+        return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
 def read_mask(record: VideoRecord, i: int, task: str = "avs", strict: bool = True) -> np.ndarray:
     """Ground-truth mask of frame ``i`` (0-based) as ``H x W`` uint8.
 
     ``task="avs"``: binary {0, 1}, 1 = sounding pixel (semantic layout: any non-background
-    class; object layout: gray value > 0). ``task="avss"``: class indices 0..70 (semantic
-    layout only), from ``labels_semantic`` when present, else decoded from the colour mask.
-    ``strict``: a colour outside the palette (or an index >= 71) is a DataError naming
-    the file; ``strict=False`` maps such pixels to background like the official loader.
+    class; object layout: value > 0, see :func:`binary_mask_values`). ``task="avss"``:
+    class indices 0..70 (semantic layout only), decoded from the ``labels_rgb`` colour mask.
+    ``strict``: a colour outside the palette is a DataError naming the file;
+    ``strict=False`` maps such pixels to background like the official loader.
     """
     if task not in MASK_TASKS:
         raise SSPError(f"unknown task {task!r}; choose from {', '.join(MASK_TASKS)}")
@@ -603,7 +631,7 @@ def read_mask(record: VideoRecord, i: int, task: str = "avs", strict: bool = Tru
         if task == "avss":
             raise DataError(record.rel_dir, "AVSBench-object masks are binary; task 'avss' needs the semantic layout")
         image = open_image(record.mask_paths[i], record.root, "binary mask")
-        return (np.asarray(image.convert("L")) > 0).astype(np.uint8)
+        return (binary_mask_values(image) > 0).astype(np.uint8)
     index = _read_class_indices(record, i, strict)
     return index if task == "avss" else (index > 0).astype(np.uint8)
 

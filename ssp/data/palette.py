@@ -3,6 +3,8 @@
 AVSBench-semantic stores masks as RGB PNGs; class k has the Pascal-VOC palette colour
 (bits of k interleaved into the high bits of R, G, B): 0 -> (0,0,0), 1 -> (128,0,0),
 2 -> (0,128,0), 3 -> (128,128,0), ... There are 71 classes: background (0) + 70.
+This is the official palette (``get_v2_pallete`` in the AVSBench AVSS loader); class k
+is the k-th entry of the released ``label2idx.json`` counting from 0 (its value - 1).
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ On disk (``{root}``)::
 
     metadata.csv          vid,uid,s_min,s_sec,a_obj,split,label  (label = subset,
                           a_obj = the sounding class names, comma-separated)
-    label2idx.json        71 entries: background, our K classes, then AVSBench names
+    label2idx.json        71 entries in the released AVSBench form (1-based: background 1,
+                          our K classes 2..K+1, then unused AVSBench names); the index
+                          in the masks is the file's value minus one
     scenarios.csv         one row per video: scenario and counts, for per-scenario tables
     manifest.json         generation settings, counts and a digest of every file
     {subset}/{uid}/frames/{i}.jpg, audio.wav (16 kHz mono, 1 s per frame),
@@ -41,8 +43,9 @@ Unlabelled frames (v1s train, frames 1-4) have no mask file, as in AVSBench-sema
 scene.json: ``uid, vid, subset, split, scenario, num_frames, image_size [H, W],
 sample_rate, snr_db, seed, vocabulary`` (the K class nouns), ``labelled`` (per frame),
 ``objects`` and ``answers`` (``{"A1": str, "A2": [nouns]}``, the clean answers; see
-:func:`scene_answers` for degraded ones). Each object: ``id, class_index`` (label2idx),
-``class_name, noun, verb, colour`` (word), ``rgb, shape, texture, radius`` (px),
+:func:`scene_answers` for degraded ones). Each object: ``id, class_index`` (its index
+in the masks = label2idx value - 1), ``class_name, noun, verb, colour`` (word),
+``rgb, shape, texture, radius`` (px),
 ``location`` (left/right/top/bottom/centre), per frame ``positions`` ([x, y] px, pixel
 centres at +0.5), ``moving`` (displaced from a neighbouring frame, i.e. what the
 averaged flow of eq. (1) sees at that frame) and ``sounding``; ``pitch_hz, gain``.
@@ -180,10 +183,11 @@ def class_table(num_classes: int) -> list[SoundingClass]:
 
 
 def label2idx(num_classes: int) -> dict[str, int]:
-    """71 labels: background (0), our classes (1..K), then unused AVSBench names."""
+    """71 labels in the released AVSBench form, 1-based: background (1), our classes
+    (2..K+1), then unused AVSBench names. A class's index in the masks is its value - 1."""
     names = ["background"] + [c.name for c in class_table(num_classes)]
     names += [n for n in AVSBENCH_CLASS_NAMES if n not in names][: NUM_CLASSES - len(names)]
-    return {name: i for i, name in enumerate(names)}
+    return {name: i + 1 for i, name in enumerate(names)}
 
 
 # ----------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ with great-expectations (GX) suites:
 1. the manifest (``metadata.csv`` for AVSBench-semantic, ``s4_meta_data.csv`` /
    ``ms3_meta_data.csv`` for AVSBench-object): required columns, unique ids, known
    splits and subsets (the ``label`` column), no empty fields, numeric start times,
-   and, with ``label2idx.json``, ``a_obj`` names that are classes;
+   and, with ``label2idx.json`` (which must be the released 1-based form, see
+   :func:`ssp.data.avsbench.load_label2idx`), ``a_obj`` names that are classes;
 2. one row per file the manifest implies (every frame, mask and audio file) plus one
-   row per video: present, decodable, frame count, sizes, mask colours, class indices,
+   row per video: present, decodable, frame count, sizes, mask colours, binary masks,
    audio rate and length.
 
 The facts are measured here (in a thread pool: PIL and libsndfile release the GIL
@@ -26,10 +27,10 @@ named as such.
 Rules and their thresholds:
 - frames per video: v1s and v1m 5, v2 10 (``FRAMES_PER_SUBSET``);
 - all frames of a video have one size; each mask has the size of its frame;
-- colour masks use only the 71 palette colours (``ssp.data.palette``); the report
-  gives the number of off-palette pixels and one example colour;
-- class-index masks (``labels_semantic``) hold values in [0, 70]; AVSBench-object
-  masks are binary (0/1 or 0/255);
+- colour masks (``labels_rgb``, the masks the readers use) use only the 71 palette
+  colours (``ssp.data.palette``); the report gives the number of off-palette pixels
+  and one example colour. A ``labels_semantic`` folder is not read, so not checked;
+- AVSBench-object masks are binary (0/1 or 0/255; palette images by their indices);
 - audio decodes with soundfile at a sample rate of at least 16 kHz (higher rates are
   resampled to 16 kHz downstream; lower ones would lose the 125-7500 Hz mel band),
   lasts at least one second per frame minus ``AUDIO_TOLERANCE_S`` (0.05 s: encoders
@@ -70,6 +71,7 @@ from ssp.data.avsbench import (
     SUBSETS,
     _display_path,
     _find_object_part,
+    binary_mask_values,
     class_names,
     detect_layout,
     load_records,
@@ -143,7 +145,7 @@ class ValidationReport:
 @dataclass
 class ExpectedFile:
     path: str  # relative to root
-    kind: str  # frame | colour_mask | index_mask | binary_mask | audio
+    kind: str  # frame | colour_mask | binary_mask | audio
     index: int = -1  # frame index (masks: the frame they belong to)
 
 
@@ -233,10 +235,6 @@ def semantic_videos(root: Path, manifest: pd.DataFrame) -> list[ExpectedVideo]:
         files = [ExpectedFile(f"{rel_dir}/frames/{i}.jpg", "frame", i) for i in range(n)]
         labelled = _labelled(subset, split, n)
         files += [ExpectedFile(f"{rel_dir}/labels_rgb/{i}.png", "colour_mask", i) for i in labelled]
-        # Class-index masks exist only in some copies; when the folder is there, it
-        # must be complete.
-        if (root / rel_dir / "labels_semantic").is_dir():
-            files += [ExpectedFile(f"{rel_dir}/labels_semantic/{i}.png", "index_mask", i) for i in labelled]
         files.append(ExpectedFile(f"{rel_dir}/audio.wav", "audio"))
         videos[rel_dir] = ExpectedVideo(uid, subset, split, f"{rel_dir}/frames", "", n, files)
     return list(videos.values())
@@ -313,14 +311,8 @@ def _measure_image(path: Path, kind: str, row: dict[str, Any]) -> None:
         if unknown.any():
             y, x = np.argwhere(unknown)[0]
             row["off_palette_example"] = f"rgb{tuple(int(c) for c in rgb[y, x])} at (x={x}, y={y})"
-    elif kind == "index_mask":
-        # Class indices are the raw pixel values (mode L, or P read as indices); an RGB
-        # file here cannot be read as indices, as the reader would also refuse it.
-        if image.mode not in ("L", "P", "I", "I;16", "1"):
-            raise ValueError(f"class-index mask must be single-channel, got mode {image.mode}")
-        row["max_class_index"] = int(np.asarray(image).max(initial=0))
     elif kind == "binary_mask":
-        grey = np.asarray(image.convert("L"))
+        grey = binary_mask_values(image)
         high = 255 if grey.max(initial=0) > 1 else 1
         row["non_binary_pixels"] = int(((grey != 0) & (grey != high)).sum())
 
@@ -353,7 +345,6 @@ def scan_video(root: Path, video: ExpectedVideo) -> tuple[list[dict[str, Any]], 
             "paired_frame_size": None,
             "off_palette_pixels": None,
             "off_palette_example": None,
-            "max_class_index": None,
             "non_binary_pixels": None,
             "audio_rate": None,
             "audio_seconds": None,
@@ -524,11 +515,6 @@ def file_rules(gxe: Any) -> list[Rule]:
                 f"{r['off_palette_pixels']} pixels with colours outside the {NUM_CLASSES}-colour "
                 f"palette, e.g. {r['off_palette_example']}"
             ),
-        ),
-        Rule(
-            "class index in [0, 70]",
-            between("max_class_index", min_value=0, max_value=NUM_CLASSES - 1),
-            lambda r: f"class index {r['max_class_index']} > {NUM_CLASSES - 1}",
         ),
         Rule(
             "mask binary",

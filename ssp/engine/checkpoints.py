@@ -6,7 +6,10 @@ Layout of ``{run_dir}/checkpoints/``::
     epoch_{k}.safetensors        model weights after epoch k (1-based), config in metadata
     epoch_{k}.state.safetensors  optimizer tensors + RNG tensors; JSON metadata holds the
                                  optimizer param groups, scheduler, python/numpy RNG, the
-                                 data position (epoch, batches done) and the history
+                                 data position (epoch, batches done), the history and
+                                 AAVS's training phase (``extra["phase"]``: after the
+                                 switch the optimizer covers the Swin adapters too, so a
+                                 resumed run rebuilds phase 2's before restoring it)
     step.safetensors (+ .state)  the latest mid-epoch checkpoint (every N steps), overwritten
     best.safetensors             weights of the best epoch by the validation metric
     last.json                    pointer to the newest complete checkpoint: written last,

@@ -7,7 +7,9 @@ Read top to bottom like torchvision's reference scripts:
    section for stage 2 and the ``aavs`` row for stage 1 (:func:`model_switches`);
 2. data (:mod:`ssp.engine.inputs`): train/val records (stage 1: binary masks of every
    subset; stage 2: class masks), a resumable, seeded (Distributed)Sampler;
-3. model, loss, AdamW (lr 1e-3, wd 0.05), StepLR (x0.1 at the paper's epoch) (:func:`setup`);
+3. model, loss, AdamW (lr 1e-3, wd 0.05), StepLR (x0.1 at ``lr_step_epoch``) (:func:`setup`);
+   AAVS's phase switch at ``phase2_epoch`` (:func:`start_phase2`: reload the best
+   checkpoint, re-initialise and unfreeze the Swin adapters, a new AdamW at ``phase2_lr``);
 4. the loop (:func:`train_one_epoch`): bf16 autocast on CUDA only, optional gradient
    clipping, losses kept on the device and read every ``log_every`` steps (no per-step
    sync), a resumable checkpoint every ``step_checkpoint_every`` steps; at every epoch end
@@ -70,6 +72,7 @@ from ssp.errors import SSPError
 from ssp.fileio import atomic_path, write_json, write_text
 from ssp.metrics import BinaryMeter, SemanticMeter
 from ssp.models import SSPConfig, SSPModel
+from ssp.models.adapters import apply_recipe, reinit_swin_adapters
 from ssp.models.checkpoint import load_model, load_weights_into
 from ssp.models.criterion import SSPCriterion
 from ssp.ops.tracking import EXPERIMENTS, RunLogger
@@ -90,8 +93,10 @@ VAL_METRICS = ("miou", "fscore", "miou_no_bg", "fscore_no_bg", "miou_per_frame",
 def model_switches(params: Params, stage: int, row: str | None = None) -> dict[str, Any]:
     """The SSP switches (pre_mask, text, post_mask, lambda_post) of a stage's model: no row,
     the ``ssp`` section for stage 2 (the main model) and the ``aavs`` row for stage 1 (the
-    AAVS binary model); a Table-2 ``row``'s switches, with ``ablation.lambda_post`` when the
-    row has the post-mask (the other rows do not read λ', so its change leaves them alone)."""
+    AAVS binary model, the stepping-stone producer); a Table-2 ``row``'s switches in either
+    stage (stage 1: the S4/MS3 cells ``ablation_avs``, stage 2: the AVSS cells
+    ``ablation``), with ``ablation.lambda_post`` when the row has the post-mask (the other
+    rows do not read λ', so its change leaves them alone)."""
     if row is None and stage == 2:
         return dataclasses.asdict(params.ssp)
     switches = dict(paper.row(row or "aavs").switches)
@@ -116,6 +121,14 @@ def build_optimizer(parameters: list, lr: float, weight_decay: float) -> torch.o
     per-tensor loop for the tiny model) where torch has a fused kernel for the device."""
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in parameters)
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tp: TrainParams, start_epoch: int = 0):
+    """StepLR: LR x ``lr_gamma`` once ``lr_step_epoch`` epochs are done (counted from the run's
+    start). The one made at the phase switch (``start_epoch``) steps only at an ``lr_step_epoch``
+    after the switch; one at or before it is superseded by ``phase2_lr``."""
+    step = tp.lr_step_epoch - start_epoch if tp.lr_step_epoch and tp.lr_step_epoch > start_epoch else 10**9
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=tp.lr_gamma)
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,9 +181,16 @@ class Progress:
     best: dict[str, Any]
     running: Tensor  # loss parts summed over the epoch so far, on the device
     running_steps: int = 0
+    phase: int = 1  # AAVS's training phase (2 after the switch at phase2_epoch)
 
     def extra(self, config: SSPConfig, running_steps: int) -> dict[str, Any]:
-        return {"history": self.history, "best": self.best, "running_steps": running_steps, "config": config.to_dict()}
+        return {
+            "history": self.history,
+            "best": self.best,
+            "running_steps": running_steps,
+            "config": config.to_dict(),
+            "phase": self.phase,
+        }
 
 
 def setup(
@@ -204,11 +224,11 @@ def setup(
     loaders = build_loaders(train_set, val_set, tp, dist_info, on_cuda, progress)
 
     model = SSPModel(config).to(device)
+    config = model.config  # with the architecture of a Mask2Former config.json, when given one
     criterion = SSPCriterion(config).to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # AAVS's recipe: phase 1's parameters
     optimizer = build_optimizer(trainable, tp.lr, tp.weight_decay)
-    step_size = tp.lr_step_epoch if tp.lr_step_epoch else 10**9
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=tp.lr_gamma)
+    scheduler = build_scheduler(optimizer, tp)
     stage1_model = None
     if stage == 2 and stage1_masks is None:
         stage1_model, _, _ = load_model(stage1_checkpoint, device)
@@ -257,6 +277,7 @@ def resume_progress(trainer: Trainer, resume: bool) -> tuple[Progress, TrainingS
     progress.history = state.extra.get("history", [])
     progress.best = state.extra.get("best", best)
     progress.running_steps = int(state.extra.get("running_steps", 0))
+    progress.phase = int(state.extra.get("phase", 1))
     if "running" in state.extra_tensors:
         progress.running = state.extra_tensors["running"].to(trainer.device)
     log.info(
@@ -275,6 +296,40 @@ def for_training(model: nn.Module, dist_info: Dist, device: torch.device) -> nn.
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
     )
+
+
+def start_phase2(trainer: Trainer, progress: Progress, reload_best: bool = True) -> None:
+    """AAVS's phase switch (its train.py, at epoch ``epochs // 2`` for S4/MS3, ``// 3`` for
+    AVSS): reload the best checkpoint, re-initialise the Swin adapters (AAVS rebuilds its model,
+    so they restart from Hugging Face's N(0, 0.02); drawn from a generator seeded with
+    ``seed``, so the run's own RNG streams are untouched), train them too (the recipe's phase 2,
+    :func:`ssp.models.adapters.apply_recipe`), and a new AdamW at ``phase2_lr`` with its own
+    StepLR. ``reload_best=False``: a run resumed after the switch (its checkpoint has the
+    weights; the optimizer state is restored next)."""
+    t, tp = trainer, trainer.tp
+    if reload_best:
+        barrier(t.dist)  # rank 0 wrote best.safetensors
+        if t.checkpoints.best.is_file():
+            load_weights_into(t.model, t.checkpoints.best)
+        else:
+            log.warning("phase 2: no best checkpoint yet (no validation so far): continuing from the current weights")
+        reinit_swin_adapters(t.model, torch.Generator().manual_seed(tp.seed))
+    apply_recipe(t.model, t.config, phase=2)
+    t.trainable = [p for p in t.model.parameters() if p.requires_grad]
+    t.optimizer = build_optimizer(t.trainable, tp.phase2_lr, tp.weight_decay)
+    t.scheduler = build_scheduler(t.optimizer, tp, start_epoch=tp.phase2_epoch or 0)
+    t.model_for_training = None  # a DDP wrapper registers the trainable parameters when made
+    t.model_for_training = for_training(t.model, t.dist, t.device)
+    progress.phase = 2
+    if reload_best:
+        log.info(
+            "stage %d: phase 2 from epoch %d: best epoch %s reloaded, %d trainable tensors, lr %g",
+            t.stage,
+            progress.position.epoch + 1,
+            progress.best.get("epoch"),
+            len(t.trainable),
+            tp.phase2_lr,
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -337,6 +392,8 @@ def train_one_epoch(trainer: Trainer, progress: Progress, epoch: int, tracker: R
     t.scheduler.step()
     epoch_losses = mean_over_ranks(progress.running, progress.running_steps, t.dist)
     row: dict[str, Any] = {"epoch": epoch + 1, "lr": epoch_lr, "seconds": round(time.time() - epoch_start, 2)}
+    if tp.phase2_epoch is not None:
+        row["phase"] = progress.phase
     row.update({f"train_{k}": v for k, v in zip(LOSS_NAMES, epoch_losses)})
     return row
 
@@ -490,6 +547,12 @@ def run_record(trainer: Trainer, data: str | Path, resumed_from: str | None) -> 
         "model": t.config.to_dict(),
         "world_size": t.dist.world_size,
         "resumed_from": resumed_from or "",
+        # which pretrained weights (id, pinned commit) the model started from; the sha256 of
+        # every file is in the pretrained_weights.json artifact and the checkpoint metadata
+        "pretrained": {
+            what.removeprefix("model."): {"spec": r["spec"], "revision": r.get("revision") or "", "source": r["source"]}
+            for what, r in t.model.pretrained_weights().items()
+        },
     }
     tags = {
         "ssp.stage": str(t.stage),
@@ -540,6 +603,8 @@ def train(
     )
     at, state, resumed_from = resume_progress(t, resume)
     t.model_for_training = for_training(t.model, t.dist, t.device)
+    if at.phase == 2:  # resumed after the switch: phase 2's parameters and optimizer, then its state
+        start_phase2(t, at, reload_best=False)
     t.step_hook = step_hook
     t.interrupt_after = interrupt_after_steps
     if t.interrupt_after is None and os.environ.get(INTERRUPT_ENV):
@@ -550,7 +615,12 @@ def train(
         state.restore(t.optimizer, t.scheduler)  # RNG last: nothing may draw between here and the loop
 
     with RunLogger(EXPERIMENTS[stage], name, params=mlflow_params, tags=tags, enabled=t.dist.is_main) as tracker:
+        if t.dist.is_main:
+            write_json(run_dir / "pretrained_weights.json", t.model.pretrained_weights())
+            tracker.log_artifact(run_dir / "pretrained_weights.json")
         for epoch in range(at.position.epoch, t.tp.epochs):
+            if at.phase == 1 and t.tp.phase2_epoch is not None and epoch >= t.tp.phase2_epoch:
+                start_phase2(t, at)
             row_out = train_one_epoch(t, at, epoch, tracker)
             end_epoch(t, at, epoch, row_out, tracker)
         metrics = finish(t, at, tracker)

@@ -210,11 +210,12 @@ def evaluate(
     premask_test_source: str | None = None,
     progress: bool = True,
     log_to_run: bool = True,
+    subsets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``checkpoint`` on ``split`` (see module doc); written to ``out`` if given.
     ``split`` and ``fscore_batch_videos`` default to the ``evaluate`` params section's
     defaults. ``log_to_run``: also log them into the checkpoint's training run, when it
-    has one."""
+    has one. ``subsets``: only these subsets' videos (None: every subset of the split)."""
     defaults = EvaluateParams()
     split = split if split is not None else defaults.split
     fscore_batch_videos = fscore_batch_videos if fscore_batch_videos is not None else defaults.fscore_batch_videos
@@ -225,7 +226,7 @@ def evaluate(
     model, config, info = load_model(checkpoint, device, **overrides)
     if config.stage == 2 and stage1_masks is None:
         raise SSPError("a stage-2 checkpoint needs --stage1-masks DIR (stage 1's predictions, its stepping stones)")
-    records = load_split_records(data, config.stage, split, None)
+    records = load_split_records(data, config.stage, split, subsets)
     dataset = build_dataset(
         records, config, InputDirs(flow, prompts, logmel), stage1_dir=stage1_masks if config.stage == 2 else None
     )

@@ -4,8 +4,10 @@ metrics JSON ``ssp evaluate --out`` writes; the test metrics also go into the tr
 MLflow run. One process per ablation / sweep cell instead of two (a torch + model start
 saved per cell).
 
-The split and the official F-score batch come from the ``evaluate`` params section. This
-module is the ``train`` command (it sits above both the engine and the evaluation code,
+The split and the official F-score batch come from the ``evaluate`` params section. A
+stage-1 model is tested on the subsets it trained on (``train1.subsets``; the S4/MS3
+cells of the DVC matrix ``ablation_avs``: v1s and v1m, one ``binary`` entry each), a
+stage-2 model on every subset (AVSS over all of them). This module is the ``train`` command (it sits above both the engine and the evaluation code,
 which the engine must not import); without ``--test-out`` it only trains.
 """
 
@@ -52,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
             logmel=args.logmel,
             fscore_batch_videos=params.evaluate.fscore_batch_videos,
             progress=not args.no_progress,
+            subsets=params.train1.subsets if args.stage == 1 else None,
         )
         log_summary(tested)
     return 0

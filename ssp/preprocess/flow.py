@@ -10,12 +10,21 @@ and the post-mask loss use. This module has three layers, each usable on its own
 
    - ``"dis"``: OpenCV's DIS optical flow on grayscale; ``preset`` is ``ultrafast`` |
      ``fast`` | ``medium``. Fast on CPU, no weights.
-   - ``"raft"``: torchvision's RAFT (``raft_small`` or ``raft_large``) with a local
-     weights file (a torchvision state dict, ``.pth`` / ``.pt`` / ``.safetensors``);
-     never downloads. CUDA when available.
-   - ``"perceiver"``: Hugging Face ``PerceiverForOpticalFlow`` (the paper's choice) from a
-     local ``save_pretrained`` folder; the model sees fixed-size tiles (its training size,
-     368×496 for the released model), so frames are tiled with overlap and blended.
+   - ``"raft"``: torchvision's RAFT (``raft_small`` or ``raft_large``) from a torchvision
+     state dict (``.pth`` / ``.pt`` / ``.safetensors``): a local file, or a hub repository
+     ``org/name@revision`` holding one such file (or one per variant, named with
+     ``small`` / ``large``). CUDA when available.
+   - ``"perceiver"``: Hugging Face ``PerceiverForOpticalFlow`` (the paper's choice): a local
+     ``save_pretrained`` folder or a hub repository, e.g.
+     ``deepmind/optical-flow-perceiver@<commit>`` (only its ``config.json`` and
+     ``*.safetensors`` are fetched: pickled ``.bin`` files are never loaded); the model sees
+     fixed-size tiles (its training size, 368×496 for the released model), so frames are
+     tiled with overlap and blended.
+
+   Weights are resolved by :func:`ssp.hub.resolve_weights` (hub ids: the Hugging
+   Face cache, offline with ``HF_HUB_OFFLINE=1``); the resolved record (repository,
+   commit, sha256 per file) goes into every video's stamp (a new revision or retrained
+   weights redo the videos) and into ``flow_summary.json``.
 
    RAFT and Perceiver IO live in :mod:`ssp.preprocess.flow_networks` (torch, imported
    only when one of them is used).
@@ -39,17 +48,20 @@ and the post-mask loss use. This module has three layers, each usable on its own
    opening with a ``cleanup``×``cleanup`` square (0 = off) removes specks.
    :func:`flow_masks` runs 1-3 on one video's frames.
 
-Every knob (method, preset, weights, rule, value, min_magnitude, cleanup) is a field of
-the ``flow`` params section, :class:`ssp.params.FlowParams`, where its default and
-meaning are documented once. The ``ssp flow`` stage reads that section (``--params``,
+Every knob (method, preset, weights, variant, size, device, rule, value, min_magnitude,
+cleanup) is a field of the ``flow`` params section, :class:`ssp.params.FlowParams`, where
+its default and meaning are documented once. The ``ssp flow`` stage reads that section (``--params``,
 ``--set flow.KEY=VALUE``), runs the three over every video of a dataset and writes, per
 frame i (outputs mirror the dataset layout)::
 
     {out}/{rel_dir}/mask/{i}.png        binary M_O, uint8 0 / 255, at the frame's size
     {out}/{rel_dir}/magnitude/{i}.png   eq. (1) magnitude, uint16 in 1/100 px
                                         (value 250 = 2.5 px; saturates at 655.35 px)
-    {out}/{rel_dir}/_done_flow.json     up-to-date stamp (method, params, mask coverage)
-    {out}/flow_summary.json             videos processed / skipped, mean mask coverage
+    {out}/{rel_dir}/_done_flow.json     up-to-date stamp (method, params, weights, mask coverage)
+    {out}/flow_summary.json             params, resolved weights, videos, frames, mean mask
+                                        coverage: a function of the outputs only (no run
+                                        counts, no local paths), so that a re-run that
+                                        changes nothing leaves the folder's content as it was
 
 A video with a single frame has no pair: its magnitude map is zero and its mask empty.
 """
@@ -73,6 +85,7 @@ from skimage.filters import threshold_otsu
 from ssp.data.avsbench import VideoRecord, load_records, read_frame
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
+from ssp.hub import ResolvedWeights, resolve_weights
 from ssp.params import FlowParams, add_params_arguments, stage_params
 from ssp.preprocess.common import (
     VideoOutputs,
@@ -89,9 +102,11 @@ logger = logging.getLogger(__name__)
 METHODS = ("dis", "raft", "perceiver")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
 THRESHOLD_RULES = ("fixed", "fraction_of_max", "otsu")
+RAFT_VARIANTS = ("auto", "small", "large")
 MAGNITUDE_SCALE = 100.0  # magnitude PNGs store 1/100 px in uint16
 STAGE = "flow"
 SUMMARY_NAME = "flow_summary.json"
+RUN_COUNTS = ("processed", "skipped")  # returned and logged, not written: they differ between runs
 
 
 # ---------------------------------------------------------------------------------------
@@ -106,7 +121,7 @@ class DISOptions:
 
 @dataclass(frozen=True)
 class RAFTOptions:
-    weights: str | None = None  # local torchvision RAFT state dict (.pth/.pt/.safetensors); required
+    weights: str | None = None  # resolved local path: a RAFT state dict, or a folder holding one; required
     variant: str = "auto"  # small | large | auto (picked from the weights' layer shapes)
     num_flow_updates: int = 12  # GRU refinement iterations (torchvision's default)
     device: str | None = None  # None: cuda when available, else cpu
@@ -115,7 +130,7 @@ class RAFTOptions:
 
 @dataclass(frozen=True)
 class PerceiverOptions:
-    weights: str | None = None  # local folder written by PerceiverForOpticalFlow.save_pretrained; required
+    weights: str | None = None  # resolved local folder written by PerceiverForOpticalFlow.save_pretrained; required
     # The released model predicts flow / 20 (AutoFlow's scaling, kept by DeepMind's
     # release; see deepmind-research issue #266): multiply back to get pixels.
     flow_scale: float = 20.0
@@ -174,10 +189,34 @@ def _cached_estimator(method: str, options: Any) -> Estimator:
     return _flow_networks().PerceiverFlow(**asdict(options))
 
 
+def resolve_flow_weights(method: str, spec: str | Path | None) -> ResolvedWeights:
+    """The weights of ``raft`` / ``perceiver`` (params ``flow.weights``): a local path or
+    ``org/name@revision``, resolved by :func:`ssp.hub.resolve_weights`."""
+    if not spec or not str(spec).strip():
+        raise SSPError(
+            f"flow method {method!r} needs weights: set flow.weights to a local path or a hub id "
+            "org/name@revision (e.g. --set flow.weights=deepmind/optical-flow-perceiver@<commit>)"
+        )
+    resolved = resolve_weights(str(spec), "flow.weights")  # files: ssp.hub.HUB_FILES
+    if (
+        method == "perceiver"
+        and resolved.source == "hub"
+        and not any(n.endswith(".safetensors") for n in resolved.files)
+    ):
+        raise DataError(
+            resolved.path,
+            f"flow.weights = {spec}: no *.safetensors at this revision (pickled .bin weights are not "
+            "loaded); pin a revision that has model.safetensors",
+        )
+    return resolved
+
+
 def build_estimator(method: str, **opts: Any) -> Estimator:
     """An estimator ``(frames_a, frames_b) -> flows`` for a list of frame pairs.
 
-    Models are loaded once per process and reused (cached by method and options).
+    ``weights`` (raft, perceiver): a weights spec (local path or ``org/name@revision``) or
+    an already :class:`~ssp.hub.ResolvedWeights`. Models are loaded once per process
+    and reused (cached by method and options).
     """
     if method not in METHODS:
         raise SSPError(f"unknown flow method {method!r}; choose one of {', '.join(METHODS)}")
@@ -188,8 +227,10 @@ def build_estimator(method: str, **opts: Any) -> Estimator:
         raise SSPError(
             f"flow method {method!r} has no option {', '.join(unknown)}; options: {', '.join(sorted(known))}"
         )
-    if opts.get("weights") is not None:
-        opts["weights"] = str(Path(opts["weights"]).resolve())
+    if method != "dis":
+        weights = opts.get("weights")
+        resolved = weights if isinstance(weights, ResolvedWeights) else resolve_flow_weights(method, weights)
+        opts["weights"] = str(resolved.path)
     return _cached_estimator(method, option_type(**opts))
 
 
@@ -199,7 +240,8 @@ def estimate_flow(frame_a: np.ndarray, frame_b: np.ndarray, method: str, **opts:
     Args:
         frame_a, frame_b: RGB uint8 arrays of the same H×W×3 shape.
         method: ``"dis"``, ``"raft"`` or ``"perceiver"``.
-        **opts: the method's options — dis: ``preset``; raft: ``weights``, ``variant``,
+        **opts: the method's options — dis: ``preset``; raft: ``weights`` (a spec, see
+            :func:`build_estimator`), ``variant``,
             ``num_flow_updates``, ``device``, ``batch_size``; perceiver: ``weights``,
             ``flow_scale``, ``min_overlap``, ``device``, ``batch_size``.
 
@@ -283,29 +325,50 @@ def flow_mask(magnitude: np.ndarray, flow: FlowParams) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FlowStageConfig:
-    """The ``flow`` params section and how to run it (not params: they change speed, or
-    the frame size the flow is computed at, which the stamps record)."""
+    """The ``flow`` params section, its resolved weights, and the process's thread count
+    (not a param: a worker's share of the cores, set by the stage)."""
 
     flow: FlowParams = field(default_factory=FlowParams)
-    size: int | None = None  # flow computed on frames resized to size×size; None = native
-    device: str | None = None  # RAFT / Perceiver; None = cuda when available
     threads: int | None = None  # OpenCV / torch threads of the process running a video
+    # raft / perceiver: flow.weights resolved (filled in on construction: a missing or bad
+    # spec fails here, before any video)
+    weights: ResolvedWeights | None = None
 
     def __post_init__(self) -> None:
-        if self.flow.method not in METHODS:
-            raise SSPError(f"unknown flow method {self.flow.method!r}; choose one of {', '.join(METHODS)}")
-        if self.size is not None and self.size < 8:
-            raise SSPError(f"--size must be at least 8 pixels, got {self.size}")
-        check_threshold_rule(self.flow)  # early, before any video
+        flow = self.flow
+        if flow.method not in METHODS:
+            raise SSPError(f"unknown flow method {flow.method!r}; choose one of {', '.join(METHODS)}")
+        if flow.size is not None and flow.size < 8:
+            raise SSPError(f"flow.size must be at least 8 pixels (or null: native), got {flow.size}")
+        if flow.method == "raft" and flow.variant not in RAFT_VARIANTS:
+            raise SSPError(f"unknown RAFT variant {flow.variant!r}; choose one of {', '.join(RAFT_VARIANTS)}")
+        check_threshold_rule(flow)  # early, before any video
+        if flow.method != "dis" and self.weights is None:
+            object.__setattr__(self, "weights", resolve_flow_weights(flow.method, flow.weights))
 
     @property
-    def weights(self) -> str | None:
-        return self.flow.weights or None  # "" in params: none
+    def size(self) -> int | None:
+        return self.flow.size
+
+    @property
+    def device(self) -> str | None:
+        return None if self.flow.device in ("", "auto") else self.flow.device  # None: cuda when available
 
     def estimator_options(self) -> dict[str, Any]:
         if self.flow.method == "dis":
             return {"preset": self.flow.preset}
-        return {"weights": self.weights, "device": self.device}
+        options: dict[str, Any] = {"weights": self.weights, "device": self.device}
+        if self.flow.method == "raft":
+            options["variant"] = self.flow.variant
+        return options
+
+    def weights_identity(self) -> dict[str, Any] | None:
+        """What identifies the weights (repository, commit, sha256 per file), not where
+        they lie: a moved cache or dataset keeps the outputs up to date."""
+        if self.weights is None:
+            return None
+        record = self.weights.to_dict()
+        return {key: record.get(key) for key in ("source", "repo_id", "revision", "files")}
 
     def output_params(self) -> dict[str, Any]:
         """What the outputs depend on (goes into the up-to-date digest and the stamp).
@@ -313,7 +376,7 @@ class FlowStageConfig:
         flow = self.flow
         params: dict[str, Any] = {
             "method": flow.method,
-            "size": self.size,
+            "size": flow.size,
             "rule": flow.rule,
             # unused by Otsu: changing it must not redo every video
             "value": None if flow.rule == "otsu" else flow.value,
@@ -323,15 +386,10 @@ class FlowStageConfig:
         if flow.method == "dis":
             params["preset"] = flow.preset
         else:
-            params["weights"] = str(Path(self.weights).resolve()) if self.weights else None
+            params["weights"] = self.weights_identity()
+        if flow.method == "raft":
+            params["variant"] = flow.variant
         return params
-
-    def weight_files(self) -> list[Path]:
-        """Weight files whose size / mtime enter the digest (retrained weights → redo)."""
-        if self.flow.method == "dis" or not self.weights or not Path(self.weights).exists():
-            return []
-        path = Path(self.weights)
-        return sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
 
 
 def video_magnitudes(frames: Sequence[np.ndarray], config: FlowStageConfig) -> list[np.ndarray]:
@@ -355,13 +413,10 @@ def video_magnitudes(frames: Sequence[np.ndarray], config: FlowStageConfig) -> l
     return per_frame_magnitudes(flows)
 
 
-def flow_masks(
-    frames: Sequence[np.ndarray], flow: FlowParams, size: int | None = None, device: str | None = None
-) -> list[np.ndarray]:
+def flow_masks(frames: Sequence[np.ndarray], flow: FlowParams) -> list[np.ndarray]:
     """Binary M_O (bool, each frame's H×W) of one video's RGB uint8 frames, in order, as
-    ``ssp flow`` computes them with the ``flow`` params section (``size``: compute the flow
-    at size×size; ``device``: RAFT / Perceiver)."""
-    config = FlowStageConfig(flow, size=size, device=device)
+    ``ssp flow`` computes them with the ``flow`` params section."""
+    config = FlowStageConfig(flow)
     return [flow_mask(m, flow) for m in video_magnitudes(frames, config)]
 
 
@@ -404,7 +459,7 @@ def process_video(record: VideoRecord, out: str, config: FlowStageConfig) -> dic
     for path in record.frame_paths:
         if not Path(path).is_file():
             raise DataError(path, "frame file missing")
-    digest = inputs_digest([*record.frame_paths, *config.weight_files()], params)
+    digest = inputs_digest(record.frame_paths, params)
     if is_up_to_date(out_dir, STAGE, digest):
         stamp = json.loads(stamp_path(out_dir, STAGE).read_text())
         return {"uid": record.uid, "processed": False, "coverage": stamp.get("coverage", [])}
@@ -435,7 +490,8 @@ def read_magnitude(path: str | Path) -> np.ndarray:
 
 
 def run_flow_stage(data_root: str | Path, out: str | Path, config: FlowStageConfig, workers: int = 1) -> dict[str, Any]:
-    """Run the stage over every video of ``data_root``; returns (and writes) the summary."""
+    """Run the stage over every video of ``data_root``; returns the summary with this run's
+    counts (``processed``, ``skipped``) and writes it without them (see the module doc)."""
     out = Path(out)
     records = load_records(data_root)
     if not records:
@@ -454,14 +510,23 @@ def run_flow_stage(data_root: str | Path, out: str | Path, config: FlowStageConf
         "stage": STAGE,
         "data_root": str(data_root),
         "params": config.output_params(),
+        "weights": weights_record(config.weights),
         "videos": len(results),
         "processed": sum(r["processed"] for r in results),
         "skipped": sum(not r["processed"] for r in results),
         "frames": len(coverage),
         "mean_mask_coverage": round(float(np.mean(coverage)), 6) if coverage else 0.0,
     }
-    write_json(summary_path, summary)
+    write_json(summary_path, {k: v for k, v in summary.items() if k not in RUN_COUNTS})
     return summary
+
+
+def weights_record(weights: ResolvedWeights | None) -> dict[str, Any] | None:
+    """The resolved weights as recorded in a stage's outputs: ``to_dict()`` without the local
+    path (machine-dependent; the repository, commit and sha256 per file identify them)."""
+    if weights is None:
+        return None
+    return {k: v for k, v in weights.to_dict().items() if k != "path"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -474,20 +539,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--method": "flow.method",
             "--preset": "flow.preset",
             "--weights": "flow.weights",
+            "--size": "flow.size",
+            "--device": "flow.device",
             "--rule": "flow.rule",
             "--value": "flow.value",
             "--min-magnitude": "flow.min_magnitude",
             "--cleanup": "flow.cleanup",
         },
     )
-    parser.add_argument(
-        "--size",
-        type=int,
-        default=None,
-        help="compute flow on frames resized to SIZExSIZE (faster on large frames); outputs "
-        "stay at each frame's size. Default: the frame's own size",
-    )
-    parser.add_argument("--device", default=None, help="torch device for raft/perceiver (default: cuda if available)")
     parser.add_argument(
         "--workers",
         type=int,
@@ -496,13 +555,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.epilog = (
         "Reads the flow section of the params file: method (dis | raft | perceiver), preset, "
-        "weights, rule (fixed | fraction_of_max | otsu), value, min_magnitude, cleanup; "
-        "see ssp/params.py (FlowParams)."
+        "weights (local path or hub id org/name@revision), variant, size, device, rule (fixed | "
+        "fraction_of_max | otsu), value, min_magnitude, cleanup; see ssp/params.py (FlowParams)."
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    config = FlowStageConfig(stage_params(args).flow, size=args.size, device=args.device)
+    config = FlowStageConfig(stage_params(args).flow)  # resolves the weights: a bad spec fails here
     if config.flow.method != "dis":
         build_estimator(config.flow.method, **config.estimator_options())  # bad weights: fail before any video
     summary = run_flow_stage(args.data_root, args.out, config, workers=args.workers)

@@ -1,5 +1,7 @@
 """The learned flow estimators of ``ssp flow``: torchvision's RAFT and Hugging Face's
-Perceiver IO (``PerceiverForOpticalFlow``), each from local weights.
+Perceiver IO (``PerceiverForOpticalFlow``), each from a local path that
+:func:`ssp.preprocess.flow.resolve_flow_weights` resolved (a file, a folder, or a hub
+snapshot in the Hugging Face cache).
 
 Kept apart from :mod:`ssp.preprocess.flow` because they need torch, torchvision and
 transformers, which take seconds to import: the default DIS method (OpenCV) and every
@@ -29,28 +31,51 @@ def _torch_device(device: str | None) -> str:
 
 def _require_weights(method: str, weights: str | None) -> Path:
     if not weights:
-        raise SSPError(
-            f"flow method {method!r} needs local weights: pass weights=PATH (params: flow.weights); "
-            "nothing is downloaded"
-        )
+        raise SSPError(f"flow method {method!r} needs weights (params: flow.weights)")
     path = Path(weights)
     if not path.exists():
         raise DataError(path, f"{method} weights not found")
     return path
 
 
+_STATE_DICT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def raft_weights_file(path: Path, variant: str) -> Path:
+    """The RAFT state dict at ``path``: the file itself, or the one weights file in a
+    folder (a hub snapshot); with several, the one whose name has the variant
+    (``small`` / ``large``), safetensors first."""
+    if path.is_file():
+        return path
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _STATE_DICT_SUFFIXES)
+    if len(files) > 1 and variant in ("small", "large"):
+        files = [p for p in files if variant in p.name.lower()] or files
+    if len(files) > 1:
+        safetensors = [p for p in files if p.suffix == ".safetensors"]
+        files = safetensors if len(safetensors) == 1 else files
+    if len(files) != 1:
+        found = ", ".join(p.name for p in files) or "none"
+        raise DataError(
+            path,
+            f"expected one RAFT state dict ({', '.join(_STATE_DICT_SUFFIXES)}) here, found {found}"
+            + ("; set flow.variant to small or large to choose" if files else ""),
+        )
+    return files[0]
+
+
 class RAFTFlow:
-    """torchvision RAFT (small or large) with weights from a local file."""
+    """torchvision RAFT (small or large) with weights from a local file (or a folder
+    holding one, see :func:`raft_weights_file`)."""
 
     # RAFT's correlation pyramid needs feature maps of at least 16×16, i.e. 128×128 input.
     MIN_SIZE = 128
 
     def __init__(self, weights: str | None, variant: str, num_flow_updates: int, device: str | None, batch_size: int):
-        path = _require_weights("raft", weights)
-        state_dict = _load_state_dict(path)
         builders = {"small": raft_small, "large": raft_large}
         if variant not in ("auto", *builders):
             raise SSPError(f"unknown RAFT variant {variant!r}; choose small, large or auto")
+        path = raft_weights_file(_require_weights("raft", weights), variant)
+        state_dict = _load_state_dict(path)
         candidates = list(builders) if variant == "auto" else [variant]
         errors = []
         for candidate in candidates:
@@ -107,7 +132,8 @@ def _load_state_dict(path: Path) -> dict:
 
 
 class PerceiverFlow:
-    """Hugging Face PerceiverForOpticalFlow from a local folder, run on overlapping tiles.
+    """Hugging Face PerceiverForOpticalFlow from a local (or hub snapshot) folder, run on
+    overlapping tiles.
 
     Input preparation follows Perceiver IO's optical-flow setup: frames scaled to
     [-1, 1]; for every pixel the 3×3 neighbourhood of both frames (zero padded at the

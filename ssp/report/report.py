@@ -1,19 +1,26 @@
-"""``ssp report``: the paper's Table 2 and Fig. 5 on our data, and per-scenario results.
+"""``ssp report``: the paper's Tables 1 and 2, Fig. 5 on our data, and per-scenario results.
 
 Reads the metrics files the pipeline's evaluation stages write (what ``dvc metrics show``
-shows): ``metrics/ablation/{row}/seed{seed}.json`` (Table 2 rows, one file per seed of
-the DVC matrix; a row shows the mean over the seeds present, ± the sample standard
-deviation when there is more than one), ``metrics/sweep/lambda_{v}.json`` (Fig. 5
-points) and ``metrics/stage2.json`` (the main model, with its per-scenario table). Rows,
-labels and the paper's numbers come from :mod:`ssp.paper`. Writes ``report.md`` and PNG
-plots into ``--out`` and prints the tables. The sample grid of the ablation rows (``ssp
+shows). A Table-2 row's six columns come from two DVC matrices, one file per seed:
+
+- S4 / MS3 (binary mIoU and F of the v1s / v1m test subsets): the row's stage-1 model,
+  ``metrics/ablation_avs/{row}/seed{seed}.json`` (matrix ``ablation_avs``, the rows of
+  ``ablation.stage1_rows``);
+- AVSS (semantic mIoU and F over all test subsets): the row's stage-2 model,
+  ``metrics/ablation/{row}/seed{seed}.json`` (matrix ``ablation``).
+
+A cell shows the mean over the seeds present, ± the sample standard deviation when
+there is more than one; a cell without any file is "–" and the table's notes name the
+missing run. Table 1 is AAVS vs SSP (Table 2's ``aavs`` and ``full`` rows,
+:data:`ssp.paper.TABLE1`). Also read: ``metrics/sweep/lambda_{v}.json`` (Fig. 5 points)
+and ``metrics/stage2.json`` (the main model, with its per-scenario table). Rows, labels
+and the paper's numbers come from :mod:`ssp.paper`. Writes ``report.md`` and PNG plots
+into ``--out`` and prints the tables. The sample grid of the ablation rows (``ssp
 samples``, paper Fig. 8) is linked when it exists.
 
-Our columns follow the paper's: S4 and MS3 are the binary (AVS) metrics of the v1s and
-v1m subsets, AVSS the semantic metrics over all subsets, all in % and each with the
-convention ``ssp evaluate`` recorded. On the generated benchmark the absolute numbers
-are not comparable with the paper's; the differences between rows are what the
-ablation measures.
+All numbers are in %, each with the convention ``ssp evaluate`` recorded. On the
+generated benchmark the absolute numbers are not comparable with the paper's; the
+differences between rows are what the ablation measures.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global fig
 
 from ssp.errors import SSPError
 from ssp.fileio import atomic_path, write_text
-from ssp.paper import COLUMNS, TABLE2
+from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE1, TABLE2
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +80,37 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 SEED_FILE = re.compile(r"seed(\d+)\.json")
+# metrics subfolder (= DVC matrix) of each stage's cells: stage 1 -> S4/MS3, stage 2 -> AVSS
+CELL_FOLDERS = {1: "ablation_avs", 2: "ablation"}
+CELL_COLUMNS = {1: "S4/MS3", 2: "AVSS"}
+
+# row -> stage -> seed -> that stage's columns (STAGE_COLUMNS order) from the seed's file
+Cells = dict[str, dict[int, dict[int, tuple[float | None, ...]]]]
 
 
-def seed_numbers(metrics_dir: Path) -> dict[str, list[tuple[float | None, ...]]]:
-    """Table-2 row -> :func:`row_numbers` of each seed's metrics file
-    (``{metrics_dir}/ablation/{row}/seed{seed}.json``, in seed order); rows without any
-    file are left out."""
-    found: dict[str, list[tuple[float | None, ...]]] = {}
+def seed_files(folder: Path) -> dict[int, Path]:
+    """seed -> ``{folder}/seed{seed}.json``, in seed order (other files are ignored)."""
+    found = {}
+    for path in folder.glob("seed*.json") if folder.is_dir() else []:
+        match = SEED_FILE.fullmatch(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def cell_numbers(metrics_dir: Path) -> Cells:
+    """Every Table-2 row's cells present under ``metrics_dir``: stage 1's S4/MS3 numbers
+    from ``ablation_avs/{row}/seed*.json``, stage 2's AVSS numbers from
+    ``ablation/{row}/seed*.json``; rows and stages without any file are left out."""
+    found: Cells = {}
     for row in TABLE2:
-        folder = metrics_dir / "ablation" / row
-        paths = [p for p in folder.glob("seed*.json") if SEED_FILE.fullmatch(p.name)] if folder.is_dir() else []
-        paths.sort(key=lambda p: int(SEED_FILE.fullmatch(p.name).group(1)))
-        if paths:
-            found[row] = [row_numbers(_read(p)) for p in paths]
+        for stage, folder in CELL_FOLDERS.items():
+            files = seed_files(metrics_dir / folder / row)
+            if files:
+                found.setdefault(row, {})[stage] = {
+                    seed: tuple(row_numbers(_read(path))[c] for c in STAGE_COLUMNS[stage])
+                    for seed, path in files.items()
+                }
     return found
 
 
@@ -97,33 +122,65 @@ def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None
 
 
-def ablation_table(metrics_dir: Path) -> tuple[str, dict[str, tuple]]:
-    """The Table-2 markdown (ours: mean over seeds, ± sample std with several seeds; the
-    paper's numbers) and ``ours``: row -> the mean of each column."""
-    per_seed = seed_numbers(metrics_dir)
-    stats = {row: [mean_std(column) for column in zip(*numbers)] for row, numbers in per_seed.items()}
-    ours = {row: tuple(mean for mean, _ in columns) for row, columns in stats.items()}
+def column_stats(row_cells: dict[int, dict[int, tuple]]) -> list[tuple[float | None, float | None]]:
+    """(mean, std) of each of the six :data:`COLUMNS` over the seeds of its stage."""
+    stats: list[tuple[float | None, float | None]] = [(None, None)] * len(COLUMNS)
+    for stage, per_seed in row_cells.items():
+        for j, column in enumerate(STAGE_COLUMNS[stage]):
+            stats[column] = mean_std([numbers[j] for numbers in per_seed.values()])
+    return stats
+
+
+def results_table(title: str, rows: Sequence[tuple[str, str]], cells: Cells, metrics_dir: Path) -> str:
+    """Markdown table of ``rows`` ((label, Table-2 row) pairs): ours (mean ± std over the
+    seeds) then the paper's six numbers; notes on the seeds and on every missing run."""
     head = (
-        "| component | "
+        f"| {title} | "
         + " | ".join(f"{c} (ours)" for c in COLUMNS)
         + " | "
         + " | ".join(f"{c} (paper)" for c in COLUMNS)
         + " |"
     )
     lines = [head, "|" + "---|" * (1 + 2 * len(COLUMNS))]
-    for row, paper_row in TABLE2.items():
-        mine = stats.get(row) or [(None, None)] * len(COLUMNS)
+    missing: dict[int, list[str]] = {stage: [] for stage in CELL_FOLDERS}
+    seeds = []
+    for label, row in rows:
+        mine = column_stats(cells.get(row, {}))
         lines.append(
-            f"| {paper_row.label} | "
+            f"| {label} | "
             + " | ".join(_fmt_std(m, s) for m, s in mine)
             + " | "
-            + " | ".join(_fmt(v) for v in paper_row.numbers)
+            + " | ".join(_fmt(v) for v in TABLE2[row].numbers)
             + " |"
         )
-    if any(len(numbers) > 1 for numbers in per_seed.values()):
-        seeds = ", ".join(f"{row} {len(numbers)}" for row, numbers in per_seed.items())
-        lines += ["", f"Ours: mean ± sample standard deviation over the seeds present (seeds per row: {seeds})."]
-    return "\n".join(lines), ours
+        for stage, folder in CELL_FOLDERS.items():
+            found = cells.get(row, {}).get(stage)
+            if found is None:
+                missing[stage].append(f"{label} (`{row}`)")
+            else:
+                seeds.append(f"{row} {CELL_COLUMNS[stage]} {len(found)}")
+    if any(len(per_seed) > 1 for row_cells in cells.values() for per_seed in row_cells.values()):
+        lines += ["", f"Ours: mean ± sample standard deviation over the seeds present (seeds: {', '.join(seeds)})."]
+    if any(missing.values()):
+        lines += ["", "Missing runs (–):"]
+    for stage, labels in missing.items():
+        if labels:
+            folder = CELL_FOLDERS[stage]
+            which = "; the rows of params `ablation.stage1_rows`" if stage == 1 else ""
+            lines.append(
+                f"- {CELL_COLUMNS[stage]} (`{metrics_dir / folder}/{{row}}/seed*.json`, DVC "
+                f"`{folder}@{{row}}-{{seed}}`{which}): {', '.join(labels)}"
+            )
+    return "\n".join(lines)
+
+
+def ablation_table(metrics_dir: Path) -> tuple[str, str, dict[str, tuple]]:
+    """Tables 1 and 2 (markdown) and ``ours``: row -> the mean of each column."""
+    cells = cell_numbers(metrics_dir)
+    ours = {row: tuple(mean for mean, _ in column_stats(row_cells)) for row, row_cells in cells.items()}
+    table1 = results_table("method", list(TABLE1.items()), cells, metrics_dir)
+    table2 = results_table("component", [(r.label, name) for name, r in TABLE2.items()], cells, metrics_dir)
+    return table1, table2, ours
 
 
 def sweep_points(metrics_dir: Path) -> list[tuple[float, float | None, float | None]]:
@@ -170,15 +227,21 @@ def plot_sweep(points, out: Path) -> Path | None:
 
 
 def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
+    """Horizontal bars of each row's S4, MS3 and AVSS mIoU (a missing cell draws no bar)."""
     if not ours:
         return None
     rows = [r for r in TABLE2 if r in ours]
-    fig = Figure(figsize=(7, 3.4))
+    fig = Figure(figsize=(7, 0.5 + 0.55 * len(rows) + 1))
     ax = fig.subplots()
-    ax.barh([TABLE2[r].label for r in rows], [ours[r][4] or 0 for r in rows])
+    height = 0.8 / 3
+    for k, (column, name) in enumerate(((0, "S4"), (2, "MS3"), (4, "AVSS"))):
+        ys = [i + (k - 1) * height for i in range(len(rows))]
+        ax.barh(ys, [ours[r][column] or 0 for r in rows], height=height, label=f"{name} mIoU")
+    ax.set_yticks(range(len(rows)), [TABLE2[r].label for r in rows])
     ax.invert_yaxis()
-    ax.set_xlabel("AVSS mIoU (%)")
+    ax.set_xlabel("mIoU (%)")
     ax.set_title("Ablation (paper Table 2 rows) on this dataset")
+    ax.legend(fontsize="small")
     fig.tight_layout()
     path = out / "ablation.png"
     with atomic_path(path) as tmp:
@@ -212,7 +275,7 @@ def build_report(
     if not metrics_dir.is_dir():
         raise SSPError(f"{metrics_dir}: no metrics folder (run the pipeline first: dvc repro)")
     out.mkdir(parents=True, exist_ok=True)
-    table, ours = ablation_table(metrics_dir)
+    table1, table2, ours = ablation_table(metrics_dir)
     points = sweep_points(metrics_dir)
     main = _read(metrics_dir / "stage2.json") if (metrics_dir / "stage2.json").exists() else {}
 
@@ -221,13 +284,19 @@ def build_report(
         "",
         (
             f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; "
-            "AVSS over real frames, mean over all 71 classes). Our numbers come from the "
+            "AVSS over real frames, mean over all 71 classes). S4 / MS3: the row's stage-1 "
+            f"model trained on v1s + v1m (`{metrics_dir}/{CELL_FOLDERS[1]}/`); AVSS: the row's "
+            f"stage-2 model (`{metrics_dir}/{CELL_FOLDERS[2]}/`). Our numbers come from the "
             "dataset the pipeline ran on; the paper's from AVSBench."
         ),
         "",
+        "## AAVS vs SSP (paper Table 1)",
+        "",
+        table1,
+        "",
         "## Ablation (paper Table 2)",
         "",
-        table,
+        table2,
         "",
     ]
     if plot_ablation(ours, out):

@@ -21,10 +21,13 @@ from ssp.data.avsbench import (
 )
 from ssp.errors import DataError, SSPError
 from tests.avsbench_fixtures import (
+    CLASS_INDEX,
+    CLASS_NAMES,
     DEFAULT_MS3_VIDEOS,
     DEFAULT_S4_VIDEOS,
     DEFAULT_SEMANTIC_VIDEOS,
-    LABEL2IDX,
+    PALETTE,
+    RELEASED_LABEL2IDX,
     write_object_dataset,
     write_semantic_dataset,
 )
@@ -32,7 +35,7 @@ from tests.avsbench_fixtures import (
 
 @pytest.fixture(scope="module")
 def semantic_root(tmp_path_factory):
-    return write_semantic_dataset(tmp_path_factory.mktemp("semantic"), semantic_labels=True)
+    return write_semantic_dataset(tmp_path_factory.mktemp("semantic"))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,9 @@ def object_root(tmp_path_factory):
 def test_fixture_writes_the_semantic_layout(semantic_root):
     df = pd.read_csv(semantic_root / "metadata.csv")
     assert list(df.columns) == ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"]
-    assert len(json.loads((semantic_root / "label2idx.json").read_text())) == 71
+    assert df.set_index("uid").loc["ms3_guitar_man_train", "a_obj"] == "guitar_man"  # joined with _
+    label2idx = json.loads((semantic_root / "label2idx.json").read_text())
+    assert label2idx == RELEASED_LABEL2IDX and list(label2idx.items())[:2] == [("background", 1), ("accordion", 2)]
     v1s_train = semantic_root / "v1s" / "s4_dog_train"
     assert sorted(p.name for p in (v1s_train / "labels_rgb").iterdir()) == ["0.png"]
     assert len(list((v1s_train / "frames").glob("*.jpg"))) == 5
@@ -84,7 +89,7 @@ def test_semantic_records_counts_rules_and_paths(semantic_root):
     v2 = by_uid["v2_baby_girl_bird_test"]
     assert v2.num_frames == 10 and v2.labelled == [True] * 10
     assert v2.start == 6.0  # s_min * 60 + s_sec
-    assert all(p is not None and p.is_file() for p in v2.semantic_mask_paths)
+    assert v2.objects == ["baby", "girl", "bird"]
 
 
 def test_semantic_filters(semantic_root):
@@ -97,11 +102,9 @@ def test_semantic_filters(semantic_root):
         load_records(semantic_root, splits=["training"])
 
 
-@pytest.mark.parametrize("semantic_labels", [False, True])
-def test_semantic_masks_decode_to_the_classes_written(tmp_path, semantic_labels):
-    root = write_semantic_dataset(tmp_path, semantic_labels=semantic_labels)
-    for record in load_records(root):
-        expected = {0} | {LABEL2IDX[name] for name in record.objects}
+def test_semantic_masks_decode_to_the_classes_written(semantic_root):
+    for record in load_records(semantic_root):
+        expected = {0} | {CLASS_INDEX[name] for name in record.objects}
         for i in record.labelled_indices:
             classes = read_mask(record, i, task="avss")
             binary = read_mask(record, i, task="avs")
@@ -111,22 +114,38 @@ def test_semantic_masks_decode_to_the_classes_written(tmp_path, semantic_labels)
             np.testing.assert_array_equal(binary, (classes > 0).astype(np.uint8))
 
 
-def test_colour_and_index_masks_agree(semantic_root):
-    record = load_records(semantic_root, subsets=["v2"])[0]
-    from_index = read_mask(record, 3, task="avss")
-    record.semantic_mask_paths = [None] * record.num_frames  # force the colour decode
-    np.testing.assert_array_equal(read_mask(record, 3, task="avss"), from_index)
-
-
-def test_labels_semantic_takes_precedence_over_colours(tmp_path):
-    root = write_semantic_dataset(tmp_path, videos=[{"uid": "a", "objects": ["dog"]}], semantic_labels=True)
-    Image.fromarray(np.full((64, 64, 3), 7, np.uint8)).save(root / "v2" / "a" / "labels_rgb" / "0.png")
+def test_released_form_loads_with_the_class_of_a_known_pixel(tmp_path):
+    root = write_semantic_dataset(tmp_path, videos=[{"uid": "a", "objects": ["dog"]}])
+    colour_file = np.asarray(Image.open(root / "v2" / "a" / "labels_rgb" / "0.png").convert("RGB"))
+    dog = np.argwhere((colour_file == PALETTE[CLASS_INDEX["dog"]]).all(-1))
+    y, x = dog[len(dog) // 2]  # a pixel the fixture painted with the palette colour of "dog"
     (record,) = load_records(root)
-    assert set(np.unique(read_mask(record, 0, task="avss")).tolist()) == {0, LABEL2IDX["dog"]}
-    # the colour mask is still what frame 1..9 use once their index masks go away
+    classes = read_mask(record, 0, task="avss")
+    assert classes[y, x] == CLASS_INDEX["dog"] == RELEASED_LABEL2IDX["dog"] - 1 == 17
+    names = class_names(root)
+    assert names == CLASS_NAMES and names[classes[y, x]] == "dog"
+    assert load_label2idx(root)["dog"] == 17 and list(load_label2idx(root)) == CLASS_NAMES
+    assert read_mask(record, 0, task="avs")[y, x] == 1
+
+
+def test_labels_semantic_is_not_read(tmp_path):
+    # The official AVSS loader decodes labels_rgb only; a labels_semantic folder (whatever
+    # its encoding) changes nothing.
+    root = write_semantic_dataset(tmp_path, videos=[{"uid": "a", "objects": ["dog"]}], semantic_labels=True)
+    (record,) = load_records(root)
+    before = read_mask(record, 0, task="avss")
+    Image.fromarray(np.full((64, 64), 200, np.uint8)).save(root / "v2" / "a" / "labels_semantic" / "0.png")
     (root / "v2" / "a" / "labels_semantic" / "1.png").unlink()
     (record,) = load_records(root)
-    assert record.semantic_mask_paths[1] is None and record.semantic_mask_paths[2] is not None
+    np.testing.assert_array_equal(read_mask(record, 0, task="avss"), before)
+    assert set(np.unique(read_mask(record, 1, task="avss")).tolist()) == {0, CLASS_INDEX["dog"]}
+    assert not any("labels_semantic" in p.relative_to(root).parts for p in record.referenced_paths())
+
+
+def test_a_obj_as_a_quoted_comma_list_is_read_too(tmp_path):
+    root = write_semantic_dataset(tmp_path, videos=[{"uid": "a", "objects": ["guitar", "man"], "a_obj": "guitar,man"}])
+    assert '"guitar,man"' in (root / "metadata.csv").read_text()  # pandas quotes the cell
+    assert load_records(root)[0].objects == ["guitar", "man"]
 
 
 def test_unknown_colour_is_an_error_naming_the_file_unless_not_strict(tmp_path):
@@ -143,19 +162,7 @@ def test_unknown_colour_is_an_error_naming_the_file_unless_not_strict(tmp_path):
         assert "12 pixels" in info.value.problem and "(1, 2, 3)" in info.value.problem
     lenient = read_mask(record, 2, task="avss", strict=False)
     assert (lenient[:3, :4] == 0).all()
-    assert set(np.unique(lenient).tolist()) <= {0, LABEL2IDX["cat"]}
-
-
-def test_out_of_range_class_index_is_an_error(tmp_path):
-    root = write_semantic_dataset(tmp_path, videos=[{"uid": "v", "objects": ["cat"]}], semantic_labels=True)
-    path = root / "v2" / "v" / "labels_semantic" / "0.png"
-    index = np.asarray(Image.open(path)).copy()
-    index[0, 0] = 200
-    Image.fromarray(index).save(path)
-    (record,) = load_records(root)
-    with pytest.raises(DataError, match="outside 0..70"):
-        read_mask(record, 0, task="avss")
-    assert read_mask(record, 0, task="avss", strict=False)[0, 0] == 0
+    assert set(np.unique(lenient).tolist()) <= {0, CLASS_INDEX["cat"]}
 
 
 def test_unlabelled_frame_and_missing_mask_are_errors(semantic_root, tmp_path):
@@ -232,15 +239,38 @@ def test_duplicate_uids_do_not_crash_the_reader(tmp_path):
 
 def test_class_names_and_label2idx(semantic_root, object_root, tmp_path):
     names = class_names(semantic_root)
-    assert len(names) == 71 and names[0] == "background" and names[LABEL2IDX["violin"]] == "violin"
-    assert load_label2idx(semantic_root)["dog"] == LABEL2IDX["dog"]
+    assert len(names) == 71 and names[0] == "background" and names[CLASS_INDEX["violin"]] == "violin"
+    assert load_label2idx(semantic_root)["dog"] == CLASS_INDEX["dog"]
     assert class_names(object_root) == ["background", "sounding"]
     with pytest.raises(DataError, match="class list is missing"):
         load_label2idx(tmp_path)
-    (tmp_path / "label2idx.json").write_text(json.dumps({"background": 0, "dog": 2}))
-    (tmp_path / "metadata.csv").write_text("vid,uid,s_min,s_sec,a_obj,split,label\n")
-    with pytest.raises(DataError, match="0..N-1"):
-        class_names(tmp_path)
+    (tmp_path / "label2idx.json").write_text('{"background": 1, "dog": 2}')  # a released-form subset
+    assert load_label2idx(tmp_path) == {"background": 0, "dog": 1}
+
+
+ZERO_BASED = {name: k for k, name in enumerate(CLASS_NAMES)}  # the older convention
+WITH_GAP = {name: k if k < 7 else k + 1 for k, name in enumerate(CLASS_NAMES, start=1)}  # no index 7
+BAD_LABEL2IDX = {
+    "0-based": (json.dumps(ZERO_BASED), "start at 0 (background: 0)"),
+    "gap": (json.dumps(WITH_GAP), "entry 7 ('bell') has index 8, expected 7"),
+    "background not first": ('{"dog": 1, "background": 2}', "first entry is 'dog'"),
+    "duplicate name": ('{"background": 1, "dog": 2, "dog": 3}', "['dog'] appear more than once"),
+    "not an object": ("[1, 2]", "mapping class name -> integer index"),
+    "not an integer": ('{"background": "1"}', "mapping class name -> integer index"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LABEL2IDX))
+def test_label2idx_in_another_form_is_an_error_naming_the_file(tmp_path, case):
+    text, problem = BAD_LABEL2IDX[case]
+    root = write_semantic_dataset(tmp_path, videos=[{"uid": "a", "n_frames": 1}])
+    (root / "label2idx.json").write_text(text)
+    for read in (load_label2idx, class_names):
+        with pytest.raises(DataError) as info:
+            read(root)
+        assert info.value.path == "label2idx.json"
+        assert problem in info.value.problem
+        assert 'expected the released AVSBench form {"background": 1, "accordion": 2, ...}' in info.value.problem
 
 
 # ---------------------------------------------------------------------------------
@@ -277,6 +307,19 @@ def test_object_masks_are_binary(object_root):
             np.testing.assert_array_equal(mask, (written > 0).astype(np.uint8))
     with pytest.raises(DataError, match="binary"):
         read_mask(load_records(object_root)[0], 0, task="avss")
+
+
+def test_palette_mode_object_mask_is_read_by_its_indices(tmp_path):
+    # The official MS3 loader opens masks in mode "P": indices count, not the colours.
+    root = write_object_dataset(tmp_path, s4=False)
+    record = load_records(root)[0]
+    path = record.mask_paths[0]
+    written = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+    image = Image.frombytes("P", (written.shape[1], written.shape[0]), written.tobytes())
+    image.putpalette([255, 255, 255, 0, 0, 0])  # index 0 drawn white, index 1 black
+    image.save(path)
+    assert Image.open(path).mode == "P"
+    np.testing.assert_array_equal(read_mask(record, 0), written)
 
 
 def test_object_parts_and_filters(tmp_path):
@@ -360,7 +403,7 @@ def test_item_shapes_dtypes_and_resize_conventions(mixed_root):
     expected_frame = np.asarray(Image.fromarray(read_frame(record.frame_paths[4])).resize((32, 32), Image.BILINEAR))
     np.testing.assert_allclose(item["frames"][4].permute(1, 2, 0).numpy(), expected_frame / 255.0, atol=1e-6)
     # masks: nearest, so only the classes that were written come out (bilinear would mix them)
-    expected_classes = {0} | {LABEL2IDX[n] for n in record.objects}
+    expected_classes = {0} | {CLASS_INDEX[n] for n in record.objects}
     for i in range(10):
         expected_mask = np.asarray(Image.fromarray(read_mask(record, i, "avss")).resize((32, 32), Image.NEAREST))
         np.testing.assert_array_equal(item["masks"][i].numpy(), expected_mask)
@@ -518,7 +561,7 @@ def test_record_helpers(semantic_root, object_root):
     record = next(r for r in load_records(semantic_root) if r.uid == "s4_dog_train")
     assert record.video_dir == semantic_root / "v1s" / "s4_dog_train"
     paths = record.referenced_paths()
-    assert len(paths) == 5 + 1 + 1 + 1  # frames, audio, one colour mask, one class-index mask
+    assert len(paths) == 5 + 1 + 1  # frames, audio, one colour mask
     assert all(p.is_file() for p in paths)
     s4 = load_records(object_root)[0]
     assert s4.video_dir is None and len(s4.referenced_paths()) == 5 + 1 + 1

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from ssp.data.palette import NUM_CLASSES, PALETTE, colour_to_index, index_to_colour
+from tests.avsbench_fixtures import PALETTE as RELEASE_PALETTE
 
 
 def test_voc_bit_interleave_colours():
@@ -19,6 +20,17 @@ def test_voc_bit_interleave_colours():
     ]
     assert PALETTE[70].tolist() == [32, 128, 128]  # 70 = 0b1_000_110: bits (r,g,b) per octal digit, high bits first
     assert len({tuple(c) for c in PALETTE}) == NUM_CLASSES
+
+
+def test_matches_the_official_palette_both_ways():
+    # the fixture's palette is computed from the official definition, not from ssp's
+    assert RELEASE_PALETTE.shape == (NUM_CLASSES, 3)
+    np.testing.assert_array_equal(PALETTE, RELEASE_PALETTE)
+    index = np.arange(NUM_CLASSES).reshape(1, -1)
+    decoded, unknown = colour_to_index(RELEASE_PALETTE[index])
+    np.testing.assert_array_equal(decoded, index)
+    assert not unknown.any()
+    np.testing.assert_array_equal(index_to_colour(index), RELEASE_PALETTE[index])
 
 
 def test_round_trip_and_unknown_colours():

@@ -79,9 +79,10 @@ def test_layout_is_complete_and_follows_the_labelling_rules(tiny):
     assert len({r["uid"] for r in rows}) == 12
 
     labels = json.loads((tiny / "label2idx.json").read_text())
-    assert len(labels) == NUM_CLASSES and sorted(labels.values()) == list(range(NUM_CLASSES))
-    assert labels["background"] == 0
-    assert [n for n, i in sorted(labels.items(), key=lambda kv: kv[1])][1:9] == [c.name for c in S.CLASS_CATALOGUE[:8]]
+    # the released AVSBench form: 1-based, indices 1..71 in file order, background first
+    assert len(labels) == NUM_CLASSES and list(labels.values()) == list(range(1, NUM_CLASSES + 1))
+    assert labels["background"] == 1
+    assert list(labels)[1:9] == [c.name for c in S.CLASS_CATALOGUE[:8]]
     assert not any(sep in name for name in labels for sep in ",;|_")  # a_obj separators
 
     for r in rows:
@@ -100,6 +101,7 @@ def test_layout_is_complete_and_follows_the_labelling_rules(tiny):
         scene = json.loads((video / "scene.json").read_text())
         assert (scene["uid"], scene["subset"], scene["split"]) == (r["uid"], r["label"], r["split"])
         assert scene["labelled"] == [f"{i}.png" in expected_masks for i in range(n_frames)]
+        assert all(o["class_index"] == labels[o["class_name"]] - 1 for o in scene["objects"])  # mask index
         sounding = list(dict.fromkeys(o["class_name"] for o in scene["objects"] if any(o["sounding"])))
         assert split_objects(r["a_obj"]) == sounding
         assert scene["answers"]["A2"] == sounding

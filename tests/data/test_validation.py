@@ -29,18 +29,23 @@ S4_VIDEOS = [
 ]
 MS3_VIDEOS = [{"name": "ms3vid_a_test", "split": "test", "n_objects": 2}]
 
-# Files of those datasets that the tests break.
+# Files of those datasets that the tests break (the object dataset is in the release tree).
 V2_DIR = "v2/v2_violin_test"
 MS3_DIR = "ms3_guitar_man_val"
-S4_FRAMES = "visual_frames/val/playing_violin/s4vid_violin_val"
-S4_MASKS = "gt_masks/val/playing_violin/s4vid_violin_val"
-S4_AUDIO = "audio_wav/val/playing_violin/s4vid_violin_val.wav"
-MS3_FRAMES = "visual_frames/ms3vid_a_test"
+S4_CSV = "Single-source/s4_meta_data.csv"
+S4_DATA = "Single-source/s4_data"
+S4_FRAMES = f"{S4_DATA}/visual_frames/val/playing_violin/s4vid_violin_val"
+S4_MASKS = f"{S4_DATA}/gt_masks/val/playing_violin/s4vid_violin_val"
+S4_AUDIO = f"{S4_DATA}/audio_wav/val/playing_violin/s4vid_violin_val.wav"
+MS3_CSV = "Multi-sources/ms3_meta_data.csv"
+MS3_DATA = "Multi-sources/ms3_data"
+MS3_FRAMES = f"{MS3_DATA}/visual_frames/ms3vid_a_test"
+MS3_MASKS = f"{MS3_DATA}/gt_masks/test/ms3vid_a_test"
 
 
 @pytest.fixture
 def semantic(tmp_path) -> Path:
-    return write_semantic_dataset(tmp_path / "semantic", videos=SEMANTIC_VIDEOS, semantic_labels=True)
+    return write_semantic_dataset(tmp_path / "semantic", videos=SEMANTIC_VIDEOS)
 
 
 @pytest.fixture
@@ -82,7 +87,7 @@ def edit_csv(path: Path, old: str, new: str) -> None:
 
 
 def test_valid_semantic_fixture_passes(tmp_path):
-    root = write_semantic_dataset(tmp_path / "d", semantic_labels=True)  # the full default fixture
+    root = write_semantic_dataset(tmp_path / "d")  # the full default fixture, released label2idx.json
     report = validate_dataset(root, workers=2)
     assert report.ok, report.format()
     assert report.layout == "semantic" and report.failures == []
@@ -151,13 +156,13 @@ def test_missing_frame_is_named_semantic(semantic):
 
 def test_missing_frame_mask_and_audio_are_named_object(obj):
     (obj / MS3_FRAMES / "ms3vid_a_test.mp4_3.png").unlink()
-    (obj / "gt_masks/test/ms3vid_a_test/ms3vid_a_test_5.png").unlink()
+    (obj / MS3_MASKS / "ms3vid_a_test_5.png").unlink()
     (obj / S4_AUDIO).unlink()
     report = validate_dataset(obj)
     assert problems(report) == {
         f"{MS3_FRAMES}/ms3vid_a_test.mp4_3.png": {"file present"},
         MS3_FRAMES: {"frame count"},
-        "gt_masks/test/ms3vid_a_test/ms3vid_a_test_5.png": {"file present"},
+        f"{MS3_MASKS}/ms3vid_a_test_5.png": {"file present"},
         S4_AUDIO: {"file present"},
     }
 
@@ -175,15 +180,6 @@ def test_off_palette_mask_colour_reports_count_and_example(semantic):
     text = detail(report, path, "mask colours in palette")
     assert text.startswith("3 pixels")
     assert "rgb(1, 2, 3) at (x=5, y=3)" in text  # first off-palette pixel in scan order
-
-
-def test_class_index_above_70_is_rejected(semantic):
-    path = semantic / V2_DIR / "labels_semantic" / "0.png"
-    index = np.array(Image.open(path))
-    index[0, 0] = 71
-    Image.fromarray(index).save(path)
-    report = validate_dataset(semantic)
-    assert problems(report) == {f"{V2_DIR}/labels_semantic/0.png": {"class index in [0, 70]"}}
 
 
 def test_non_binary_object_mask_is_rejected(obj):
@@ -266,7 +262,6 @@ def test_frame_size_inconsistent_within_video(semantic):
     assert problems(report) == {
         f"{V2_DIR}/frames/6.jpg": {"frame size consistent within video"},
         f"{V2_DIR}/labels_rgb/6.png": {"mask size matches frame"},
-        f"{V2_DIR}/labels_semantic/6.png": {"mask size matches frame"},
     }
 
 
@@ -286,9 +281,9 @@ def test_duplicate_uid_is_rejected(semantic, obj):
         "line 5 (uid='ms3_guitar_man_val')",
     ]
 
-    edit_csv(obj / "s4_meta_data.csv", "s4vid_violin_val,", "s4vid_dog_train,")
+    edit_csv(obj / S4_CSV, "s4vid_violin_val,", "s4vid_dog_train,")
     report = validate_dataset(obj)
-    assert problems(report)["s4_meta_data.csv"] == {"name unique"}
+    assert problems(report)[S4_CSV] == {"name unique"}
 
 
 def test_unknown_split_and_subset_are_rejected(semantic, obj):
@@ -299,15 +294,15 @@ def test_unknown_split_and_subset_are_rejected(semantic, obj):
     assert "split 'testing'" in detail(report, "metadata.csv", "split known")
     assert "'v3'" in detail(report, "metadata.csv", "subset known")
 
-    edit_csv(obj / "ms3_meta_data.csv", "ms3vid_a_test,test", "ms3vid_a_test,tst")
+    edit_csv(obj / MS3_CSV, "ms3vid_a_test,test", "ms3vid_a_test,tst")
     report = validate_dataset(obj)
-    assert problems(report)["ms3_meta_data.csv"] == {"split known"}
+    assert problems(report)[MS3_CSV] == {"split known"}
 
 
 def test_manifest_columns_nulls_and_classes(semantic):
     csv = semantic / "metadata.csv"
     text = csv.read_text().replace("vid,uid,s_min", "video,uid,s_min", 1)  # wrong column name
-    text = text.replace('"guitar,man"', '"guitar,unicorn"')  # unknown class
+    text = text.replace(",guitar_man,", ",guitar_unicorn,")  # unknown class
     text = text.replace(",violin,", ",,")  # empty a_obj
     csv.write_text(text)
     report = validate_dataset(semantic)
@@ -388,7 +383,7 @@ def test_checks_exactly_the_files_the_reader_loads(tmp_path, layout):
     from ssp.data.validation import expected_videos
 
     if layout == "semantic":
-        root = write_semantic_dataset(tmp_path / "d", semantic_labels=True)
+        root = write_semantic_dataset(tmp_path / "d")
     else:
         root = write_object_dataset(tmp_path / "d", release_tree=layout == "object-release")
     read = {str(p.relative_to(root)) for r in load_records(root) for p in r.referenced_paths()}
@@ -397,11 +392,33 @@ def test_checks_exactly_the_files_the_reader_loads(tmp_path, layout):
     assert len(checked) == sum(1 for p in root.rglob("*") if p.suffix in (".jpg", ".png", ".wav"))
 
 
-def test_colour_image_as_class_index_mask_is_rejected(semantic):
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(semantic / V2_DIR / "labels_semantic" / "2.png")
+def test_labels_semantic_is_not_checked(tmp_path):
+    # not read by the official loaders nor by ssp: whatever it holds, the data is valid
+    root = write_semantic_dataset(tmp_path / "d", videos=SEMANTIC_VIDEOS[2:], semantic_labels=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(root / V2_DIR / "labels_semantic" / "2.png")
+    (root / V2_DIR / "labels_semantic" / "3.png").unlink()
+    assert validate_dataset(root).ok
+
+
+def test_palette_mode_object_mask_is_binary_by_its_indices(obj):
+    path = obj / MS3_MASKS / "ms3vid_a_test_2.png"
+    values = (np.asarray(Image.open(path)) > 0).astype(np.uint8)
+    image = Image.frombytes("P", (values.shape[1], values.shape[0]), values.tobytes())
+    image.putpalette([255, 255, 255, 0, 0, 0])  # index 0 drawn white, index 1 black
+    image.save(path)
+    assert validate_dataset(obj).ok
+
+
+ZERO_BASED = '{"background": 0, "accordion": 1, "dog": 2}'
+WITH_GAP = '{"background": 1, "accordion": 2, "dog": 4}'
+
+
+@pytest.mark.parametrize("text", [ZERO_BASED, WITH_GAP], ids=["0-based", "gap"])
+def test_label2idx_not_in_the_released_form_is_named(semantic, text):
+    (semantic / "label2idx.json").write_text(text)
     report = validate_dataset(semantic)
-    assert problems(report) == {f"{V2_DIR}/labels_semantic/2.png": {"file decodable"}}
-    assert "single-channel, got mode RGB" in detail(report, f"{V2_DIR}/labels_semantic/2.png", "file decodable")
+    assert problems(report) == {"label2idx.json": {"class list"}}
+    assert 'expected the released AVSBench form {"background": 1' in detail(report, "label2idx.json", "class list")
 
 
 def test_a_rule_that_cannot_run_fails_instead_of_passing():
@@ -421,8 +438,9 @@ def test_a_rule_that_cannot_run_fails_instead_of_passing():
 
 
 def test_a_obj_names_match_classes_loosely(semantic):
-    edit_csv(semantic / "metadata.csv", '"guitar,man"', '"Guitar, MAN"')
-    edit_csv(semantic / "metadata.csv", ",violin,", ",Emergency-Car_man,")  # real AVSBench joins names with _
+    assert ",guitar_man," in (semantic / "metadata.csv").read_text()  # the released form: joined with _
+    edit_csv(semantic / "metadata.csv", ",guitar_man,", ',"Guitar, MAN",')  # a quoted comma list
+    edit_csv(semantic / "metadata.csv", ",violin,", ",Emergency-Car_man,")
     assert validate_dataset(semantic).ok
 
 
@@ -431,6 +449,6 @@ def test_manifest_without_rows_and_padded_cells(semantic, obj):
     (semantic / "metadata.csv").write_text(text.replace(",test,v2", ", test , v2 "))  # spaces are ignored
     assert validate_dataset(semantic).ok
 
-    (obj / "ms3_meta_data.csv").write_text("video_id,split\n")
+    (obj / MS3_CSV).write_text("video_id,split\n")
     report = validate_dataset(obj)
-    assert problems(report) == {"ms3_meta_data.csv": {"manifest not empty"}}
+    assert problems(report) == {MS3_CSV: {"manifest not empty"}}

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from ssp import paper
-from ssp.engine.inputs import collate_labelled
+from ssp.engine.inputs import InputDirs, build_dataset, collate_labelled, dataset_batches, load_split_records
 from ssp.engine.train import TrainingInterrupted, build_model_config, model_switches, train
 from ssp.errors import SSPError
 from ssp.eval.stage1_masks import write_stage1_masks
@@ -29,6 +29,7 @@ from ssp.models import SSPConfig
 from ssp.models.checkpoint import load_model
 from ssp.ops.tracking import get_client
 from ssp.params import ModelParams, Params, load_params
+from ssp.report.report import row_numbers
 from tests.engine.benchmark import FAST, dirs, params
 
 REPO = Path(__file__).resolve().parents[2]
@@ -239,6 +240,61 @@ def test_model_config_from_typed_params_is_the_old_one(profile):
     assert new(2, params=main_swept).lambda_post == 5 and new(2, "full", main_swept) == new(2, "full")
     for changed in (swept, main_swept):
         assert new(1, params=changed) == new(1) and new(2, "text_vta", changed) == new(2, "text_vta")
+
+
+def test_stage1_gets_a_rows_switches_when_asked():
+    p = Params()
+    aavs = {"pre_mask": False, "text": "none", "post_mask": False}
+    assert model_switches(p, 1) == model_switches(p, 1, "aavs") == aavs  # the stepping-stone producer
+    for row in paper.ROWS:  # the S4/MS3 cells (`ablation_avs`): --stage 1 --row R
+        switches = model_switches(p, 1, row)
+        assert switches == model_switches(p, 2, row)  # the same row in both stages
+        assert {k: switches[k] for k in aavs} == paper.row(row).switches
+        assert ("lambda_post" in switches) == paper.row(row).switches["post_mask"]
+        config = build_model_config(p.model, 1, switches)
+        assert config.stage == 1 and {k: getattr(config, k) for k in aavs} == paper.row(row).switches
+
+
+def test_stage1_cell_with_every_switch_trains_and_tests_s4_ms3(bench, tmp_path, mlflow_store):
+    """An `ablation_avs` cell: stage 1, row `full` (pre-mask, VTA, post-mask) on v1s + v1m
+    with the demo's premask_train_source=stage1 (a stage-1 model has no earlier stage's
+    masks: it trains on its test-time stand-in, the whole frame), tested in the same
+    process -> binary S4 / MS3 numbers per subset, what `ssp report` reads."""
+    test_json = tmp_path / "metrics" / "ablation_avs" / "full" / "seed0.json"
+    argv = ["--stage", "1", "--row", "full", "--data", str(bench["data"]), "--out", str(tmp_path / "cell")]
+    argv += ["--params", os.devnull, "--no-progress", "--test-out", str(test_json)]
+    argv += [a for o in FAST for a in ("--set", o)]
+    argv += [
+        "--set",
+        "train1.epochs=1",
+        "--set",
+        "train1.subsets=[v1s,v1m]",
+        "--set",
+        "model.premask_train_source=stage1",
+    ]
+    for name in ("flow", "prompts", "logmel"):
+        argv += [f"--{name}", str(bench[name])]
+    assert train_test_main(argv) == 0
+    tested = json.loads(test_json.read_text())
+    assert tested["stage"] == 1 and tested["semantic"] == {}
+    assert set(tested["binary"]) == {"v1s", "v1m"}  # tested on the subsets it trained on
+    assert {k: tested["model"][k] for k in ("pre_mask", "text", "post_mask")} == paper.row("full").switches
+    for subset in ("v1s", "v1m"):
+        assert 0 <= tested["binary"][subset]["miou"] <= 1 and 0 <= tested["binary"][subset]["fscore"] <= 1
+    assert None not in row_numbers(tested)[:4]
+    assert json.loads((tmp_path / "cell" / "metrics.json").read_text())["best"]["miou"] >= 0
+
+    # M_GT of eq. 2 for this model, in training and at test: the whole frame (M_Pre = 1 on M_O, 0.5 elsewhere)
+    model, config, _ = load_model(tmp_path / "cell" / "checkpoints" / "best.safetensors")
+    assert config.premask_train_source == "stage1" and config.premask_test_source == "stage1"
+    records = load_split_records(bench["data"], 1, "test", ["v1m"])
+    batch = next(dataset_batches(build_dataset(records, config, InputDirs(**dirs(bench))), 2))
+    expected = torch.where(batch["flow_mask"] > 0.5, 1.0, 0.5)
+    for training in (True, False):
+        model.train(training)
+        with torch.no_grad():
+            assert torch.equal(model(batch).premask, expected)
+    assert model.predict(batch).shape == batch["masks"].shape
 
 
 def test_collate_labelled_drops_unlabelled_frames():

@@ -22,6 +22,12 @@ from ssp.paper import TABLE2
 ROOT = Path(__file__).resolve().parents[2]
 DVC = str(Path(sys.executable).parent / "dvc")
 PREPROCESSING = {"synth", "validate", "flow", "logmel", "prompts"}
+# the S4/MS3 (stage-1) cells of the committed params: `ablation_avs@{row}-{seed}`
+STAGE1_ROWS = yaml.safe_load((ROOT / "params.yaml").read_text())["ablation"]["stage1_rows"]
+
+
+def stage1_cells(seed: int) -> set[str]:
+    return {f"ablation_avs@{r}-{seed}" for r in STAGE1_ROWS}
 
 
 def run(cmd, cwd):
@@ -86,6 +92,8 @@ def test_all_stages_present_in_dependency_order():
         ("stage1_masks", "ablation@full-0"),
         ("stage1_masks", "sweep@10"),
         ("ablation@full-0", "samples"),
+        ("flow", "ablation_avs_inputs"),
+        ("ablation_avs_inputs", "ablation_avs@full-0"),
     ]:
         assert order.index(a) < order.index(b), (a, b)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -102,12 +110,12 @@ def test_lambda_post_change_makes_only_its_models_stale(committed_pipeline):
     assert stale_after(committed_pipeline, lambda p: p["ssp"].__setitem__("text", "att")) == {"train_stage2"}
     # the Table-2 cells' λ' (the sweep sets its own)
     stale = stale_after(committed_pipeline, lambda p: p["ablation"].__setitem__("lambda_post", 5.0))
-    assert stale == {*(f"ablation@{r}-0" for r in TABLE2), "samples"}
+    assert stale == {*(f"ablation@{r}-0" for r in TABLE2), *stage1_cells(0), "samples"}
 
 
 def test_seeds_add_cells_without_touching_the_others(committed_pipeline):
     stale = stale_after(committed_pipeline, lambda p: p["ablation"].__setitem__("seeds", [0, 1]))
-    assert stale == {f"ablation@{r}-1" for r in TABLE2} | {"samples"}
+    assert stale == {f"ablation@{r}-1" for r in TABLE2} | stage1_cells(1) | {"samples"}
 
 
 def test_sweep_values_touch_only_their_own_cells(committed_pipeline):
@@ -123,7 +131,7 @@ def test_preprocessing_params_reach_only_their_stage(committed_pipeline):
     assert stale_after(committed_pipeline, lambda p: p["prompts"].__setitem__("quality", 0.5)) == {"prompts"}
     assert stale_after(committed_pipeline, lambda p: p["data"].__setitem__("seed", 1)) == {"synth"}
     stale = stale_after(committed_pipeline, lambda p: p["train1"].__setitem__("epochs", p["train1"]["epochs"] + 1))
-    assert stale == {"train_stage1"}
+    assert stale == {"train_stage1"} | stage1_cells(0)  # the main stage 1 and the S4/MS3 cells
     stale = stale_after(committed_pipeline, lambda p: p["train2"].__setitem__("epochs", p["train2"]["epochs"] + 1))
     assert "train_stage1" not in stale and "train_stage2" in stale and "ablation@full-0" in stale
 
@@ -137,11 +145,14 @@ def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pip
         stage = stages[name].get("do", stages[name])
         assert "runs/stage2_inputs.json" in stage["deps"], name
         assert not {"data/flow", "data/prompts", "data/stage1_masks", "${data.root}"} & set(stage["deps"]), name
+    # the S4/MS3 (stage-1) cells: their own fingerprint, without stage-1 masks
+    assert "runs/ablation_avs_inputs.json" in stages["ablation_avs"]["deps"]
+    assert "data/stage1_masks" not in stages["ablation_avs_inputs"]["deps"]
     flow_file = committed_pipeline / "data" / "flow" / "stand-in.txt"
     original = flow_file.read_text()
     try:
         flow_file.write_text("changed")
         stale = {n.split(":")[-1] for n in json.loads(run([DVC, "status", "--json"], committed_pipeline) or "{}")}
-        assert stale == {"flow", "stage2_inputs"}
+        assert stale == {"flow", "stage2_inputs", "ablation_avs_inputs"}
     finally:
         flow_file.write_text(original)

@@ -12,7 +12,7 @@ WORDS = "a man is playing the piano guitar dog barks in front of microphone car 
 
 
 def tiny_config(stage: int, text_model: str | None = None, **switches) -> SSPConfig:
-    return SSPConfig.tiny(stage=stage, text_model_path=text_model, text_layers=None, **switches)
+    return SSPConfig.tiny(stage=stage, text_model=text_model, text_layers=None, **switches)
 
 
 def make_batch(stage: int, n: int = 2, seed: int = 0, size: int = SIZE) -> dict:

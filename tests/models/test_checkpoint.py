@@ -23,7 +23,8 @@ def test_weights_round_trip_rebuilds_the_model_from_the_file(model, tmp_path):
     path = tmp_path / "w.safetensors"
     save_weights(path, model, {"epoch": 3, "val": {"miou": 0.5}})
     state, config, info = read_weights(path)
-    assert config == model.config.to_dict() and info == {"epoch": 3, "val": {"miou": 0.5}}
+    # info also records the pretrained weights the model was built from (none here)
+    assert config == model.config.to_dict() and info == {"epoch": 3, "val": {"miou": 0.5}, "pretrained": {}}
     rebuilt, rebuilt_config, _ = load_model(path)
     assert rebuilt_config.stage == 2 and not rebuilt.training
     mine, theirs = model.state_dict(), rebuilt.state_dict()
@@ -73,3 +74,25 @@ def test_weights_of_another_config_raise_a_data_error(model, tmp_path):
     stage1 = SSPModel(SSPConfig.tiny(1, num_points=64))
     with pytest.raises(DataError, match="do not fit"):
         load_weights_into(stage1, path)
+
+
+def test_a_recipe_model_from_hub_weights_round_trips_without_the_hub(tmp_path, monkeypatch):
+    """The architecture read from the Mask2Former config.json and AAVS's adapters are in the
+    stored config, so load_model rebuilds the model with neither the hub cache nor the spec;
+    what the weights were stays in info["pretrained"]."""
+    from tests.standins import mask2former_standin
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    spec = mask2former_standin(tmp_path / "hub")
+    recipe = dict(freeze_pretrained=True, swin_adapters=True, decoder_adapters="replace", drop_path_rate=0.3)
+    model = SSPModel(SSPConfig.tiny(2, num_points=64, mask2former_weights=spec, **recipe))
+    path = tmp_path / "recipe.safetensors"
+    save_weights(path, model)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    rebuilt, config, info = load_model(path)
+    assert config.hf_swin["depths"] == [1, 1, 1, 1] and config.swin_adapters and config.mask2former_weights is None
+    assert info["pretrained"]["model.mask2former_weights"]["revision"] == spec.split("@")[1]
+    mine, theirs = model.state_dict(), rebuilt.state_dict()
+    assert mine.keys() == theirs.keys() and any(".swin_adapt_" in k for k in mine)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)

@@ -11,7 +11,7 @@ import torch
 from ssp.errors import SSPError
 from ssp.models import SSPConfig, SSPModel
 from ssp.models.criterion import SSPCriterion
-from ssp.models.ssp import SSPOutput, foreground_probability
+from ssp.models.ssp import SSPOutput, foreground_logit, foreground_probability
 from ssp.paper import TABLE2
 from tests.models.helpers import SIZE, make_batch, tiny_config
 
@@ -44,9 +44,10 @@ def test_targets_stage1_and_stage2():
         SSPCriterion(SSPConfig.tiny(stage=2)).targets(torch.full((1, 2, 2), 71))
 
 
+@pytest.mark.parametrize("form", ["mask", "recall"])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_parts_sum_to_total_and_only_labelled_frames_count(stage):
-    config = SSPConfig.tiny(stage=stage, post_mask=True)
+def test_parts_sum_to_total_and_only_labelled_frames_count(stage, form):
+    config = SSPConfig.tiny(stage=stage, post_mask=True, post_mask_form=form)
     criterion = SSPCriterion(config)
     batch = make_batch(stage)
     output = random_output(config)
@@ -160,6 +161,68 @@ def test_post_mask_recall_form_penalises_only_missing_m_post(stage):
     assert losses["loss_post"] > 0 and torch.allclose(losses["loss_post"], expected)
     recall = tiny_config(stage, None, pre_mask=True, post_mask=True, post_mask_form="recall")
     assert SSPModel(recall).post_mask_head is None
+
+
+def test_post_mask_mask_form_by_hand():
+    """The "mask" form (the paper's): sigmoid BCE + dice between the foreground logit on the S/4
+    grid and the fraction of each 4×4-pixel cell inside M_Post."""
+    logits = torch.tensor([[[0.0, math.log(3)], [-math.log(3), 0.0]]])  # p = 0.5, 0.75 / 0.25, 0.5
+    target = torch.zeros(1, 8, 8)
+    target[:, :4, :4] = 1  # cell (0, 0) wholly inside M_Post
+    target[:, :2, 4:] = 1  # cell (0, 1) half inside: its label is 0.5
+    bce = (math.log(2) + 0.5 * (-math.log(0.75) - math.log(0.25)) - math.log(0.75) + math.log(2)) / 4
+    dice = 1 - (2 * (0.5 * 1 + 0.75 * 0.5) + 1) / ((0.5 + 0.75 + 0.25 + 0.5) + 1.5 + 1)
+    assert bce + dice == pytest.approx(1.016630, abs=1e-6)
+    assert SSPCriterion.post_mask_loss(logits, target).item() == pytest.approx(bce + dice, rel=1e-6)
+
+
+def test_foreground_logit_is_the_logit_of_the_probability_and_stays_finite():
+    g = torch.Generator().manual_seed(0)
+    class_logits, masks = torch.randn(2, 5, 2, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+    expected = torch.logit(foreground_probability(class_logits, masks, stage=1).double())
+    torch.testing.assert_close(foreground_logit(class_logits, masks, stage=1).double(), expected, rtol=1e-4, atol=1e-4)
+    # ten confident queries: p rounds to 1.0 in float32, its logit (≈ 10 × 8.7) does not
+    sure = torch.full((1, 10, 2, 2), 20.0, requires_grad=True)
+    confident = torch.tensor([[[20.0, -20.0]] * 10])
+    assert foreground_probability(confident, sure, stage=1).eq(1.0).all()
+    logit = foreground_logit(confident, sure, stage=1)
+    assert torch.isfinite(logit).all() and (logit > 50).all()
+    logit.sum().backward()
+    assert sure.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_post_mask_mask_form_penalises_predictions_outside_m_post(stage):
+    """The paper's L'_mask: predicting beyond M_Post is "a significant error" (unlike the
+    recall form, covering everything costs more than covering M_Post); λ' = 10 on
+    BCE + dice of the segmentation's foreground logit against M_O ∩ M_GT, no extra head."""
+    config = SSPConfig.tiny(stage=stage, post_mask=True, post_mask_form="mask", lambda_post=10.0)
+    criterion = SSPCriterion(config)
+    h, q, k = SIZE // 4, config.num_queries, config.num_labels + 1
+    target = torch.zeros(1, SIZE, SIZE)
+    target[:, : SIZE // 2] = 1  # M_Post = top half
+    class_logits = torch.full((1, q, k), -10.0)
+    class_logits[:, 0, 0 if stage == 1 else 3] = 10.0  # query 0: an object class
+    if stage == 2:
+        class_logits[:, 1, 0] = 10.0  # query 1: background, everywhere at p = 0.5 (not foreground)
+
+    def loss(query0_rows: slice) -> float:
+        masks = torch.full((1, q, h, h), -10.0)
+        masks[:, 0, query0_rows] = 10.0
+        if stage == 2:
+            masks[:, 1] = 0.0
+        return criterion.post_mask_loss(foreground_logit(class_logits, masks, stage=stage), target).item()
+
+    covers_m_post, covers_all, misses = loss(slice(0, h // 2)), loss(slice(0, h)), loss(slice(h // 2, h))
+    assert covers_m_post < 0.05 < 4 < covers_all < misses
+
+    batch = make_batch(stage)
+    output = random_output(SSPConfig.tiny(stage=stage))
+    losses = criterion(output, batch)
+    m_post = ((batch["flow_mask"] > 0) & (batch["masks"] > 0)).float()
+    expected = 10.0 * criterion.post_mask_loss(foreground_logit(output.class_logits, output.mask_logits, stage), m_post)
+    assert losses["loss_post"] > 0 and torch.allclose(losses["loss_post"], expected)
+    assert SSPModel(tiny_config(stage, None, post_mask=True, post_mask_form="mask")).post_mask_head is None
 
 
 def test_post_mask_recall_form_leaves_border_cells_to_l_mask():

@@ -95,8 +95,8 @@ def test_eval_never_reads_ground_truth(stage, tiny_text_model):
     assert output.class_logits.isfinite().all()
     model.predict(guarded)
     if stage == 2:
-        # the stepping stone at eval is stage 1's prediction
-        assert torch.equal(output.stepping_stone, batch["stage1_mask"])
+        # the stepping stone at eval is stage 1's prediction (binary)
+        assert torch.equal(output.stepping_stone, (batch["stage1_mask"] > 0.5).float())
         del guarded["stage1_mask"]
         with pytest.raises(SSPError, match="stage1_mask"):
             model(guarded)
@@ -107,6 +107,34 @@ def test_training_mode_uses_ground_truth_stepping_stone():
     batch = make_batch(2)
     output = model(batch)
     assert torch.equal(output.stepping_stone, (batch["masks"] > 0).float())
+
+
+@pytest.mark.parametrize("form", ["binary", "soft"])
+def test_stepping_stone_at_test_binary_or_soft(form, monkeypatch):
+    """binary (both presets): stage 1's probability > 0.5, as AAVS's saved 0/255 masks and as
+    the GT the model trains with; soft: the probability as is. The stone reaches the mask
+    features, the positional prompts and the first attention mask alike."""
+    model = SSPModel(tiny_config(2, stepping_stone_test=form)).eval()
+    batch = make_batch(2)
+    probability = torch.linspace(0, 1, SIZE)[None, None, :].expand(2, SIZE, SIZE).clone()  # 0 .. 1 across columns
+    batch["stage1_mask"] = probability
+    seen = {}
+    original = type(model.transformer_module).forward
+
+    def spy(self, multi_scale, mask_features, audio, stone, **kwargs):
+        seen["stone"] = stone
+        return original(self, multi_scale, mask_features, audio, stone, **kwargs)
+
+    monkeypatch.setattr(type(model.transformer_module), "forward", spy)
+    with torch.no_grad():
+        output = model(batch)
+    expected = (probability > 0.5).float() if form == "binary" else probability
+    assert torch.equal(output.stepping_stone, expected) and torch.equal(seen["stone"], expected)
+    assert set(output.stepping_stone.unique().tolist()) == (
+        {0.0, 1.0} if form == "binary" else set(probability.unique().tolist())
+    )
+    with pytest.raises(SSPError, match="stepping_stone_test"):
+        tiny_config(2, stepping_stone_test="argmax")
 
 
 def test_missing_inputs_are_clear_errors(tiny_text_model):
@@ -299,12 +327,12 @@ def test_paper_preset_and_hf_parameter_names(tmp_path):
     from transformers import Mask2FormerModel, SwinConfig
 
     for stage, queries in ((1, 30), (2, 100)):
-        config = SSPConfig.paper(stage=stage)
+        config = SSPConfig.paper(stage=stage, allow_random_init=True)
         sizes = (config.image_size, config.hidden_dim, config.decoder_layers, config.num_queries)
         assert sizes == (384, 256, 10, queries)
         assert config.audio_encoder == "vggish" and config.text_layers is None
     small_swin = {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "window_size": 4}
-    config = SSPConfig.paper(stage=2, image_size=128, hf_swin=small_swin, audio_encoder="tiny")
+    config = SSPConfig.paper(stage=2, image_size=128, hf_swin=small_swin, audio_encoder="tiny", allow_random_init=True)
     model = SSPModel(config).eval()
     batch = make_batch(2, n=1, size=128)
     with torch.no_grad():
@@ -323,7 +351,10 @@ def test_paper_preset_and_hf_parameter_names(tmp_path):
     additions = {
         k
         for k in ours
-        if "_embed.weight" in k and k.split(".")[1] in ("silence_embed", "uncertain_embed", "audio_embed")
+        if "_embed.weight" in k
+        and k.split(".")[1] in ("silence_embed", "uncertain_embed", "audio_embed")
+        or ".swin_adapt_" in k  # AAVS's adapters (ssp/models/adapters.py), under AAVS's names
+        or ".avs_adapt." in k
     }
     assert ours - additions == reference
 
@@ -427,6 +458,18 @@ def test_config_round_trip_and_validation():
     # checkpoints saved before post_mask_form existed were trained with the head form
     older = {k: v for k, v in config.to_dict().items() if k != "post_mask_form"}
     assert config.post_mask_form == "recall" and SSPConfig.from_dict(older).post_mask_form == "head"
+    # ... and before the paper-profile components: soft stones, the residual VTA output, and
+    # the text model under its former name
+    oldest = {k: v for k, v in older.items() if k not in ("stepping_stone_test", "text_injection", "text_model")}
+    restored = SSPConfig.from_dict({**oldest, "text_model_path": "/models/bert"})
+    assert (restored.stepping_stone_test, restored.text_injection, restored.text_model) == (
+        "soft",
+        "residual",
+        "/models/bert",
+    )
+    for field, value in (("text_visual_tokens", "blip"), ("text_injection", "add"), ("post_mask_form", "dice")):
+        with pytest.raises(SSPError, match=field):
+            SSPConfig.tiny(**{field: value})
     assert set(TABLE2) == {"aavs", "pre_mask", "pre_mask_post_mask", "text_att", "text_vta", "pre_mask_vta", "full"}
     assert TABLE2["full"].switches == {"pre_mask": True, "text": "vta", "post_mask": True}
 

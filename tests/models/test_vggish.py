@@ -123,5 +123,5 @@ def test_wrong_weights_files_are_clear_errors(tmp_path):
     expected = r"missing \['embeddings.*wrong shapes \[.*'features.0.bias \(32,\) != \(64,\)'"
     with pytest.raises(DataError, match=expected):
         VGGish.from_torchvggish(wrong_shape)
-    with pytest.raises(DataError, match="missing"):
+    with pytest.raises(DataError, match="absent.pth: model.vggish_weights: weights not found"):
         VGGish.from_torchvggish(tmp_path / "absent.pth")

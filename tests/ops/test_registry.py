@@ -125,7 +125,7 @@ def test_register_cli_on_a_run_folder(checkpoints, store, tmp_path, capsys):
     run_dir, run_id = _train_like_run(tmp_path, checkpoints["s1"])
     data = tmp_path / "data"
     data.mkdir()
-    (data / "label2idx.json").write_text(json.dumps({"background": 0, "dog": 1}))
+    (data / "label2idx.json").write_text(json.dumps({"background": 1, "dog": 2}))  # the released 1-based form
     (data / "metadata.csv").write_text("vid,uid,s_min,s_sec,a_obj,split,label\n")
     parser = argparse.ArgumentParser()
     registry.add_arguments(parser)

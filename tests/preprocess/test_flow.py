@@ -25,8 +25,9 @@ from ssp.preprocess.flow import (
     read_magnitude,
     video_magnitudes,
 )
-from ssp.preprocess.flow_networks import PerceiverFlow, _neighbourhood_features
+from ssp.preprocess.flow_networks import PerceiverFlow, RAFTFlow, _neighbourhood_features
 from tests.avsbench_fixtures import write_semantic_dataset
+from tests.standins import hub_cache_entry, perceiver_flow_standin
 
 
 def textured_canvas(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -104,7 +105,7 @@ def test_raft_plumbing_with_random_local_weights(raft_small_weights):
 
 def test_raft_weights_errors(tmp_path, raft_small_weights):
     a, b = shifted_pair(32, 32, 1, 0)
-    with pytest.raises(SSPError, match="needs local weights"):
+    with pytest.raises(SSPError, match="needs weights"):
         estimate_flow(a, b, method="raft")
     missing = tmp_path / "nope.pth"
     with pytest.raises(DataError, match="weights not found") as err:
@@ -194,7 +195,7 @@ def test_perceiver_input_is_the_3x3_neighbourhood_of_both_frames():
 
 def test_perceiver_weights_errors(tmp_path, tiny_perceiver_dir):
     a, b = shifted_pair(24, 32, 1, 0)
-    with pytest.raises(SSPError, match="needs local weights"):
+    with pytest.raises(SSPError, match="needs weights"):
         estimate_flow(a, b, method="perceiver")
     with pytest.raises(DataError, match="weights not found"):
         estimate_flow(a, b, method="perceiver", weights=str(tmp_path / "absent"))
@@ -313,7 +314,7 @@ def test_flow_masks_of_frames_are_the_stage_masks():
 def test_flow_at_another_size_is_scaled_back_to_frame_pixels():
     a, b = shifted_pair(96, 128, dx=4, dy=0)
     native = video_magnitudes([a, b], FlowStageConfig())
-    half = video_magnitudes([a, b], FlowStageConfig(size=64))  # 2 px in 64×64 → 4 px in 128
+    half = video_magnitudes([a, b], FlowStageConfig(FlowParams(size=64)))  # 2 px in 64×64 → 4 px in 128
     for maps in (native, half):
         assert len(maps) == 2 and maps[0].shape == (96, 128)
         assert abs(np.median(maps[0][16:-16, 16:-16]) - 4.0) < 0.5
@@ -324,6 +325,7 @@ def test_flow_at_another_size_is_scaled_back_to_frame_pixels():
 # --------------------------------------------------------------------------- the stage
 
 SQUARE = (slice(24, 48), slice(10, 34))  # where the moving square starts (rows, cols)
+PERCEIVER_REPO = "deepmind/optical-flow-perceiver"
 
 
 def write_flow_dataset(root: Path) -> dict[str, Path]:
@@ -350,6 +352,12 @@ def write_flow_dataset(root: Path) -> dict[str, Path]:
 
 def output_files(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def redone(out: Path, before: dict[str, int]) -> int:
+    """Videos whose stamp was (re)written since ``before`` (an :func:`output_files`)."""
+    stamps = {k: v for k, v in output_files(out).items() if k.endswith("_done_flow.json")}
+    return sum(before.get(k) != v for k, v in stamps.items())
 
 
 def flow_cli(tmp_path: Path, *args: str) -> int:
@@ -394,14 +402,14 @@ def test_flow_stage_writes_masks_and_magnitudes_then_skips(tmp_path):
         assert stamp["params"]["method"] == "dis" and stamp["params"]["preset"] == "medium"
 
     summary = json.loads((out / "flow_summary.json").read_text())
-    assert (summary["videos"], summary["processed"], summary["skipped"], summary["frames"]) == (2, 2, 0, 10)
+    assert (summary["videos"], summary["frames"]) == (2, 10)
+    assert "processed" not in summary  # run counts are logged, not written (see the module doc)
     assert 0.0 < summary["mean_mask_coverage"] < 0.25
 
     before = output_files(out)
     assert flow_cli(tmp_path, "--workers", "1") == 0
-    summary = json.loads((out / "flow_summary.json").read_text())
-    assert (summary["processed"], summary["skipped"]) == (0, 2)
     after = output_files(out)
+    assert json.loads((out / "flow_summary.json").read_text()) == summary  # the same content
     del before["flow_summary.json"], after["flow_summary.json"]
     assert after == before  # nothing rewritten
 
@@ -410,10 +418,10 @@ def test_flow_stage_writes_masks_and_magnitudes_then_skips(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text("flow:\n  rule: otsu\n  min_magnitude: 1\n")
     assert ssp_main(["flow", str(tmp_path / "data"), "--out", str(out), "--params", str(params_file)]) == 0
-    assert json.loads((out / "flow_summary.json").read_text())["processed"] == 0
+    assert redone(out, before) == 0
     assert flow_cli(tmp_path, "--workers", "1", "--set", "flow.rule=fixed", "--set", "flow.value=2") == 0
-    summary = json.loads((out / "flow_summary.json").read_text())
-    assert summary["processed"] == 2 and summary["params"]["value"] == 2.0
+    assert redone(out, before) == 2
+    assert json.loads((out / "flow_summary.json").read_text())["params"]["value"] == 2.0
 
 
 def test_flow_stage_corrupt_frame_names_the_file_and_writes_nothing_for_that_video(tmp_path, capsys):
@@ -434,7 +442,99 @@ def test_flow_stage_model_methods_fail_early_without_weights(tmp_path, capsys):
     write_flow_dataset(tmp_path / "data")
     out = tmp_path / "flow"
     assert flow_cli(tmp_path, "--set", "flow.method=raft") == 2
-    assert "needs local weights" in capsys.readouterr().err
+    assert "needs weights: set flow.weights" in capsys.readouterr().err
+    assert flow_cli(tmp_path, "--set", "flow.method=perceiver", "--set", "flow.weights=/nowhere/perceiver") == 2
+    assert "flow.weights: weights not found" in capsys.readouterr().err
     assert flow_cli(tmp_path, "--set", "flow.rule=fraction_of_max") == 2  # value 0: not a fraction
     assert "needs 0 < value" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_former_flags_name_the_param_that_replaces_them(tmp_path, capsys):
+    for flag, expected in [(["--size", "64"], "--set flow.size=64"), (["--device", "cpu"], "--set flow.device=cpu")]:
+        with pytest.raises(SystemExit) as err:
+            flow_cli(tmp_path, *flag)
+        assert err.value.code == 2 and expected in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- weights by hub id
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache, read offline."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_perceiver_weights_by_hub_id_offline(hub_cache):
+    spec = perceiver_flow_standin(hub_cache)
+    assert spec.startswith("deepmind/optical-flow-perceiver@")
+    a, b = shifted_pair(30, 40, dx=1, dy=0)
+    by_id = estimate_flow(a, b, method="perceiver", weights=spec, device="cpu")
+    config = FlowStageConfig(FlowParams(method="perceiver", weights=spec))
+    snapshot = config.weights.path
+    assert snapshot.name == spec.split("@")[1] and snapshot.parent.name == "snapshots"
+    assert set(config.weights.files) == {"config.json", "model.safetensors"}
+    by_path = estimate_flow(a, b, method="perceiver", weights=str(snapshot), device="cpu")
+    np.testing.assert_array_equal(by_id, by_path)  # the hub id is that folder
+    # a revision not in the cache, and a repository without safetensors, are named
+    with pytest.raises(DataError, match="not in the local Hugging Face cache"):
+        FlowStageConfig(FlowParams(method="perceiver", weights="deepmind/optical-flow-perceiver@" + "0" * 40))
+    pickled_only = hub_cache_entry(hub_cache, "someone/perceiver-bin", lambda f: (f / "config.json").write_text("{}"))
+    with pytest.raises(DataError, match=r"no \*\.safetensors at this revision"):
+        FlowStageConfig(FlowParams(method="perceiver", weights=pickled_only))
+
+
+def test_raft_weights_from_a_hub_repository(hub_cache, raft_small_weights):
+    from torchvision.models.optical_flow import raft_large
+
+    one = hub_cache_entry(
+        hub_cache, "someone/raft", lambda f: (f / "raft_small.pth").write_bytes(raft_small_weights.read_bytes())
+    )
+    estimator = build_estimator("raft", weights=one, num_flow_updates=1, device="cpu")
+    assert isinstance(estimator, RAFTFlow) and estimator.variant == "small"
+
+    def both(folder: Path) -> None:
+        (folder / "raft_small.pth").write_bytes(raft_small_weights.read_bytes())
+        torch.manual_seed(0)
+        torch.save(raft_large(weights=None).state_dict(), folder / "raft_large.pth")
+
+    two = hub_cache_entry(hub_cache, "someone/raft-both", both)
+    with pytest.raises(DataError, match="set flow.variant to small or large"):
+        build_estimator("raft", weights=two, device="cpu")
+    assert build_estimator("raft", weights=two, variant="small", device="cpu").variant == "small"
+    with pytest.raises(SSPError, match="unknown RAFT variant"):
+        FlowStageConfig(FlowParams(method="raft", weights=one, variant="huge"))
+
+
+def test_flow_stage_records_the_weights_and_a_new_revision_redoes_the_videos(tmp_path, hub_cache):
+    write_flow_dataset(tmp_path / "data")
+    out = tmp_path / "flow"
+    spec = perceiver_flow_standin(hub_cache)
+    commit = spec.split("@")[1]
+    # flow at 32×32: a few 24×32 tiles per frame pair for the stand-in's training size
+    args = ["--set", "flow.method=perceiver", "--set", f"flow.weights={spec}", "--set", "flow.size=32"]
+    assert flow_cli(tmp_path, "--workers", "1", "--set", "flow.device=cpu", *args) == 0
+    summary = json.loads((out / "flow_summary.json").read_text())
+    weights = summary["weights"]
+    assert (weights["source"], weights["repo_id"], weights["revision"]) == ("hub", PERCEIVER_REPO, commit)
+    assert weights["spec"] == spec and "path" not in weights  # no machine-dependent path in the outputs
+    assert set(weights["files"]) == {"config.json", "model.safetensors"}
+    assert all(len(digest) == 64 for digest in weights["files"].values())
+    assert summary["params"]["weights"]["revision"] == commit and "path" not in summary["params"]["weights"]
+    stamp = json.loads(next(out.rglob("_done_flow.json")).read_text())
+    assert stamp["params"]["weights"] == summary["params"]["weights"]
+
+    # same weights (the device changes speed only): up to date
+    before = output_files(out)
+    assert flow_cli(tmp_path, "--workers", "1", *args) == 0
+    assert redone(out, before) == 0
+    # another revision: every video redone
+    newer = perceiver_flow_standin(hub_cache, seed=1)
+    args[3] = f"flow.weights={newer}"
+    assert flow_cli(tmp_path, "--workers", "1", *args) == 0
+    assert redone(out, before) == 2
+    assert json.loads((out / "flow_summary.json").read_text())["weights"]["revision"] == newer.split("@")[1]

@@ -1,5 +1,6 @@
 """`ssp prompts`: questions, A2 parsing, answer cache / resume, and the backends
-(scripted OpenAI-compatible server on 127.0.0.1, tiny random LLaVA built in tmp_path)."""
+(scripted OpenAI-compatible server on 127.0.0.1, tiny random LLaVA built in tmp_path, a
+MiniCPM-o stand-in with its own code read from a hub-cache layout offline)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,7 @@ from ssp.preprocess.prompts.questions import (
 )
 from ssp.preprocess.prompts.stage import PromptsConfig, build_backend, run_prompts
 from tests.avsbench_fixtures import write_semantic_dataset
+from tests.standins import hub_cache_entry, minicpm_standin
 
 VIDEOS = [{"uid": f"vid{i}", "subset": "v1m", "split": "train", "objects": ["dog"]} for i in range(4)]
 
@@ -145,6 +148,7 @@ def test_stage_writes_prompts_and_rerun_does_nothing(dataset, tmp_path):
         "a2_raw": "The dog, a ball and the dog.",
         "backend": "fake",
         "model": "fake-model",
+        "revision": None,
         "question_variant": "d",
         "questions": {"q1": QUESTION_1_VARIANTS["d"], "q2": QUESTION_2},
     }
@@ -303,19 +307,67 @@ def test_cli_none_backend_and_clear_error(dataset, tmp_path, capsys, monkeypatch
     assert "needs prompts.model" in capsys.readouterr().err
 
 
-def test_build_backend_reads_the_prompts_params_and_the_execution_options():
+def test_build_backend_takes_every_knob_from_the_prompts_params(tiny_llava, monkeypatch):
     assert build_backend(PromptsParams(backend="none")) is None
     scene = build_backend(PromptsParams(backend="scene", quality=0.5, seed=3))
     assert isinstance(scene, SceneBackend) and scene.settings == {"quality": 0.5, "seed": 3}
-    hf = build_backend(
-        PromptsParams(backend="hf", model="some/model", frames_per_video=2),
-        argparse.Namespace(max_new_tokens=None, device="cpu", base_url="http://x/v1"),
-    )
-    assert (hf.config.frames_per_video, hf.config.max_new_tokens, hf.config.device) == (2, 256, "cpu")
+    hf = build_backend(PromptsParams(backend="hf", model=str(tiny_llava), frames_per_video=2, max_new_tokens=9))
+    assert (hf.config.frames_per_video, hf.config.max_new_tokens, hf.config.device) == (2, 9, "auto")
+    assert hf.api == "chat_template" and hf.weights.source == "local"  # auto: no remote code in config.json
+    assert hf.settings["weights"]["files_sha256"] and hf.settings["hf_api"] == "chat_template"
+    # ssp predict's --device reaches the MLLM only when prompts.device is auto
+    run_on = argparse.Namespace(device="cpu")
+    assert build_backend(PromptsParams(backend="hf", model=str(tiny_llava)), run_on).config.device == "cpu"
+    pinned = PromptsParams(backend="hf", model=str(tiny_llava), device="cuda:1")
+    assert build_backend(pinned, run_on).config.device == "cuda:1"
     with pytest.raises(SSPError, match="prompts.model"):
         build_backend(PromptsParams(backend="hf"))
+    with pytest.raises(SSPError, match="unknown prompts.hf_api"):
+        build_backend(PromptsParams(backend="hf", model=str(tiny_llava), hf_api="generate"))
+    with pytest.raises(SSPError, match="may not set max_new_tokens"):
+        build_backend(PromptsParams(backend="hf", model=str(tiny_llava), chat_options={"max_new_tokens": 3}))
+    with pytest.raises(DataError, match="prompts.model"):
+        build_backend(PromptsParams(backend="hf", model="/nowhere/model"))
     with pytest.raises(SSPError, match="unknown backend"):
         build_backend(PromptsParams(backend="llm"))
+
+    monkeypatch.setenv("SSP_TEST_KEY", "sk-secret")
+    openai = build_backend(
+        PromptsParams(
+            backend="openai",
+            model="served",
+            base_url="http://10.0.0.1:9/v1",
+            api_key_env="SSP_TEST_KEY",
+            read_timeout=7.0,
+            max_retries=1,
+            give_up_after=0,
+        )
+    )
+    assert (openai.config.base_url, openai.config.read_timeout, openai.config.max_retries) == (
+        "http://10.0.0.1:9/v1",
+        7.0,
+        1,
+    )
+    assert openai.client.headers["Authorization"] == "Bearer sk-secret"
+    assert "sk-secret" not in repr(openai.config)  # the key never shows in logs / params
+    no_key = build_backend(PromptsParams(backend="openai", model="served", api_key_env=""))
+    assert "Authorization" not in no_key.client.headers
+
+
+def test_former_backend_flags_name_the_param_that_replaces_them(dataset, tmp_path, capsys):
+    base = ["prompts", str(dataset), "--out", str(tmp_path / "p"), "--params", os.devnull]
+    for flag, expected in [
+        (["--trust-remote-code"], "--set prompts.trust_remote_code="),
+        (["--base-url", "http://x/v1"], "--set prompts.base_url=http://x/v1"),
+        (["--device", "cpu"], "--set prompts.device=cpu"),
+        (["--read-timeout", "5"], "--set prompts.read_timeout=5"),
+        (["--max-new-tokens", "64"], "--set prompts.max_new_tokens=64"),
+        (["--api-key", "sk-x"], "prompts.api_key_env"),
+    ]:
+        with pytest.raises(SystemExit) as err:
+            main([*base, *flag])
+        assert err.value.code == 2
+        assert expected in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- openai backend
@@ -518,20 +570,33 @@ def test_openai_dead_endpoint_stops_asking(dataset, tmp_path, server):
     assert not list(out.rglob("prompts.json"))
 
 
-def test_openai_settings_from_env_and_parallel_workers(dataset, tmp_path, server, monkeypatch):
-    from ssp.preprocess.prompts.backends.openai import OpenAIBackend, OpenAIConfig
-
-    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_port}/v1")
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    config = OpenAIConfig.from_env(model="test-vlm", read_timeout=2.0, frames_per_video=1)
-    assert config.read_timeout == 2.0 and config.api_key == "sk-test"
-    out = tmp_path / "prompts"
-    summary = run_prompts(
-        records_of(dataset), OpenAIBackend(config), PromptsConfig(out_dir=out, question_variant="b", workers=3)
+def test_openai_settings_from_params_and_parallel_workers(dataset, tmp_path, server, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")  # not read any more: a warning says so
+    monkeypatch.setenv("SSP_TEST_KEY", "sk-test")
+    prompts = PromptsParams(
+        backend="openai",
+        model="test-vlm",
+        base_url=f"http://127.0.0.1:{server.server_port}/v1",
+        api_key_env="SSP_TEST_KEY",
+        read_timeout=2.0,
+        frames_per_video=1,
     )
+    backend = build_backend(prompts)
+    assert backend.config.read_timeout == 2.0
+    assert "$OPENAI_BASE_URL is set but not read" in caplog.text
+    out = tmp_path / "prompts"
+    summary = run_prompts(records_of(dataset), backend, PromptsConfig(out_dir=out, question_variant="b", workers=3))
     assert summary.asked == 8 and len(server.requests) == 8
     assert all(h.get("Authorization") == "Bearer sk-test" for h in server.headers_seen)
     assert {r["messages"][0]["content"][0]["text"] for r in server.requests} == {QUESTION_1_VARIANTS["b"]}
+    recorded = json.loads((out / "prompts_summary.json").read_text())
+    assert "asked" not in recorded  # run counts are not written: a no-op re-run leaves the folder as it was
+    assert (recorded["backend"], recorded["model"], recorded["weights"], recorded["videos"]) == (
+        "openai",
+        "test-vlm",
+        None,
+        4,
+    )
 
 
 # --------------------------------------------------------------------------- hf backend (tiny random LLaVA)
@@ -655,3 +720,110 @@ def test_hf_backend_end_to_end_with_tiny_llava(dataset, tmp_path, tiny_llava, mo
     summary = run_prompts(records, backend, PromptsConfig(out, "d"))
     assert summary.asked == 0 and summary.written == 2 and len(calls) == 4
     assert backend._network is None
+
+
+# --------------------------------------------------------------------------- hf backend, model_chat (MiniCPM-o stand-in)
+
+
+@pytest.fixture(scope="module")
+def minicpm_cache(tmp_path_factory) -> tuple[Path, str]:
+    cache = tmp_path_factory.mktemp("hub")
+    return cache, minicpm_standin(cache)
+
+
+@pytest.fixture
+def offline_hub(minicpm_cache, monkeypatch) -> str:
+    """The MiniCPM-o stand-in's spec, read offline from its hub cache."""
+    cache, spec = minicpm_cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    return spec
+
+
+def minicpm_params(spec: str, **overrides) -> PromptsParams:
+    values = {
+        "backend": "hf",
+        "model": spec,
+        "trust_remote_code": True,
+        "frames_per_video": 2,
+        "max_new_tokens": 3,
+        "device": "cpu",
+        "chat_options": {"use_image_id": False, "max_slice_nums": 2},
+        **overrides,
+    }
+    return PromptsParams(**values)
+
+
+def test_hf_model_chat_runs_the_repository_code_offline(dataset, tmp_path, offline_hub):
+    records = records_of(dataset)[:2]
+    out = tmp_path / "prompts"
+    backend = build_backend(minicpm_params(offline_hub))
+    assert backend.api == "model_chat"  # auto: config.json maps AutoModel to the repository's code
+    assert backend.weights.source == "hub" and backend.weights.repo_id == "openbmb/MiniCPM-o-2_6"
+    commit = offline_hub.split("@")[1]
+    assert backend.weights.revision == commit and "modeling_minicpmo.py" in backend.weights.files
+    summary = run_prompts(records, backend, PromptsConfig(out, "d"))
+    assert summary.asked == 4
+
+    network = backend._network
+    calls = type(network).CALLS[-4:]
+    assert not hasattr(network, "apm") and network.config.init_tts is False  # frames and text only
+    for i, record in enumerate(records):
+        q1, q2 = calls[2 * i], calls[2 * i + 1]
+        for call in (q1, q2):
+            assert (call["sampling"], call["max_new_tokens"], call["image"]) == (False, 3, None)
+            assert (call["use_image_id"], call["max_slice_nums"]) == (False, 2)  # prompts.chat_options
+            assert type(call["tokenizer"]).__name__ == "MiniCPMOTokenizerFast"  # the repository's tokenizer
+        # MiniCPM's message format: PIL frames then the question in the first user turn
+        first = q1["msgs"][0]
+        assert [m["role"] for m in q1["msgs"]] == ["user"]
+        assert [type(c).__name__ for c in first["content"]] == ["Image", "Image", "str"]
+        assert first["content"][-1] == QUESTION_1_VARIANTS["d"]
+        p = read_prompts(out, record)
+        assert [m["role"] for m in q2["msgs"]] == ["user", "assistant", "user"]
+        assert q2["msgs"][1]["content"] == [p["a1"]] and q2["msgs"][2]["content"] == [QUESTION_2]
+        assert (p["backend"], p["model"], p["revision"]) == ("hf", offline_hub, commit)
+        assert len(p["a2_raw"].split(",")) == 3  # the stand-in answers max_new_tokens words
+    recorded = json.loads((out / "prompts_summary.json").read_text())
+    assert recorded["weights"]["revision"] == commit and recorded["weights"]["files"] == backend.weights.files
+    assert recorded["weights"]["spec"] == offline_hub and "path" not in recorded["weights"]
+    assert recorded["settings"]["hf_api"] == "model_chat"
+
+    # deterministic: a fresh model gives the same answers; up to date: nothing asked
+    again = build_backend(minicpm_params(offline_hub))
+    assert again.answer_q1(records[0], Questions.from_variant("d")) == read_prompts(out, records[0])["a1"]
+    assert run_prompts(records, build_backend(minicpm_params(offline_hub)), PromptsConfig(out, "d")).asked == 0
+    assert json.loads((out / "prompts_summary.json").read_text()) == recorded
+
+
+def test_hf_new_model_revision_asks_again(dataset, tmp_path, offline_hub, minicpm_cache):
+    records = records_of(dataset)[:1]
+    out = tmp_path / "prompts"
+    run_prompts(records, build_backend(minicpm_params(offline_hub)), PromptsConfig(out, "d"))
+    newer = minicpm_standin(minicpm_cache[0], seed=1)  # other weights: another commit
+    assert newer != offline_hub
+    summary = run_prompts(records, build_backend(minicpm_params(newer)), PromptsConfig(out, "d"))
+    assert (summary.asked, summary.written) == (2, 1)
+    assert read_prompts(out, records[0])["revision"] == newer.split("@")[1]
+
+
+def test_hf_remote_code_needs_trust_remote_code(dataset, offline_hub):
+    backend = build_backend(minicpm_params(offline_hub, trust_remote_code=False))
+    with pytest.raises(SSPError, match="set prompts.trust_remote_code=true"):
+        backend.answer_q1(records_of(dataset)[0], Questions.from_variant("d"))
+
+
+def test_hf_chat_template_model_from_a_hub_cache(dataset, tmp_path, tiny_llava, monkeypatch):
+    cache = tmp_path / "hub"
+    spec = hub_cache_entry(
+        cache, "llava-hf/tiny-standin", lambda folder: shutil.copytree(tiny_llava, folder, dirs_exist_ok=True)
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    backend = build_backend(PromptsParams(backend="hf", model=spec, max_new_tokens=4, frames_per_video=1, device="cpu"))
+    assert backend.api == "chat_template" and backend.weights.revision == spec.split("@")[1]
+    assert isinstance(backend.answer_q1(records_of(dataset)[0], Questions.from_variant("a")), str)
+    with pytest.raises(SSPError, match="no chat\\(msgs, tokenizer\\) method"):
+        build_backend(PromptsParams(backend="hf", model=spec, hf_api="model_chat", device="cpu")).answer_q1(
+            records_of(dataset)[0], Questions.from_variant("a")
+        )

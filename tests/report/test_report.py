@@ -4,7 +4,7 @@ import pytest
 
 from ssp.cli import main as cli
 from ssp.errors import SSPError
-from ssp.paper import TABLE2
+from ssp.paper import COLUMNS, TABLE2
 from ssp.report.report import build_report, row_numbers
 
 
@@ -16,14 +16,38 @@ def result(s4, ms3, avss, scenarios=None):
     }
 
 
+def stage1_result(s4, ms3):
+    """What `ssp train --stage 1 --test-out` writes: binary numbers per subset, no semantic."""
+    return {
+        "stage": 1,
+        "binary": {"v1s": {"miou": s4, "fscore": s4 + 0.01}, "v1m": {"miou": ms3, "fscore": ms3 + 0.01}},
+    }
+
+
 def write(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj))
 
 
 def cell(metrics, row, seed=0):
-    """Where the ablation matrix writes a cell's test metrics."""
+    """Where the `ablation` matrix writes a stage-2 cell's test metrics (AVSS columns)."""
     return metrics / "ablation" / row / f"seed{seed}.json"
+
+
+def avs_cell(metrics, row, seed=0):
+    """Where the `ablation_avs` matrix writes a stage-1 cell's test metrics (S4/MS3 columns)."""
+    return metrics / "ablation_avs" / row / f"seed{seed}.json"
+
+
+def table_rows(text: str, heading: str) -> dict[str, list[str]]:
+    """label -> the cells of that label's line in the table under ``heading``."""
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and "---" not in line:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
 
 
 def test_row_numbers_are_percent_in_paper_column_order():
@@ -34,7 +58,9 @@ def test_row_numbers_are_percent_in_paper_column_order():
 def test_report_tables_plots_and_cli(tmp_path, capsys):
     metrics = tmp_path / "metrics"
     for i, row in enumerate(TABLE2):
-        write(cell(metrics, row), result(0.5, 0.4, 0.10 + i / 100))
+        # the stage-2 file's own binary numbers (its foreground) must not reach S4/MS3
+        write(cell(metrics, row), result(0.99, 0.99, 0.10 + i / 100))
+        write(avs_cell(metrics, row), stage1_result(0.50 + i / 100, 0.30 + i / 100))
     for lam, m in [(1, 0.12), (10, 0.16), (50, 0.11)]:
         write(metrics / "sweep" / f"lambda_{lam}.json", result(0.5, 0.4, m))
     write(
@@ -43,8 +69,16 @@ def test_report_tables_plots_and_cli(tmp_path, capsys):
     )
     path, text = build_report(metrics, tmp_path / "reports")
     assert path.read_text() == text
-    assert "| AAVS [29] | 50.0 | 51.0 | 40.0 | 41.0 | 10.0 | 12.0 | 83.2 | 91.3 | 67.3 | 77.6 | 48.5 | 53.2 |" in text
-    assert "| Full model | 50.0 | 51.0 | 40.0 | 41.0 | 16.0 | 18.0 | 85.4 |" in text
+    table2 = table_rows(text, "## Ablation (paper Table 2)")
+    header = table2["component"]
+    assert header[:6] == [f"{c} (ours)" for c in COLUMNS] and header[6:] == [f"{c} (paper)" for c in COLUMNS]
+    assert table2["AAVS [29]"] == "50.0 51.0 30.0 31.0 10.0 12.0 83.2 91.3 67.3 77.6 48.5 53.2".split()
+    assert table2["Full model"] == "56.0 57.0 36.0 37.0 16.0 18.0 85.4 93.3 72.3 84.6 50.1 54.5".split()
+    assert table2["w. Pre-mask"][:6] == "51.0 52.0 31.0 32.0 11.0 13.0".split()
+    table1 = table_rows(text, "## AAVS vs SSP (paper Table 1)")
+    assert list(table1) == ["method", "AAVS [29]", "SSP"]
+    assert table1["AAVS [29]"] == table2["AAVS [29]"] and table1["SSP"] == table2["Full model"]
+    assert "Missing runs" not in text and "99.0" not in text
     assert "| 10 | 16.0 | 18.0 |" in text and text.index("| 1 |") < text.index("| 10 |") < text.index("| 50 |")
     assert "| still_sounding | 40 | 20.0 | 30.0 | 50.0 |" in text
     assert (tmp_path / "reports" / "lambda_sweep.png").stat().st_size > 1000
@@ -58,20 +92,41 @@ def test_several_seeds_show_mean_and_sample_std(tmp_path):
     metrics = tmp_path / "metrics"
     for seed, avss in ((0, 0.10), (1, 0.12), (2, 0.14)):
         write(cell(metrics, "full", seed), result(0.5, 0.4, avss))
+    for seed, s4 in ((0, 0.60), (1, 0.64)):  # fewer stage-1 seeds than stage-2 ones
+        write(avs_cell(metrics, "full", seed), stage1_result(s4, 0.4))
     write(cell(metrics, "aavs", 3), result(0.5, 0.4, 0.08))  # a single seed, whichever it is
+    write(avs_cell(metrics, "aavs", 5), stage1_result(0.5, 0.3))
     write(metrics / "ablation" / "full" / "notes.json", {"not": "a seed"})
     _, text = build_report(metrics, tmp_path / "reports")
+    table2 = table_rows(text, "## Ablation (paper Table 2)")
+    assert table2["Full model"][:6] == [
+        "62.0 ± 2.8",
+        "63.0 ± 2.8",
+        "40.0 ± 0.0",
+        "41.0 ± 0.0",
+        "12.0 ± 2.0",
+        "14.0 ± 2.0",
+    ]
+    assert table2["AAVS [29]"][:6] == "50.0 51.0 30.0 31.0 8.0 10.0".split()
+    assert "seeds: aavs S4/MS3 1, aavs AVSS 1, full S4/MS3 2, full AVSS 3" in text
+    assert table_rows(text, "## AAVS vs SSP (paper Table 1)")["SSP"] == table2["Full model"]
+
+
+def test_missing_cells_show_dashes_and_name_the_run(tmp_path):
+    metrics = tmp_path / "m"
+    write(cell(metrics, "aavs"), result(0.5, 0.4, 0.1))
+    write(avs_cell(metrics, "full"), stage1_result(0.7, 0.6))
+    _, text = build_report(metrics, tmp_path / "r")
+    table1 = table_rows(text, "## AAVS vs SSP (paper Table 1)")
+    assert table1["AAVS [29]"][:6] == "– – – – 10.0 12.0".split()
+    assert table1["SSP"][:6] == "70.0 71.0 60.0 61.0 – –".split()
+    table1_text = text.split("## AAVS vs SSP (paper Table 1)")[1].split("## Ablation")[0]
     assert (
-        "| Full model | 50.0 ± 0.0 | 51.0 ± 0.0 | 40.0 ± 0.0 | 41.0 ± 0.0 | 12.0 ± 2.0 | 14.0 ± 2.0 | 85.4 |"
-    ) in text
-    assert "| AAVS [29] | 50.0 | 51.0 | 40.0 | 41.0 | 8.0 | 10.0 | 83.2 |" in text
-    assert "seeds per row: aavs 1, full 3" in text
-
-
-def test_missing_rows_show_dashes_and_missing_folder_is_an_error(tmp_path):
-    write(cell(tmp_path / "m", "aavs"), result(0.5, 0.4, 0.1))
-    _, text = build_report(tmp_path / "m", tmp_path / "r")
-    assert "| Full model | – | – | – | – | – | – | 85.4 |" in text
+        f"- S4/MS3 (`{metrics}/ablation_avs/{{row}}/seed*.json`, DVC `ablation_avs@{{row}}-{{seed}}`; the rows "
+        "of params `ablation.stage1_rows`): AAVS [29] (`aavs`)\n"
+        f"- AVSS (`{metrics}/ablation/{{row}}/seed*.json`, DVC `ablation@{{row}}-{{seed}}`): SSP (`full`)"
+    ) in table1_text
+    assert table_rows(text, "## Ablation (paper Table 2)")["w. Pre-mask"][:6] == ["–"] * 6
     assert "no sweep metrics yet" in text
     with pytest.raises(SSPError, match="no metrics folder"):
         build_report(tmp_path / "absent", tmp_path / "r")

@@ -30,7 +30,7 @@ QUESTION_1_VARIANTS: dict[str, str] = {
 # Q2 of §4.2. The paper writes "with A_1"; Fig. 7 calls the first answer "Answer1". A1 is
 # the assistant turn right before Q2 in the conversation, so the model sees it.
 QUESTION_2 = "According to the video, with Answer1, give the NOUN word that potentially produce sound."
-# Answer length limit of the model backends (hf, openai): a flag of `ssp prompts`, not a param.
+# Answer length limit of the model backends (hf, openai): the default of prompts.max_new_tokens.
 MAX_NEW_TOKENS = 256
 
 

@@ -4,13 +4,22 @@ with A1 in the conversation, asks for the nouns that potentially produce sound (
 Output, per video: ``{out}/{rel_dir}/prompts.json``::
 
     {"a1": "A man is playing a piano ...", "a2": ["piano", "microphone", "man"],
-     "a2_raw": "piano, microphone, man.", "backend": "openai", "model": "...",
-     "question_variant": "d", "questions": {"q1": "...", "q2": "..."}}
+     "a2_raw": "piano, microphone, man.", "backend": "hf", "model": "org/name@<commit>",
+     "revision": "<commit>", "question_variant": "d", "questions": {"q1": "...", "q2": "..."}}
 
-Backends (the ``backend`` param; every knob is a field of the ``prompts`` params section,
-:class:`ssp.params.PromptsParams`, read with ``--params`` / ``--set prompts.KEY=VALUE``):
+and ``{out}/prompts_summary.json``: the backend, its settings, the resolved model weights
+(hf: repository, commit, sha256 per file; not the local path), the questions and the
+number of videos -- not the run's counts, so that a re-run that asks nothing leaves the
+folder's content (and the fingerprint later stages depend on) as it was.
 
-- ``hf``: a Hugging Face image-text-to-text model run locally (:mod:`ssp.preprocess.prompts.backends.hf`).
+Backends (the ``backend`` param; every knob -- model, device, remote code, endpoint,
+timeouts -- is a field of the ``prompts`` params section, :class:`ssp.params.PromptsParams`,
+read with ``--params`` / ``--set prompts.KEY=VALUE``; only the API key is an environment
+variable, the one ``prompts.api_key_env`` names):
+
+- ``hf``: a Hugging Face vision-language model run locally, by the chat template of its
+  processor or by the repository's own ``model.chat`` (MiniCPM-o, the paper's)
+  (:mod:`ssp.preprocess.prompts.backends.hf`).
 - ``openai``: an OpenAI-compatible chat-completions endpoint, e.g. vLLM or Ollama
   (:mod:`ssp.preprocess.prompts.backends.openai`).
 - ``scene``: the generated benchmark's ``scene.json`` answers, degraded by the quality
@@ -45,7 +54,7 @@ from tqdm.auto import tqdm
 from ssp.data.avsbench import VideoRecord, load_records
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json
-from ssp.params import PromptsParams, add_params_arguments, stage_params
+from ssp.params import PromptsParams, add_moved_flags, add_params_arguments, stage_params
 from ssp.preprocess.common import (
     VideoOutputs,
     inputs_digest,
@@ -55,14 +64,20 @@ from ssp.preprocess.common import (
     stamp_path,
 )
 from ssp.preprocess.prompts.backends.hf import HFBackend, HFConfig
-from ssp.preprocess.prompts.backends.openai import OpenAIBackend, OpenAIConfig
+from ssp.preprocess.prompts.backends.openai import (
+    DEFAULT_API_KEY_ENV,
+    OpenAIBackend,
+    OpenAIConfig,
+    warn_ignored_env,
+)
 from ssp.preprocess.prompts.backends.scene import MISSING_SCENE, SCENE_FILE, SceneBackend
-from ssp.preprocess.prompts.questions import MAX_NEW_TOKENS, PromptBackend, Questions, frames_to_show, parse_nouns
+from ssp.preprocess.prompts.questions import PromptBackend, Questions, frames_to_show, parse_nouns
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("hf", "openai", "scene", "none")
 PROMPTS_FILE = "prompts.json"
+SUMMARY_NAME = "prompts_summary.json"
 STAGE = "prompts"
 
 
@@ -143,13 +158,16 @@ class PromptsSummary:
     written: int = 0  # videos whose prompts.json was (re)written
 
 
-def prompts_record(a1: str, a2_raw: str, backend: str, model: str, questions: Questions) -> dict[str, Any]:
+def prompts_record(
+    a1: str, a2_raw: str, backend: str, model: str, questions: Questions, revision: str | None = None
+) -> dict[str, Any]:
     return {
         "a1": a1.strip(),
         "a2": parse_nouns(a2_raw),
         "a2_raw": a2_raw.strip(),
         "backend": backend,
         "model": model,
+        "revision": revision,  # hf from the hub: the commit the weights came from
         "question_variant": questions.variant,
         "questions": questions.as_dict(),
     }
@@ -207,6 +225,10 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None, c
     questions = Questions.from_variant(config.question_variant)
     name = backend.name if backend is not None else "none"
     model = backend.model if backend is not None else ""
+    weights = getattr(backend, "weights", None)  # hf: the resolved model
+    revision = weights.revision if weights is not None else None
+    summary_path = Path(config.out_dir) / SUMMARY_NAME
+    summary_path.unlink(missing_ok=True)  # a failed run must not leave an old summary looking current
     params = {
         "backend": name,
         "model": model,
@@ -243,7 +265,7 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None, c
                 cache.save(record, a1, a2_raw)
                 asked += 1
         with VideoOutputs(out_dir, STAGE, stamp) as outputs:
-            outputs.write_json(PROMPTS_FILE, prompts_record(a1, a2_raw, name, model, questions))
+            outputs.write_json(PROMPTS_FILE, prompts_record(a1, a2_raw, name, model, questions, revision))
         return asked
 
     desc = f"prompts ({name})"
@@ -259,34 +281,27 @@ def run_prompts(records: Iterable[VideoRecord], backend: PromptBackend | None, c
         raise SSPError(
             f"{e}\nEvery answer obtained is cached in {cache.folder}; a re-run asks only for the missing ones."
         ) from None
-    return PromptsSummary(
+    summary = PromptsSummary(
         videos=len(records), asked=sum(max(0, n) for n in results), written=sum(n >= 0 for n in results)
     )
-
-
-# Execution options of the model backends: flags of `ssp prompts`, not params (where the
-# model runs and how to reach it). None: the backend config's own default.
-BACKEND_OPTIONS = (
-    "max_new_tokens",
-    "device",
-    "trust_remote_code",
-    "base_url",
-    "api_key",
-    "connect_timeout",
-    "read_timeout",
-    "max_retries",
-    "backoff",
-    "give_up_after",
-)
+    write_json(
+        summary_path,
+        {
+            "stage": STAGE,
+            **params,
+            "weights": {k: v for k, v in weights.to_dict().items() if k != "path"} if weights is not None else None,
+            "question_variant": questions.variant,
+            "videos": summary.videos,
+        },
+    )
+    return summary
 
 
 def build_backend(prompts: PromptsParams, options: Any = None) -> PromptBackend | None:
-    """The backend that the ``prompts`` params name (``none``: None), with its knobs from
-    ``prompts`` and the execution options (:data:`BACKEND_OPTIONS`) from the attributes of
-    ``options`` (e.g. the parsed command line); a missing or None one takes the backend's
-    default."""
-    given = {name: getattr(options, name, None) for name in BACKEND_OPTIONS}
-    given = {name: value for name, value in given.items() if value is not None}
+    """The backend that the ``prompts`` params name (``none``: None), every knob from
+    ``prompts``. ``options``: the caller's run options; only ``options.device`` is read,
+    for the hf backend when ``prompts.device`` is ``auto`` (``ssp predict`` runs the MLLM
+    on its own ``--device``). hf: the model is resolved here (a missing one fails now)."""
     model = prompts.model or None
     if prompts.backend == "none":
         return None
@@ -294,14 +309,35 @@ def build_backend(prompts: PromptsParams, options: Any = None) -> PromptBackend 
         return SceneBackend(quality=prompts.quality, seed=prompts.seed)
     if prompts.backend == "hf":
         if not model:
-            raise SSPError("backend hf needs prompts.model (a local model folder or a model id)")
-        hf_options = {k: v for k, v in given.items() if k in ("max_new_tokens", "device", "trust_remote_code")}
-        return HFBackend(HFConfig(model=model, frames_per_video=prompts.frames_per_video, **hf_options))
-    if prompts.backend == "openai":
-        openai_options = {k: v for k, v in given.items() if k not in ("device", "trust_remote_code")}
-        return OpenAIBackend(
-            OpenAIConfig.from_env(model=model, frames_per_video=prompts.frames_per_video, **openai_options)
+            raise SSPError("backend hf needs prompts.model (a local model folder or a hub id org/name@revision)")
+        device = prompts.device
+        if device in ("", "auto") and getattr(options, "device", None) not in (None, "", "auto"):
+            device = options.device
+        config = HFConfig(
+            model=model,
+            frames_per_video=prompts.frames_per_video,
+            max_new_tokens=prompts.max_new_tokens,
+            device=device or "auto",
+            trust_remote_code=prompts.trust_remote_code,
+            hf_api=prompts.hf_api,
+            chat_options=dict(prompts.chat_options),
         )
+        return HFBackend(config)
+    if prompts.backend == "openai":
+        warn_ignored_env()
+        config = OpenAIConfig(
+            model=model or "",
+            frames_per_video=prompts.frames_per_video,
+            base_url=prompts.base_url,
+            api_key_env=prompts.api_key_env,
+            max_new_tokens=prompts.max_new_tokens,
+            connect_timeout=prompts.connect_timeout,
+            read_timeout=prompts.read_timeout,
+            max_retries=prompts.max_retries,
+            backoff=prompts.backoff,
+            give_up_after=prompts.give_up_after,
+        )
+        return OpenAIBackend(config)
     raise SSPError(f"unknown backend {prompts.backend!r}; choose one of {BACKENDS}")
 
 
@@ -339,75 +375,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.epilog = (
         "Reads the prompts section of the params file: backend (hf | openai | scene | none), "
-        "question_variant (a-d), model (hf: local model folder or hub id if cached; openai: the "
-        "served model name, else $OPENAI_MODEL), frames_per_video, quality and seed (scene); see "
-        "ssp/params.py (PromptsParams)."
+        "question_variant (a-d), model (hf: local folder or hub id org/name@revision; openai: "
+        "the served model name), frames_per_video, max_new_tokens, hf_api, trust_remote_code, "
+        "device, chat_options (hf), base_url, api_key_env, timeouts and retries (openai), "
+        "quality and seed (scene); see ssp/params.py (PromptsParams)."
     )
     add_backend_options(parser)
 
 
-def add_backend_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
-    """How to run or reach the MLLM (not params: they do not change the answers' meaning):
-    the answer length, the hf backend's device and remote-code permission, the openai
-    endpoint and its retries. Shared by ``ssp prompts`` and ``ssp predict`` (which has its
-    own ``--device``: ``device=False``)."""
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=None, help=f"answer length limit (hf, openai). Default: {MAX_NEW_TOKENS}"
-    )
-    hf = parser.add_argument_group("hf backend")
-    if device:
-        hf.add_argument(
-            "--device",
-            default=None,
-            help=f"auto (CUDA + bf16 when present, else CPU), cpu, cuda, cuda:1... Default: {HFConfig.device}",
+# former flags of the MLLM backends, params now (ssp prompts and ssp predict)
+MOVED_BACKEND_FLAGS = {
+    "--max-new-tokens": "prompts.max_new_tokens",
+    "--trust-remote-code": "prompts.trust_remote_code",
+    "--base-url": "prompts.base_url",
+    "--connect-timeout": "prompts.connect_timeout",
+    "--read-timeout": "prompts.read_timeout",
+    "--max-retries": "prompts.max_retries",
+    "--backoff": "prompts.backoff",
+    "--give-up-after": "prompts.give_up_after",
+}
+
+
+class _APIKeyFlag(argparse.Action):
+    """``--api-key`` is gone: the key is a secret, read from the variable prompts.api_key_env names."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.error(
+            f"{option_string} is gone: put the key in the environment variable that prompts.api_key_env "
+            f"names (default {DEFAULT_API_KEY_ENV}; --set prompts.api_key_env=NAME to use another)"
         )
-    hf.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="allow the model folder's own Python code to run (only for models you trust)",
-    )
-    oa = parser.add_argument_group("openai backend")
-    oa.add_argument(
-        "--base-url",
-        default=None,
-        help="endpoint base URL, e.g. http://localhost:8000/v1 (default: $OPENAI_BASE_URL, "
-        f"else {OpenAIConfig.base_url})",
-    )
-    oa.add_argument(
-        "--api-key", default=None, help="API key (default: $OPENAI_API_KEY; prefer the variable, a flag shows in `ps`)"
-    )
-    oa.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=None,
-        help=f"seconds to connect. Default: {OpenAIConfig.connect_timeout:g}",
-    )
-    oa.add_argument(
-        "--read-timeout",
-        type=float,
-        default=None,
-        help=f"seconds to wait for an answer. Default: {OpenAIConfig.read_timeout:g}",
-    )
-    oa.add_argument(
-        "--max-retries",
-        type=int,
-        default=None,
-        help=f"retries on 5xx/429/timeouts/connection errors, exponential backoff. Default: {OpenAIConfig.max_retries}",
-    )
-    oa.add_argument(
-        "--backoff",
-        type=float,
-        default=None,
-        help=f"first retry delay in seconds (doubles each retry, plus jitter). Default: {OpenAIConfig.backoff:g}",
-    )
-    oa.add_argument(
-        "--give-up-after",
-        type=int,
-        default=None,
-        help="after this many questions in a row failed (retries included), take the endpoint "
-        "for dead and do not ask the remaining videos; 0 = never. "
-        f"Default: {OpenAIConfig.give_up_after}",
-    )
+
+
+def add_backend_options(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    """The MLLM backends' former flags (answer length, hf device and remote-code permission,
+    the openai endpoint, its timeouts and retries): params of the ``prompts`` section now;
+    each fails naming the ``--set`` that replaces it. Shared by ``ssp prompts`` and ``ssp
+    predict`` (which has a ``--device`` of its own: ``device=False``)."""
+    moved = dict(MOVED_BACKEND_FLAGS)
+    if device:
+        moved["--device"] = "prompts.device"
+    add_moved_flags(parser, moved)
+    parser.add_argument("--api-key", nargs="?", action=_APIKeyFlag, help=argparse.SUPPRESS)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -415,7 +423,7 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.data_root).is_dir():
         raise DataError(args.data_root, "dataset root not found")
     records = load_records(args.data_root)
-    backend = build_backend(prompts, args)
+    backend = build_backend(prompts)
     config = PromptsConfig(
         out_dir=args.out,
         question_variant=prompts.question_variant,

@@ -8,6 +8,12 @@ retried with exponential backoff and jitter; other 4xx answers and malformed rep
 fail the video at once with a message naming it. After ``give_up_after`` questions in
 a row have failed, the endpoint is taken for dead and the remaining videos fail at once
 ("not asked") instead of each waiting through its retries.
+
+Everything comes from the ``prompts`` params (model, base_url, timeouts, retries), except
+the API key, a secret: it is read from the environment variable that
+``prompts.api_key_env`` names (default ``OPENAI_API_KEY``; "" = send no key).
+``$OPENAI_BASE_URL`` / ``$OPENAI_MODEL`` are not read (a run must not depend on an
+untracked variable); a warning says so when they are set.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -30,6 +36,8 @@ from ssp.preprocess.prompts.questions import MAX_NEW_TOKENS, Questions, conversa
 logger = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"  # vLLM's default; Ollama: http://localhost:11434/v1
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+IGNORED_ENV = {"OPENAI_BASE_URL": "prompts.base_url", "OPENAI_MODEL": "prompts.model"}
 MAX_BACKOFF_S = 60.0
 
 
@@ -43,7 +51,8 @@ class OpenAIConfig:
     model: str
     frames_per_video: int  # the prompts param of that name
     base_url: str = DEFAULT_BASE_URL
-    api_key: str | None = None
+    api_key_env: str = DEFAULT_API_KEY_ENV  # NAME of the environment variable holding the key ("" = none)
+    api_key: str | None = field(default=None, repr=False)  # explicit key (programmatic use); wins over the env
     max_new_tokens: int = MAX_NEW_TOKENS
     jpeg_quality: int = 90
     connect_timeout: float = 10.0
@@ -52,20 +61,24 @@ class OpenAIConfig:
     backoff: float = 1.0  # first retry delay (s); doubles each retry, plus up to 100% jitter
     give_up_after: int = 3  # after this many questions failed in a row, stop asking (0: never)
 
-    @classmethod
-    def from_env(
-        cls, model: str | None = None, base_url: str | None = None, api_key: str | None = None, **kwargs
-    ) -> "OpenAIConfig":
-        """Explicit values first, then $OPENAI_MODEL / $OPENAI_BASE_URL / $OPENAI_API_KEY."""
-        model = model or os.environ.get("OPENAI_MODEL")
-        if not model:
-            raise SSPError("backend openai needs prompts.model (or $OPENAI_MODEL): the model name the endpoint serves")
-        return cls(
-            model=model,
-            base_url=base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL,
-            api_key=api_key or os.environ.get("OPENAI_API_KEY"),
-            **{k: v for k, v in kwargs.items() if v is not None},
-        )
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise SSPError("backend openai needs prompts.model: the model name the endpoint serves")
+
+    def resolved_api_key(self) -> str | None:
+        """The explicit key, else the value of ``$api_key_env`` (None when unset)."""
+        if self.api_key:
+            return self.api_key
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+
+def warn_ignored_env() -> None:
+    """A warning for each formerly read variable that is set but no longer used."""
+    for variable, param in IGNORED_ENV.items():
+        if os.environ.get(variable):
+            logger.warning("$%s is set but not read: set %s in params (--set %s=...)", variable, param, param)
 
 
 def jpeg_data_url(image, quality: int = 90) -> str:
@@ -93,7 +106,8 @@ class OpenAIBackend:
         self.settings = {"frames_per_video": config.frames_per_video, "max_new_tokens": config.max_new_tokens}
         self._failures_in_a_row = 0
         self._lock = threading.Lock()
-        headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        api_key = config.resolved_api_key()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = client or httpx.Client(
             base_url=config.base_url.rstrip("/") + "/",
             headers=headers,
