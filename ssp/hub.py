@@ -194,12 +194,18 @@ def _snapshot(repo_id: str, revision: str | None, what: str, spec: str, allow_pa
         raise DataError(what, f"{spec}: cannot fetch from the hub ({type(err).__name__}: {err})") from err
 
 
+def url_cache_path(url: str) -> Path:
+    """Where a URL spec's file is kept: ``{hub cache}/../ssp-urls/<url digest>/<file name>``."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    return Path(_cache_dir()).parent / "ssp-urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+
+
 def _url_file(url: str, what: str) -> Path:
     """A weights file by URL (torchvggish publishes VGGish as a GitHub release file), kept in
     ``{hub cache}/../ssp-urls/``. A file name with torch.hub's ``-<sha256 prefix>.`` suffix
     (``vggish-10086976.pth``) is checked against that prefix when downloaded."""
-    name = url.rstrip("/").rsplit("/", 1)[-1]
-    target = Path(_cache_dir()).parent / "ssp-urls" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    target = url_cache_path(url)
+    name = target.name
     if target.is_file():
         return target
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):

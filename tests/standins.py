@@ -27,9 +27,10 @@ VGGISH_REPO = "harritaylor/torchvggish"
 VGGISH_FILE = "vggish-10086976.pth"  # the name torchvggish's release gives the file
 
 
-def hub_cache_entry(cache: Path, repo_id: str, write: Callable[[Path], None]) -> str:
+def hub_cache_entry(cache: Path, repo_id: str, write: Callable[[Path], None], revision: str | None = None) -> str:
     """Lay out what ``write(folder)`` produces as the hub cache's copy of ``repo_id`` (blobs
-    named by content hash, snapshot symlinks, ``refs/main``); returns ``repo_id@<commit>``."""
+    named by content hash, snapshot symlinks, ``refs/main``); returns ``repo_id@<commit>``.
+    ``revision``: the commit to file it under (a profile's pinned one), else a content hash."""
     cache = Path(cache)
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp)
@@ -39,7 +40,7 @@ def hub_cache_entry(cache: Path, repo_id: str, write: Callable[[Path], None]) ->
         for f in files:
             digest.update(f.relative_to(staging).as_posix().encode())
             digest.update(f.read_bytes())
-        commit = digest.hexdigest()  # 40 hex: stands in for the git commit
+        commit = revision or digest.hexdigest()  # 40 hex: stands in for the git commit
         repo = cache / f"models--{repo_id.replace('/', '--')}"
         snapshot = repo / "snapshots" / commit
         for f in files:
@@ -85,7 +86,7 @@ def reduced_swin_mask2former_config(num_labels: int = 150):
     )
 
 
-def mask2former_standin(cache: Path) -> str:
+def mask2former_standin(cache: Path, revision: str | None = None) -> str:
     """``Mask2FormerForUniversalSegmentation.save_pretrained`` of the reduced config."""
     import torch
     from transformers import Mask2FormerForUniversalSegmentation
@@ -94,13 +95,13 @@ def mask2former_standin(cache: Path) -> str:
         torch.manual_seed(0)
         Mask2FormerForUniversalSegmentation(reduced_swin_mask2former_config()).save_pretrained(folder)
 
-    return hub_cache_entry(cache, MASK2FORMER_REPO, write)
+    return hub_cache_entry(cache, MASK2FORMER_REPO, write, revision)
 
 
 _VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ",", ".", "a", "the", "and", "of", "is", "in", "on"]
 
 
-def bert_standin(cache: Path) -> str:
+def bert_standin(cache: Path, revision: str | None = None) -> str:
     """``BertModel`` + ``BertTokenizerFast`` save_pretrained, 2 layers of width 32, a small
     WordPiece vocabulary (letters as word pieces, so any prompt tokenises)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -123,10 +124,10 @@ def bert_standin(cache: Path) -> str:
         )
         BertModel(config).save_pretrained(folder)
 
-    return hub_cache_entry(cache, BERT_REPO, write)
+    return hub_cache_entry(cache, BERT_REPO, write, revision)
 
 
-def clip_standin(cache: Path) -> str:
+def clip_standin(cache: Path, revision: str | None = None) -> str:
     """``CLIPModel`` + ``CLIPImageProcessor`` save_pretrained (the layout of
     openai/clip-vit-base-patch16: a full CLIP whose vision tower is what VTA reads), reduced."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
@@ -156,10 +157,10 @@ def clip_standin(cache: Path) -> str:
         CLIPModel(config).save_pretrained(folder)
         CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
 
-    return hub_cache_entry(cache, CLIP_REPO, write)
+    return hub_cache_entry(cache, CLIP_REPO, write, revision)
 
 
-def vggish_standin(cache: Path) -> str:
+def vggish_standin(cache: Path, revision: str | None = None) -> str:
     """torchvggish's weights file (the full VGGish: its shape is fixed), random values, as
     the one .pth file of a hub repository."""
 
@@ -172,7 +173,7 @@ def vggish_standin(cache: Path) -> str:
         state = {k: v.contiguous() for k, v in VGGish().state_dict().items()}
         torch.save(state, folder / VGGISH_FILE)
 
-    return hub_cache_entry(cache, VGGISH_REPO, write)
+    return hub_cache_entry(cache, VGGISH_REPO, write, revision)
 
 
 # --------------------------------------------------------------------------- flow and MLLM
@@ -181,7 +182,7 @@ PERCEIVER_FLOW_REPO = "deepmind/optical-flow-perceiver"
 MINICPM_REPO = "openbmb/MiniCPM-o-2_6"
 
 
-def perceiver_flow_standin(cache: Path, seed: int = 0) -> str:
+def perceiver_flow_standin(cache: Path, seed: int = 0, revision: str | None = None) -> str:
     """``PerceiverForOpticalFlow.save_pretrained`` (config.json + model.safetensors, the
     files the stage fetches from deepmind/optical-flow-perceiver) of a reduced config: a
     few latents, one self-attention, 24×32 training tiles. ``seed``: another seed makes
@@ -202,7 +203,7 @@ def perceiver_flow_standin(cache: Path, seed: int = 0) -> str:
         )
         PerceiverForOpticalFlow(config).save_pretrained(folder)
 
-    return hub_cache_entry(cache, PERCEIVER_FLOW_REPO, write)
+    return hub_cache_entry(cache, PERCEIVER_FLOW_REPO, write, revision)
 
 
 # MiniCPM-o-2.6 ships its own code (config.json "auto_map"): a configuration, a model with a
@@ -293,7 +294,7 @@ _MINICPM_WORDS = ["a", "the", "man", "dog", "plays", "guitar", "piano", "barks",
 _MINICPM_SPECIAL = ["<unk>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 
 
-def minicpm_standin(cache: Path, seed: int = 0) -> str:
+def minicpm_standin(cache: Path, seed: int = 0, revision: str | None = None) -> str:
     """What openbmb/MiniCPM-o-2_6 holds, reduced: config.json whose ``auto_map`` points at
     ``configuration_minicpm.py`` / ``modeling_minicpmo.py`` (a ``PreTrainedModel`` with
     ``chat(msgs=..., tokenizer=...)``, loaded only with ``trust_remote_code=True``),
@@ -351,4 +352,46 @@ def minicpm_standin(cache: Path, seed: int = 0) -> str:
         saved["init_tts"] = True  # as released: the loader decides what to build
         (folder / "config.json").write_text(json.dumps(saved, indent=2))
 
-    return hub_cache_entry(cache, MINICPM_REPO, write)
+    return hub_cache_entry(cache, MINICPM_REPO, write, revision)
+
+
+def vggish_url_standin(url: str) -> Path:
+    """torchvggish's file where ``ssp.hub`` keeps a URL spec's download (what a run that
+    fetched it would find), written from the same stand-in as :func:`vggish_standin`."""
+    import torch
+
+    from ssp.hub import url_cache_path
+    from ssp.models.vggish import VGGish
+
+    path = url_cache_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save({k: v.contiguous() for k, v in VGGish().state_dict().items()}, path)
+    return path
+
+
+def paper_profile_standins(cache: Path, specs: dict[str, str]) -> dict[str, str]:
+    """A stand-in for every weights spec a profile names ({param: spec}, e.g. from
+    ``ssp.ops.weights.weight_specs``), filed under the spec's own repository and pinned
+    commit (a URL: where its download is kept), so the profile runs unchanged against
+    ``HF_HUB_CACHE=cache`` with ``HF_HUB_OFFLINE=1``. Returns {param: what was written}."""
+    from ssp.hub import parse_hub_spec
+
+    builders = {
+        MASK2FORMER_REPO: mask2former_standin,
+        BERT_REPO: bert_standin,
+        CLIP_REPO: clip_standin,
+        VGGISH_REPO: vggish_standin,
+        PERCEIVER_FLOW_REPO: perceiver_flow_standin,
+        MINICPM_REPO: minicpm_standin,
+    }
+    written = {}
+    for what, spec in specs.items():
+        if spec.startswith("https://"):
+            written[what] = str(vggish_url_standin(spec))
+            continue
+        repo_id, revision = parse_hub_spec(spec)
+        if repo_id not in builders:
+            raise KeyError(f"{what}: no stand-in for {repo_id}")
+        written[what] = builders[repo_id](cache, revision=revision)
+    return written

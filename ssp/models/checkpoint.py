@@ -5,9 +5,10 @@ A weights file carries the model config (``SSPConfig.to_dict()``) in its metadat
 training state beside it (optimizer, scheduler, RNG, data position) and the layout of a
 run's ``checkpoints/`` folder are the training loop's: :mod:`ssp.engine.checkpoints`.
 
-Frozen text-model weights (``text_trainable=False``) are not stored: they never change
-and are rebuilt from the text model directory the config names (the MiniLM embeddings
-alone would add ~47 MB per checkpoint). Loading then reads every other key strictly.
+Frozen pretrained encoders are not stored (:func:`frozen_prefixes`): the text model
+(``text_trainable=False``; the MiniLM embeddings alone would add ~47 MB per checkpoint),
+CLIP, and a frozen pretrained VGGish (288 MB). They never change and are rebuilt from the
+weights spec the config names. Loading then reads every other key strictly.
 
 Reading uses safetensors only, so a checkpoint cannot execute code; a truncated file, a
 pickle, or weights that do not fit the config raise an :class:`~ssp.errors.DataError`
@@ -32,6 +33,7 @@ from ssp.models.config import SSPConfig
 FORMAT = "ssp-checkpoint"
 VERSION = 1
 FROZEN_TEXT_PREFIX = "text_module.text_encoder."
+FROZEN_AUDIO_PREFIX = "audio_encoder."
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,11 +76,28 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 # Model weights
 # ---------------------------------------------------------------------------------------
+def frozen_prefixes(config: Any) -> tuple[str, ...]:
+    """State-dict prefixes of frozen pretrained encoders that checkpoints do not store: they
+    never change and are rebuilt from their weights spec (``text_model``, ``vggish_weights``).
+    A pretrained VGGish is 72 M floats (288 MB) in every epoch's file otherwise."""
+    prefixes = []
+    if not getattr(config, "text_trainable", False):
+        prefixes.append(FROZEN_TEXT_PREFIX)
+    if _frozen_vggish(config):
+        prefixes.append(FROZEN_AUDIO_PREFIX)
+    return tuple(prefixes)
+
+
+def _frozen_vggish(config: Any) -> bool:
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    return get("audio_encoder") == "vggish" and bool(get("vggish_weights")) and bool(get("freeze_audio_encoder", True))
+
+
 def model_state(model: nn.Module) -> dict[str, Tensor]:
-    """The weights worth storing: everything but a frozen text model."""
+    """The weights worth storing: everything but frozen pretrained encoders (frozen_prefixes)."""
     model = getattr(model, "module", model)  # DDP
-    keep_text = bool(getattr(model.config, "text_trainable", False))
-    return {k: v for k, v in model.state_dict().items() if keep_text or not k.startswith(FROZEN_TEXT_PREFIX)}
+    skip = frozen_prefixes(model.config)
+    return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
 
 
 def save_weights(path: str | Path, model: nn.Module, info: dict[str, Any] | None = None) -> None:
@@ -127,13 +146,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     Weight-file paths in the stored config (pretrained backbone/VGGish/Mask2Former) are
     dropped: the checkpoint's own weights replace them anyway and the files may not exist
     where the checkpoint is used (what they were stays in ``info["pretrained"]``). Frozen
-    encoders that are not stored (the text model, CLIP) are read again from their spec. ``config_overrides`` change eval-time knobs such as
+    encoders that are not stored (the text model, CLIP, a frozen pretrained VGGish) are read
+    again from their spec (the hub cache, or a download). ``config_overrides`` change eval-time knobs such as
     ``premask_test_source``.
     """
     state, config_dict, info = read_weights(path)
+    stored_vggish = not _frozen_vggish(config_dict)  # else rebuilt from its spec, like the text model
     config_dict = {
         **config_dict,
-        "vggish_weights": None,
+        "vggish_weights": None if stored_vggish else config_dict["vggish_weights"],
         "backbone_weights": None,
         "mask2former_weights": None,
         "allow_random_init": True,  # the checkpoint's own weights replace the pretrained ones

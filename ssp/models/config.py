@@ -53,15 +53,11 @@ TEXT_VISUAL_TOKENS = ("clip", "pixel_decoder")
 TEXT_INJECTIONS = ("cross_attention", "residual")
 STEPPING_STONE_TEST = ("binary", "soft")
 
-# Pretrained encoders of the paper preset, pinned (ssp.hub.resolve_weights): BERT-base
-# (the BLIP tokenizer of §4.3 is bert-base-uncased's) and CLIP ViT-B/16 for VTA.
-PAPER_TEXT_MODEL = "google-bert/bert-base-uncased@86b5e0934494bd15c9632b12f734a8a67f723594"
-PAPER_CLIP_MODEL = "openai/clip-vit-base-patch16@57c216476eefef5ab752ec549e440a49ae4ae5f3"
 # SSP's components as the paper defines them (§4.3, Algorithm 1, eq. 5); the tiny preset keeps
-# the dataclass defaults where they differ (see each field).
+# the dataclass defaults where they differ (see each field). The pretrained weights they read
+# (BERT-base, CLIP ViT-B/16) are named, pinned, by the paper profile (conf/profile/paper.yaml),
+# the one place every weights spec lives.
 PAPER_COMPONENTS: dict[str, Any] = {
-    "text_model": PAPER_TEXT_MODEL,
-    "clip_model": PAPER_CLIP_MODEL,
     "text_visual_tokens": "clip",
     "text_injection": "cross_attention",
     "stepping_stone_test": "binary",
@@ -290,8 +286,8 @@ class SSPConfig:
 
     def missing_pretrained(self) -> list[str]:
         """``model.<field> (what it is)`` for each pretrained part this config uses but names no
-        weights for. The text model and CLIP have no random init (they are frozen encoders);
-        their fields are checked where they load."""
+        weights for (the text model's unset default is the demo's packaged MiniLM, not the
+        paper's BERT)."""
         missing = []
         if self.backbone == HF_SWIN_BACKBONE and not self.mask2former_weights:
             missing.append("model.mask2former_weights (Mask2Former Swin-B, AAVS's start point)")
@@ -299,6 +295,10 @@ class SSPConfig:
             missing.append(f"model.backbone_weights (the {self.backbone} backbone)")
         if self.audio_encoder == "vggish" and not self.vggish_weights:
             missing.append("model.vggish_weights (VGGish, torchvggish format)")
+        if self.text != "none" and not self.text_model:
+            missing.append("model.text_model (BERT-base; unset = the packaged MiniLM of the demo)")
+        if self.text != "none" and self.text_visual_tokens == "clip" and not self.clip_model:
+            missing.append("model.clip_model (CLIP, VTA's visual tokens)")
         return missing
 
     @property

@@ -34,6 +34,24 @@ def test_weights_round_trip_rebuilds_the_model_from_the_file(model, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temp file left behind
 
 
+def test_frozen_pretrained_vggish_is_rebuilt_from_its_spec_not_stored(tmp_path, monkeypatch):
+    from tests.standins import vggish_standin
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = vggish_standin(tmp_path / "hf")
+    model = SSPModel(SSPConfig.tiny(1, audio_encoder="vggish", vggish_weights=spec, num_points=64)).eval()
+    path = tmp_path / "w.safetensors"
+    save_weights(path, model)
+    state, _, info = read_weights(path)
+    assert not any(k.startswith("audio_encoder.") for k in state)  # 288 MB not copied into every epoch
+    assert path.stat().st_size < 20e6 and info["pretrained"]["model.vggish_weights"]["spec"] == spec
+    rebuilt, _, _ = load_model(path)
+    logmel = torch.randn(2, 1, 96, 64)
+    assert torch.equal(rebuilt.audio_encoder(logmel), model.audio_encoder(logmel))
+    assert not any(p.requires_grad for p in rebuilt.audio_encoder.parameters())
+
+
 def test_frozen_text_model_is_not_stored(tmp_path):
     model = SSPModel(SSPConfig.tiny(1, text="vta", num_points=64))
     path = tmp_path / "vta.safetensors"

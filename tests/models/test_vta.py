@@ -4,6 +4,9 @@ features, the "residual" and "att" variants, the frozen encoders' records."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -176,12 +179,19 @@ def test_att_uses_the_same_injection_without_alignment(injection, tiny_text_mode
 
 def test_paper_preset_components_and_presets_by_params():
     from ssp.engine.train import build_model_config
-    from ssp.models.config import PAPER_CLIP_MODEL, PAPER_TEXT_MODEL
-    from ssp.params import ModelParams
+    from ssp.params import ModelParams, load_params
 
-    paper = build_model_config(ModelParams(size="paper", allow_random_init=True), 2, {"text": "vta"})
-    assert (paper.text_model, paper.clip_model) == (PAPER_TEXT_MODEL, PAPER_CLIP_MODEL)
-    assert "@" in PAPER_TEXT_MODEL and "@" in PAPER_CLIP_MODEL  # pinned revisions
+    profile = load_params(Path(__file__).resolve().parents[2] / "params.yaml", profile="paper").model
+    paper = build_model_config(profile, 2, {"text": "vta"})
+    assert paper.text_model.startswith("google-bert/bert-base-uncased@")  # pinned revisions
+    assert paper.clip_model.startswith("openai/clip-vit-base-patch16@")
+    # the paper preset names no weights itself: without the profile's, each is an error naming it
+    unnamed = ModelParams(size="paper", mask2former_weights="m2f", vggish_weights="vggish.pth")
+    with pytest.raises(SSPError, match="needs clip_model"):
+        build_model_config(unnamed, 2, {"text": "vta"})
+    with pytest.raises(SSPError, match=r"none are given for model.text_model \(BERT-base"):
+        build_model_config(dataclasses.replace(unnamed, clip_model="clip"), 2, {"text": "vta"})
+    paper = build_model_config(ModelParams(size="paper", allow_random_init=True, clip_model="clip"), 2, {"text": "vta"})
     assert (paper.text_visual_tokens, paper.text_injection) == ("clip", "cross_attention")
     assert (paper.post_mask_form, paper.stepping_stone_test) == ("mask", "binary")
     tiny = build_model_config(ModelParams(), 2, {})
