@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 # the layout and style contracts (pyproject.toml: ruff, import-linter), then the suite
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

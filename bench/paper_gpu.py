@@ -9,7 +9,8 @@ flow masks, stepping stones and prompts), bf16 autocast on CUDA as in training.
 
     # on a GPU node, weights in the HF cache (ssp weights --params params.yaml)
     python bench/paper_gpu.py --profile paper --stage 2 --steps 20
-    # timing only, without the weights (same shapes, random init)
+    # timing only, without Swin-B/Mask2Former and VGGish weights (same shapes, random init;
+    # the frozen BERT and CLIP of VTA still load from their specs: they have no random init)
     python bench/paper_gpu.py --profile paper --random-init
     # CPU check of the script itself (tests/bench): reduced sizes through --set
     python bench/paper_gpu.py --device cpu --steps 1 --warmup 0 --set model.image_size=64 ...
@@ -61,7 +62,8 @@ def synthetic_batch(config, videos: int, frames: int, device: torch.device) -> d
 
 
 def bench(args: argparse.Namespace) -> dict:
-    overrides = list(args.overrides) + (["model.allow_random_init=true"] if args.random_init else [])
+    random_init = ["model.allow_random_init=true", "model.mask2former_weights=''", "model.vggish_weights=''"]
+    overrides = list(args.overrides) + (random_init if args.random_init else [])
     params = load_params(args.params, profile=args.profile, overrides=overrides)
     row = args.row or (None if args.stage == 2 else "aavs")
     config = build_model_config(params.model, args.stage, model_switches(params, args.stage, row))
@@ -130,7 +132,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default=None, help="default: cuda if available")
-    parser.add_argument("--random-init", action="store_true", help="no pretrained weights (timing only)")
+    parser.add_argument(
+        "--random-init", action="store_true", help="Mask2Former and VGGish from random init (timing only)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     result = bench(args)

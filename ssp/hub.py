@@ -184,6 +184,8 @@ def _snapshot(repo_id: str, revision: str | None, what: str, spec: str, allow_pa
             if offline
             else "could not be downloaded or found in the cache"
         )
+        if "@" not in spec:  # `weights/vggish` may have been meant as a relative path
+            hint += f"; read as a hub id because no local path {os.path.abspath(spec)} exists"
         raise DataError(
             what,
             f"{spec}: {hint} (cache: {_cache_dir()}; fetch it where there is network with "

@@ -5,6 +5,9 @@
   MLFLOW_TRACKING_URI so code under test and subprocesses log there.
 - ``prefect_harness``: one temporary Prefect API for the whole session (~10 s to start),
   only for tests that ask for it.
+
+``make test`` runs the suite with pytest-xdist on two workers, one test module per worker
+(``--dist loadscope``: a module's fixtures, e.g. the paper smoke's `dvc repro`, run once).
 """
 
 from __future__ import annotations
@@ -18,6 +21,28 @@ import pytest
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one compute thread each (and in their
+    # subprocesses), instead of four threads fighting over two cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# The longest modules first: under `make test` (xdist, one module per worker at a time) a
+# long module that starts last would run alone at the end while the other core idles.
+LONGEST_FIRST = (
+    "tests/flows/test_paper_smoke.py",  # ~2.5 min: dvc repro under the paper profile
+    "tests/flows/test_flows.py",
+    "tests/infra/test_servers.py",
+    "tests/engine/test_train.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module and among the rest is kept
 
 
 @pytest.fixture(scope="session")

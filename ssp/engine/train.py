@@ -45,6 +45,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -536,7 +537,28 @@ def finish(trainer: Trainer, progress: Progress, tracker: RunLogger) -> dict[str
     return metrics
 
 
-def run_record(trainer: Trainer, data: str | Path, resumed_from: str | None) -> tuple[dict, dict]:
+# what each preprocessing output says about the weights that made it (flow_summary.json of
+# `ssp flow`, prompts_summary.json of `ssp prompts`)
+INPUT_SUMMARIES = {"flow": "flow_summary.json", "prompts": "prompts_summary.json"}
+
+
+def pretrained_record(trainer: Trainer, inputs: InputDirs) -> dict[str, dict]:
+    """Every pretrained part behind a run: the model's own (:meth:`SSPModel.pretrained_weights`)
+    and those of the preprocessing outputs it reads (Perceiver IO flow, the MLLM)."""
+    record = dict(trainer.model.pretrained_weights())
+    for field_name, summary in INPUT_SUMMARIES.items():
+        folder = getattr(inputs, field_name)
+        path = Path(folder) / summary if folder else None
+        if path is not None and path.is_file():
+            weights = json.loads(path.read_text()).get("weights")
+            if isinstance(weights, dict) and weights.get("what"):
+                record[weights["what"]] = weights
+    return dict(sorted(record.items()))
+
+
+def run_record(
+    trainer: Trainer, data: str | Path, resumed_from: str | None, pretrained: dict[str, dict]
+) -> tuple[dict, dict]:
     """(MLflow params, MLflow tags) of a run."""
     t = trainer
     params = {
@@ -551,7 +573,7 @@ def run_record(trainer: Trainer, data: str | Path, resumed_from: str | None) -> 
         # every file is in the pretrained_weights.json artifact and the checkpoint metadata
         "pretrained": {
             what.removeprefix("model."): {"spec": r["spec"], "revision": r.get("revision") or "", "source": r["source"]}
-            for what, r in t.model.pretrained_weights().items()
+            for what, r in pretrained.items()
         },
     }
     tags = {
@@ -609,14 +631,15 @@ def train(
     t.interrupt_after = interrupt_after_steps
     if t.interrupt_after is None and os.environ.get(INTERRUPT_ENV):
         t.interrupt_after = int(os.environ[INTERRUPT_ENV])
-    mlflow_params, tags = run_record(t, data, resumed_from)
+    pretrained = pretrained_record(t, InputDirs(flow, prompts, logmel))
+    mlflow_params, tags = run_record(t, data, resumed_from, pretrained)
     name = run_name or f"stage{stage}-{row or t.config.size}-seed{t.tp.seed}"
     if state is not None:
         state.restore(t.optimizer, t.scheduler)  # RNG last: nothing may draw between here and the loop
 
     with RunLogger(EXPERIMENTS[stage], name, params=mlflow_params, tags=tags, enabled=t.dist.is_main) as tracker:
         if t.dist.is_main:
-            write_json(run_dir / "pretrained_weights.json", t.model.pretrained_weights())
+            write_json(run_dir / "pretrained_weights.json", pretrained)
             tracker.log_artifact(run_dir / "pretrained_weights.json")
         for epoch in range(at.position.epoch, t.tp.epochs):
             if at.phase == 1 and t.tp.phase2_epoch is not None and epoch >= t.tp.phase2_epoch:

@@ -151,7 +151,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     ``premask_test_source``.
     """
     state, config_dict, info = read_weights(path)
-    stored_vggish = not _frozen_vggish(config_dict)  # else rebuilt from its spec, like the text model
+    # a frozen pretrained VGGish is rebuilt from its spec, like the text model -- unless the file
+    # stores it (written before checkpoints left it out)
+    stored_vggish = not _frozen_vggish(config_dict) or any(k.startswith(FROZEN_AUDIO_PREFIX) for k in state)
     config_dict = {
         **config_dict,
         "vggish_weights": None if stored_vggish else config_dict["vggish_weights"],
@@ -169,6 +171,28 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     from ssp.models.ssp import SSPModel  # noqa: PLC0415
 
     model = SSPModel(config)
-    model.resolved_weights.update(info.get("pretrained", {}))  # kept when this model is saved again
+    _check_rebuilt_encoders(path, info.get("pretrained", {}), model.pretrained_weights())
+    # the training-time record of what the file's own weights replaced, kept if saved again
+    model.resolved_weights = {**info.get("pretrained", {}), **model.pretrained_weights()}
     load_weights_into(model, path, state)
     return model.to(device).eval(), config, info
+
+
+def _check_rebuilt_encoders(path: str | Path, trained: dict[str, dict], rebuilt: dict[str, dict]) -> None:
+    """The frozen encoders rebuilt from their specs must be the files the model was trained
+    with (same sha256): a floating hub spec, a replaced local folder or another machine's
+    copy would otherwise change the evaluated model without a word."""
+    for what, record in rebuilt.items():
+        before = trained.get(what)
+        if before and before.get("files") and before["files"] != record.get("files"):
+            changed = sorted(
+                n
+                for n in set(before["files"]) | set(record["files"])
+                if before["files"].get(n) != record["files"].get(n)
+            )
+            raise DataError(
+                path,
+                f"{what}: trained with {before.get('repo_id') or before['spec']}@{before.get('revision') or '-'}, "
+                f"but {record['spec']} now resolves to other files ({', '.join(changed[:3])} differ); "
+                f"pin {what} to the training revision (the checkpoint's info['pretrained'] has it)",
+            )

@@ -297,7 +297,7 @@ class SSPConfig:
             missing.append("model.vggish_weights (VGGish, torchvggish format)")
         if self.text != "none" and not self.text_model:
             missing.append("model.text_model (BERT-base; unset = the packaged MiniLM of the demo)")
-        if self.text != "none" and self.text_visual_tokens == "clip" and not self.clip_model:
+        if self.text == "vta" and self.text_visual_tokens == "clip" and not self.clip_model:
             missing.append("model.clip_model (CLIP, VTA's visual tokens)")
         return missing
 

@@ -43,10 +43,9 @@ skipped, as AAVS does with ``ignore_mismatched_sizes``. Any other mismatch, a ke
 does not have, or a Mask2Former parameter the file lacks (other than AAVS's additions: the
 adapters and stepping-stone embeddings) is a :class:`~ssp.errors.DataError` naming the file.
 
-``load_pretrained(model, {"vggish_weights": path})`` loads torchvggish's state dict
-strictly into ``model.audio_encoder`` (``SSPModel`` does this at build time through
-``ssp.models.vggish.VGGish.from_torchvggish``; this entry is for swapping weights later).
-Timm backbones load through timm at build time (:mod:`ssp.models.backbones`).
+VGGish loads when the audio encoder is built (``ssp.models.vggish.VGGish.from_torchvggish``,
+through :mod:`ssp.hub` too), timm backbones through timm at build time
+(:mod:`ssp.models.backbones`).
 """
 
 from __future__ import annotations
@@ -229,25 +228,7 @@ def load_pretrained(model: nn.Module, paths: dict[str, str | Path | None]) -> di
         records = getattr(model, "resolved_weights", None)
         if isinstance(records, dict):
             records[resolved.what] = resolved.to_dict()
-    if paths.get("vggish_weights"):
-        path = Path(paths["vggish_weights"])
-        _load_strict(model.audio_encoder, read_state_dict(path), path, "VGGish")
-        report["vggish_weights"] = []
     return report
-
-
-def _load_strict(module: nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        raise DataError(
-            path,
-            f"does not fit the {what} module: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"wrong shape {wrong[:5]}",
-        )
-    module.load_state_dict(state)
 
 
 def model_key(key: str, aavs: bool) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,40 @@ def resolve_all(params: Params) -> dict[str, dict[str, Any]]:
     return resolved
 
 
-def pin(profile_file: Path, resolved: dict[str, dict[str, Any]]) -> list[str]:
-    """Replace each unpinned hub spec in ``profile_file`` by ``repo@commit``; the changes."""
-    text = profile_file.read_text()
-    changes = []
-    for record in resolved.values():
+def pin(profile_file: Path, resolved: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Pin each unpinned hub spec on its own key's line of ``profile_file`` (``key: spec`` in the
+    param's section; comments and every other line kept). Returns (changes, specs that are
+    unpinned but not written in the profile, e.g. from conf/config.yaml or --set)."""
+    lines = profile_file.read_text().splitlines(keepends=True)
+    changes, elsewhere = [], []
+    for what, record in resolved.items():
         if record["source"] != "hub" or not record["revision"]:
             continue
         pinned = f"{record['repo_id']}@{record['revision']}"
-        if record["spec"] != pinned and record["spec"] in text:
-            text = text.replace(record["spec"], pinned)
-            changes.append(f"{record['spec']} -> {pinned}")
+        if record["spec"] == pinned:
+            continue
+        section, key = what.split(".")
+        line_no = _key_line(lines, section, key, record["spec"])
+        if line_no is None:
+            elsewhere.append(f"{what} = {record['spec']}")
+            continue
+        lines[line_no] = lines[line_no].replace(record["spec"], pinned, 1)
+        changes.append(f"{what}: {record['spec']} -> {pinned}")
     if changes:
-        write_text(profile_file, text)
-    return changes
+        write_text(profile_file, "".join(lines))
+    return changes, elsewhere
+
+
+def _key_line(lines: list[str], section: str, key: str, spec: str) -> int | None:
+    """Index of the ``  key: spec`` line inside top-level ``section:`` (None: not there)."""
+    inside = False
+    pattern = re.compile(rf"^\s+{re.escape(key)}:\s*['\"]?{re.escape(spec)}['\"]?\s*(#.*)?$")
+    for i, line in enumerate(lines):
+        if re.match(r"^\S", line):
+            inside = line.split(":", 1)[0].strip() == section
+        elif inside and pattern.match(line.rstrip("\n")):
+            return i
+    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,9 +114,11 @@ def main(args: argparse.Namespace) -> int:
         profile_file = Path(args.params).parent / CONF_DIR / "profile" / f"{params.profile}.yaml"
         if not profile_file.is_file():
             raise DataError(profile_file, "no such profile file to pin")
-        changes = pin(profile_file, resolved)
+        changes, elsewhere = pin(profile_file, resolved)
         for change in changes:
             log.info("pinned %s in %s", change, profile_file)
+        for spec in elsewhere:
+            log.warning("%s is not pinned and not written in %s: pin it where it is set", spec, profile_file)
         if changes:
             log.info("now run `ssp params --profile %s` to compose params.yaml again", params.profile)
     return 0

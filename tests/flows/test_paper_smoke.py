@@ -153,19 +153,21 @@ def test_every_training_run_records_its_pretrained_weights(paper_run):
         run = runs[str(run_dir.resolve())]
         recorded = json.loads((run_dir / "pretrained_weights.json").read_text())
         expected = {"model.mask2former_weights", "model.vggish_weights"}
-        if "stage1" not in training:  # the stage-2 `full` model reads the prompts: BERT + CLIP
-            expected |= {"model.text_model", "model.clip_model"}
-        if training == "stage1":
-            assert set(recorded) == expected
-        assert expected <= set(recorded), training
+        if training != "stage1":  # every SSP model reads prompts (BERT + CLIP) and flow masks
+            expected |= {"model.text_model", "model.clip_model", "flow.weights", "prompts.model"}
+        assert set(recorded) == expected, training
         for what, record in recorded.items():
             key = f"pretrained.{what.removeprefix('model.')}"
             assert run.data.params[f"{key}.spec"] == record["spec"]
             assert run.data.params[f"{key}.revision"] == (record["revision"] or "")
             pinned = _commit(record["spec"])
             assert pinned is None or record["revision"] == pinned
-            folder = Path(record["path"])
-            for name, digest in record["files"].items():  # the sha256 of the files actually read
+            # the sha256 of the files actually read (preprocessing records carry no local path)
+            if "path" in record:
+                folder = Path(record["path"])
+            else:
+                folder = cache / f"models--{record['repo_id'].replace('/', '--')}" / "snapshots" / record["revision"]
+            for name, digest in record["files"].items():
                 assert sha256_file(folder / name if folder.is_dir() else folder) == digest
         assert str(cache) in recorded["model.mask2former_weights"]["path"]
     # the checkpoint carries the same record (used where the run's folder is gone)

@@ -51,6 +51,17 @@ def test_frozen_pretrained_vggish_is_rebuilt_from_its_spec_not_stored(tmp_path, 
     assert torch.equal(rebuilt.audio_encoder(logmel), model.audio_encoder(logmel))
     assert not any(p.requires_grad for p in rebuilt.audio_encoder.parameters())
 
+    # the same spec resolving to other files (another cache, a re-pushed revision) is refused
+    from tests.standins import VGGISH_FILE, VGGISH_REPO, hub_cache_entry
+
+    def other_vggish(folder):
+        torch.save({k: v + 1 for k, v in model.audio_encoder.state_dict().items()}, folder / VGGISH_FILE)
+
+    hub_cache_entry(tmp_path / "other-hf", VGGISH_REPO, other_vggish, revision=spec.split("@")[1])
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "other-hf"))
+    with pytest.raises(DataError, match=r"model.vggish_weights: trained with harritaylor/torchvggish@.*differ"):
+        load_model(path)
+
 
 def test_frozen_text_model_is_not_stored(tmp_path):
     model = SSPModel(SSPConfig.tiny(1, text="vta", num_points=64))
