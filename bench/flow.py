@@ -16,9 +16,10 @@ Measures, on this machine:
    the masks against the union of the objects that move at each frame (from each
    video's scene.json), and how many frames where nothing moves still get a mask.
 
-DIS presets always run; RAFT and Perceiver IO only when their local weights are given
-(``--raft-weights``, ``--perceiver-weights``); otherwise they are listed as
-"no local weights". Nothing is downloaded.
+DIS presets always run; RAFT and Perceiver IO only when their weights are given
+(``--raft-weights``, ``--perceiver-weights``: a local path or a hub id ``org/name@revision``,
+resolved by ssp/hub.py, from the cache with ``HF_HUB_OFFLINE=1``); otherwise they are
+listed as "no weights given".
 
     .venv/bin/python bench/flow.py                      # table to stdout
     .venv/bin/python bench/flow.py --json results.json  # and the raw numbers
@@ -99,7 +100,7 @@ def bench_methods(args: argparse.Namespace) -> list[dict]:
     rows = []
     for label, method, options in methods_to_run(args):
         if options is None:
-            rows.append({"method": label, "status": "no local weights"})
+            rows.append({"method": label, "status": "no weights given"})
             continue
         estimator = build_estimator(method, **options)
         (flow,) = estimator([left], [right])
@@ -275,8 +276,8 @@ def markdown(method_rows: list[dict], stage_rows: list[dict], quality_rows: list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--raft-weights", help="local torchvision RAFT state dict (small or large)")
-    parser.add_argument("--perceiver-weights", help="local PerceiverForOpticalFlow save_pretrained folder")
+    parser.add_argument("--raft-weights", help="torchvision RAFT state dict (small or large): path or hub id")
+    parser.add_argument("--perceiver-weights", help="PerceiverForOpticalFlow save_pretrained folder or hub id")
     parser.add_argument("--device", default=None, help="torch device for raft/perceiver (default: cuda if available)")
     parser.add_argument("--min-seconds", type=float, default=2.0, help="time each speed measurement at least this long")
     parser.add_argument(

@@ -69,6 +69,7 @@ HUB_FILES: dict[str, tuple[str, ...]] = {
 }
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
+_RESOLVED: dict[tuple, ResolvedWeights] = {}  # see resolve_weights
 _LOCK = threading.Lock()
 
 
@@ -125,6 +126,21 @@ def resolve_weights(spec: str, what: str, allow_patterns: Iterable[str] | None =
     if not spec or not str(spec).strip():
         raise DataError(what, "no weights given (empty spec)")
     spec = str(spec).strip()
+    # resolved once per process: a model reads Mask2Former's config.json and then its weights,
+    # and a floating spec must not move to another commit between the two
+    key = (spec, what, tuple(allow_patterns) if allow_patterns is not None else None, _cache_dir())
+    with _LOCK:
+        known = _RESOLVED.get(key)
+    if known is not None and known.path.exists():
+        return known
+    resolved = _resolve(spec, what, allow_patterns)
+    if resolved.source != "local":  # a local file may be rewritten in place: always looked at again
+        with _LOCK:
+            _RESOLVED[key] = resolved
+    return resolved
+
+
+def _resolve(spec: str, what: str, allow_patterns: Iterable[str] | None) -> ResolvedWeights:
     if spec.startswith(("https://", "http://")):
         path = _url_file(spec, what)
         return ResolvedWeights(what=what, spec=spec, source="url", path=path, files=_digests(path))

@@ -135,8 +135,9 @@ class ModelParams:
     text_injection: str | None = None
     num_points: int | None = None  # points sampled per mask in the loss (None: the size preset's)
     # pretrained weights: a local path or a hub id "org/name@revision" (ssp/hub.py);
-    # "" = random init; text_model/clip_model None = the preset's (tiny: the packaged MiniLM,
-    # no CLIP; paper: bert-base-uncased, CLIP ViT-B/16)
+    # "" = random init; text_model None = the packaged MiniLM (the demo's), clip_model None =
+    # none (VTA then needs text_visual_tokens: pixel_decoder). The paper profile names BERT-base
+    # and CLIP ViT-B/16 (conf/profile/paper.yaml); the paper preset itself names no weights
     text_model: str | None = None
     clip_model: str | None = None
     vggish_weights: str = ""

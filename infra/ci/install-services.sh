@@ -1,27 +1,58 @@
 #!/usr/bin/env bash
 # Installs what tests/infra/test_servers.py starts as real servers: Debian's PostgreSQL
-# server (MLflow's and Prefect's backend store). MLflow and Prefect come with the
-# Python environment. Idempotent and quick: does nothing when the binaries are there.
+# server (MLflow's and Prefect's backend store). MLflow and Prefect (and the psycopg
+# driver) come with the Python environment. Idempotent and quick: does nothing when the
+# binaries are there.
 #
-#   bash infra/ci/install-services.sh        # CI calls it before `make test`
+#   bash infra/ci/install-services.sh --require   # CI (.ci/run), before `make test`
+#   bash infra/ci/install-services.sh             # a laptop: installs if it can, else says so
+#
+# With --require (or SSP_NO_SKIPS / CI set to a true value, as under .ci/run) anything that
+# would make the server tests skip is an error here: no apt-get, no way to become root, no
+# `postgres` system user to own the cluster when running as root. (Under CI a skipped test
+# fails anyway: tests/conftest.py.) Without it, the script warns and exits 0, and the
+# server tests skip.
 #
 # Debian keeps the server binaries in /usr/lib/postgresql/<major>/bin (not on PATH);
 # the tests look there. No cluster is created or started here: each test run
 # initialises a throwaway one in a temp folder.
 set -euo pipefail
 
+truthy() { case "${1:-}" in "" | 0 | false | no) return 1 ;; *) return 0 ;; esac }
+REQUIRE=0
+if [ "${1:-}" = "--require" ] || truthy "${SSP_NO_SKIPS:-}" || truthy "${CI:-}"; then
+    REQUIRE=1
+fi
+
+# missing: an error under --require / CI, a warning (and the server tests skip) otherwise
+missing() {
+    if [ "$REQUIRE" = 1 ]; then
+        echo "install-services: ERROR: $1 (required under CI: the server tests would skip)" >&2
+        exit 1
+    fi
+    echo "install-services: $1; the real-server tests skip without it." >&2
+    exit 0
+}
+
+check_owner() {
+    # initdb and postgres refuse to run as root: the tests run them as the `postgres` user
+    if [ "$(id -u)" -eq 0 ] && ! getent passwd postgres >/dev/null; then
+        missing "running as root and there is no \`postgres\` system user to own the test cluster"
+    fi
+}
+
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    check_owner
     echo "install-services: PostgreSQL already installed ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))"
     exit 0
 fi
 if ! command -v apt-get >/dev/null; then
-    echo "install-services: no apt-get here; install a PostgreSQL server (initdb, postgres) yourself." \
-         "The real-server tests skip without it." >&2
-    exit 0
+    missing "no apt-get here; install a PostgreSQL server (initdb, postgres) yourself"
 fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || missing "not root and no sudo: cannot apt-get install postgresql"
     SUDO="sudo"
 fi
 
@@ -37,4 +68,5 @@ compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || {
     echo "install-services: postgresql installed but no /usr/lib/postgresql/*/bin/initdb" >&2
     exit 1
 }
+check_owner
 echo "install-services: installed PostgreSQL ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))"

@@ -74,7 +74,13 @@ from ssp.fileio import atomic_path, write_json, write_text
 from ssp.metrics import BinaryMeter, SemanticMeter
 from ssp.models import SSPConfig, SSPModel
 from ssp.models.adapters import apply_recipe, reinit_swin_adapters
-from ssp.models.checkpoint import load_model, load_weights_into
+from ssp.models.checkpoint import (
+    check_same_pretrained,
+    load_model,
+    load_weights_into,
+    read_weights,
+    without_weight_specs,
+)
 from ssp.models.criterion import SSPCriterion
 from ssp.ops.tracking import EXPERIMENTS, RunLogger
 from ssp.params import ModelParams, Params, TrainParams, add_params_arguments, stage_params
@@ -271,8 +277,14 @@ def resume_progress(trainer: Trainer, resume: bool) -> tuple[Progress, TrainingS
     weights_path, state_path = last
     state = read_training_state(state_path)
     saved_config = state.extra.get("config")
-    if saved_config is not None and saved_config != trainer.config.to_dict():
+    if saved_config is not None and without_weight_specs(saved_config) != without_weight_specs(
+        trainer.config.to_dict()
+    ):
         raise SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
+    # the same pretrained files, however their specs are written (`ssp weights --pin` turns
+    # org/name into org/name@<the commit it resolved to>)
+    _, _, info = read_weights(weights_path)
+    check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
     load_weights_into(trainer.model, weights_path)
     progress.position = state.position
     progress.history = state.extra.get("history", [])

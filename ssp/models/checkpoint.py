@@ -171,17 +171,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", **config_ov
     from ssp.models.ssp import SSPModel  # noqa: PLC0415
 
     model = SSPModel(config)
-    _check_rebuilt_encoders(path, info.get("pretrained", {}), model.pretrained_weights())
+    check_same_pretrained(path, info.get("pretrained", {}), model.pretrained_weights())
     # the training-time record of what the file's own weights replaced, kept if saved again
     model.resolved_weights = {**info.get("pretrained", {}), **model.pretrained_weights()}
     load_weights_into(model, path, state)
     return model.to(device).eval(), config, info
 
 
-def _check_rebuilt_encoders(path: str | Path, trained: dict[str, dict], rebuilt: dict[str, dict]) -> None:
-    """The frozen encoders rebuilt from their specs must be the files the model was trained
-    with (same sha256): a floating hub spec, a replaced local folder or another machine's
-    copy would otherwise change the evaluated model without a word."""
+# SSPConfig fields that name pretrained weights: their spelling may change (a pinned
+# commit, another cache path) while the files stay the same, which check_same_pretrained checks
+WEIGHT_SPEC_FIELDS = ("mask2former_weights", "vggish_weights", "backbone_weights", "text_model", "clip_model")
+
+
+def without_weight_specs(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in WEIGHT_SPEC_FIELDS}
+
+
+def check_same_pretrained(path: str | Path, trained: dict[str, dict], rebuilt: dict[str, dict]) -> None:
+    """Pretrained parts resolved now must be the files a checkpoint was trained with (same
+    sha256): a floating hub spec, a replaced local folder or another machine's copy would
+    otherwise change the evaluated (or resumed) model without a word."""
     for what, record in rebuilt.items():
         before = trained.get(what)
         if before and before.get("files") and before["files"] != record.get("files"):

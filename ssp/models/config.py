@@ -5,11 +5,11 @@ so that a run's params (``params.yaml``), its checkpoint and its MLflow record a
 the same dict (``to_dict()`` / ``from_dict()``). Two presets share one code path:
 
 - ``SSPConfig.paper(stage)``: AAVS as published -- Mask2Former with a Swin-B backbone
-  (the Hugging Face Mask2Former Swin-B, so that Mask2Former/AAVS checkpoints load from
-  a local path), 384x384 input, 256-d, 10 decoder layers, 30 queries for AVS (stage 1)
+  (the Hugging Face Mask2Former Swin-B, so that Mask2Former/AAVS checkpoints load by name,
+  from a hub id or a local path), 384x384 input, 256-d, 10 decoder layers, 30 queries for AVS (stage 1)
   and 100 for AVSS (stage 2), VGGish audio encoder; SSP's components as §4 defines them
-  (:data:`PAPER_COMPONENTS`): BERT-base text model and CLIP ViT-B/16 visual tokens for VTA
-  (by hub id), the refined text cross-attended by the pixel decoder's maps, binary
+  (:data:`PAPER_COMPONENTS`): CLIP visual tokens for VTA (BERT-base and CLIP ViT-B/16 named
+  by the paper profile), the refined text cross-attended by the pixel decoder's maps, binary
   stepping stones at test, L'_mask as a mask prediction loss against M_Post; AAVS's
   training recipe (:data:`PAPER_RECIPE`: frozen Mask2Former, adapters, drop path 0.3).
   A Mask2Former ``config.json`` beside ``mask2former_weights`` sets the architecture

@@ -205,7 +205,8 @@ def scenario_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_sweep(points, out: Path) -> Path | None:
+def sweep_figure(points) -> Figure | None:
+    """Fig. 5: AVSS mIoU and F-score against λ'_mask (None without points)."""
     if not points:
         return None
     fig = Figure(figsize=(5, 3.2))
@@ -220,14 +221,28 @@ def plot_sweep(points, out: Path) -> Path | None:
     ax.set_title("Full model vs λ'_mask (paper Fig. 5)")
     ax.legend()
     fig.tight_layout()
-    path = out / "lambda_sweep.png"
+    return fig
+
+
+PLOT_DPI = 120
+
+
+def save_figure(fig: Figure | None, path: Path) -> Path | None:
+    """Write ``fig`` as a PNG (120 dpi), atomically; None when there is no figure."""
+    if fig is None:
+        return None
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
+        fig.savefig(tmp, dpi=PLOT_DPI)
     return path
 
 
-def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
-    """Horizontal bars of each row's S4, MS3 and AVSS mIoU (a missing cell draws no bar)."""
+def plot_sweep(points, out: Path) -> Path | None:
+    return save_figure(sweep_figure(points), out / "lambda_sweep.png")
+
+
+def ablation_figure(ours: dict[str, tuple]) -> Figure | None:
+    """Horizontal bars of each row's S4, MS3 and AVSS mIoU (a missing cell draws no bar);
+    None without any row."""
     if not ours:
         return None
     rows = [r for r in TABLE2 if r in ours]
@@ -243,10 +258,11 @@ def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
     ax.set_title("Ablation (paper Table 2 rows) on this dataset")
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path = out / "ablation.png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    return path
+    return fig
+
+
+def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
+    return save_figure(ablation_figure(ours), out / "ablation.png")
 
 
 def samples_section(samples: Path | None, out: Path) -> list[str]:

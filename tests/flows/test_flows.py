@@ -77,6 +77,7 @@ def test_stage_order_follows_dependencies(tmp_path):
     assert stage_order(proj, ["train"]) == ["synth", "validate", "train"]
 
 
+@pytest.mark.slow  # > 20 s: Prefect flows over a DVC project, several runs
 def test_reproduce_runs_stages_then_skips_them_and_nests_runs(tmp_path, mlflow_store, prefect_harness):
     from flows.reproduce import reproduce
 
@@ -108,6 +109,7 @@ def test_failed_validation_stops_the_flow_before_downstream(tmp_path, mlflow_sto
     assert not list(proj.glob("sweep_*.json"))
 
 
+@pytest.mark.slow  # > 20 s: Prefect flows over a DVC project, several runs
 def test_retrain_runs_only_when_something_changed(tmp_path, mlflow_store, prefect_harness):
     from flows.retrain import retrain
 

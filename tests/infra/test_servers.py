@@ -315,6 +315,7 @@ TINY_TRAINING = [
 ]
 
 
+@pytest.mark.slow  # > 20 s: starts PostgreSQL and a server
 @pytest.mark.servers
 def test_training_logs_to_the_mlflow_server_with_postgres_backend(mlflow_server, postgres, tmp_path, monkeypatch):
     from mlflow import MlflowClient
@@ -441,6 +442,7 @@ def prefect_server(postgres, tmp_path):
             print(service.tail())
 
 
+@pytest.mark.slow  # > 20 s: starts PostgreSQL and a server
 @pytest.mark.servers
 def test_retrain_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     pool = "ssp-test-pool"

@@ -1,10 +1,13 @@
 """ssp.report.drawing: overlays with legends, the Fig. 8 sample grid layout, PNGs and their
-MLflow artifact (the ablation grid from checkpoints is tests/report/test_samples.py)."""
+MLflow artifact (the ablation grid from checkpoints is tests/report/test_samples.py); the
+overlays that training (``write_overlays``) and ``ssp predict`` write, checked pixel by
+pixel against the class colours of the release palette (tests/avsbench_fixtures.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ssp.data.palette import index_to_colour
@@ -20,7 +23,7 @@ from ssp.report.drawing import (
     sample_grid,
     write_png,
 )
-from tests.avsbench_fixtures import CLASS_NAMES
+from tests.avsbench_fixtures import CLASS_NAMES, PALETTE
 
 
 def _frame(h=40, w=60, value=100):
@@ -83,3 +86,97 @@ def test_write_png_and_log_sample_grid(tmp_path, mlflow_store):
         log_sample_grid(run, grid, name="again.png")
     names = sorted(a.path for a in get_client().list_artifacts(run.run_id, "samples"))
     assert names == ["samples/again.png", "samples/grid.png"]
+
+
+def _scene(h=48, w=64):
+    """A textured frame and a class mask with two classes at known places."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    frame = np.stack([(3 * xx) % 256, (5 * yy) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    mask = np.zeros((h, w), np.int64)
+    mask[5:20, 8:30] = 7
+    mask[25:45, 40:60] = 15
+    return frame, mask
+
+
+def _expected_blend(frame, mask, alpha=0.55):
+    out = frame.astype(np.float64)
+    fg = mask > 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * PALETTE[mask[fg]]
+    return out
+
+
+def test_predict_writes_overlays_with_the_class_colour_where_the_mask_is(tmp_path):
+    """``ssp predict``'s outputs for one frame with a known class map: masks/0.png holds the
+    classes, overlays/0.png the frame tinted with each class's colour exactly there (and
+    untouched elsewhere), then the legend; the video's frame shows the same colours."""
+    import av
+
+    from ssp.eval.predict import write_outputs
+
+    frame, mask = _scene()
+    per_frame, video_classes = write_outputs(
+        tmp_path, [frame], [(mask, np.ones(mask.shape, np.float32))], CLASS_NAMES, [0.0], 1.0, None
+    )
+    assert video_classes == [7, 15]
+    assert {c["index"] for c in per_frame[0]["classes"]} == {0, 7, 15}
+    assert (np.asarray(Image.open(tmp_path / "masks" / "0.png")) == mask).all()
+    image = np.asarray(Image.open(tmp_path / "overlays" / "0.png").convert("RGB"))
+    error = np.abs(image[:48] - _expected_blend(frame, mask)).max()
+    assert error <= 1, f"overlays/0.png is off by up to {error:.0f} from the frame blended with its mask"
+    assert (image[:48][mask == 0] == frame[mask == 0]).all()
+    assert (image[10, 15] != frame[10, 15]).any() and (image[30, 50] != frame[30, 50]).any()
+    for k in (7, 15):  # the legend's swatches
+        assert (image[48:] == PALETTE[k]).all(-1).sum() >= 8 * 8, k
+    with av.open(str(tmp_path / "overlay.mp4")) as container:
+        video = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    expected = _expected_blend(frame, mask)
+    for y, x in ((12, 18), (35, 50), (2, 2)):  # inside each class, and background (H.264: near)
+        assert np.abs(video[y, x] - expected[y, x]).max() <= 24, (y, x, video[y, x], expected[y, x])
+
+
+class _Planted(torch.nn.Module):
+    """A stand-in model whose scores are given: what write_overlays draws is known."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def predict(self, inputs):
+        assert "masks" not in inputs  # the model never sees the GT
+        return self.scores
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_training_overlays_show_frame_gt_and_prediction_in_class_colours(tmp_path, stage):
+    """write_overlays: frame | GT | prediction, side by side, the masks in palette colours."""
+    from types import SimpleNamespace
+
+    from ssp.engine.train import write_overlays
+
+    frame, gt = _scene()
+    pred = np.zeros_like(gt)
+    pred[30:40, 4:20] = 1 if stage == 1 else 23  # not where the GT is: a prediction of its own
+    if stage == 1:
+        scores = torch.from_numpy(np.where(pred > 0, 3.0, -3.0))[None].float()  # N x S x S logits
+    else:
+        scores = torch.zeros(1, 71, *gt.shape)
+        scores[0, 0] = 1.0
+        scores[0, 23][torch.from_numpy(pred > 0)] = 2.0
+    batch = {
+        "frames": torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255,
+        "masks": torch.from_numpy(gt)[None],
+        "labelled": torch.tensor([True]),
+        "uid": ["clip"],
+        "video_index": torch.tensor([0]),
+        "frame_index": torch.tensor([3]),
+    }
+    (path,) = write_overlays(
+        _Planted(scores), [batch], SimpleNamespace(stage=stage), torch.device("cpu"), tmp_path, count=5
+    )
+    assert path.name == "clip_3.png"
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape == (48, 3 * 64, 3)
+    assert (image[:, :64] == frame).all(), "left panel: not the frame"
+    assert (image[:, 64:128] == PALETTE[gt]).all(), "middle panel: not the GT mask in class colours"
+    assert (image[:, 128:] == PALETTE[pred]).all(), "right panel: not the prediction in class colours"
+    assert (image[35, 128 + 10] == PALETTE[pred[35, 10]]).all() and pred[35, 10] > 0

@@ -1,11 +1,14 @@
+import io
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from ssp.cli import main as cli
 from ssp.errors import SSPError
 from ssp.paper import COLUMNS, TABLE2
-from ssp.report.report import build_report, row_numbers
+from ssp.report.report import PLOT_DPI, ablation_figure, ablation_table, build_report, row_numbers, sweep_figure
 
 
 def result(s4, ms3, avss, scenarios=None):
@@ -144,3 +147,94 @@ def test_sample_grid_is_linked_relative_to_the_report_when_it_exists(tmp_path):
     assert text.index("## Ablation") < text.index("![ablation samples]") < text.index("## λ'_mask sweep")
     assert cli(["report", "--metrics", str(tmp_path / "m"), "--out", str(tmp_path / "r"), "--samples", str(grid)]) == 0
     assert "![ablation samples](../reports/samples/ablation_grid.png)" in (tmp_path / "r" / "report.md").read_text()
+
+
+def render(fig) -> np.ndarray:
+    """The figure as the report writes it (PNG at PLOT_DPI), as an RGB array."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PLOT_DPI)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def pixel_at(fig, ax, image: np.ndarray, x: float, y: float, dx: int = 0) -> np.ndarray:
+    """The image's pixel at data point (x, y) of ``ax``, shifted ``dx`` pixels right."""
+    px, py = ax.transData.transform((x, y)) * PLOT_DPI / fig.dpi
+    return image[int(round(image.shape[0] - py)), int(round(px)) + dx]
+
+
+def assert_same_image(path, image: np.ndarray) -> None:
+    written = np.asarray(Image.open(path).convert("RGB"))
+    assert written.shape == image.shape, f"{path}: {written.shape}, not the figure's {image.shape}"
+    assert (written == image).all(), f"{path}: not the figure ({(written != image).any(-1).sum()} pixels differ)"
+
+
+def test_ablation_plot_draws_the_numbers_it_was_given(tmp_path):
+    """Bars read back from the figure's artists and from the PNG ``ssp report`` writes:
+    one bar per row and column, as long as the number in the metrics files, at its row."""
+    metrics = tmp_path / "metrics"
+    rows = [r for r in TABLE2 if r != "text_att"]  # one row without any run: no bars
+    expected = {}  # label -> (S4, MS3, AVSS) mIoU in %
+    for i, row in enumerate(rows):
+        s4, ms3, avss = 50 + 4 * i, 30 + 5 * i, 10 + 6 * i
+        write(cell(metrics, row), result(0.99, 0.99, avss / 100))
+        if row != "pre_mask":  # no stage-1 run: its S4 and MS3 bars have no length
+            write(avs_cell(metrics, row), stage1_result(s4 / 100, ms3 / 100))
+        expected[TABLE2[row].label] = (s4, ms3, avss) if row != "pre_mask" else (0, 0, avss)
+    _, _, ours = ablation_table(metrics)
+    fig = ablation_figure(ours)
+    image = render(fig)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == [TABLE2[r].label for r in rows]  # Table 2 order, top to bottom
+    series = {c.get_label(): c for c in ax.containers}
+    assert list(series) == ["S4 mIoU", "MS3 mIoU", "AVSS mIoU"]
+    legend = ax.get_legend().get_window_extent().expanded(1.1, 1.3)
+    checked = 0
+    for k, bars in enumerate(series.values()):
+        assert len(bars) == len(rows)
+        colour = np.round(np.asarray(bars[0].get_facecolor()[:3]) * 255)
+        assert (colour != 255).any(), "white bars on a white background"
+        for tick, label, bar in zip(ax.get_yticks(), labels, bars):
+            value = expected[label][k]
+            assert bar.get_x() == 0 and bar.get_width() == pytest.approx(value)
+            centre = bar.get_y() + bar.get_height() / 2
+            assert abs(centre - tick) < 0.5  # the bar sits at its row's label
+            if value == 0:
+                continue
+            # in the PNG: the bar's colour up to its end, not beyond it (points under the legend aside)
+            x, y = ax.transData.transform((value, centre))
+            if legend.contains(x - 4, y) or legend.contains(x + 4, y):
+                continue
+            assert (pixel_at(fig, ax, image, value, centre, dx=-3) == colour).all(), (label, k)
+            assert (pixel_at(fig, ax, image, value, centre, dx=3) != colour).any(), (label, k)
+            checked += 1
+    assert checked >= 12
+    # the PNG the report writes is this figure
+    build_report(metrics, tmp_path / "reports")
+    assert_same_image(tmp_path / "reports" / "ablation.png", image)
+
+
+def test_sweep_plot_draws_the_numbers_it_was_given(tmp_path):
+    metrics = tmp_path / "metrics"
+    for lam, m in [(1, 0.12), (10, 0.16), (50, 0.11)]:
+        write(metrics / "sweep" / f"lambda_{lam}.json", result(0.5, 0.4, m))
+    write(cell(metrics, "full"), result(0.5, 0.4, 0.1))
+    build_report(metrics, tmp_path / "reports")
+    fig = sweep_figure([(1, 12.0, 14.0), (10, 16.0, 18.0), (50, 11.0, 13.0)])
+    image = render(fig)
+    (ax,) = fig.axes
+    miou, fscore = ax.get_lines()
+    assert miou.get_label() == "AVSS mIoU" and fscore.get_label() == "AVSS F-score"
+    assert miou.get_xydata().tolist() == [[1, 12], [10, 16], [50, 11]]
+    assert fscore.get_xydata().tolist() == [[1, 14], [10, 18], [50, 13]]
+    for line in (miou, fscore):  # each marker in the PNG, in its line's colour
+        colour = np.round(np.asarray(matplotlib_rgb(line.get_color())) * 255)
+        for x, y in line.get_xydata():
+            assert (np.abs(pixel_at(fig, ax, image, x, y).astype(int) - colour) <= 2).all(), (line.get_label(), x)
+    assert_same_image(tmp_path / "reports" / "lambda_sweep.png", image)
+
+
+def matplotlib_rgb(colour) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)

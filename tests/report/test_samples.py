@@ -15,7 +15,7 @@ from PIL import Image
 
 from ssp.cli import main as cli
 from ssp.errors import SSPError
-from tests.avsbench_fixtures import write_semantic_dataset
+from tests.avsbench_fixtures import PALETTE, write_semantic_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,6 +157,81 @@ def test_samples_command_writes_the_grid_logs_it_and_the_report_links_it(ablatio
     assert (path.parent / "samples" / "ablation_grid.png").is_file()
     _, text = build_report(metrics, s["root"] / "elsewhere", samples=out)
     assert "![ablation samples](../reports/samples/ablation_grid.png)" in text
+
+
+# The predictions the rows' models are made to give (their scores replaced after the real
+# predict loop): a class in a known region, different for each row, so that the grid
+# shows which row is which. Keyed by the model's pre_mask switch: the full row / AAVS row.
+PLANTED = {True: (5, "top"), False: (9, "left")}
+
+
+def planted_region(size: int, where: str) -> np.ndarray:
+    region = np.zeros((size, size), bool)
+    if where == "top":
+        region[: size // 2] = True
+    else:
+        region[:, : size // 2] = True
+    return region
+
+
+def blended(frame: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The frame with each pixel of class k > 0 mixed 45/55 with the release palette's
+    colour of k (written here, not with ssp's drawing code)."""
+    out = frame.astype(np.float64)
+    fg = classes > 0
+    out[fg] = 0.45 * out[fg] + 0.55 * PALETTE[classes[fg]]
+    return out
+
+
+def cell_of(grid: np.ndarray, row: int, column: int, size: int = 64, label_width: int = 110) -> np.ndarray:
+    """Panel (row, column) of a sample grid: rows and columns are 2 px apart."""
+    y, x = row * (size + 2), label_width + 2 + column * (size + 2)
+    return grid[y : y + size, x : x + size]
+
+
+def test_every_grid_row_shows_the_mask_it_claims(ablation_setup, monkeypatch):
+    """Frame row = the frame on disk; GT row = the frame tinted where the mask file has a
+    class, in that class's colour; each model row = the frame tinted where that row's model
+    predicts, in the predicted class's colour; the legend has a swatch of every class shown."""
+    import ssp.report.samples as samples
+
+    real = samples.predict_batches
+
+    def planted(model, batches, device=None, *args, **kwargs):
+        label, where = PLANTED[bool(model.config.pre_mask)]
+        for batch, scores in real(model, batches, device, *args, **kwargs):
+            fake = torch.zeros_like(scores)  # N x C x S x S: argmax = background ...
+            fake[:, label][:, torch.from_numpy(planted_region(scores.shape[-1], where))] = 1.0  # ... but here
+            yield batch, fake
+
+    monkeypatch.setattr(samples, "predict_batches", planted)
+    s = ablation_setup
+    out = s["root"] / "grid.png"
+    assert cli(samples_args(s, out, "--no-track")) == 0  # rows: full, then aavs (ablation.rows)
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    uids = ["v2_piano", "v2_car_man", "v2_dog", "v2_cat"]  # pick_clips' choice (its own test)
+    shown = {5, 9}
+    for c, uid in enumerate(uids):
+        video = s["data"] / "v2" / uid
+        frame = np.asarray(Image.open(video / "frames" / "0.jpg").convert("RGB"))
+        assert (cell_of(grid, 0, c) == frame).all(), f"{uid}, row 0: not the frame on disk"
+        # the GT colour mask decoded with the release palette, here
+        rgb = np.asarray(Image.open(video / "labels_rgb" / "0.png").convert("RGB"))
+        gt = (rgb[:, :, None, :] == PALETTE[None, None]).all(-1).argmax(-1)
+        assert (gt > 0).sum() > 20, uid
+        shown |= {int(k) for k in np.unique(gt) if k}
+        for row, classes in (
+            (3, gt),
+            (4, np.where(planted_region(64, "top"), 5, 0)),  # Full model
+            (5, np.where(planted_region(64, "left"), 9, 0)),  # AAVS
+        ):
+            error = np.abs(cell_of(grid, row, c) - blended(frame, classes)).max()
+            assert error <= 1, f"{uid}, row {row}: off by up to {error:.0f} from its mask"
+    # one legend under the grid for every class shown: a swatch in each one's colour
+    below = grid[6 * 66 :]
+    assert len(shown) == 2 + 5  # piano, car, man, dog, cat
+    for k in shown:
+        assert (below == PALETTE[k]).all(-1).sum() >= 8 * 8, k
 
 
 def test_samples_go_into_the_pipeline_parent_run(ablation_setup, mlflow_store, monkeypatch):
