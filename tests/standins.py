@@ -182,26 +182,32 @@ PERCEIVER_FLOW_REPO = "deepmind/optical-flow-perceiver"
 MINICPM_REPO = "openbmb/MiniCPM-o-2_6"
 
 
+def reduced_perceiver_flow_config():
+    """PerceiverForOpticalFlow's config reduced: a few latents, one self-attention, 24×32
+    training tiles."""
+    from transformers import PerceiverConfig
+
+    return PerceiverConfig(
+        num_latents=8,
+        d_latents=16,
+        num_blocks=1,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=1,
+        num_cross_attention_heads=1,
+        train_size=[24, 32],
+    )
+
+
 def perceiver_flow_standin(cache: Path, seed: int = 0, revision: str | None = None) -> str:
     """``PerceiverForOpticalFlow.save_pretrained`` (config.json + model.safetensors, the
-    files the stage fetches from deepmind/optical-flow-perceiver) of a reduced config: a
-    few latents, one self-attention, 24×32 training tiles. ``seed``: another seed makes
-    other weights, i.e. another revision."""
+    files the stage fetches from deepmind/optical-flow-perceiver) of the reduced config.
+    ``seed``: another seed makes other weights, i.e. another revision."""
     import torch
-    from transformers import PerceiverConfig, PerceiverForOpticalFlow
+    from transformers import PerceiverForOpticalFlow
 
     def write(folder: Path) -> None:
         torch.manual_seed(seed)
-        config = PerceiverConfig(
-            num_latents=8,
-            d_latents=16,
-            num_blocks=1,
-            num_self_attends_per_block=1,
-            num_self_attention_heads=1,
-            num_cross_attention_heads=1,
-            train_size=[24, 32],
-        )
-        PerceiverForOpticalFlow(config).save_pretrained(folder)
+        PerceiverForOpticalFlow(reduced_perceiver_flow_config()).save_pretrained(folder)
 
     return hub_cache_entry(cache, PERCEIVER_FLOW_REPO, write, revision)
 

@@ -125,20 +125,13 @@ def test_raft_weights_errors(tmp_path, raft_small_weights):
 
 @pytest.fixture(scope="module")
 def tiny_perceiver_dir(tmp_path_factory) -> Path:
-    from transformers import PerceiverConfig, PerceiverForOpticalFlow
+    from transformers import PerceiverForOpticalFlow
+
+    from tests.standins import reduced_perceiver_flow_config
 
     torch.manual_seed(0)
-    config = PerceiverConfig(
-        num_latents=8,
-        d_latents=16,
-        num_blocks=1,
-        num_self_attends_per_block=1,
-        num_self_attention_heads=1,
-        num_cross_attention_heads=1,
-        train_size=[24, 32],
-    )
     path = tmp_path_factory.mktemp("perceiver") / "tiny-perceiver-flow"
-    PerceiverForOpticalFlow(config).save_pretrained(path)
+    PerceiverForOpticalFlow(reduced_perceiver_flow_config()).save_pretrained(path)
     return path
 
 
