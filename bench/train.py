@@ -12,10 +12,8 @@
    spells then hit both). Reported: medians over all rounds' steps, clips/s (clip = one
    video), the ratio full step / bare forward+backward (acceptance: <= 1.15) overall and
    per round.
-2. Paper model (``SSPConfig.paper``: HF Swin-B Mask2Former, 10 decoder layers, VGGish):
-   a few forward+SSP-loss+backward+AdamW steps on a preloaded batch at ``--paper-size``
-   (default 384, the paper's) with ``--paper-frames`` frames (random init; the speed
-   does not depend on the weights).
+2. The paper model's step is timed by ``bench/paper_gpu.py`` (the paper profile as
+   ``ssp train`` builds it, with AAVS's recipe; ``--device cpu`` on this machine).
 
     .venv/bin/python bench/train.py --data data/synth --logmel data/logmel
 """
@@ -41,7 +39,7 @@ from ssp.data.datasets import collate_frames
 from ssp.engine.inputs import InputDirs, build_dataset
 from ssp.engine.train import build_model_config, build_optimizer, model_switches, train
 from ssp.fileio import write_json
-from ssp.models import SSPConfig, SSPModel
+from ssp.models import SSPModel
 from ssp.models.criterion import SSPCriterion
 from ssp.params import load_params
 
@@ -155,32 +153,6 @@ def bench_tiny(args) -> dict:
     }
 
 
-def bench_paper(args) -> dict:
-    config = SSPConfig.paper(1, image_size=args.paper_size, allow_random_init=True)  # timing only
-    torch.manual_seed(0)
-    model = SSPModel(config).train()
-    criterion = SSPCriterion(config)
-    optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], 1e-3, 0.05)
-    n, s = args.paper_frames, args.paper_size
-    batch = {
-        "frames": torch.rand(n, 3, s, s),
-        "logmel": torch.randn(n, 96, 64),
-        "masks": (torch.rand(n, s, s) > 0.7).long(),
-        "labelled": torch.ones(n, dtype=torch.bool),
-    }
-    _, _, with_optimizer = step_functions(model, criterion, optimizer, batch)
-    t = median_time(with_optimizer, args.paper_steps, warmup=1)
-    return {
-        "model": "paper",
-        "image_size": s,
-        "frames_per_step": n,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "fwd_loss_bwd_adamw_s": t,
-        "frames_per_s": n / t,
-        "clips_per_s_5_frame_clips": n / t / 5,
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("data/synth"))
@@ -204,10 +176,6 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per bare measurement and round")
     parser.add_argument("--rounds", type=int, default=3, help="loop/bare measurement rounds (interleaved)")
-    parser.add_argument("--paper-size", type=int, default=384)
-    parser.add_argument("--paper-frames", type=int, default=2)
-    parser.add_argument("--paper-steps", type=int, default=3)
-    parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
     demo = load_params(ROOT / "params.yaml").train1  # the active profile's, as `make demo` trains
@@ -216,8 +184,6 @@ def main() -> int:
     args.cache = demo.cache_in_memory if args.cache is None else args.cache
 
     results = {"torch_threads": torch.get_num_threads(), "tiny": bench_tiny(args)}
-    if not args.skip_paper:
-        results["paper"] = bench_paper(args)
     print(json.dumps(results, indent=2))
     if args.out:
         write_json(args.out, results)

@@ -48,7 +48,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # a spec ending like a weights file is a local path (a missing file must not be looked up on the hub)
 _FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl", ".h5", ".npz")
 
-# What each weights param fetches of a hub repository (repositories also hold pickled .bin,
+# The params that name pretrained weights, and what each fetches of a hub repository (repositories also hold pickled .bin,
 # TF and Flax copies of the same weights, which are never read here); `ssp weights` and the
 # loaders resolve with the same list, so a pre-fetch fetches exactly what a run reads.
 HUB_FILES: dict[str, tuple[str, ...]] = {
@@ -89,6 +89,21 @@ class ResolvedWeights:
         record = asdict(self)
         record["path"] = str(self.path)
         return record
+
+    def weights_file(self, suffixes: tuple[str, ...], prefer: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> Path:
+        """The one state-dict file of the spec: the file itself, else the first of ``prefer``
+        in the folder, else its only top-level file ending in one of ``suffixes`` (names
+        containing a ``skip`` word left out); anything else is a DataError naming ``what``."""
+        found = self.file(*prefer)
+        if found is not None:
+            return found
+        names = sorted(
+            n for n in self.files if "/" not in n and n.endswith(suffixes) and not any(w in n.lower() for w in skip)
+        )
+        if len(names) != 1:
+            wanted = " or ".join([*prefer, f"one {'/'.join(suffixes)} file"])
+            raise DataError(self.path, f"{self.what}: expected {wanted}, found {names}")
+        return self.path / names[0]
 
     def file(self, *names: str) -> Path | None:
         """The first of ``names`` present (self.path itself when it is a file)."""

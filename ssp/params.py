@@ -39,18 +39,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PARAMS = Path("params.yaml")
 CONF_DIR = "conf"  # beside params.yaml: config.yaml + profile/{name}.yaml (Hydra layout)
 DEFAULT_PROFILE = "demo"
-# params that name pretrained weights: a local path or a hub id "org/name@revision",
-# resolved by ssp/hub.py and recorded with every run (`ssp weights` lists them);
-# prompts.model is weights only for the hf backend
-WEIGHT_PARAMS = (
-    "model.mask2former_weights",
-    "model.backbone_weights",
-    "model.vggish_weights",
-    "model.text_model",
-    "model.clip_model",
-    "flow.weights",
-    "prompts.model",
-)
 
 
 # ---------------------------------------------------------------------------------------

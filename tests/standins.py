@@ -164,16 +164,17 @@ def vggish_standin(cache: Path, revision: str | None = None) -> str:
     """torchvggish's weights file (the full VGGish: its shape is fixed), random values, as
     the one .pth file of a hub repository."""
 
-    def write(folder: Path) -> None:
-        import torch
+    return hub_cache_entry(cache, VGGISH_REPO, lambda folder: _write_vggish(folder / VGGISH_FILE), revision)
 
-        from ssp.models.vggish import VGGish
 
-        torch.manual_seed(0)
-        state = {k: v.contiguous() for k, v in VGGish().state_dict().items()}
-        torch.save(state, folder / VGGISH_FILE)
+def _write_vggish(path: Path) -> None:
+    """torchvggish's state dict of a seeded random VGGish."""
+    import torch
 
-    return hub_cache_entry(cache, VGGISH_REPO, write, revision)
+    from ssp.models.vggish import VGGish
+
+    torch.manual_seed(0)
+    torch.save({k: v.contiguous() for k, v in VGGish().state_dict().items()}, path)
 
 
 # --------------------------------------------------------------------------- flow and MLLM
@@ -364,15 +365,11 @@ def minicpm_standin(cache: Path, seed: int = 0, revision: str | None = None) -> 
 def vggish_url_standin(url: str) -> Path:
     """torchvggish's file where ``ssp.hub`` keeps a URL spec's download (what a run that
     fetched it would find), written from the same stand-in as :func:`vggish_standin`."""
-    import torch
-
     from ssp.hub import url_cache_path
-    from ssp.models.vggish import VGGish
 
     path = url_cache_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save({k: v.contiguous() for k, v in VGGish().state_dict().items()}, path)
+    _write_vggish(path)
     return path
 
 

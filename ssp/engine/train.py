@@ -283,9 +283,9 @@ def resume_progress(trainer: Trainer, resume: bool) -> tuple[Progress, TrainingS
         raise SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
     # the same pretrained files, however their specs are written (`ssp weights --pin` turns
     # org/name into org/name@<the commit it resolved to>)
-    _, _, info = read_weights(weights_path)
+    weights, _, info = read_weights(weights_path)
     check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
-    load_weights_into(trainer.model, weights_path)
+    load_weights_into(trainer.model, weights_path, weights)
     progress.position = state.position
     progress.history = state.extra.get("history", [])
     progress.best = state.extra.get("best", best)

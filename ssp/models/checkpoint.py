@@ -76,27 +76,31 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 # ---------------------------------------------------------------------------------------
 # Model weights
 # ---------------------------------------------------------------------------------------
-def frozen_prefixes(config: Any) -> tuple[str, ...]:
+def frozen_prefixes(config: dict[str, Any]) -> tuple[str, ...]:
     """State-dict prefixes of frozen pretrained encoders that checkpoints do not store: they
     never change and are rebuilt from their weights spec (``text_model``, ``vggish_weights``).
     A pretrained VGGish is 72 M floats (288 MB) in every epoch's file otherwise."""
     prefixes = []
-    if not getattr(config, "text_trainable", False):
+    if not config.get("text_trainable", False):
         prefixes.append(FROZEN_TEXT_PREFIX)
     if _frozen_vggish(config):
         prefixes.append(FROZEN_AUDIO_PREFIX)
     return tuple(prefixes)
 
 
-def _frozen_vggish(config: Any) -> bool:
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    return get("audio_encoder") == "vggish" and bool(get("vggish_weights")) and bool(get("freeze_audio_encoder", True))
+def _frozen_vggish(config: dict[str, Any]) -> bool:
+    """A pretrained VGGish that does not train (``config``: ``SSPConfig.to_dict()``, as stored)."""
+    return (
+        config.get("audio_encoder") == "vggish"
+        and bool(config.get("vggish_weights"))
+        and bool(config.get("freeze_audio_encoder", True))
+    )
 
 
 def model_state(model: nn.Module) -> dict[str, Tensor]:
     """The weights worth storing: everything but frozen pretrained encoders (frozen_prefixes)."""
     model = getattr(model, "module", model)  # DDP
-    skip = frozen_prefixes(model.config)
+    skip = frozen_prefixes(model.config.to_dict())
     return {k: v for k, v in model.state_dict().items() if not (skip and k.startswith(skip))}
 
 

@@ -100,7 +100,7 @@ class VGGish(nn.Module):
         folder holding exactly one ``vggish*.pth`` / ``*.safetensors`` file. What was read
         is kept as ``model.resolved`` (id, revision, sha256) for the run's record."""
         resolved = resolve_weights(str(path), "model.vggish_weights")
-        path = _weights_file(resolved)
+        path = resolved.weights_file((".pth", ".pt", ".safetensors"), skip=("pca",))
         state = load_state_dict(path)
         has_pca = any(k.startswith("pproc.") for k in state)
         if pca_path is not None:
@@ -117,18 +117,6 @@ class VGGish(nn.Module):
         _load_checked(model, state, path)
         model.resolved = resolved.to_dict()
         return model.eval()
-
-
-def _weights_file(resolved) -> Path:
-    """The one weights file of a resolved VGGish spec (a file, or a folder/snapshot with one)."""
-    if resolved.path.is_file():
-        return resolved.path
-    names = [n for n in resolved.files if n.endswith((".pth", ".pt", ".safetensors")) and "pca" not in n.lower()]
-    if len(names) != 1:
-        raise DataError(
-            resolved.path, f"model.vggish_weights: expected one VGGish weights file (.pth/.safetensors), found {names}"
-        )
-    return resolved.path / names[0]
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

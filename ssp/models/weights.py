@@ -146,16 +146,7 @@ def resolve_mask2former(spec: str | Path) -> ResolvedWeights:
 def weights_file(resolved: ResolvedWeights) -> Path:
     """The state-dict file of a resolved spec: the file itself, a folder's
     ``model.safetensors``, or a folder's only weights file."""
-    found = resolved.file("model.safetensors")
-    if found is not None:
-        return found
-    candidates = sorted(p for p in resolved.path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    if len(candidates) != 1:
-        raise DataError(
-            resolved.path,
-            f"{WHAT}: expected model.safetensors or one weights file, found {[p.name for p in candidates]}",
-        )
-    return candidates[0]
+    return resolved.weights_file(WEIGHT_SUFFIXES, prefer=("model.safetensors",))
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ from typing import Any
 
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_text
-from ssp.hub import resolve_weights
-from ssp.params import CONF_DIR, WEIGHT_PARAMS, Params, add_params_arguments, stage_params
+from ssp.hub import HUB_FILES, resolve_weights
+from ssp.params import CONF_DIR, Params, add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def weight_specs(params: Params) -> dict[str, str]:
     """{param: spec} for every weights param that is set (``prompts.model`` only for the hf
     backend: for openai it is a served model's name, not weights)."""
     out = {}
-    for key in WEIGHT_PARAMS:
+    for key in HUB_FILES:  # every params key that names pretrained weights
         section, name = key.split(".")
         value = getattr(getattr(params, section), name, None)
         if key == "prompts.model" and params.prompts.backend != "hf":
