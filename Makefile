@@ -4,27 +4,42 @@
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
-# torch first (and alone): the pinned CPU/CUDA pair, so that nothing later pulls another build
-TORCH  := torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
+# Locked environment: every package pinned with its hashes (`make lock` writes them from
+# pyproject.toml). torch first and alone, from its own lock: the pinned CPU/CUDA pair, so
+# that nothing later pulls another build.
+LOCK       := requirements.lock
+TORCH_LOCK := requirements-torch.lock
+SERVERS_LOCK := requirements-servers.lock
+LOCKS      := $(TORCH_LOCK) $(LOCK)
 
-.PHONY: setup demo test lint ui clean-venv
+# Telemetry of DVC, Prefect and MLflow off for everything run from here, unless set in the
+# environment (ssp/ops/telemetry.py holds the list; README "Telemetry" says how to turn it on)
+export DVC_NO_ANALYTICS ?= 1
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY ?= false
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: setup demo test lint ui lock clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# the lock files only (no resolution at install time); the project itself without its
+# dependencies, built with the locked setuptools (nothing outside the lock is installed)
+$(STAMP): pyproject.toml $(LOCKS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(TORCH_LOCK)
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # the whole pipeline (every DVC stage, as Prefect tasks, logged to MLflow), then the report
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m flows.reproduce
-	$(BIN)/ssp report
+	cat reports/report.md
 	@echo
-	@echo "MLflow UI on the local store:  make ui   (then open http://127.0.0.1:5000)"
+	@echo "MLflow UI on the local store:  make ui   (prints the links of the saved views: Table 2 rows, λ' sweep, all runs)"
 
 # the layout and style contracts (pyproject.toml: ruff, import-linter), then the suite
 test: lint
@@ -36,7 +51,23 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/ssp ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# Regenerate the lock files after a pin changes in pyproject.toml (transitive pins move only
+# when they must; LOCK_ARGS=--upgrade moves them all). Resolves with pip's configuration of
+# this machine (indexes, find-links, constraints): hashes of the files pip picks here.
+# pip-tools lives in its own venv under build/, not in .venv. Takes minutes (it hashes every
+# candidate file, torch's CUDA libraries included).
+LOCK_VENV := build/pip-tools
+COMPILE   := CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS)
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_VENV) \
+		&& $(LOCK_VENV)/bin/python -m pip install -q pip-tools==7.6.2; }
+	$(COMPILE) --extra dev --output-file $(LOCK) pyproject.toml
+	grep -E '^(torch|torchvision)==' $(LOCK) | cut -d' ' -f1 \
+		| $(COMPILE) --constraint $(LOCK) --output-file $(TORCH_LOCK) -
+	$(COMPILE) --constraint $(LOCK) --output-file $(SERVERS_LOCK) infra/requirements-servers.txt
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,5 +1,6 @@
 """What the flows know about DVC: the stages of dvc.yaml in dependency order, whether
-one is stale, and running one. DVC stays the source of truth for *what* to run and
+one is stale, running one, and the default remote (pull before a scheduled run, push
+after). DVC stays the source of truth for *what* to run and
 caching; Prefect adds retries, logs, states and scheduling on top.
 
 Each stage runs as its own ``dvc repro --single-item STAGE`` process: DVC holds a repo
@@ -100,3 +101,66 @@ def run_stage(
     output = "\n".join(lines)
     ran = "didn't change, skipping" not in output
     return StageResult(stage, ran, code, output)
+
+
+# -- the DVC remote: pull before a scheduled run, push after ------------------------------
+def default_remote(project_dir: str | Path = ".") -> str | None:
+    """The remote ``dvc pull``/``dvc push`` use without ``-r``: ``core.remote`` from any
+    level of DVC's config (the project's, ``config.local``, global, system); None when
+    none is set (a fresh clone)."""
+    with Repo(str(project_dir)) as repo:
+        return repo.config.get("core", {}).get("remote") or None
+
+
+def _dvc(args: list[str], project_dir: str | Path) -> str:
+    """Run ``dvc ARGS`` in the project; its stdout, or an error naming the command."""
+    done = subprocess.run([dvc_executable(), *args], cwd=project_dir, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SSPError(
+            f"`dvc {' '.join(args)}` failed in {project_dir} (exit {done.returncode}): "
+            f"{done.stderr.strip() or done.stdout.strip()}"
+        )
+    return done.stdout.strip()
+
+
+def _last_line(text: str) -> str:
+    return text.splitlines()[-1] if text else ""
+
+
+@dataclass
+class PullResult:
+    fetched: str  # DVC's summary of the fetch ("3 files fetched", "Everything is up to date.")
+    restored: list[str]  # outputs that were missing from the workspace, checked out from the cache
+    kept: list[str]  # outputs changed in the workspace: left as they are (their stages are stale)
+    unavailable: list[str]  # recorded version in neither the cache nor the remote: its stage makes it again
+
+
+def pull(project_dir: str | Path = ".") -> PullResult:
+    """``dvc pull`` from the default remote that never throws work away: fetch into the
+    cache everything dvc.lock and the ``.dvc`` files name, then check out only the
+    outputs missing from the workspace. Outputs changed in the workspace (new data, the
+    persisted checkpoints of an interrupted training) stay: a plain ``dvc pull`` refuses
+    the whole pull over them, and ``--force`` would delete them."""
+    fetched = _dvc(["fetch"], project_dir)  # a file the remote lacks is a warning, not an error
+    status = json.loads(_dvc(["status", "--json"], project_dir) or "{}")
+    changed: dict[str, str] = {}
+    for changes in status.values():
+        for change in changes:
+            if isinstance(change, dict):  # else a word such as "always changed"
+                changed.update(change.get("changed outs") or {})
+    missing = sorted(path for path, state in changed.items() if state == "deleted")
+    if missing:
+        _dvc(["checkout", *missing], project_dir)
+    return PullResult(
+        fetched=_last_line(fetched),
+        # outputs with `cache: false` (metrics files) are not in the cache: they stay missing
+        restored=[path for path in missing if (Path(project_dir) / path).exists()],
+        kept=sorted(path for path, state in changed.items() if state == "modified"),
+        unavailable=sorted(path for path, state in changed.items() if state == "not in cache"),
+    )
+
+
+def push(project_dir: str | Path = ".") -> str:
+    """``dvc push`` to the default remote (every cached output dvc.lock and the ``.dvc``
+    files name); returns DVC's summary line ("2 files pushed")."""
+    return _last_line(_dvc(["push"], project_dir))

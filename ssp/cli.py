@@ -14,6 +14,7 @@ import sys
 
 from ssp import __version__
 from ssp.errors import SSPError
+from ssp.ops.telemetry import quiet_by_default
 
 # name -> (module, one-line help). Order = pipeline order, as shown by `ssp --help`.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -34,10 +35,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ssp.eval.evaluate", "AVSBench-exact metrics of a checkpoint on a split"),
     "register": (
         "ssp.ops.registry",
-        "register a run's best checkpoint in the MLflow model registry (alias champion when val improves)",
+        "register a run's best checkpoint (a servable pyfunc model) in the MLflow registry; "
+        "champion per (task, dataset fingerprint, profile)",
     ),
     "samples": ("ssp.report.samples", "Fig. 8-style grid of sample overlays per ablation row (PNG + MLflow artifact)"),
+    "ceilings": (
+        "ssp.report.ceilings",
+        "per-scenario ceilings of the generated benchmark: perfect audio-only, audio+motion, audio+motion+text",
+    ),
     "report": ("ssp.report.report", "ablation table, lambda' curve and per-scenario results"),
+    "ui": ("ssp.ops.mlflow_ui", "the MLflow UI on the pipeline's store, opening on saved views of the Table rows"),
     "predict": ("ssp.eval.predict", "segment a user's video: masks, class names, overlays"),
     "launch": ("ssp.ops.launch", "run a training command as one process or under torchrun (train.gpus / train.nodes)"),
 }
@@ -62,6 +69,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_by_default()  # before any subcommand imports DVC, Prefect or MLflow
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(selected if selected in COMMANDS else None)

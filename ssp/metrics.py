@@ -38,6 +38,17 @@ Semantic (AVSS), from ``avss/utils/compute_color_metrics.py`` and ``avss/test.py
   scores the padding too; :class:`SemanticMeter` skips frames flagged as padding unless
   built with ``include_padding=True``.
 
+The dataset's own label space (not an AVSBench convention): a dataset that uses fewer
+classes than AVSBench's 71 (the generated benchmark: background + K) is also scored over
+background + its K classes (``miou_dataset`` / ``fscore_dataset``): the same per-class
+scores, averaged over those K + 1 classes only, each counted whether or not it occurs in
+the frames scored (one never present nor predicted scores 0, as in the 71-class mean).
+A predicted class outside the label space is an error of the true class (it enlarges
+that class's union) and adds no term. When the GT holds label-space classes only (always,
+on the generated benchmark), ``miou_dataset = miou x C / (K + 1)``: classes the GT never
+holds score 0 in both. :func:`dataset_label_space` reads the label space from the
+dataset's files (None for AVSBench, whose label space is the 71 classes).
+
 Everything is vectorised over pixels and classes (``bincount``), processes frames in
 chunks to bound memory, accumulates in float64, runs on CPU or CUDA, and accepts torch
 tensors or numpy arrays. Meters can be merged or synchronised across DDP ranks.
@@ -45,12 +56,17 @@ tensors or numpy arrays. Meters can be merged or synchronised across DDP ranks.
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from ssp.errors import DataError
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -114,6 +130,86 @@ METRIC_CONVENTIONS: dict[str, dict[str, str]] = {
         "once (not a published convention)",
     },
 }
+
+
+# what the own-label-space numbers mean (SemanticMeter.conventions() adds them when the
+# meter has a label space)
+LABEL_SPACE_CONVENTIONS: dict[str, str] = {
+    "miou_dataset": "AVSS mIoU over the dataset's own label space: as miou (argmax over all "
+    "classes; per-class IoU summed over the split, divided by the frames where the class is "
+    "present or predicted), mean over background + the K classes the dataset defines, each "
+    "counted whether or not it occurs (one never present nor predicted scores 0); a predicted "
+    "class outside the label space is an error of the true class and adds no term; equals "
+    "miou x C / (K + 1) when the GT holds label-space classes only; real frames only",
+    "fscore_dataset": "as fscore (beta^2 = 0.3), mean over the same background + K classes; real frames only",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The dataset's own label space
+# ---------------------------------------------------------------------------------------
+GENERATED_MANIFEST = "manifest.json"  # `ssp synth`'s: generator, classes (the K class names), ...
+GENERATOR_NAME = "ssp synth"
+LABEL2IDX = "label2idx.json"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, f"cannot read it ({e})") from None
+
+
+def dataset_label_space(root: str | Path) -> tuple[int, ...] | None:
+    """The class indices (in the masks; background 0 first) of the label space a dataset
+    defines when it is smaller than AVSBench's: for a generated benchmark (``manifest.json``
+    written by ``ssp synth``, its ``classes`` = the K class names) background + those K
+    classes, their indices from ``label2idx.json`` (released 1-based form: index = value
+    - 1). None for any other dataset (AVSBench: the label space is every class).
+    A class of the manifest that ``label2idx.json`` lacks is a :class:`DataError`."""
+    root = Path(root)
+    manifest_path = root / GENERATED_MANIFEST
+    if not manifest_path.is_file():
+        return None
+    manifest = _read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR_NAME:
+        return None
+    classes = manifest.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DataError(manifest_path, "written by ssp synth but `classes` is not a non-empty list of class names")
+    label2idx_path = root / LABEL2IDX
+    label2idx = _read_json(label2idx_path)
+    if not isinstance(label2idx, dict) or label2idx.get("background") != 1:
+        raise DataError(label2idx_path, 'expected the released form {"background": 1, ...}')
+    missing = [c for c in classes if not isinstance(label2idx.get(c), int)]
+    if missing:
+        raise DataError(label2idx_path, f"lacks the class(es) {missing} that {GENERATED_MANIFEST} defines")
+    return (0, *sorted({label2idx[c] - 1 for c in classes}))
+
+
+def label_space_record(label_space: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+    """What a metrics JSON says about a label space: K, the class indices, their names
+    (``names``: every class name by index, :func:`ssp.data.avsbench.class_names`) and the
+    label reports print beside the numbers ("bg + K=8 classes")."""
+    space = list(label_space)
+    k = len(space) - 1
+    return {
+        "num_classes": k,
+        "indices": space,
+        "classes": [names[c] if c < len(names) else str(c) for c in space],
+        "label": f"bg + K={k} classes",
+    }
+
+
+def _check_label_space(label_space: Sequence[int] | None, num_classes: int) -> tuple[int, ...] | None:
+    if label_space is None:
+        return None
+    space = tuple(sorted({int(c) for c in label_space}))
+    if not space or space[0] != 0 or space[-1] >= num_classes or len(space) < 2:
+        raise ValueError(
+            f"label_space must hold background (0) and at least one class below {num_classes}, got {list(label_space)}"
+        )
+    return space
 
 
 # ---------------------------------------------------------------------------------------
@@ -567,7 +663,8 @@ class SemanticMeter:
     convention), ``miou_no_bg``, ``fscore_no_bg`` (class 0 dropped), ``miou_present``,
     ``fscore_present`` (mean over classes seen at least once), ``per_class_iou``,
     ``per_class_fscore``, ``per_class_count`` (lists of length C), ``num_frames`` and
-    ``num_padding_frames_skipped``.
+    ``num_padding_frames_skipped``; with a ``label_space``, also ``miou_dataset``,
+    ``fscore_dataset`` (mean over the label space's classes) and ``num_classes_dataset``.
 
     Args:
         num_classes: C, background included as class 0 (AVSS: 71).
@@ -575,6 +672,9 @@ class SemanticMeter:
         include_padding: score frames flagged as padding too (the official AVSS test's
             behaviour, which inflates background); default False: real frames only.
         pixels_per_chunk: bound on C x pixels processed at once (memory).
+        label_space: the class indices of the dataset's own label space (background 0
+            included; :func:`dataset_label_space`), or None (AVSBench: all C classes,
+            no ``*_dataset`` numbers).
     """
 
     def __init__(
@@ -583,6 +683,7 @@ class SemanticMeter:
         beta2: float = F_BETA2,
         include_padding: bool = False,
         pixels_per_chunk: int = 1 << 24,
+        label_space: Sequence[int] | None = None,
     ):
         if num_classes < 2:
             raise ValueError("num_classes must be >= 2 (background + at least one class)")
@@ -590,6 +691,7 @@ class SemanticMeter:
         self.beta2 = beta2
         self.include_padding = include_padding
         self.pixels_per_chunk = pixels_per_chunk
+        self.label_space = _check_label_space(label_space, num_classes)
         self.reset()
 
     def reset(self) -> None:
@@ -694,6 +796,8 @@ class SemanticMeter:
         """Add ``other``'s sums to this meter's."""
         if other.num_classes != self.num_classes or other.beta2 != self.beta2:
             raise ValueError("cannot merge meters with different num_classes or beta2")
+        if other.label_space != self.label_space:
+            raise ValueError("cannot merge meters with different label spaces")
         self.iou_sum += other.iou_sum
         self.fscore_sum += other.fscore_sum
         self.count += other.count
@@ -730,7 +834,7 @@ class SemanticMeter:
         def present_mean(values: torch.Tensor) -> float:
             return float(values[present].mean()) if num_present else 0.0
 
-        return {
+        result: dict[str, Any] = {
             "miou": float(per_class_iou.mean()),
             "fscore": float(per_class_fscore.mean()),
             "miou_no_bg": float(per_class_iou[1:].mean()),
@@ -744,6 +848,12 @@ class SemanticMeter:
             "num_frames": self.num_frames,
             "num_padding_frames_skipped": self.num_padding_skipped,
         }
+        if self.label_space is not None:
+            space = list(self.label_space)
+            result["miou_dataset"] = float(per_class_iou[space].mean())
+            result["fscore_dataset"] = float(per_class_fscore[space].mean())
+            result["num_classes_dataset"] = len(space)
+        return result
 
     def conventions(self) -> dict[str, str]:
         """METRIC_CONVENTIONS["semantic"], with the padding choice of this meter."""
@@ -754,6 +864,9 @@ class SemanticMeter:
                     "real frames only (padding skipped)",
                     "padding frames scored too (official AVSS test; inflates background)",
                 )
+        if self.label_space is not None:
+            note = f" [this dataset: background + K = {len(self.label_space) - 1} classes]"
+            conventions.update({key: text + note for key, text in LABEL_SPACE_CONVENTIONS.items()})
         return conventions
 
 
@@ -764,12 +877,15 @@ def semantic_scores(
     beta2: float = F_BETA2,
     frame_valid: ArrayLike | None = None,
     include_padding: bool = False,
+    label_space: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """One-shot AVSS metrics of N frames (N x C x H x W logits, N x H x W class GT);
     same keys as :meth:`SemanticMeter.compute`."""
     logits = _as_tensor(logits, "logits")
     if logits.ndim != 4:
         raise ValueError(f"logits must be N x C x H x W, got shape {tuple(logits.shape)}")
-    meter = SemanticMeter(num_classes or logits.shape[1], beta2=beta2, include_padding=include_padding)
+    meter = SemanticMeter(
+        num_classes or logits.shape[1], beta2=beta2, include_padding=include_padding, label_space=label_space
+    )
     meter.update(logits, gt, frame_valid=frame_valid)
     return meter.compute()

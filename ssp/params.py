@@ -122,6 +122,9 @@ class ModelParams:
     # how the text reaches the segmentation: cross_attention (both presets) | residual
     text_injection: str | None = None
     num_points: int | None = None  # points sampled per mask in the loss (None: the size preset's)
+    # audio besides the audio-aware queries: none (both presets, AAVS) | similarity (an
+    # audio-pixel match added to the mask logits; SSPConfig documents it)
+    audio_fusion: str | None = None
     # pretrained weights: a local path or a hub id "org/name@revision" (ssp/hub.py);
     # "" = random init; text_model None = the packaged MiniLM (the demo's), clip_model None =
     # none (VTA then needs text_visual_tokens: pixel_decoder). The paper profile names BERT-base
@@ -179,6 +182,7 @@ class TrainParams:
     num_workers: int = 1
     seed: int = 0
     step_checkpoint_every: int = 0  # resumable mid-epoch checkpoint every N steps; 0 = off
+    keep_last: int | None = 1  # epoch checkpoints kept (+ best.safetensors, + a newer step one); null = all
     log_every: int = 10  # steps between loss read-outs (each is a device sync)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     subsets: list[str] | None = None  # None: stage 1 all subsets, stage 2 all semantic subsets
@@ -199,6 +203,8 @@ class TrainParams:
     def check(self, where: str) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise SSPError(f"params {where}: epochs and batch_size must be >= 1")
+        if self.keep_last is not None and self.keep_last < 1:
+            raise SSPError(f"params {where}: keep_last must be >= 1 (the checkpoint a resume reads) or null (all)")
         if self.phase2_epoch is not None and self.phase2_epoch < 1:
             raise SSPError(f"params {where}: phase2_epoch must be >= 1 (epochs done before the switch) or null")
 

@@ -7,7 +7,8 @@
   only for tests that ask for it.
 
 ``make test`` runs the suite with pytest-xdist on two workers, one test module per worker
-(``--dist loadscope``: a module's fixtures, e.g. the paper smoke's `dvc repro`, run once).
+(``--dist loadscope``: a module's fixtures, e.g. the paper smoke's `dvc repro` or the demo
+pipeline's Prefect flow, run once).
 ``pytest -m "not slow"`` leaves out the tests over ~20 s (end to end, real servers).
 
 No silent skips in CI: with ``--no-skips``, ``SSP_NO_SKIPS=1`` (``.ci/run`` sets it) or
@@ -39,7 +40,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # long module that starts last would run alone at the end while the other core idles.
 LONGEST_FIRST = (
     "tests/flows/test_paper_smoke.py",  # ~2.5 min: dvc repro under the paper profile
+    "tests/flows/test_demo_pipeline.py",  # ~2.3 min: the Prefect flow `make demo` runs, shrunk
     "tests/flows/test_flows.py",
+    "tests/engine/test_dvc_resume.py",  # ~40 s: dvc repro killed and resumed
     "tests/infra/test_servers.py",
     "tests/engine/test_train.py",
 )
@@ -127,6 +130,8 @@ def mlflow_store(tmp_path, monkeypatch, _mlflow_template_db) -> str:
     uri = f"sqlite:///{store / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("SSP_MLFLOW_PARENT_RUN_ID", raising=False)
+    # set in the image (infra/): every RunLogger would sample system metrics into the test runs
+    monkeypatch.delenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", raising=False)
     # artifacts of the template's default experiment would go to ./mlruns; keep them in tmp
     monkeypatch.chdir(tmp_path)
     return uri

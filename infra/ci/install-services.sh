@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what tests/infra/test_servers.py starts as real servers: Debian's PostgreSQL
-# server (MLflow's and Prefect's backend store). MLflow and Prefect (and the psycopg
-# driver) come with the Python environment. Idempotent and quick: does nothing when the
-# binaries are there.
+# Installs what the tests need from Debian: the PostgreSQL server that
+# tests/infra/test_servers.py starts (MLflow's and Prefect's backend store), and Chromium,
+# the headless browser that tests/flows/test_demo_pipeline.py opens the MLflow UI in.
+# MLflow and Prefect (and the psycopg driver) come with the Python environment.
+# Idempotent and quick: installs only what is missing.
 #
 #   bash infra/ci/install-services.sh --require   # CI (.ci/run), before `make test`
 #   bash infra/ci/install-services.sh             # a laptop: installs if it can, else says so
@@ -41,32 +42,44 @@ check_owner() {
     fi
 }
 
+PACKAGES=()
 if compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     check_owner
     echo "install-services: PostgreSQL already installed ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))"
-    exit 0
+else
+    PACKAGES+=(postgresql)
 fi
+if command -v chromium >/dev/null; then
+    echo "install-services: Chromium already installed ($(command -v chromium))"
+else
+    PACKAGES+=(chromium)
+fi
+[ ${#PACKAGES[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
-    missing "no apt-get here; install a PostgreSQL server (initdb, postgres) yourself"
+    missing "no apt-get here; install ${PACKAGES[*]} yourself"
 fi
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || missing "not root and no sudo: cannot apt-get install postgresql"
+    command -v sudo >/dev/null || missing "not root and no sudo: cannot apt-get install ${PACKAGES[*]}"
     SUDO="sudo"
 fi
 
-# the package would create and start a system cluster on port 5432: not wanted here
+# (postgresql) the package would create and start a system cluster on port 5432: not wanted here
 $SUDO mkdir -p /etc/postgresql-common/createcluster.d
 echo "create_main_cluster = false" | $SUDO tee /etc/postgresql-common/createcluster.d/no-main-cluster.conf >/dev/null
 
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get -o Acquire::Retries=3 update -qq
-$SUDO apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends postgresql >/dev/null
+$SUDO apt-get -o Acquire::Retries=3 install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
 
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || {
     echo "install-services: postgresql installed but no /usr/lib/postgresql/*/bin/initdb" >&2
     exit 1
 }
+command -v chromium >/dev/null || {
+    echo "install-services: chromium installed but not on PATH" >&2
+    exit 1
+}
 check_owner
-echo "install-services: installed PostgreSQL ($(ls -d /usr/lib/postgresql/*/bin | tr '\n' ' '))"
+echo "install-services: installed ${PACKAGES[*]}"

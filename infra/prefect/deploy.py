@@ -9,7 +9,14 @@ Which pool: ``--pool``, else ``SSP_WORK_POOL``, else ``pipeline.work_pool`` of t
 (``ssp.params.load_params``: its default when params.yaml is missing). Its type when it
 has to be created: ``--pool-type`` / ``SSP_WORK_POOL_TYPE`` / ``pipeline.work_pool_type``;
 ``docker`` and ``kubernetes`` pools get the GPU job templates beside this file
-(``docker-gpu.json``, ``kubernetes-gpu.json``). An existing pool is left as it is.
+(``docker-gpu.json``, ``kubernetes-gpu.json``). An existing pool keeps its type and
+template.
+
+Concurrency: the pool gets a concurrency limit of 1 (``POOL_CONCURRENCY_LIMIT``) when it
+is created, and an existing pool without a limit gets it too: the flows of one pool
+share one workspace (DVC outputs, dvc.lock), so two runs must never overlap. A limit
+someone set on purpose is kept, with a warning. prefect.yaml adds a limit of 1 per
+deployment, and the retrain flow locks the workspace itself (flows/retrain.py).
 
 ``prefect deploy --all`` ignores ``--pool`` when it deploys several deployments, so
 this runs ``prefect deploy --name NAME --pool POOL`` once per deployment. Talks to the
@@ -36,13 +43,14 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the repository's ssp package
 
 from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate  # noqa: E402
 from prefect.exceptions import ObjectNotFound  # noqa: E402
 from prefect.workers.process import ProcessWorker  # noqa: E402
 
 from ssp.params import load_params  # noqa: E402
 
 TEMPLATES = {"docker": HERE / "docker-gpu.json", "kubernetes": HERE / "kubernetes-gpu.json"}
+POOL_CONCURRENCY_LIMIT = 1  # one flow run at a time per pool: its runs share one workspace
 
 
 def pipeline_section(params_file: Path) -> dict[str, Any]:
@@ -67,17 +75,32 @@ def base_job_template(kind: str) -> dict[str, Any]:
 
 
 async def ensure_work_pool(name: str, kind: str) -> bool:
-    """Create the pool unless it exists; True when it was created."""
+    """Create the pool (concurrency limit ``POOL_CONCURRENCY_LIMIT``) unless it exists;
+    an existing pool without a limit gets that one. True when the pool was created."""
     async with get_client() as client:
         try:
             pool = await client.read_work_pool(name)
         except ObjectNotFound:
             await client.create_work_pool(
-                WorkPoolCreate(name=name, type=kind, base_job_template=base_job_template(kind))
+                WorkPoolCreate(
+                    name=name,
+                    type=kind,
+                    base_job_template=base_job_template(kind),
+                    concurrency_limit=POOL_CONCURRENCY_LIMIT,
+                )
             )
             return True
         if pool.type != kind:
             print(f"deploy: work pool {name!r} exists with type {pool.type!r}; keeping it", file=sys.stderr)
+        if pool.concurrency_limit is None:
+            await client.update_work_pool(name, WorkPoolUpdate(concurrency_limit=POOL_CONCURRENCY_LIMIT))
+            print(f"deploy: work pool {name!r} had no concurrency limit; set it to {POOL_CONCURRENCY_LIMIT}")
+        elif pool.concurrency_limit != POOL_CONCURRENCY_LIMIT:
+            print(
+                f"deploy: work pool {name!r} keeps its concurrency limit {pool.concurrency_limit}: "
+                f"runs sharing a workspace may overlap (the retrain flow's workspace lock still stops them)",
+                file=sys.stderr,
+            )
         return False
 
 

@@ -6,22 +6,29 @@ Layout of ``{run_dir}/checkpoints/``::
     epoch_{k}.safetensors        model weights after epoch k (1-based), config in metadata
     epoch_{k}.state.safetensors  optimizer tensors + RNG tensors; JSON metadata holds the
                                  optimizer param groups, scheduler, python/numpy RNG, the
-                                 data position (epoch, batches done), the history and
+                                 data position (epoch, batches done), the history, the
+                                 run's signature (what ``--resume auto`` compares) and
                                  AAVS's training phase (``extra["phase"]``: after the
                                  switch the optimizer covers the Swin adapters too, so a
                                  resumed run rebuilds phase 2's before restoring it)
-    step.safetensors (+ .state)  the latest mid-epoch checkpoint (every N steps), overwritten
+    step_{n}.safetensors (+ .state)  a mid-epoch checkpoint after global step n (every N steps)
     best.safetensors             weights of the best epoch by the validation metric
     last.json                    pointer to the newest complete checkpoint: written last,
                                  so a run killed while saving resumes from the previous one
 
-Every file is written through :func:`ssp.fileio.atomic_path`.
+Every file is written through :func:`ssp.fileio.atomic_path`, and no file is ever
+rewritten while ``last.json`` may name it (step checkpoints carry their step in the name).
+Retention (:meth:`CheckpointDir.prune`, after each pointer update): the pointer's pair, the
+``keep_last`` newest epoch checkpoints and ``best`` stay, everything else goes. Deleting
+only files the pointer does not name keeps the folder resumable however a deletion is
+cut short; a later prune removes what is left over.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,11 @@ from ssp.fileio import write_json
 from ssp.models.checkpoint import load_tensors, save_tensors, save_weights
 
 LAST_POINTER = "last.json"
+# checkpoint files by kind: (kind, number, is the state file; the number-less "step" is an
+# older version's overwritten step checkpoint); atomic_path's temporaries (".{name}.*.tmp...")
+# of a write that was killed match TEMPORARY
+CHECKPOINT_FILE = re.compile(r"(epoch|step)(?:_(\d+))?(\.state)?\.safetensors")
+TEMPORARY = re.compile(r"\.(epoch|step|best)_?\d*(\.state)?\.safetensors\..*")
 
 
 # ---------------------------------------------------------------------------------------
@@ -150,16 +162,18 @@ def read_training_state(path: str | Path) -> TrainingState:
 # The checkpoint folder
 # ---------------------------------------------------------------------------------------
 class CheckpointDir:
-    """``{run_dir}/checkpoints``: epoch/step checkpoints, best, and the ``last`` pointer."""
+    """``{run_dir}/checkpoints``: epoch/step checkpoints, best, and the ``last`` pointer.
+    ``keep_last``: how many epoch checkpoints :meth:`prune` keeps (None: all)."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, keep_last: int | None = None):
         self.root = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
 
     def epoch_paths(self, epoch: int) -> tuple[Path, Path]:
         return self.root / f"epoch_{epoch}.safetensors", self.root / f"epoch_{epoch}.state.safetensors"
 
-    def step_paths(self) -> tuple[Path, Path]:
-        return self.root / "step.safetensors", self.root / "step.state.safetensors"
+    def step_paths(self, global_step: int) -> tuple[Path, Path]:
+        return self.root / f"step_{global_step}.safetensors", self.root / f"step_{global_step}.state.safetensors"
 
     @property
     def best(self) -> Path:
@@ -176,8 +190,9 @@ class CheckpointDir:
         extra: dict[str, Any],
         extra_tensors: dict[str, Tensor] | None = None,
     ) -> Path:
-        """Write a complete checkpoint (``kind`` = "epoch" or "step"), then point ``last`` at it."""
-        weights, state = self.epoch_paths(position.epoch) if kind == "epoch" else self.step_paths()
+        """Write a complete checkpoint (``kind`` = "epoch" or "step"), point ``last`` at it,
+        then :meth:`prune` the older ones."""
+        weights, state = self.epoch_paths(position.epoch) if kind == "epoch" else self.step_paths(position.global_step)
         save_weights(weights, model, info)
         save_training_state(
             state, optimizer, scheduler, position, extra, {f"extra.{k}": v for k, v in (extra_tensors or {}).items()}
@@ -185,18 +200,68 @@ class CheckpointDir:
         write_json(
             self.root / LAST_POINTER, {"weights": weights.name, "state": state.name, "kind": kind, **vars(position)}
         )
+        self.prune()
         return weights
 
     def save_best(self, model: nn.Module, info: dict[str, Any]) -> None:
         save_weights(self.best, model, info)
 
-    def last(self) -> tuple[Path, Path] | None:
-        """(weights, state) of the newest complete checkpoint, or None."""
+    def _pointer(self) -> dict[str, Any] | None:
         pointer = self.root / LAST_POINTER
         if not pointer.is_file():
             return None
         try:
             data = json.loads(pointer.read_text())
-            return self.root / data["weights"], self.root / data["state"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            return {"weights": str(data["weights"]), "state": str(data["state"]), "epoch": int(data["epoch"])}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise DataError(pointer, f"checkpoint pointer is unreadable ({err})") from None
+
+    def last(self) -> tuple[Path, Path] | None:
+        """(weights, state) of the newest complete checkpoint, or None."""
+        data = self._pointer()
+        return None if data is None else (self.root / data["weights"], self.root / data["state"])
+
+    def checkpoint_files(self) -> list[Path]:
+        """Every epoch/step checkpoint file in the folder (both halves of each pair)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if CHECKPOINT_FILE.fullmatch(p.name))
+
+    def prune(self) -> list[Path]:
+        """Delete every checkpoint file but the pointer's pair and the ``keep_last`` newest
+        epoch checkpoints up to the pointer's epoch (files past it are a lost write's), and
+        temporaries of killed writes. Only files the pointer does not name are touched, one
+        ``unlink`` each, so a kill at any moment leaves a resumable folder. Returns them."""
+        data = self._pointer()
+        if data is None:
+            return []
+        keep = {data["weights"], data["state"]}
+        epochs = sorted(
+            {
+                int(m.group(2))
+                for p in self.checkpoint_files()
+                if (m := CHECKPOINT_FILE.fullmatch(p.name))
+                and m.group(1) == "epoch"
+                and m.group(2) is not None
+                and int(m.group(2)) <= data["epoch"]
+            }
+        )
+        kept_epochs = epochs if self.keep_last is None else epochs[-self.keep_last :]
+        for epoch in kept_epochs:
+            keep.update(p.name for p in self.epoch_paths(epoch))
+        doomed = [p for p in self.checkpoint_files() if p.name not in keep]
+        doomed += [p for p in self.root.iterdir() if TEMPORARY.fullmatch(p.name)]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        return doomed
+
+    def clear(self) -> list[Path]:
+        """Remove a former run's checkpoints before a fresh start: the pointer first (a kill
+        after it leaves a folder with nothing to resume, never a stale pair), then the rest."""
+        pointer = self.root / LAST_POINTER
+        removed = [pointer] if pointer.is_file() else []
+        pointer.unlink(missing_ok=True)
+        doomed = [*self.checkpoint_files(), *([self.best] if self.best.is_file() else [])]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        return removed + doomed

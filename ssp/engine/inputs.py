@@ -248,8 +248,17 @@ def build_loaders(
         **({"num_workers": 0} if tp.cache_in_memory else loader_kwargs),
     )
     val_indices = list(range(dist_info.rank, len(val_set), dist_info.world_size))
+    # Its own generator: a DataLoader draws its workers' base seed from `generator` when an
+    # iterator is made, from the global torch RNG without one. With persistent workers that
+    # happens at the first validation of a process only, so a resumed run drew once more
+    # than an uninterrupted one and every later step's RNG (the loss's point sampling) moved.
     val_loader = DataLoader(
-        val_set, batch_size=tp.val_batch_size, sampler=val_indices, collate_fn=collate_frames, **loader_kwargs
+        val_set,
+        batch_size=tp.val_batch_size,
+        sampler=val_indices,
+        collate_fn=collate_frames,
+        generator=torch.Generator().manual_seed(tp.seed),
+        **loader_kwargs,
     )
     val_loader.dataset_frame_offsets = frame_offsets(val_set)
     return Loaders(train_loader, sampler, val_loader)

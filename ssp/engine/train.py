@@ -21,10 +21,15 @@ Read top to bottom like torchvision's reference scripts:
    checkpoint and overlay PNGs.
 
 Exact resume: the data order of epoch ``e`` is a permutation seeded by ``(seed, e)``,
-items carry no randomness, and every RNG the step uses (torch/CUDA for the loss's point
-sampling, numpy, python) is saved with the optimizer and the position in the epoch, so
-``--resume`` after a kill (even mid-epoch) ends with the same weights as a run that was
-never interrupted (on CPU, with the same thread count).
+items carry no randomness, the loaders draw their workers' seeds from their own generators
+(never from the global RNG, which a persistent worker pool would otherwise touch once per
+process), and every RNG the step uses (torch/CUDA for the loss's point sampling, numpy,
+python) is saved with the optimizer, scheduler and the position in the epoch, so
+``--resume`` after a kill (at an epoch end or at a step checkpoint) ends with the same
+weights, optimizer, scheduler and RNG state as a run that was never interrupted (on CPU,
+with the same thread count). ``--resume auto`` (dvc.yaml) continues only the same run
+(:func:`run_signature`) and otherwise starts fresh; ``keep_last`` bounds the checkpoints
+kept (:meth:`ssp.engine.checkpoints.CheckpointDir.prune`).
 
 DDP (:mod:`ssp.engine.distributed`): launched by ``torchrun`` (env ``WORLD_SIZE`` > 1) it
 uses gloo on CPU / nccl on CUDA, shards data with the sampler, all-reduces the metric
@@ -44,6 +49,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -51,7 +57,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,8 +76,8 @@ from ssp.engine.distributed import Dist, barrier, mean_over_ranks, setup_distrib
 from ssp.engine.inputs import InputDirs, Loaders, build_loaders, build_stage_datasets, to_device
 from ssp.engine.predict import predict_batches
 from ssp.errors import SSPError
-from ssp.fileio import atomic_path, write_json, write_text
-from ssp.metrics import BinaryMeter, SemanticMeter
+from ssp.fileio import atomic_path, file_md5, write_json, write_text
+from ssp.metrics import BinaryMeter, SemanticMeter, dataset_label_space
 from ssp.models import SSPConfig, SSPModel
 from ssp.models.adapters import apply_recipe, reinit_swin_adapters
 from ssp.models.checkpoint import (
@@ -82,7 +88,7 @@ from ssp.models.checkpoint import (
     without_weight_specs,
 )
 from ssp.models.criterion import SSPCriterion
-from ssp.ops.tracking import EXPERIMENTS, RunLogger
+from ssp.ops.tracking import EXPERIMENTS, RunLogger, data_hash
 from ssp.params import ModelParams, Params, TrainParams, add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
@@ -91,7 +97,35 @@ log = logging.getLogger(__name__)
 # killed there (nothing after that step is written). Used by the resume tests.
 INTERRUPT_ENV = "SSP_TRAIN_INTERRUPT_AFTER_STEPS"
 LOSS_NAMES = ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_post")
-VAL_METRICS = ("miou", "fscore", "miou_no_bg", "fscore_no_bg", "miou_per_frame", "fscore_per_frame")
+# --resume: off (a fresh run; a former run's checkpoints are removed), on (continue from the
+# newest checkpoint; refuses another model config), auto (continue when the checkpoint is
+# this very run's -- same model config, training params, videos and resume keys -- else
+# start fresh): what dvc.yaml's training stages pass, so a re-run continues an interrupted
+# stage and a changed one starts over.
+RESUME_MODES = ("off", "on", "auto")
+# train params that do not change what a run computes, left out of the run signature
+NOT_IN_SIGNATURE = (
+    "num_workers",
+    "log_every",
+    "device",
+    "threads",
+    "val_batch_size",
+    "overlays",
+    "cache_in_memory",
+    "step_checkpoint_every",
+    "keep_last",
+)
+# the own-label-space numbers lead (a dataset with its own label space only; see ssp.metrics)
+VAL_METRICS = (
+    "miou_dataset",
+    "fscore_dataset",
+    "miou",
+    "fscore",
+    "miou_no_bg",
+    "fscore_no_bg",
+    "miou_per_frame",
+    "fscore_per_frame",
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,6 +211,7 @@ class Trainer:
     step_hook: Callable[[int], None] | None = None
     interrupt_after: int | None = None
     model_for_training: nn.Module | None = None  # the model, or its DDP wrapper
+    signature: dict[str, Any] = field(default_factory=dict)  # :func:`run_signature`
 
 
 @dataclass
@@ -190,12 +225,13 @@ class Progress:
     running_steps: int = 0
     phase: int = 1  # AAVS's training phase (2 after the switch at phase2_epoch)
 
-    def extra(self, config: SSPConfig, running_steps: int) -> dict[str, Any]:
+    def extra(self, trainer: Trainer, running_steps: int) -> dict[str, Any]:
         return {
             "history": self.history,
             "best": self.best,
             "running_steps": running_steps,
-            "config": config.to_dict(),
+            "config": trainer.config.to_dict(),
+            "run": trainer.signature,
             "phase": self.phase,
         }
 
@@ -255,36 +291,119 @@ def setup(
         trainable,
         loaders,
         stage1_model,
-        CheckpointDir(run_dir),
+        CheckpointDir(run_dir, tp.keep_last),
         run_dir,
         show_progress=progress,
         autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda),
     )
 
 
-def resume_progress(trainer: Trainer, resume: bool) -> tuple[Progress, TrainingState | None, str | None]:
-    """A fresh :class:`Progress`, or with ``resume`` the newest checkpoint's (its weights
-    loaded into the model; the returned state's optimizer and RNG are restored later,
-    right before the loop) and the weights file it resumed from."""
+def resume_key_digest(path: str | Path) -> str:
+    """md5 of a file, or of a folder's files (relative path, size, md5 each, in order;
+    ``__pycache__`` left out: compiling code changes no code)."""
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    if not path.is_dir():
+        raise SSPError(f"--resume-key {path}: no such file or folder (the stage that writes it runs first)")
+    digest = hashlib.md5()
+    for file in sorted(f for f in path.rglob("*") if f.is_file() and "__pycache__" not in f.parts):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\0{file_md5(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def run_signature(trainer: Trainer, resume_keys: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """What makes a checkpoint this run's, besides the model config: stage, row, the train
+    params that change the result (not :data:`NOT_IN_SIGNATURE`), the train/val videos
+    (split, folder, frames, labelled frames; a digest) and the digest of every
+    ``resume_keys`` file or folder (dvc.yaml passes each training stage's deps: its input
+    fingerprint and code, so new data, stage-1 masks or code start over, as DVC re-runs it
+    for them; an unchanged stage re-runs only when it did not finish)."""
+    videos = hashlib.md5()
+    for name, loader in (("train", trainer.loaders.train), ("val", trainer.loaders.val)):
+        for r in loader.dataset.records:  # whole videos: max_frames is a train param of its own
+            videos.update(f"{name}\0{r.split}\0{r.rel_dir}\0{r.num_frames}\0{r.labelled}\n".encode())
+    keys = {str(key): resume_key_digest(key) for key in resume_keys}
+    train_params = {k: v for k, v in dataclasses.asdict(trainer.tp).items() if k not in NOT_IN_SIGNATURE}
+    return {
+        "stage": trainer.stage,
+        "row": trainer.row,
+        "train": train_params,
+        "videos": videos.hexdigest(),
+        "keys": keys,
+    }
+
+
+def signature_differences(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[str]:
+    """Why a checkpoint's run signature is not this run's (empty: it is)."""
+    if saved is None:
+        return ["the checkpoint records no run signature (written before ssp recorded one)"]
+    reasons = [f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in ("stage", "row") if saved.get(k) != now[k]]
+    before = saved.get("train", {})
+    reasons += [
+        f"train.{k} {before.get(k)!r} -> {v!r}" for k, v in now["train"].items() if k in before and before[k] != v
+    ]
+    reasons += [f"train.{k} is new" for k in now["train"] if k not in before]
+    if saved.get("videos") != now["videos"]:
+        reasons.append("the train/val videos differ")
+    for key in sorted(set(saved.get("keys", {})) | set(now["keys"])):
+        if saved.get("keys", {}).get(key) != now["keys"].get(key):
+            reasons.append(f"resume key {key} changed" if key in now["keys"] else f"resume key {key} not given now")
+    return reasons
+
+
+def fresh_start(trainer: Trainer, why: str) -> None:
+    """Start over: a former run's checkpoints go (rank 0, once every rank has read them), so
+    that no stale ``best`` or epoch file mixes with this run's."""
+    barrier(trainer.dist)
+    removed = trainer.checkpoints.clear() if trainer.dist.is_main else []
+    barrier(trainer.dist)
+    log.info("starting fresh: %s%s", why, f" (removed {len(removed)} files of the former run)" if removed else "")
+
+
+def resume_progress(trainer: Trainer, resume: str) -> tuple[Progress, TrainingState | None, str | None]:
+    """A fresh :class:`Progress`, or (``resume`` on/auto, :data:`RESUME_MODES`) the newest
+    checkpoint's: its weights loaded into the model; the returned state's optimizer and RNG
+    are restored later, right before the loop; and the weights file it resumed from.
+    ``on`` refuses a checkpoint of another model config or pretrained files and warns
+    about other differences; ``auto`` starts fresh on any, logging which and why."""
     best = {"metric": -math.inf, "epoch": 0, "val": {}}
     running = torch.zeros(5, dtype=torch.float64, device=trainer.device)
     progress = Progress(Position(epoch=0, batches_done=0, global_step=0), [], best, running)
-    last = trainer.checkpoints.last() if resume else None
-    if resume and last is None:
-        log.info("--resume: no checkpoint in %s, starting from scratch", trainer.checkpoints.root)
+    if resume == "off":
+        fresh_start(trainer, "no --resume")
+        return progress, None, None
+    last = trainer.checkpoints.last()
     if last is None:
+        fresh_start(trainer, f"--resume {resume}: no checkpoint in {trainer.checkpoints.root}")
         return progress, None, None
     weights_path, state_path = last
     state = read_training_state(state_path)
+    weights, _, info = read_weights(weights_path)
+    refusals: list[SSPError] = []
     saved_config = state.extra.get("config")
     if saved_config is not None and without_weight_specs(saved_config) != without_weight_specs(
         trainer.config.to_dict()
     ):
-        raise SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
-    # the same pretrained files, however their specs are written (`ssp weights --pin` turns
-    # org/name into org/name@<the commit it resolved to>)
-    weights, _, info = read_weights(weights_path)
-    check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
+        refusals.append(
+            SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
+        )
+    try:
+        # the same pretrained files, however their specs are written (`ssp weights --pin`
+        # turns org/name into org/name@<the commit it resolved to>)
+        check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
+    except SSPError as err:
+        refusals.append(err)
+    differences = signature_differences(state.extra.get("run"), trainer.signature)
+    if resume == "auto" and (refusals or differences):
+        fresh_start(
+            trainer, f"--resume auto: {state_path} is another run's: {'; '.join([*map(str, refusals), *differences])}"
+        )
+        return progress, None, None
+    if refusals:
+        raise refusals[0]
+    if differences:
+        log.warning("--resume: %s differs from this run: %s", state_path, "; ".join(differences))
     load_weights_into(trainer.model, weights_path, weights)
     progress.position = state.position
     progress.history = state.extra.get("history", [])
@@ -294,10 +413,12 @@ def resume_progress(trainer: Trainer, resume: bool) -> tuple[Progress, TrainingS
     if "running" in state.extra_tensors:
         progress.running = state.extra_tensors["running"].to(trainer.device)
     log.info(
-        "resuming from %s (epoch %d, %d batches done)",
+        "--resume %s: resuming from %s (epoch %d, %d batches done)%s",
+        resume,
         weights_path,
         progress.position.epoch + 1,
         progress.position.batches_done,
+        ": model config, train params, videos and resume keys match" if not differences else "",
     )
     return progress, state, str(weights_path)
 
@@ -394,7 +515,7 @@ def train_one_epoch(trainer: Trainer, progress: Progress, epoch: int, tracker: R
                 t.scheduler,
                 position,
                 info={"epoch": epoch, "kind": "step"},
-                extra=progress.extra(t.config, progress.running_steps),
+                extra=progress.extra(t, progress.running_steps),
                 extra_tensors={"running": progress.running},
             )
         if t.step_hook is not None:
@@ -420,9 +541,14 @@ def evaluate(
     autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, float]:
     """Validation: stage 1 binary mIoU / F (BinaryMeter), stage 2 AVSS mIoU / F
-    (SemanticMeter), all-reduced over the ranks. The model never sees the GT masks; only
-    labelled frames are scored."""
-    meter = BinaryMeter() if config.stage == 1 else SemanticMeter(config.num_classes)
+    (SemanticMeter; on a dataset with its own label space also over background + its K
+    classes, ``miou_dataset``), all-reduced over the ranks. The model never sees the GT
+    masks; only labelled frames are scored."""
+    if config.stage == 1:
+        meter = BinaryMeter()
+    else:
+        label_space = dataset_label_space(loader.dataset.records[0].root)  # the val set's dataset root
+        meter = SemanticMeter(config.num_classes, label_space=label_space)
     offsets = loader.dataset_frame_offsets
     for batch, scores in predict_batches(model, loader, device, stage1_model, autocast):
         labelled = batch["labelled"].bool()
@@ -461,7 +587,7 @@ def end_epoch(trainer: Trainer, progress: Progress, epoch: int, row: dict[str, A
             t.scheduler,
             progress.position,
             info={"epoch": epoch + 1, "kind": "epoch"},
-            extra=progress.extra(t.config, 0),
+            extra=progress.extra(t, 0),
         )
         write_history(t.run_dir / "history.csv", progress.history)
         tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
@@ -569,13 +695,20 @@ def pretrained_record(trainer: Trainer, inputs: InputDirs) -> dict[str, dict]:
 
 
 def run_record(
-    trainer: Trainer, data: str | Path, resumed_from: str | None, pretrained: dict[str, dict]
+    trainer: Trainer, data: str | Path, resumed_from: str | None, pretrained: dict[str, dict], profile: str = ""
 ) -> tuple[dict, dict]:
-    """(MLflow params, MLflow tags) of a run."""
+    """(MLflow params, MLflow tags) of a run. Row, seed, λ', profile, dataset fingerprint
+    and DVC experiment are plain params, so that the UI's "Group by" and the saved views
+    of ssp.ops.mlflow_views compare runs on them without set-up."""
     t = trainer
     params = {
         "stage": t.stage,
         "row": t.row or "",
+        "seed": t.tp.seed,
+        "lambda_post": t.config.lambda_post if t.config.post_mask else "",
+        "profile": profile,
+        "data_fingerprint": data_hash(data),
+        "dvc_experiment": os.environ.get("DVC_EXP_NAME", ""),  # set by `dvc exp run`
         "data": str(data),
         "train": dataclasses.asdict(t.tp),
         "model": t.config.to_dict(),
@@ -613,7 +746,8 @@ def train(
     logmel: str | Path | None = None,
     stage1_masks: str | Path | None = None,
     stage1_checkpoint: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | str = False,
+    resume_keys: Sequence[str | Path] = (),
     interrupt_after_steps: int | None = None,
     run_name: str | None = None,
     progress: bool = True,
@@ -622,8 +756,12 @@ def train(
     """Train one stage with ``params`` (:func:`ssp.params.load_params`; None: the
     defaults). Returns the final metrics (also in ``{run_dir}/metrics.json``).
     ``step_hook(global_step)`` is called at the end of every step (bench/train.py times
-    the real loop with it)."""
+    the real loop with it). ``resume``: one of :data:`RESUME_MODES` (True = "on", False =
+    "off"); ``resume_keys``: files whose content is part of the run's signature."""
     run_dir = Path(run_dir)
+    resume = {True: "on", False: "off", None: "off"}.get(resume, resume)
+    if resume not in RESUME_MODES:
+        raise SSPError(f"--resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}")
     t = setup(
         stage,
         data,
@@ -635,6 +773,7 @@ def train(
         stage1_checkpoint,
         progress,
     )
+    t.signature = run_signature(t, resume_keys)
     at, state, resumed_from = resume_progress(t, resume)
     t.model_for_training = for_training(t.model, t.dist, t.device)
     if at.phase == 2:  # resumed after the switch: phase 2's parameters and optimizer, then its state
@@ -644,7 +783,7 @@ def train(
     if t.interrupt_after is None and os.environ.get(INTERRUPT_ENV):
         t.interrupt_after = int(os.environ[INTERRUPT_ENV])
     pretrained = pretrained_record(t, InputDirs(flow, prompts, logmel))
-    mlflow_params, tags = run_record(t, data, resumed_from, pretrained)
+    mlflow_params, tags = run_record(t, data, resumed_from, pretrained, (params or Params()).profile)
     name = run_name or f"stage{stage}-{row or t.config.size}-seed{t.tp.seed}"
     if state is not None:
         state.restore(t.optimizer, t.scheduler)  # RNG last: nothing may draw between here and the loop
@@ -713,8 +852,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--resume",
-        action="store_true",
-        help="continue from {out}/checkpoints/last.json (mid-epoch if a step checkpoint is newer)",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=RESUME_MODES,
+        help="continue from {out}/checkpoints/last.json (mid-epoch if a step checkpoint is newer). "
+        "--resume (= on): refuses another model config, warns about other differences; "
+        "--resume auto: continues only this very run (same model config, train params, videos, "
+        "--resume-key files), else starts fresh, saying why (dvc.yaml's training stages)",
+    )
+    parser.add_argument(
+        "--resume-key",
+        action="extend",
+        nargs="+",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="files or folders whose content must be unchanged for --resume auto to continue "
+        "(dvc.yaml passes each training stage's deps: its input fingerprint and code)",
     )
     parser.add_argument("--seed", type=int, default=None, help="override trainN.seed")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: trainN.device = auto)")
@@ -747,6 +902,7 @@ def train_from_args(args: argparse.Namespace, params: Params) -> TrainResult:
         stage1_masks=args.stage1_masks,
         stage1_checkpoint=args.stage1_checkpoint,
         resume=args.resume,
+        resume_keys=args.resume_key,
         progress=not args.no_progress,
         run_name=args.run_name,
     )

@@ -9,9 +9,15 @@ Reported (every number with its convention, from :data:`ssp.metrics.METRIC_CONVE
 - ``semantic.v2`` and ``semantic.all`` (stage 2 only): AVSS mIoU / F over real frames,
   plus per subset; a per-class CSV (``{out}.per_class.csv``: class name from
   label2idx.json, IoU, F, frame count) of ``all``.
+- On a dataset with its own, smaller label space (the generated benchmark: background +
+  the K classes of its ``manifest.json``, :func:`ssp.metrics.dataset_label_space`), every
+  semantic entry leads with ``miou_dataset`` / ``fscore_dataset``, the mean over those
+  K + 1 classes, before the 71-class AVSBench-convention ``miou`` / ``fscore``; the JSON's
+  ``label_space`` names the classes. AVSBench has no such entry (its label space is the
+  71 classes: the figures would coincide).
 - On the generated benchmark (``scenarios.csv`` at the data root) a per-scenario CSV
-  (``{out}.per_scenario.csv``): per scenario, mIoU / F (semantic for stage 2, binary
-  per-frame for stage 1).
+  (``{out}.per_scenario.csv``): per scenario, mIoU / F (semantic for stage 2, own label
+  space first; binary per-frame for stage 1).
 
 The model runs through the engine's one predict loop (:func:`ssp.engine.predict.predict_batches`,
 no autocast): its input never contains the GT masks; stage 2 reads stage 1's masks from
@@ -47,7 +53,13 @@ from ssp.engine.inputs import InputDirs, build_dataset, dataset_batches, load_sp
 from ssp.engine.predict import predict_batches
 from ssp.errors import DataError, SSPError
 from ssp.fileio import write_json, write_text
-from ssp.metrics import METRIC_CONVENTIONS, BinaryMeter, SemanticMeter, official_batch_frames
+from ssp.metrics import (
+    BinaryMeter,
+    SemanticMeter,
+    dataset_label_space,
+    label_space_record,
+    official_batch_frames,
+)
 from ssp.models.checkpoint import load_model
 from ssp.models.config import SSPConfig
 from ssp.ops.tracking import get_client, retry_locked, tracking_uri
@@ -58,6 +70,8 @@ log = logging.getLogger(__name__)
 FRAMES_PER_VIDEO = {"v1s": 5, "v1m": 5, "v2": 10}
 BINARY_KEYS = ("miou", "fscore", "fscore_per_frame", "miou_per_frame", "num_frames", "batch_frames")
 SEMANTIC_KEYS = ("miou", "fscore", "miou_no_bg", "fscore_no_bg", "miou_present", "fscore_present", "num_frames")
+# the own-label-space numbers (a dataset with a label space of its own); they lead
+DATASET_KEYS = ("miou_dataset", "fscore_dataset")
 
 __all__ = ["binary_from_semantic", "evaluate", "log_to_training_run", "run_metrics"]
 
@@ -85,8 +99,14 @@ class Meters:
 
     @classmethod
     def create(
-        cls, config: SSPConfig, records: list[VideoRecord], scenarios: dict[str, str], fscore_batch_videos: int
+        cls,
+        config: SSPConfig,
+        records: list[VideoRecord],
+        scenarios: dict[str, str],
+        fscore_batch_videos: int,
+        label_space: tuple[int, ...] | None = None,
     ) -> Meters:
+        """``label_space``: the dataset's own classes (:func:`ssp.metrics.dataset_label_space`)."""
         subsets = sorted({r.subset for r in records}, key=list(FRAMES_PER_VIDEO).index)
         binary = {s: BinaryMeter(official_batch_frames(FRAMES_PER_VIDEO[s], fscore_batch_videos)) for s in subsets}
         names = sorted(set(scenarios.values()))
@@ -94,8 +114,8 @@ class Meters:
             return cls(
                 2,
                 binary,
-                {s: SemanticMeter(config.num_classes) for s in [*subsets, "all"]},
-                {s: SemanticMeter(config.num_classes) for s in names},
+                {s: SemanticMeter(config.num_classes, label_space=label_space) for s in [*subsets, "all"]},
+                {s: SemanticMeter(config.num_classes, label_space=label_space) for s in names},
             )
         return cls(1, binary, {}, {s: BinaryMeter() for s in names})
 
@@ -129,6 +149,7 @@ class Meters:
                 rows.append(
                     {
                         "scenario": scenario,
+                        **{k: numbers[k] for k in DATASET_KEYS if k in numbers},  # own label space first
                         "miou": numbers["miou"],
                         "fscore": numbers["fscore"],
                         "miou_present": numbers["miou_present"],
@@ -160,8 +181,8 @@ def summarise(meters: Meters, config: SSPConfig, header: dict[str, Any]) -> dict
         for name, meter in meters.semantic.items():
             if meter.num_frames:
                 numbers = meter.compute()
-                result["semantic"][name] = {k: numbers[k] for k in SEMANTIC_KEYS}
-        result["conventions"]["semantic"] = METRIC_CONVENTIONS["semantic"]
+                result["semantic"][name] = {k: numbers[k] for k in (*DATASET_KEYS, *SEMANTIC_KEYS) if k in numbers}
+        result["conventions"]["semantic"] = meters.semantic["all"].conventions()
         result["conventions"]["binary_from_stage2"] = "foreground probability = 1 - normalised background score"
     return result
 
@@ -231,7 +252,8 @@ def evaluate(
         records, config, InputDirs(flow, prompts, logmel), stage1_dir=stage1_masks if config.stage == 2 else None
     )
     scenarios = read_scenarios(data)
-    meters = Meters.create(config, records, scenarios, fscore_batch_videos)
+    label_space = dataset_label_space(data) if config.stage == 2 else None
+    meters = Meters.create(config, records, scenarios, fscore_batch_videos, label_space)
 
     with tqdm(total=len(dataset), desc=f"evaluate {split}", unit="video", disable=not progress) as bar:
         for batch, scores in predict_batches(model, dataset_batches(dataset, batch_size), device):
@@ -250,6 +272,8 @@ def evaluate(
         "trained": info,
         "fscore_batch_videos": fscore_batch_videos,
     }
+    if label_space is not None:
+        header["label_space"] = label_space_record(label_space, class_names(data))
     result = summarise(meters, config, header)
     if out is not None:
         write_tables(meters, config, data, Path(out), result)
@@ -280,14 +304,15 @@ def training_run_id(checkpoint: str | Path) -> str | None:
 
 def run_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The numbers logged into the training run, prefixed with the split (``test/``):
-    the AVSS metrics over all subsets (stage 2: ``test/miou``, ``test/fscore`` and the
-    ``_no_bg`` variants) and the binary ones per subset (``test/binary/v1s/miou``, ...,
-    the S4 / MS3 columns of Table 2; stage 1's only numbers). NaN is left out (MLflow's
-    charts break on it)."""
+    the AVSS metrics over all subsets (stage 2: ``test/miou``, ``test/fscore``, the
+    ``_no_bg`` variants and the present-class ``_present`` ones; on a dataset with its own label space ``test/miou_dataset`` and
+    ``test/fscore_dataset`` too) and the binary ones per subset (``test/binary/v1s/miou``,
+    ..., the S4 / MS3 columns of Table 2; stage 1's only numbers). NaN is left out
+    (MLflow's charts break on it)."""
     split = result["split"]
     out: dict[str, float] = {}
     semantic = result.get("semantic", {}).get("all", {})
-    for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
+    for key in (*DATASET_KEYS, "miou", "fscore", "miou_no_bg", "fscore_no_bg", "miou_present", "fscore_present"):
         if semantic.get(key) is not None:
             out[f"{split}/{key}"] = float(semantic[key])
     for subset, numbers in result.get("binary", {}).items():
@@ -411,6 +436,20 @@ def main(args: argparse.Namespace) -> int:
 
 
 def log_summary(result: dict[str, Any]) -> None:
+    """One line per entry; a semantic entry with own-label-space numbers leads with them."""
+    label = result.get("label_space", {}).get("label", "own label space")
     for group in ("binary", "semantic"):
         for name, numbers in result[group].items():
-            log.info("%s %s: mIoU %.4f F %.4f", group, name, numbers["miou"], numbers["fscore"])
+            if "miou_dataset" in numbers:
+                log.info(
+                    "%s %s: mIoU (%s) %.4f F %.4f; mIoU (71 classes) %.4f F %.4f",
+                    group,
+                    name,
+                    label,
+                    numbers["miou_dataset"],
+                    numbers["fscore_dataset"],
+                    numbers["miou"],
+                    numbers["fscore"],
+                )
+            else:
+                log.info("%s %s: mIoU %.4f F %.4f", group, name, numbers["miou"], numbers["fscore"])

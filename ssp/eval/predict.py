@@ -13,9 +13,14 @@ The pipeline is the training pipeline's, on one clip:
    size, then bilinearly resized back to the frame size and turned into class indices.
 
 The model comes from ``--checkpoint`` (+ ``--stage1-checkpoint``), from ``--model
-models:/NAME@ALIAS`` (MLflow registry), or by default from the local store's champions
-``models:/ssp-avss@champion`` and ``models:/ssp-avs@champion``. Given a stage-1 model
-only, the output is binary (``background`` / ``sounding object``).
+models:/NAME@ALIAS`` (MLflow registry), or by default from the local store's champion
+``models:/ssp-avss@champion`` (the champion of the dataset and profile registered last;
+``models:/ssp-avss@champion-{profile}-{fingerprint[:8]}`` names one key's, see
+:mod:`ssp.ops.registry`). The stepping-stone model of a registered stage-2 model is, unless
+given: the stage-1 model stored with its version, else the stage-1 champion of the same
+key (same dataset fingerprint and profile), else (versions registered before champions
+had keys) ``models:/ssp-avs@champion``. Given a stage-1 model only, the output is binary
+(``background`` / ``sounding object``).
 
 Outputs in DIR::
 
@@ -65,7 +70,7 @@ from ssp.data.avsbench import LABEL2IDX_JSON, VideoRecord, load_label2idx, read_
 from ssp.engine.predict import predict_batches, stepping_stone
 from ssp.errors import DataError, SSPError
 from ssp.models.checkpoint import load_model
-from ssp.ops.registry import champion_uri, resolve_model
+from ssp.ops.registry import ChampionKey, bundled_stage1, champion_uri, resolve_model
 from ssp.params import Params, PromptsParams, add_params_arguments, stage_params
 from ssp.preprocess.flow import flow_masks
 from ssp.preprocess.frames import extract_video
@@ -89,6 +94,8 @@ class LoadedModel:
     config: Any
     source: dict[str, Any]
     class_names: list[str] | None = None
+    key: ChampionKey | None = None  # registered models: the champion key it was registered under
+    stage1_path: Path | None = None  # registered stage-2 models: the stage-1 model stored with it
 
 
 @dataclass
@@ -119,9 +126,24 @@ def _from_registry(uri: str, device: str) -> LoadedModel:
         **manifest["registered"],
         "val_metric": manifest.get("val_metric"),
         "metric": manifest.get("metric"),
-        "data_hash": manifest.get("data_hash"),
+        "data_fingerprint": manifest.get("data_fingerprint", manifest.get("data_hash")),
+        "profile": manifest.get("profile"),
     }
-    return _load(path, device, source, manifest.get("class_names"))
+    loaded = _load(path, device, source, manifest.get("class_names"))
+    loaded.key = ChampionKey.of_manifest(manifest)
+    loaded.stage1_path = bundled_stage1(path, manifest)
+    return loaded
+
+
+def _stage1_model(main: LoadedModel, stage1_checkpoint, stage1_model_uri, device: str) -> LoadedModel:
+    """The stepping-stone model of ``main`` (see the module doc for the order)."""
+    if stage1_checkpoint is not None:
+        return _load(Path(stage1_checkpoint), device, {"kind": "checkpoint"})
+    if stage1_model_uri is not None:
+        return _from_registry(stage1_model_uri, device)
+    if main.stage1_path is not None:
+        return _load(main.stage1_path, device, {"kind": "stored with", "uri": main.source.get("uri")})
+    return _from_registry(champion_uri(1, main.key), device)  # key None: the plain champion
 
 
 def load_models(
@@ -140,10 +162,7 @@ def load_models(
         main = _from_registry(model_uri or champion_uri(2), device)
     if main.config.stage == 1:
         return None, main
-    if stage1_checkpoint is not None:
-        first = _load(Path(stage1_checkpoint), device, {"kind": "checkpoint"})
-    else:
-        first = _from_registry(stage1_model_uri or champion_uri(1), device)
+    first = _stage1_model(main, stage1_checkpoint, stage1_model_uri, device)
     if first.config.stage != 1:
         where = first.source.get("uri") or first.source["checkpoint"]
         raise SSPError(f"{where}: the stepping-stone model must be a stage-1 model, got stage {first.config.stage}")
@@ -530,7 +549,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(replaced as a whole on success; untouched on failure)",
     )
     model = parser.add_argument_group(
-        "model (default: the local registry's champions models:/ssp-avss@champion and models:/ssp-avs@champion)"
+        "model (default: the local registry's champion models:/ssp-avss@champion, with the stage-1 model "
+        "stored with it, else the stage-1 champion of its dataset and profile)"
     )
     model.add_argument(
         "--checkpoint",
@@ -542,19 +562,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stage1-checkpoint",
         type=Path,
         default=None,
-        help="stage-1 checkpoint for the stepping stones (default: models:/ssp-avs@champion)",
+        help="stage-1 checkpoint for the stepping stones (default: the stage-1 model registered with the "
+        "stage-2 model, else models:/ssp-avs@champion-{profile}-{fingerprint[:8]} of its key)",
     )
     model.add_argument(
         "--model",
         default=None,
         metavar="URI",
-        help="registered model, e.g. models:/ssp-avss@champion or models:/ssp-avss/3",
+        help="registered model, e.g. models:/ssp-avss@champion, models:/ssp-avss@champion-demo-1a2b3c4d "
+        "(one dataset and profile's champion) or models:/ssp-avss/3",
     )
     model.add_argument(
         "--stage1-model",
         default=None,
         metavar="URI",
-        help="registered stage-1 model (default: models:/ssp-avs@champion)",
+        help="registered stage-1 model (default: as --stage1-checkpoint's)",
     )
     add_params_arguments(parser, "flow.rule=fixed")
     parser.add_argument(

@@ -7,7 +7,9 @@ saved per cell).
 The split and the official F-score batch come from the ``evaluate`` params section. A
 stage-1 model is tested on the subsets it trained on (``train1.subsets``; the S4/MS3
 cells of the DVC matrix ``ablation_avs``: v1s and v1m, one ``binary`` entry each), a
-stage-2 model on every subset (AVSS over all of them). This module is the ``train`` command (it sits above both the engine and the evaluation code,
+stage-2 model on every subset (AVSS over all of them; on the generated benchmark led by
+the mIoU / F over its own label space, background + K classes, as ``ssp evaluate`` writes
+it; the validation history carries it too). This module is the ``train`` command (it sits above both the engine and the evaluation code,
 which the engine must not import); without ``--test-out`` it only trains.
 """
 

@@ -39,3 +39,28 @@ def audio_aware_queries(query_features: Tensor, query_embeddings: Tensor, audio:
     """
     similarity = torch.nn.functional.cosine_similarity(query_embeddings[:, None, :], audio[None, :, :], dim=-1)  # Q×N
     return query_features[:, None, :] + similarity[:, :, None] * audio[None, :, :]
+
+
+class AudioPixelSimilarity(nn.Module):
+    """A per-pixel audio-visual match added to every mask logit (``audio_fusion="similarity"``).
+
+    s(x) = <W_v f(x), W_a a> / sqrt(D) between the mask feature f(x) of each position and the
+    frame's projected audio a, added to the mask logits of every query and decoder layer. Both
+    sides carry the class on their own (bench/README.md, Probes: linear probes ~100 %); what the
+    queries never learned is to match them. This bilinear term is that match, one step from the
+    mask loss: where a silent object's pixels are called foreground the loss lowers s there for
+    this audio. W_a starts at zero, so the model starts as AAVS.
+    """
+
+    def __init__(self, hidden_dim: int):
+        super().__init__()
+        self.visual = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=1)
+        self.audio = nn.Linear(hidden_dim, hidden_dim)
+        nn.init.zeros_(self.audio.weight)
+        nn.init.zeros_(self.audio.bias)
+        self.scale = hidden_dim**-0.5
+
+    def forward(self, mask_features: Tensor, audio: Tensor) -> Tensor:
+        """N×D×h×w mask features, N×D audio -> N×1×h×w logit offset."""
+        visual = self.visual(mask_features)
+        return torch.einsum("ndhw,nd->nhw", visual, self.audio(audio).to(visual.dtype))[:, None] * self.scale

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from ssp.errors import SSPError
 from ssp.models.adapters import add_adapters, apply_recipe
-from ssp.models.audio_queries import AudioProjection
+from ssp.models.audio_queries import AudioPixelSimilarity, AudioProjection
 from ssp.models.backbones import build_audio_encoder, build_visual_backbone
 from ssp.models.config import SSPConfig
 from ssp.models.mask2former import (
@@ -134,6 +134,8 @@ class SSPModel(nn.Module):
         self.class_predictor = nn.Linear(config.hidden_dim, config.num_labels + 1)
         self.audio_encoder = build_audio_encoder(config)
         self.audio_projection = AudioProjection(config.hidden_dim)
+        with_match = config.audio_fusion == "similarity"
+        self.audio_pixel_match = AudioPixelSimilarity(config.hidden_dim) if with_match else None
         self.text_module = build_text_module(config)
         if self.text_module is not None:  # the frozen encoders' ResolvedWeights (model.text_model, model.clip_model)
             for module in self.text_module.modules():
@@ -199,6 +201,9 @@ class SSPModel(nn.Module):
         decoded = self.transformer_module(multi_scale, mask_features, audio_embedding, stone)
         class_logits = [self.class_predictor(h.transpose(0, 1)) for h in decoded.intermediate_hidden_states]
         masks = list(decoded.masks_queries_logits)
+        if self.audio_pixel_match is not None:
+            match = self.audio_pixel_match(mask_features, audio_embedding)
+            masks = [m + match.to(m.dtype) for m in masks]
         post_mask_logits = self.post_mask_head(mask_features)[:, 0] if self.post_mask_head is not None else None
         return SSPOutput(
             class_logits=class_logits[-1],

@@ -36,6 +36,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from ssp import __version__
+from ssp.ops.mlflow_views import set_up_experiment
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,9 @@ def get_or_create_experiment(name: str) -> str:
         if exp is not None:
             return exp.experiment_id
         try:
-            return client.create_experiment(name)
+            exp_id = client.create_experiment(name)
+            set_up_experiment(client, exp_id, name)  # opens on its runs and saved views in the UI
+            return exp_id
         except Exception as e:  # created meanwhile by a concurrent run
             if "already exists" in str(e).lower() or "unique" in str(e).lower():
                 return client.get_experiment_by_name(name).experiment_id
@@ -174,6 +177,7 @@ class RunLogger:
         self.enabled = enabled
         self.run_id: str | None = None
         self._client = None
+        self._system_metrics = contextlib.ExitStack()
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> "RunLogger":
@@ -188,9 +192,13 @@ class RunLogger:
         self.run_id = run.info.run_id
         if self.params:
             self.log_params(self.params)
+        # this node's CPU/memory/disk/network/GPU use while the run is open, when
+        # MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is on (as mlflow.start_run would do)
+        self._system_metrics.enter_context(node_system_metrics(self.run_id))
         return self
 
     def end(self, status: str = "FINISHED") -> None:
+        self._system_metrics.close()  # before the run ends: the monitor flushes into a running run
         if self.enabled and self.run_id:
             retry_locked(lambda: self._client.set_terminated(self.run_id, status=status), "set_terminated")
 
@@ -282,8 +290,12 @@ def node_tags(env: Mapping[str, str] | None = None) -> dict[str, str]:
 @contextlib.contextmanager
 def node_system_metrics(run_id: str | None, env: Mapping[str, str] | None = None) -> Iterator[None]:
     """Sample this node's CPU, memory, disk, network and GPU usage into ``run_id`` while
-    the block runs, when ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is true. Call it on
-    each node's local rank 0 only: one monitor per machine."""
+    the block runs, when ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is true: one point per
+    ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (MLflow's default 10; a run that
+    ends sooner gets none), named ``system/node<GROUP_RANK>/...``. Every
+    :class:`RunLogger` opens it for its run; call it directly on the local rank 0 of the
+    other nodes of a multi-node job (one monitor per machine). Needs psutil (GPU: NVML,
+    ``nvidia-ml-py``)."""
     env = os.environ if env is None else env
     enabled = env.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in {"1", "true", "yes"}
     if not (enabled and run_id and env.get("LOCAL_RANK", "0") == "0"):

@@ -21,6 +21,17 @@ samples``, paper Fig. 8) is linked when it exists.
 All numbers are in %, each with the convention ``ssp evaluate`` recorded. On the
 generated benchmark the absolute numbers are not comparable with the paper's; the
 differences between rows are what the ablation measures.
+
+Own label space first: on a dataset with a label space of its own (the generated
+benchmark: background + K classes, ``label_space`` in the metrics JSON), every AVSS figure
+(Tables 1-2, the λ' sweep, the per-scenario tables) leads with the mIoU / F over those
+K + 1 classes (``miou_dataset``, labelled "bg + K=8 classes"), the 71-class AVSBench
+convention beside it. On AVSBench the tables are as before (one label space).
+
+Ceilings (:mod:`ssp.report.ceilings`): what a perfect audio-only, audio + motion and
+audio + motion + text model reaches per scenario, printed under every per-scenario table
+on the same metric; read from ``{out}/ceilings.json`` (the DVC stage ``ceilings``) or
+``--ceilings``, else computed from ``--data``.
 """
 
 from __future__ import annotations
@@ -31,15 +42,20 @@ import logging
 import os
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
+from ssp.data.synthetic import SCENARIOS
 from ssp.errors import SSPError
-from ssp.fileio import atomic_path, write_text
+from ssp.fileio import atomic_path, write_json, write_text
+from ssp.ops.tracking import EXPERIMENTS, get_client, parent_run_from_env, retry_locked
 from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE1, TABLE2
+from ssp.params import EvaluateParams
+from ssp.report.ceilings import ORACLE_LABELS, ORACLES, compute_ceilings
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +80,18 @@ def row_numbers(result: dict[str, Any]) -> tuple[float | None, ...]:
     )
 
 
+def dataset_numbers(result: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(AVSS mIoU, AVSS F) in % over the dataset's own label space (background + K) from
+    an evaluate JSON; (None, None) when it has none (AVSBench, stage 1)."""
+    semantic = result.get("semantic", {}).get("all", {})
+    return tuple(None if semantic.get(k) is None else 100.0 * float(semantic[k]) for k in DATASET_KEYS)
+
+
+def space_label(result: dict[str, Any]) -> str:
+    """How the report names the own label space of ``result`` ("bg + K=8 classes")."""
+    return (result.get("label_space") or {}).get("label") or "own label space"
+
+
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
 
@@ -86,6 +114,11 @@ CELL_COLUMNS = {1: "S4/MS3", 2: "AVSS"}
 
 # row -> stage -> seed -> that stage's columns (STAGE_COLUMNS order) from the seed's file
 Cells = dict[str, dict[int, dict[int, tuple[float | None, ...]]]]
+# row -> seed -> (AVSS mIoU, AVSS F) over the own label space, from the stage-2 cells
+DatasetCells = dict[str, dict[int, tuple[float | None, ...]]]
+DATASET_KEYS = ("miou_dataset", "fscore_dataset")
+AVSS_71 = ("AVSS mIoU (71 classes)", "AVSS F (71 classes)")
+SUBSET_ORDER = ("v1s", "v1m", "v2")
 
 
 def seed_files(folder: Path) -> dict[int, Path]:
@@ -114,6 +147,22 @@ def cell_numbers(metrics_dir: Path) -> Cells:
     return found
 
 
+def dataset_cell_numbers(metrics_dir: Path) -> tuple[DatasetCells, str]:
+    """The stage-2 cells' own-label-space AVSS numbers (rows whose files have them) and the
+    label space's label (the first file's)."""
+    found: DatasetCells = {}
+    label = "own label space"
+    for row in TABLE2:
+        for seed, path in seed_files(metrics_dir / CELL_FOLDERS[2] / row).items():
+            result = _read(path)
+            numbers = dataset_numbers(result)
+            if numbers[0] is not None:
+                if not found:
+                    label = space_label(result)
+                found.setdefault(row, {})[seed] = numbers
+    return found, label
+
+
 def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
     """Mean of the values present and their sample standard deviation (None for < 2)."""
     present = [v for v in values if v is not None]
@@ -131,21 +180,29 @@ def column_stats(row_cells: dict[int, dict[int, tuple]]) -> list[tuple[float | N
     return stats
 
 
-def results_table(title: str, rows: Sequence[tuple[str, str]], cells: Cells, metrics_dir: Path) -> str:
+def results_table(
+    title: str,
+    rows: Sequence[tuple[str, str]],
+    cells: Cells,
+    metrics_dir: Path,
+    dataset: tuple[DatasetCells, str] | None = None,
+) -> str:
     """Markdown table of ``rows`` ((label, Table-2 row) pairs): ours (mean ± std over the
-    seeds) then the paper's six numbers; notes on the seeds and on every missing run."""
-    head = (
-        f"| {title} | "
-        + " | ".join(f"{c} (ours)" for c in COLUMNS)
-        + " | "
-        + " | ".join(f"{c} (paper)" for c in COLUMNS)
-        + " |"
-    )
-    lines = [head, "|" + "---|" * (1 + 2 * len(COLUMNS))]
+    seeds) then the paper's six numbers; notes on the seeds and on every missing run.
+    ``dataset`` (own-label-space cells and their label): the AVSS columns of ours lead
+    with the mIoU / F over the dataset's label space, the 71-class ones beside them."""
+    own_cells, own_label = dataset if dataset and dataset[0] else ({}, "")
+    ours = [*COLUMNS[:4], f"AVSS mIoU ({own_label})", f"AVSS F ({own_label})", *AVSS_71] if own_cells else COLUMNS
+    head = f"| {title} | " + " | ".join(f"{c} (ours)" for c in ours) + " | "
+    head += " | ".join(f"{c} (paper)" for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (1 + len(ours) + len(COLUMNS))]
     missing: dict[int, list[str]] = {stage: [] for stage in CELL_FOLDERS}
     seeds = []
     for label, row in rows:
         mine = column_stats(cells.get(row, {}))
+        if own_cells:
+            per_seed = own_cells.get(row, {}).values()
+            mine = [*mine[:4], *(mean_std([numbers[j] for numbers in per_seed]) for j in range(2)), *mine[4:]]
         lines.append(
             f"| {label} | "
             + " | ".join(_fmt_std(m, s) for m, s in mine)
@@ -177,13 +234,59 @@ def results_table(title: str, rows: Sequence[tuple[str, str]], cells: Cells, met
 def ablation_table(metrics_dir: Path) -> tuple[str, str, dict[str, tuple]]:
     """Tables 1 and 2 (markdown) and ``ours``: row -> the mean of each column."""
     cells = cell_numbers(metrics_dir)
+    dataset = dataset_cell_numbers(metrics_dir)
     ours = {row: tuple(mean for mean, _ in column_stats(row_cells)) for row, row_cells in cells.items()}
-    table1 = results_table("method", list(TABLE1.items()), cells, metrics_dir)
-    table2 = results_table("component", [(r.label, name) for name, r in TABLE2.items()], cells, metrics_dir)
+    table1 = results_table("method", list(TABLE1.items()), cells, metrics_dir, dataset)
+    rows = [(r.label, name) for name, r in TABLE2.items()]
+    table2 = results_table("component", rows, cells, metrics_dir, dataset)
     return table1, table2, ours
 
 
+def _slug(column: str) -> str:
+    """Column label to metric key: "S4 mIoU" -> "s4_miou", "AVSS F" -> "avss_fscore"."""
+    return column.lower().replace(" ", "_").replace("_f", "_fscore")
+
+
+def ablation_summary(metrics_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every Table-2 row with cells: per column (``s4_miou`` ... ``avss_fscore``, and on a
+    dataset with its own label space ``avss_miou_dataset`` / ``avss_fscore_dataset``) the
+    mean and sample std over the seeds (%) and the number of seeds. Written as the DVC metric
+    ``reports/ablation_summary.json``, so `dvc metrics show` and the flow's parent runs carry
+    mean ± std per row."""
+    cells = cell_numbers(metrics_dir)
+    own, _ = dataset_cell_numbers(metrics_dir)
+    summary: dict[str, dict[str, Any]] = {}
+    for row, row_cells in cells.items():
+        entry: dict[str, Any] = {}
+        for column, (mean, std) in zip(COLUMNS, column_stats(row_cells)):
+            if mean is not None:
+                entry[_slug(column)] = {"mean": round(mean, 3), "std": None if std is None else round(std, 3)}
+        for j, key in enumerate(("avss_miou_dataset", "avss_fscore_dataset")):
+            mean, std = mean_std([numbers[j] for numbers in own.get(row, {}).values()])
+            if mean is not None:
+                entry[key] = {"mean": round(mean, 3), "std": None if std is None else round(std, 3)}
+        entry["seeds"] = {CELL_COLUMNS[stage]: len(per_seed) for stage, per_seed in row_cells.items()}
+        summary[row] = entry
+    return summary
+
+
+def plotted_ours(ours: dict[str, tuple], metrics_dir: Path) -> tuple[dict[str, tuple], str]:
+    """``ours`` with the AVSS mIoU (column 4) over the own label space where the cells have
+    it, and the AVSS bars' label ("AVSS" or "AVSS (bg + K=8 classes)")."""
+    own_cells, label = dataset_cell_numbers(metrics_dir)
+    if not own_cells:
+        return ours, "AVSS"
+    plotted = dict(ours)
+    for row, per_seed in own_cells.items():
+        mean, _ = mean_std([numbers[0] for numbers in per_seed.values()])
+        numbers = list(plotted.get(row, (None,) * len(COLUMNS)))
+        numbers[4] = mean
+        plotted[row] = tuple(numbers)
+    return plotted, f"AVSS ({label})"
+
+
 def sweep_points(metrics_dir: Path) -> list[tuple[float, float | None, float | None]]:
+    """(λ', AVSS mIoU, AVSS F) in %, 71 classes, of each sweep file."""
     points = []
     for path in (metrics_dir / "sweep").glob("lambda_*.json"):
         value = float(path.stem[len("lambda_") :])
@@ -192,28 +295,179 @@ def sweep_points(metrics_dir: Path) -> list[tuple[float, float | None, float | N
     return sorted(points)
 
 
-def scenario_table(result: dict[str, Any]) -> str:
+def sweep_dataset_points(metrics_dir: Path) -> tuple[list[tuple[float, float | None, float | None]], str]:
+    """(λ', AVSS mIoU, AVSS F) in % over the own label space of each sweep file that has
+    it, and the label space's label."""
+    points, label = [], "own label space"
+    for path in (metrics_dir / "sweep").glob("lambda_*.json"):
+        result = _read(path)
+        miou, fscore = dataset_numbers(result)
+        if miou is not None:
+            points.append((float(path.stem[len("lambda_") :]), miou, fscore))
+            label = space_label(result)
+    return sorted(points), label
+
+
+def sweep_section(metrics_dir: Path, out: Path) -> list[str]:
+    """The λ' table (own label space first when the files have it) and Fig. 5's plot."""
+    points = sweep_points(metrics_dir)
+    if not points:
+        return ["_(no sweep metrics yet)_", ""]
+    own, label = sweep_dataset_points(metrics_dir)
+    if own and len(own) == len(points):
+        parts = [
+            f"| λ'_mask | AVSS mIoU ({label}) | AVSS F ({label}) | {' | '.join(AVSS_71)} |",
+            "|---|---|---|---|---|",
+        ]
+        parts += [
+            f"| {v:g} | {_fmt(m)} | {_fmt(f)} | {_fmt(m71)} | {_fmt(f71)} |"
+            for (v, m, f), (_, m71, f71) in zip(own, points)
+        ]
+        plot_sweep(own, out, f"AVSS ({label})")
+    else:
+        parts = ["| λ'_mask | AVSS mIoU | AVSS F |", "|---|---|---|"]
+        parts += [f"| {v:g} | {_fmt(m)} | {_fmt(f)} |" for v, m, f in points]
+        plot_sweep(points, out)
+    return parts + ["", "![sweep](lambda_sweep.png)", ""]
+
+
+# ---------------------------------------------------------------------------------------
+# Per scenario, with the ceilings
+# ---------------------------------------------------------------------------------------
+def load_ceilings(path: Path | None, data: Path | None, split: str) -> dict[str, Any] | None:
+    """The ceilings JSON at ``path`` when it exists, else computed from ``data`` (None
+    without either, or for a dataset without scene records)."""
+    if path is not None and path.is_file():
+        ceilings = _read(path)
+    elif data is not None:
+        ceilings = compute_ceilings(data, split)
+    else:
+        return None
+    return ceilings if ceilings.get("available") else None
+
+
+def ceiling_values(ceilings: dict[str, Any] | None, scenario: str, metric: str) -> list[float | None]:
+    """Each oracle's ``metric`` (%) in ``scenario``; None where the ceilings lack it."""
+    numbers = (ceilings or {}).get("scenarios", {}).get(scenario, {})
+    return [None if numbers.get(o, {}).get(metric) is None else 100.0 * numbers[o][metric] for o in ORACLES]
+
+
+def subset_ceiling_values(ceilings: dict[str, Any] | None, scenario: str, subsets: Sequence[str]) -> list:
+    """Each oracle's binary per-frame mIoU (%) in ``scenario`` over ``subsets`` only (the
+    frame-weighted mean of the per-subset means: the per-frame mean over their frames)."""
+    by_subset = (ceilings or {}).get("scenarios", {}).get(scenario, {}).get("by_subset", {})
+    parts = [by_subset[s] for s in subsets if s in by_subset and by_subset[s].get("frames")]
+    frames = sum(p["frames"] for p in parts)
+    if not frames:
+        return [None] * len(ORACLES)
+    return [100.0 * sum(p[o]["binary_miou"] * p["frames"] for p in parts) / frames for o in ORACLES]
+
+
+def scenario_order(names: Iterable[str]) -> list[str]:
+    """Scenario names in the benchmark's order (moving_sounding first), unknown ones last."""
+    names = set(names)
+    return [s for s in SCENARIOS if s in names] + sorted(names - set(SCENARIOS))
+
+
+def ceilings_note(ceilings: dict[str, Any]) -> str:
+    """What the ceiling columns and rows mean (printed once, under the per-scenario tables)."""
+    split = ceilings.get("split", "?")
+    return (
+        f"**Ceilings** ({split} split; `ssp ceilings`, ssp/report/ceilings.py): what a perfect model with only "
+        "these cues reaches, scored with the same metric as the numbers beside them. Audio only: knows which "
+        "classes sound in each frame and segments every object of them (a silent same-class twin too); "
+        "audio + motion: among a sounding class's objects keeps the moving ones when some move and some do "
+        "not; audio + motion + text: keeps the objects the answers name as sounding (the ground truth). The "
+        "per-scenario ceilings are on the present-class mIoU (stage 2) and the binary mIoU (stage 1), where a "
+        "perfect model scores 100: a scenario's frames hold a few of the classes, so over the whole label space "
+        "even the ground truth would score below 100."
+    )
+
+
+def scenario_table(result: dict[str, Any], ceilings: dict[str, Any] | None = None) -> str:
+    """The main model's per-scenario table: the own-label-space mIoU / F first when the
+    file has them, then the 71-class ones and the present-class mIoU; with ``ceilings``,
+    each oracle's ceiling on the present-class mIoU (a scenario's frames hold a few of the
+    classes: over the whole label space even a perfect model would score below 100)."""
     scenarios = result.get("per_scenario") or {}
     if not scenarios:
         return "_(no per-scenario table: the dataset has no scenarios.csv)_"
-    lines = ["| scenario | frames | AVSS mIoU | AVSS F | mIoU (present classes) |", "|---|---|---|---|---|"]
-    for name, m in sorted(scenarios.items()):
-        lines.append(
-            f"| {name} | {m.get('frames', '')} | {_fmt(100 * m['miou'])} | "
-            f"{_fmt(100 * m['fscore'])} | {_fmt(100 * m.get('miou_present', float('nan')))} |"
-        )
+    own = all("miou_dataset" in m for m in scenarios.values())
+    label = space_label(result)
+    columns = (
+        ["miou_dataset", "fscore_dataset", "miou", "fscore", "miou_present"]
+        if own
+        else ["miou", "fscore", "miou_present"]
+    )
+    names = [f"mIoU ({label})", f"F ({label})", *AVSS_71] if own else ["AVSS mIoU", "AVSS F"]
+    names.append("mIoU (present classes)")
+    if ceilings:  # on the present-class mIoU, where a perfect model scores 100 in every scenario
+        names += [f"ceiling (present classes): {ORACLE_LABELS[o]}" for o in ORACLES]
+    lines = ["| scenario | frames | " + " | ".join(names) + " |", "|---|" + "---|" * (1 + len(names))]
+    for name in scenario_order(scenarios):
+        m = scenarios[name]
+        values = [None if m.get(k) is None else 100 * m[k] for k in columns]
+        if ceilings:
+            values += ceiling_values(ceilings, name, "miou_present")
+        lines.append(f"| {name} | {m.get('frames', '')} | " + " | ".join(_fmt(v) for v in values) + " |")
     return "\n".join(lines)
 
 
-def sweep_figure(points) -> Figure | None:
-    """Fig. 5: AVSS mIoU and F-score against λ'_mask (None without points)."""
+def cell_scenarios(metrics_dir: Path, stage: int) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
+    """Every Table-2 row's per-scenario numbers of ``stage``'s cells (row -> scenario ->
+    one dict per seed) and the subsets those cells were tested on."""
+    found: dict[str, dict[str, list[dict]]] = {}
+    subsets: set[str] = set()
+    for row in TABLE2:
+        for path in seed_files(metrics_dir / CELL_FOLDERS[stage] / row).values():
+            result = _read(path)
+            for scenario, numbers in (result.get("per_scenario") or {}).items():
+                found.setdefault(row, {}).setdefault(scenario, []).append(numbers)
+            subsets |= set(result.get("binary", {}))
+    return found, sorted(subsets, key=lambda s: SUBSET_ORDER.index(s) if s in SUBSET_ORDER else len(SUBSET_ORDER))
+
+
+def rows_scenario_table(metrics_dir: Path, stage: int, ceilings: dict[str, Any] | None, label: str) -> list[str]:
+    """Markdown: every Table-2 row's per-scenario result (mean ± std over the seeds) of
+    ``stage``'s cells, then one line per oracle's ceiling on the same metric. Stage 2: AVSS
+    mIoU over the classes present; stage 1: binary per-frame mIoU, ceilings over the
+    subsets the cells were tested on."""
+    found, subsets = cell_scenarios(metrics_dir, stage)
+    if not found:
+        return []
+    # stage 2: the present-class mIoU, on which a perfect model scores 100 in every scenario
+    # (the few classes a scenario's frames hold would cap it over a whole label space)
+    metric = "miou_present" if stage == 2 else "miou"
+    scenarios = scenario_order(s for per_scenario in found.values() for s in per_scenario)
+    if stage == 2:
+        what = "AVSS mIoU over the classes present"
+    else:
+        what = f"binary mIoU per frame, {' + '.join(subsets)}"
+    heading = f"### {CELL_COLUMNS[stage]} cells (`{metrics_dir / CELL_FOLDERS[stage]}/`): {what}"
+    lines = [heading, "", "| row | " + " | ".join(scenarios) + " |", "|---|" + "---|" * len(scenarios)]
+    for row, per_scenario in found.items():
+        stats = [mean_std([100 * m[metric] for m in per_scenario.get(s, [])]) for s in scenarios]
+        lines.append(f"| {TABLE2[row].label} | " + " | ".join(_fmt_std(m, sd) for m, sd in stats) + " |")
+    if ceilings:
+        for k, oracle in enumerate(ORACLES):
+            if stage == 2:
+                values = [ceiling_values(ceilings, s, metric)[k] for s in scenarios]
+            else:
+                values = [subset_ceiling_values(ceilings, s, subsets)[k] for s in scenarios]
+            lines.append(f"| ceiling: {ORACLE_LABELS[oracle]} | " + " | ".join(_fmt(v) for v in values) + " |")
+    return [*lines, ""]
+
+
+def sweep_figure(points, label: str = "AVSS") -> Figure | None:
+    """Fig. 5: AVSS mIoU and F-score against λ'_mask (None without points); ``label``
+    names the figures' label space."""
     if not points:
         return None
     fig = Figure(figsize=(5, 3.2))
     ax = fig.subplots()
     xs = [p[0] for p in points]
-    ax.plot(xs, [p[1] for p in points], "o-", label="AVSS mIoU")
-    ax.plot(xs, [p[2] for p in points], "s--", label="AVSS F-score")
+    ax.plot(xs, [p[1] for p in points], "o-", label=f"{label} mIoU")
+    ax.plot(xs, [p[2] for p in points], "s--", label=f"{label} F-score")
     ax.set_xscale("log")
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.set_xlabel("λ'_mask")
@@ -236,20 +490,20 @@ def save_figure(fig: Figure | None, path: Path) -> Path | None:
     return path
 
 
-def plot_sweep(points, out: Path) -> Path | None:
-    return save_figure(sweep_figure(points), out / "lambda_sweep.png")
+def plot_sweep(points, out: Path, label: str = "AVSS") -> Path | None:
+    return save_figure(sweep_figure(points, label), out / "lambda_sweep.png")
 
 
-def ablation_figure(ours: dict[str, tuple]) -> Figure | None:
+def ablation_figure(ours: dict[str, tuple], avss_label: str = "AVSS") -> Figure | None:
     """Horizontal bars of each row's S4, MS3 and AVSS mIoU (a missing cell draws no bar);
-    None without any row."""
+    None without any row. ``avss_label`` names the AVSS bars' label space."""
     if not ours:
         return None
     rows = [r for r in TABLE2 if r in ours]
     fig = Figure(figsize=(7, 0.5 + 0.55 * len(rows) + 1))
     ax = fig.subplots()
     height = 0.8 / 3
-    for k, (column, name) in enumerate(((0, "S4"), (2, "MS3"), (4, "AVSS"))):
+    for k, (column, name) in enumerate(((0, "S4"), (2, "MS3"), (4, avss_label))):
         ys = [i + (k - 1) * height for i in range(len(rows))]
         ax.barh(ys, [ours[r][column] or 0 for r in rows], height=height, label=f"{name} mIoU")
     ax.set_yticks(range(len(rows)), [TABLE2[r].label for r in rows])
@@ -261,8 +515,8 @@ def ablation_figure(ours: dict[str, tuple]) -> Figure | None:
     return fig
 
 
-def plot_ablation(ours: dict[str, tuple], out: Path) -> Path | None:
-    return save_figure(ablation_figure(ours), out / "ablation.png")
+def plot_ablation(ours: dict[str, tuple], out: Path, avss_label: str = "AVSS") -> Path | None:
+    return save_figure(ablation_figure(ours, avss_label), out / "ablation.png")
 
 
 def samples_section(samples: Path | None, out: Path) -> list[str]:
@@ -283,28 +537,77 @@ def samples_section(samples: Path | None, out: Path) -> list[str]:
     ]
 
 
+def intro(metrics_dir: Path, main: dict[str, Any]) -> str:
+    """The report's first paragraph: where the numbers come from and their conventions."""
+    own_cells, label = dataset_cell_numbers(metrics_dir)
+    if not own_cells and "miou_dataset" in main.get("semantic", {}).get("all", {}):
+        label = space_label(main)
+    avss = (
+        f"AVSS over real frames, mean over {label} (the dataset's own label space) first, then over all 71 "
+        "AVSBench classes (the paper's convention; a class the dataset never uses scores 0 there)"
+        if own_cells or label != "own label space"
+        else "AVSS over real frames, mean over all 71 classes"
+    )
+    return (
+        f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; {avss}). S4 / MS3: "
+        f"the row's stage-1 model trained on v1s + v1m (`{metrics_dir}/{CELL_FOLDERS[1]}/`); AVSS: the row's "
+        f"stage-2 model (`{metrics_dir}/{CELL_FOLDERS[2]}/`). Our numbers come from the dataset the pipeline "
+        "ran on; the paper's from AVSBench."
+    )
+
+
+def metrics_split(metrics_dir: Path, main: dict[str, Any]) -> str:
+    """The split the metrics files were computed on (the main model's, else a cell's, else
+    the ``evaluate`` default): the split the ceilings must be computed on."""
+    if main.get("split"):
+        return str(main["split"])
+    for stage in CELL_FOLDERS:
+        for row in TABLE2:
+            for path in seed_files(metrics_dir / CELL_FOLDERS[stage] / row).values():
+                return str(_read(path).get("split") or EvaluateParams().split)
+    return EvaluateParams().split
+
+
+def scenario_sections(metrics_dir: Path, main: dict[str, Any], ceilings: dict[str, Any] | None) -> list[str]:
+    """The per-scenario tables: the main model's, then every Table-2 row's (stage-2 and
+    stage-1 cells), each with the ceilings on its metric."""
+    parts = ["## Per scenario (main model)", "", scenario_table(main, ceilings), ""]
+    _, label = dataset_cell_numbers(metrics_dir)
+    rows = [
+        *rows_scenario_table(metrics_dir, 2, ceilings, label),
+        *rows_scenario_table(metrics_dir, 1, ceilings, label),
+    ]
+    if rows:
+        parts += ["## Per scenario (paper Table 2 rows, test)", "", *rows]
+    if ceilings:
+        parts += [ceilings_note(ceilings), ""]
+    return parts
+
+
 def build_report(
-    metrics_dir: str | Path = "metrics", out: str | Path = "reports", samples: str | Path | None = DEFAULT_SAMPLES
+    metrics_dir: str | Path = "metrics",
+    out: str | Path = "reports",
+    samples: str | Path | None = DEFAULT_SAMPLES,
+    ceilings: str | Path | None = None,
+    data: str | Path | None = None,
 ) -> tuple[Path, str]:
+    """report.md in ``out`` (and its plots); returns its path and text. ``ceilings``: the
+    ``ssp ceilings`` JSON (default ``{out}/ceilings.json``, where the DVC stage writes it);
+    when it does not exist and ``data`` is given, the ceilings are computed from ``data``."""
     metrics_dir, out = Path(metrics_dir), Path(out)
     samples = Path(samples) if samples is not None else None
     if not metrics_dir.is_dir():
         raise SSPError(f"{metrics_dir}: no metrics folder (run the pipeline first: dvc repro)")
     out.mkdir(parents=True, exist_ok=True)
     table1, table2, ours = ablation_table(metrics_dir)
-    points = sweep_points(metrics_dir)
     main = _read(metrics_dir / "stage2.json") if (metrics_dir / "stage2.json").exists() else {}
+    ceilings_path = Path(ceilings) if ceilings is not None else out / "ceilings.json"
+    found_ceilings = load_ceilings(ceilings_path, Path(data) if data else None, metrics_split(metrics_dir, main))
 
     parts = [
         "# SSP report",
         "",
-        (
-            f"Metrics from `{metrics_dir}/` (test split; binary F in the official batch mode; "
-            "AVSS over real frames, mean over all 71 classes). S4 / MS3: the row's stage-1 "
-            f"model trained on v1s + v1m (`{metrics_dir}/{CELL_FOLDERS[1]}/`); AVSS: the row's "
-            f"stage-2 model (`{metrics_dir}/{CELL_FOLDERS[2]}/`). Our numbers come from the "
-            "dataset the pipeline ran on; the paper's from AVSBench."
-        ),
+        intro(metrics_dir, main),
         "",
         "## AAVS vs SSP (paper Table 1)",
         "",
@@ -315,19 +618,14 @@ def build_report(
         table2,
         "",
     ]
-    if plot_ablation(ours, out):
+    plotted, avss_label = plotted_ours(ours, metrics_dir)
+    if plot_ablation(plotted, out, avss_label):
         parts += ["![ablation](ablation.png)", ""]
     parts += samples_section(samples, out)
-    parts += ["## λ'_mask sweep (paper Fig. 5)", ""]
-    if points:
-        parts += ["| λ'_mask | AVSS mIoU | AVSS F |", "|---|---|---|"]
-        parts += [f"| {v:g} | {_fmt(m)} | {_fmt(f)} |" for v, m, f in points]
-        plot_sweep(points, out)
-        parts += ["", "![sweep](lambda_sweep.png)", ""]
-    else:
-        parts += ["_(no sweep metrics yet)_", ""]
-    parts += ["## Per scenario (main model)", "", scenario_table(main), ""]
+    parts += ["## λ'_mask sweep (paper Fig. 5)", "", *sweep_section(metrics_dir, out)]
+    parts += scenario_sections(metrics_dir, main, found_ceilings)
     text = "\n".join(parts)
+    write_json(out / "ablation_summary.json", ablation_summary(metrics_dir))
     path = out / "report.md"
     write_text(path, text)
     return path, text
@@ -349,10 +647,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help=f"the ablation sample grid of `ssp samples`, linked when it exists (default: {DEFAULT_SAMPLES})",
     )
+    parser.add_argument(
+        "--ceilings",
+        default=None,
+        type=Path,
+        help="per-scenario ceilings JSON of `ssp ceilings` (DVC stage `ceilings`), printed beside every "
+        "per-scenario result (default: OUT/ceilings.json)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        type=Path,
+        help="dataset root: compute the ceilings from its scene records when the ceilings JSON does not exist",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# MLflow: the pipeline's parent runs hold the tables and plots
+# ---------------------------------------------------------------------------------------
+def markdown_table(text: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first markdown table after ``heading`` in ``text`` (column -> cell)."""
+    lines = text.splitlines()
+    start = lines.index(heading)
+    rows: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    header, body = rows[0], rows[2:]  # rows[1] is the |---| rule
+    return [dict(zip(header, r)) for r in body]
+
+
+def log_to_pipeline_runs(out: Path, text: str) -> list[str]:
+    """When the reproduce flow runs this (its parent runs are in the environment): log the
+    two paper tables as MLflow tables (the run page's artifact view shows them as tables),
+    the ablation and λ'_mask plots and report.md into every parent run. Returns their ids."""
+    parents = [p for p in (parent_run_from_env(e) for e in EXPERIMENTS.values()) if p]
+    if not parents:
+        return []
+    client = get_client()
+    tables = {
+        "table1.json": markdown_table(text, "## AAVS vs SSP (paper Table 1)"),
+        "table2.json": markdown_table(text, "## Ablation (paper Table 2)"),
+    }
+    files = [p for p in (out / "report.md", out / "ablation.png", out / "lambda_sweep.png") if p.exists()]
+    for run_id in parents:
+        for name, rows in tables.items():
+            frame = pd.DataFrame(rows)
+            retry_locked(lambda: client.log_table(run_id, data=frame, artifact_file=f"report/{name}"), "log_table")
+        for path in files:
+            retry_locked(lambda: client.log_artifact(run_id, str(path), "report"), "log_artifact")
+    return parents
 
 
 def main(args: argparse.Namespace) -> int:
-    path, text = build_report(args.metrics, args.out, args.samples)
+    path, text = build_report(args.metrics, args.out, args.samples, args.ceilings, args.data)
     print(text)
     print(f"\nreport: {path}")
+    for run_id in log_to_pipeline_runs(Path(args.out), text):
+        print(f"logged to the pipeline's MLflow run {run_id}")
     return 0

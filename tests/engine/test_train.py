@@ -13,20 +13,32 @@ import argparse
 import csv
 import json
 import os
+import random
+import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ssp import paper
-from ssp.engine.inputs import InputDirs, build_dataset, collate_labelled, dataset_batches, load_split_records
-from ssp.engine.train import TrainingInterrupted, build_model_config, model_switches, train
+from ssp.engine.distributed import Dist
+from ssp.engine.inputs import (
+    InputDirs,
+    build_dataset,
+    build_loaders,
+    build_stage_datasets,
+    collate_labelled,
+    dataset_batches,
+    load_split_records,
+)
+from ssp.engine.train import TrainingInterrupted, build_model_config, evaluate, model_switches, train
 from ssp.errors import SSPError
 from ssp.eval.stage1_masks import write_stage1_masks
-from ssp.models import SSPConfig
-from ssp.models.checkpoint import load_model
+from ssp.models import SSPConfig, SSPModel
+from ssp.models.checkpoint import load_model, load_tensors
 from ssp.ops.tracking import get_client
 from ssp.params import ModelParams, Params, load_params
 from ssp.report.report import row_numbers
@@ -47,15 +59,13 @@ def train_test_main(argv: list[str]) -> int:
 def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
     s1 = train(1, bench["data"], tmp_path / "s1", params("train1.epochs=2"), row="full", progress=False, **dirs(bench))
     ckpt = tmp_path / "s1" / "checkpoints"
-    for name in (
-        "epoch_1.safetensors",
-        "epoch_1.state.safetensors",
+    # train1.keep_last (default 1): the newest epoch checkpoint, best and the pointer stay
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "best.safetensors",
         "epoch_2.safetensors",
         "epoch_2.state.safetensors",
-        "best.safetensors",
         "last.json",
-    ):
-        assert (ckpt / name).is_file(), name
+    ]
     assert json.loads((ckpt / "last.json").read_text())["weights"] == "epoch_2.safetensors"
     history = list(csv.DictReader((tmp_path / "s1" / "history.csv").open()))
     assert [int(r["epoch"]) for r in history] == [1, 2]
@@ -132,32 +142,126 @@ def test_two_stages_end_to_end(bench, tmp_path, mlflow_store):
     assert not (tmp_path / "cell2").exists()
 
 
-def test_resume_after_mid_epoch_interruption_matches_uninterrupted(bench, tmp_path, mlflow_store):
-    # 4 train videos, batch 1 -> 4 steps/epoch, 2 epochs; step checkpoints at steps 3 and 6
-    p = params("train1.epochs=2", "train1.step_checkpoint_every=3", "train1.seed=3", "train1.cache_in_memory=false")
-    full = train(1, bench["data"], tmp_path / "full", p, row="full", progress=False, **dirs(bench))
+# 4 train videos, batch 1 -> 4 steps per epoch, 3 epochs, the LR steps after epoch 2, a step
+# checkpoint every 6 steps (step 6 = mid-epoch 2). One worker per loader: the val loader's
+# persistent worker is what drew from the global RNG once per process (the resumed run's
+# epoch-3 weights differed in 234 of 237 tensors).
+RESUME_RUN = (
+    "train1.epochs=3",
+    "train1.lr_step_epoch=2",
+    "train1.step_checkpoint_every=6",
+    "train1.seed=3",
+    "train1.num_workers=1",
+)
 
+
+def final_state(run_dir: Path) -> dict:
+    """Everything a run ends with: the last epoch's weights, optimizer, scheduler, RNG,
+    position, best and history (wall-clock seconds aside), best.safetensors, metrics, and
+    the process's RNG right after train() returned."""
+    ckpt = run_dir / "checkpoints"
+    state_tensors, state_meta = load_tensors(ckpt / "epoch_3.state.safetensors")
+    for row in state_meta["extra"]["history"]:
+        row.pop("seconds")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("mlflow_run_id")  # each process logs its own MLflow run
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "weights": load_file(str(ckpt / "epoch_3.safetensors")),
+        "best": load_file(str(ckpt / "best.safetensors")),
+        "state": state_tensors,
+        "meta": state_meta,
+        "metrics": metrics,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "python": random.getstate(),
+        },
+    }
+
+
+def assert_same_final_state(a: dict, b: dict) -> None:
+    for part in ("weights", "best", "state"):
+        assert a[part].keys() == b[part].keys(), part
+        differ = sorted(k for k in a[part] if not torch.equal(a[part][k], b[part][k]))
+        assert not differ, f"{part}: {len(differ)} of {len(a[part])} tensors differ, e.g. {differ[:3]}"
+    assert a["meta"] == b["meta"]  # optimizer param groups, scheduler, python/numpy RNG, position, history
+    assert a["metrics"] == b["metrics"]
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert all(
+        torch.equal(x, y) if torch.is_tensor(x) else x == y for x, y in zip(a["rng"]["numpy"], b["rng"]["numpy"])
+    )
+    assert a["rng"]["python"] == b["rng"]["python"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(bench, tmp_path_factory, _mlflow_template_db) -> dict:
+    """The reference: RESUME_RUN never interrupted, its train set read by a loader worker."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    shutil.copy(_mlflow_template_db, run_dir / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{run_dir / 'mlflow.db'}")
+        mp.delenv("SSP_MLFLOW_PARENT_RUN_ID", raising=False)
+        mp.chdir(run_dir)
+        p = params(*RESUME_RUN, "train1.cache_in_memory=false")
+        train(1, bench["data"], run_dir / "run", p, row="aavs", progress=False, **dirs(bench))
+        return final_state(run_dir / "run")
+
+
+# interrupted after step N (nothing of later steps written) -> the checkpoint it resumes from
+@pytest.mark.parametrize(
+    ("kill_after", "resumes_from"),
+    [
+        (5, ("epoch", 1, 0, 4)),  # after epoch 1
+        (7, ("step", 1, 2, 6)),  # mid-epoch 2, at the step checkpoint
+        (9, ("epoch", 2, 0, 8)),  # after epoch 2
+    ],
+    ids=["after-epoch-1", "mid-epoch-2", "after-epoch-2"],
+)
+def test_resume_from_any_point_ends_bit_identical(
+    bench, tmp_path, mlflow_store, uninterrupted, kill_after, resumes_from
+):
     # the interrupted/resumed run decodes its train set once into RAM: same items, same result
-    p.train1.cache_in_memory = True
+    p = params(*RESUME_RUN, "train1.cache_in_memory=true")
     with pytest.raises(TrainingInterrupted):
-        train(1, bench["data"], tmp_path / "cut", p, row="full", progress=False, interrupt_after_steps=7, **dirs(bench))
+        train(
+            1,
+            bench["data"],
+            tmp_path / "cut",
+            p,
+            row="aavs",
+            progress=False,
+            interrupt_after_steps=kill_after,
+            **dirs(bench),
+        )
     last = json.loads((tmp_path / "cut" / "checkpoints" / "last.json").read_text())
-    assert (last["kind"], last["epoch"], last["batches_done"], last["global_step"]) == ("step", 1, 2, 6)
-    resumed = train(1, bench["data"], tmp_path / "cut", p, row="full", resume=True, progress=False, **dirs(bench))
+    assert (last["kind"], last["epoch"], last["batches_done"], last["global_step"]) == resumes_from
+    train(1, bench["data"], tmp_path / "cut", p, row="aavs", resume=True, progress=False, **dirs(bench))
+    assert_same_final_state(uninterrupted, final_state(tmp_path / "cut"))
+    # retention (keep_last 1): the last epoch's pair, best, the pointer; no step checkpoint left
+    assert sorted(f.name for f in (tmp_path / "cut" / "checkpoints").iterdir()) == [
+        "best.safetensors",
+        "epoch_3.safetensors",
+        "epoch_3.state.safetensors",
+        "last.json",
+    ]
 
-    a = load_file(str(tmp_path / "full" / "checkpoints" / "epoch_2.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "checkpoints" / "epoch_2.safetensors"))
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    # same numbers; each process logged its own MLflow run
-    assert resumed.metrics.pop("mlflow_run_id") != full.metrics.pop("mlflow_run_id")
-    assert resumed.metrics == full.metrics
-    assert (tmp_path / "full" / "history.csv").read_text().count("\n") == 3
-    full_rows = list(csv.DictReader((tmp_path / "full" / "history.csv").open()))
-    cut_rows = list(csv.DictReader((tmp_path / "cut" / "history.csv").open()))
-    for x, y in zip(full_rows, cut_rows, strict=True):
-        x.pop("seconds"), y.pop("seconds")
-        assert x == y
+
+def test_loaders_and_validation_leave_the_global_rng_alone(bench):
+    # a DataLoader without a generator draws its workers' base seed from the global torch RNG
+    # each time it makes an iterator, i.e. once per process with persistent workers: a resumed
+    # process then drew once more than an uninterrupted one (the cause of inexact resumes)
+    p = params("train1.num_workers=1", "train1.cache_in_memory=false")
+    config = build_model_config(p.model, 1, model_switches(p, 1, "aavs"))
+    train_set, val_set = build_stage_datasets(bench["data"], 1, config, p.train1, InputDirs(**dirs(bench)), None, None)
+    loaders = build_loaders(train_set, val_set, p.train1, Dist(), on_cuda=False, progress=False)
+    model = SSPModel(config).eval()
+    before = torch.get_rng_state()
+    for _ in range(2):  # the first iterators start the persistent workers, the second reuse them
+        loaders.sampler.set_position(0, 0)
+        assert sum(1 for _ in loaders.train) == 4
+        evaluate(model, loaders.val, config, torch.device("cpu"))
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_the_interrupt_environment_variable_and_the_step_hook(bench, tmp_path, mlflow_store, monkeypatch):
@@ -191,6 +295,73 @@ def test_resume_rejects_another_config(bench, tmp_path, mlflow_store):
             progress=False,
             **dirs(bench),
         )
+
+
+def test_resume_auto_continues_only_the_same_run(bench, tmp_path, mlflow_store, caplog):
+    """`--resume auto` (dvc.yaml): continue when model config, train params, videos and the
+    resume-key files are the checkpoint's; otherwise start fresh, saying why."""
+    key = tmp_path / "inputs.json"
+    key.write_text('{"md5": "a"}')
+    out = tmp_path / "run"
+
+    def run(*extra: str, cut: int | None = None, mode: str | bool = "auto") -> list[int]:
+        steps: list[int] = []
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ssp.engine.train"):
+            try:
+                train(
+                    1,
+                    bench["data"],
+                    out,
+                    params("train1.epochs=2", *extra),
+                    row="aavs",
+                    resume=mode,
+                    resume_keys=[key],
+                    progress=False,
+                    interrupt_after_steps=cut,
+                    step_hook=steps.append,
+                    **dirs(bench),
+                )
+            except TrainingInterrupted:
+                pass
+        return steps
+
+    assert run(cut=5) == [1, 2, 3, 4, 5]
+    assert f"--resume auto: no checkpoint in {out / 'checkpoints'}" in caplog.text
+    # the same run: continues after epoch 1 (log_every and workers are not part of the run)
+    assert run("train1.log_every=3", "train1.num_workers=1") == [5, 6, 7, 8]
+    assert "resuming from" in caplog.text and "epoch_1.safetensors" in caplog.text
+    assert "model config, train params, videos and resume keys match" in caplog.text
+    assert run() == []  # finished: nothing left to train, outputs written again
+    assert len(list(csv.DictReader((out / "history.csv").open()))) == 2
+    # new inputs (the stage's fingerprint file changed): a fresh start, the old files removed
+    key.write_text('{"md5": "b"}')
+    assert run(cut=1) == [1]
+    assert f"resume key {key} changed" in caplog.text and "removed 4 files of the former run" in caplog.text
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == []  # killed before epoch 1 ended
+    assert run(cut=5) == [1, 2, 3, 4, 5]  # leaves epoch 1's checkpoint
+    # another train param or another model config: fresh too
+    assert run("train1.lr=0.002", cut=5) == [1, 2, 3, 4, 5]
+    assert "train.lr 0.001 -> 0.002" in caplog.text and "starting fresh" in caplog.text
+    assert run("train1.lr=0.002", "model.num_points=32", cut=5) == [1, 2, 3, 4, 5]
+    assert "another model config" in caplog.text
+    # `--resume` (on) continues despite a changed train param, with a warning naming it
+    assert run("train1.lr=0.003", "model.num_points=32", mode=True) == [5, 6, 7, 8]
+    assert "differs from this run: train.lr 0.002 -> 0.003" in caplog.text
+
+
+def test_resume_options_on_the_command_line():
+    from ssp.eval import train_test
+
+    parser = argparse.ArgumentParser()
+    train_test.add_arguments(parser)
+    base = ["--stage", "1", "--data", "d", "--out", "o"]
+    assert parser.parse_args(base).resume == "off"
+    assert parser.parse_args([*base, "--resume"]).resume == "on"
+    args = parser.parse_args([*base, "--resume", "auto", "--resume-key", "a.json", "--resume-key", "b.json"])
+    assert (args.resume, args.resume_key) == ("auto", [Path("a.json"), Path("b.json")])
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--resume", "maybe"])
 
 
 def test_clear_errors_for_missing_inputs(bench, tmp_path, mlflow_store):

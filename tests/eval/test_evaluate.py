@@ -48,6 +48,16 @@ def test_stage2_report_and_csvs(checkpoints, monkeypatch):
     assert saved["semantic"]["all"]["num_frames"] == 5 + 5 + 10  # one test video per subset, real frames
     assert "batch" in saved["conventions"]["binary"]["fscore"]
     assert "ALL classes" in saved["conventions"]["semantic"]["miou"]
+    # the generated benchmark's own label space (background + its 8 classes) leads every
+    # semantic entry; GT holds those classes only, so it is the 71-class mean x 71 / 9
+    names = json.loads((checkpoints["data"] / "label2idx.json").read_text())
+    assert saved["label_space"]["indices"] == list(range(9))
+    assert saved["label_space"]["classes"] == list(names)[:9] and saved["label_space"]["label"] == "bg + K=8 classes"
+    for numbers in saved["semantic"].values():
+        assert list(numbers)[:3] == ["miou_dataset", "fscore_dataset", "miou"]
+        assert numbers["miou_dataset"] == pytest.approx(numbers["miou"] * 71 / 9, abs=1e-9)
+        assert numbers["fscore_dataset"] == pytest.approx(numbers["fscore"] * 71 / 9, abs=1e-9)
+    assert "K = 8 classes" in saved["conventions"]["semantic"]["miou_dataset"]
 
     per_class = list(csv.DictReader(Path(result["per_class_csv"]).read_text().splitlines()))
     assert len(per_class) == 71 and per_class[0]["class"] == "background"
@@ -60,6 +70,7 @@ def test_stage2_report_and_csvs(checkpoints, monkeypatch):
     }
     per_scenario = list(csv.DictReader(Path(result["per_scenario_csv"]).read_text().splitlines()))
     assert {r["scenario"] for r in per_scenario} == set(scenarios.values())
+    assert list(per_scenario[0])[:3] == ["scenario", "miou_dataset", "fscore_dataset"]
     assert sum(int(r["frames"]) for r in per_scenario) == 20
 
 
@@ -157,7 +168,16 @@ def test_test_metrics_are_logged_into_the_training_run(checkpoints, tmp_path, ml
     )
     logged = get_client().get_run(training.run_id).data.metrics
     semantic = result["semantic"]["all"]
-    for key in ("miou", "fscore", "miou_no_bg", "fscore_no_bg"):
+    for key in (
+        "miou_dataset",
+        "fscore_dataset",
+        "miou",
+        "fscore",
+        "miou_no_bg",
+        "fscore_no_bg",
+        "miou_present",
+        "fscore_present",
+    ):
         assert logged[f"test/{key}"] == pytest.approx(semantic[key])
     for subset in ("v1s", "v1m", "v2"):
         assert logged[f"test/binary/{subset}/miou"] == pytest.approx(result["binary"][subset]["miou"])
@@ -171,6 +191,16 @@ def fake_result(split="test"):
         "semantic": {"all": {"miou": 0.25, "fscore": 0.5, "miou_no_bg": float("nan")}},
         "binary": {"v1s": {"miou": 0.75, "fscore": 0.8}},
     }
+
+
+def test_run_metrics_lead_with_the_own_label_space():
+    from ssp.eval.evaluate import run_metrics
+
+    result = fake_result()
+    result["semantic"]["all"].update(miou_dataset=0.5, fscore_dataset=0.6)
+    logged = run_metrics(result)
+    assert list(logged)[:2] == ["test/miou_dataset", "test/fscore_dataset"]
+    assert (logged["test/miou_dataset"], logged["test/fscore_dataset"], logged["test/miou"]) == (0.5, 0.6, 0.25)
 
 
 def test_run_metrics_names_and_no_nan():
@@ -229,3 +259,38 @@ def test_no_run_id_is_a_no_op_and_other_errors_propagate(checkpoints, tmp_path, 
     (checkpoint.parent.parent / "metrics.json").write_text("{broken")
     with pytest.raises(DataError, match="metrics.json"):
         log_to_training_run(checkpoint, fake_result())
+
+
+def test_training_run_logs_the_own_label_space_for_validation_and_test(checkpoints, tmp_path, mlflow_store):
+    """`ssp train --stage 2 --test-out` on the generated benchmark: the validation history,
+    metrics.json's best epoch, the test JSON and the MLflow run all carry ``miou_dataset``
+    (background + the 8 classes) first, beside the 71-class ``miou``."""
+    import argparse
+
+    from ssp.eval import train_test
+    from ssp.eval.stage1_masks import write_stage1_masks
+    from ssp.ops.tracking import get_client
+    from tests.engine.benchmark import FAST
+
+    masks = tmp_path / "stage1"
+    write_stage1_masks(checkpoints["s1"], checkpoints["data"], masks, ("val", "test"), logmel=checkpoints["logmel"])
+    run_dir, test_json = tmp_path / "run", tmp_path / "cell.json"
+    argv = ["--stage", "2", "--row", "aavs", "--data", str(checkpoints["data"]), "--out", str(run_dir)]
+    argv += ["--params", os.devnull, "--logmel", str(checkpoints["logmel"]), "--stage1-masks", str(masks)]
+    argv += ["--no-progress", "--test-out", str(test_json), *[a for o in FAST for a in ("--set", o)]]
+    parser = argparse.ArgumentParser()
+    train_test.add_arguments(parser)
+    assert train_test.main(parser.parse_args(argv)) == 0
+
+    history = list(csv.DictReader((run_dir / "history.csv").open()))
+    val_columns = [c for c in history[0] if c.startswith("val_")]
+    assert val_columns[:3] == ["val_miou_dataset", "val_fscore_dataset", "val_miou"]
+    best = json.loads((run_dir / "metrics.json").read_text())["best"]
+    assert list(best)[:2] == ["miou_dataset", "fscore_dataset"]
+    assert best["miou_dataset"] == pytest.approx(best["miou"] * 71 / 9, abs=1e-9)
+    tested = json.loads(test_json.read_text())["semantic"]["all"]
+    logged = get_client().get_run(json.loads((run_dir / "metrics.json").read_text())["mlflow_run_id"]).data.metrics
+    assert logged["val_miou_dataset"] == pytest.approx(float(history[-1]["val_miou_dataset"]))
+    assert logged["best/miou_dataset"] == pytest.approx(best["miou_dataset"])
+    assert logged["test/miou_dataset"] == pytest.approx(tested["miou_dataset"])
+    assert logged["test/miou"] == pytest.approx(tested["miou"])

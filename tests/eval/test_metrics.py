@@ -508,6 +508,88 @@ def test_semantic_merge_and_state_roundtrip():
 
 
 # ---------------------------------------------------------------------------------------
+# The dataset's own label space (miou_dataset / fscore_dataset)
+# ---------------------------------------------------------------------------------------
+def test_own_label_space_by_hand():
+    """C = 5 classes, label space {0, 1, 2}. Frame A: GT two pixels of class 1; the
+    prediction hits one, misses one (predicted as class 3, outside the label space) and
+    adds one. Frame B: class 2, predicted exactly. Per class over the split:
+    IoU_0 = (5/6 + 1) / 2, IoU_1 = 1/3, IoU_2 = 1, IoU_3 = 0 (predicted, never present),
+    IoU_4 = 0 (nothing)."""
+    gt = torch.tensor([[[1, 1, 0, 0], [0, 0, 0, 0]], [[2, 2, 0, 0], [0, 0, 0, 0]]])
+    pred = torch.tensor([[[1, 3, 0, 0], [0, 0, 0, 1]], [[2, 2, 0, 0], [0, 0, 0, 0]]])
+    meter = M.SemanticMeter(num_classes=5, label_space=[2, 0, 1])  # any order
+    meter.update_labels(pred, gt)
+    got = meter.compute()
+    iou = [(5 / 6 + 1) / 2, 1 / 3, 1.0]
+    f0_frame_a = f_measure(1.0, 5 / 6)  # class 0 in frame A: P = 5/5, R = 5/6
+    fscore = [(f0_frame_a + 1) / 2, f_measure(0.5, 0.5), 1.0]
+    assert meter.label_space == (0, 1, 2)
+    assert got["miou_dataset"] == pytest.approx(sum(iou) / 3) == pytest.approx(0.75)
+    assert got["fscore_dataset"] == pytest.approx(sum(fscore) / 3)
+    assert got["num_classes_dataset"] == 3
+    # the published mean over all 5 classes and the present-class mean (class 3 adds a 0)
+    assert got["miou"] == pytest.approx(sum(iou) / 5) == pytest.approx(got["miou_dataset"] * 3 / 5)
+    assert got["miou_present"] == pytest.approx(sum(iou) / 4)
+    # without a label space the meter is unchanged: no *_dataset numbers
+    plain = M.SemanticMeter(num_classes=5)
+    plain.update_labels(pred, gt)
+    assert not {k for k in plain.compute() if k.endswith("_dataset")}
+    assert "miou_dataset" not in plain.conventions()
+    assert "background + K = 2 classes" in meter.conventions()["miou_dataset"]
+    # a class of the label space absent from every frame scores 0: the mean keeps K + 1 terms
+    wider = M.SemanticMeter(num_classes=5, label_space=(0, 1, 2, 4))
+    wider.update_labels(pred, gt)
+    assert wider.compute()["miou_dataset"] == pytest.approx(sum(iou) / 4)
+
+
+def test_own_label_space_checks_and_merge():
+    for bad in ([1, 2], [0], [0, 5]):  # no background, no class, out of range
+        with pytest.raises(ValueError, match="label_space"):
+            M.SemanticMeter(num_classes=5, label_space=bad)
+    with pytest.raises(ValueError, match="label spaces"):
+        M.SemanticMeter(5, label_space=(0, 1)).merge(M.SemanticMeter(5, label_space=(0, 1, 2)))
+    logits, gt = random_semantic(num_frames=6, seed=8)
+    first, second = M.SemanticMeter(7, label_space=(0, 2, 3)), M.SemanticMeter(7, label_space=(0, 2, 3))
+    first.update(logits[:3], gt[:3])
+    second.update(logits[3:], gt[3:])
+    first.merge(second)
+    whole = M.semantic_scores(logits, gt, label_space=(0, 2, 3))
+    assert first.compute()["miou_dataset"] == pytest.approx(whole["miou_dataset"], abs=1e-12)
+    assert whole["miou_dataset"] == pytest.approx(np.mean([whole["per_class_iou"][c] for c in (0, 2, 3)]))
+
+
+def test_dataset_label_space_from_the_files(tmp_path):
+    import json
+
+    from ssp.errors import DataError
+
+    assert M.dataset_label_space(tmp_path) is None  # no manifest: AVSBench, every class
+    label2idx = {"background": 1, "accordion": 2, "bell": 3, "drum": 4, "dog": 5}
+    (tmp_path / "label2idx.json").write_text(json.dumps(label2idx))
+    (tmp_path / "manifest.json").write_text(json.dumps({"generator": "another tool", "classes": ["bell"]}))
+    assert M.dataset_label_space(tmp_path) is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"generator": "ssp synth", "classes": ["dog", "bell"]}))
+    assert M.dataset_label_space(tmp_path) == (0, 2, 4)  # mask index = label2idx value - 1
+    (tmp_path / "manifest.json").write_text(json.dumps({"generator": "ssp synth", "classes": ["bell", "harp"]}))
+    with pytest.raises(DataError, match=r"label2idx.json.*harp"):
+        M.dataset_label_space(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(DataError, match="manifest.json"):
+        M.dataset_label_space(tmp_path)
+
+
+def test_generated_benchmark_label_space_is_background_and_its_classes(tmp_path):
+    from ssp.data.synthetic import SynthConfig, generate_dataset
+    from ssp.params import DataParams
+
+    data = generate_dataset(
+        SynthConfig.from_params(DataParams(seed=0, size="tiny", classes=3), scale=0.5), tmp_path / "d", progress=False
+    )
+    assert M.dataset_label_space(data) == (0, 1, 2, 3)
+
+
+# ---------------------------------------------------------------------------------------
 # DDP: sync() over two gloo ranks equals one process seeing every frame
 # ---------------------------------------------------------------------------------------
 def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:

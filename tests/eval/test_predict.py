@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -70,6 +71,7 @@ def inputs(tmp_path_factory):
         SSPModel(SSPConfig.tiny(2, num_points=64, num_classes=len(NAMES), pre_mask=True)),
         {"epoch": 1},
     )
+    save_weights(folder / "s1_other.safetensors", SSPModel(SSPConfig.tiny(1, num_points=64)), {"epoch": 1})
     return folder
 
 
@@ -123,11 +125,16 @@ def test_predict_writes_every_output(inputs, tmp_path):
 
 
 def test_predict_by_registered_champion(inputs, tmp_path, mlflow_store, monkeypatch):
+    """The champion's stepping stones are the stage-1 model of its own dataset and
+    profile (stored with it), not the plain stage-1 champion of another dataset."""
     from ssp.ops.registry import register_checkpoint
 
     monkeypatch.setenv("SSP_MODEL_CACHE", str(tmp_path / "cache"))
-    register_checkpoint(None, inputs / "s1.safetensors", 1, 0.5)
-    register_checkpoint(None, inputs / "s2.safetensors", 2, 0.4, class_names=NAMES)
+    key = {"data_fingerprint": "d1d1d1d1d1", "profile": "demo"}
+    register_checkpoint(None, inputs / "s1.safetensors", 1, 0.5, **key)
+    register_checkpoint(None, inputs / "s2.safetensors", 2, 0.4, class_names=NAMES, **key)
+    # a better stage-1 model of another dataset, registered last: the plain ssp-avs@champion
+    register_checkpoint(None, inputs / "s1_other.safetensors", 1, 0.9, data_fingerprint="e2e2e2e2e2", profile="demo")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     params = tmp_path / "params.yaml"
@@ -152,9 +159,28 @@ def test_predict_by_registered_champion(inputs, tmp_path, mlflow_store, monkeypa
         assert main(args) == 0
         summary = json.loads((out / "predictions.json").read_text())
         assert summary["models"]["stage2"]["name"] == "ssp-avss" and summary["models"]["stage2"]["version"] == 1
-        assert summary["models"]["stage1"]["uri"] == "models:/ssp-avs@champion"
+        stage1 = summary["models"]["stage1"]
+        assert stage1["kind"] == "stored with" and stage1["uri"] == summary["models"]["stage2"]["uri"]
+        assert Path(stage1["checkpoint"]).read_bytes() == (inputs / "s1.safetensors").read_bytes()
         assert summary["class_names"] == NAMES  # names registered with the model
         assert len(list((out / "masks").glob("*.png"))) == SECONDS
+
+
+def test_stage1_champion_resolved_for_the_stage2_models_key(inputs, tmp_path, mlflow_store, monkeypatch):
+    """A stage-2 version stored without a stage-1 model gets the stage-1 champion of its key."""
+    from ssp.eval.predict import load_models
+    from ssp.ops.registry import register_checkpoint
+
+    monkeypatch.setenv("SSP_MODEL_CACHE", str(tmp_path / "cache"))
+    key = {"data_fingerprint": "f3f3f3f3f3", "profile": "paper"}
+    register_checkpoint(None, inputs / "s2.safetensors", 2, 0.4, class_names=NAMES, **key)  # no stage-1 yet
+    with pytest.raises(SSPError, match="ssp-avs@champion-paper-f3f3f3f3: not found"):
+        load_models(None, None, "models:/ssp-avss@champion", None, "cpu")
+    register_checkpoint(None, inputs / "s1.safetensors", 1, 0.5, **key)
+    register_checkpoint(None, inputs / "s1_other.safetensors", 1, 0.9, data_fingerprint="0a0a0a0a0a", profile="paper")
+    stage1, main = load_models(None, None, "models:/ssp-avss@champion", None, "cpu")
+    assert main.source["profile"] == "paper" and main.source["data_fingerprint"] == "f3f3f3f3f3"
+    assert stage1.source["uri"] == "models:/ssp-avs@champion-paper-f3f3f3f3" and stage1.source["version"] == 1
 
 
 @pytest.mark.parametrize(

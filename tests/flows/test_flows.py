@@ -1,11 +1,19 @@
-"""Prefect flows over DVC stages, on a toy DVC project built in tmp_path (the real
-pipeline's stages are exercised by the end-to-end test)."""
+"""Prefect flows over DVC stages, on a toy DVC project built in tmp_path: ordering,
+skipping, failure, retrain (pull / push with a local DVC remote, the dvc.lock record, the
+workspace lock) and deployments (schedule, concurrency limits) in seconds. The repository's own dvc.yaml runs
+through the reproduce flow in tests/flows/test_demo_pipeline.py and through plain
+`dvc repro` in tests/flows/test_paper_smoke.py."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,11 +38,14 @@ LOGGING_STAGE = textwrap.dedent(
 )
 
 
+DVC = str(Path(PY).parent / "dvc")
+
+
 def make_project(tmp_path: Path, fail_validate: bool = False) -> Path:
     proj = tmp_path / "proj"
     proj.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
-    subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=proj, check=True)
+    subprocess.run([DVC, "init", "-q"], cwd=proj, check=True)
     (proj / "log_stage.py").write_text(LOGGING_STAGE)
     (proj / "params.yaml").write_text(yaml.safe_dump({"data": {"classes": 3}, "sweep": {"lambda_post": [1, 10]}}))
     validate_cmd = (
@@ -109,20 +120,113 @@ def test_failed_validation_stops_the_flow_before_downstream(tmp_path, mlflow_sto
     assert not list(proj.glob("sweep_*.json"))
 
 
-@pytest.mark.slow  # > 20 s: Prefect flows over a DVC project, several runs
-def test_retrain_runs_only_when_something_changed(tmp_path, mlflow_store, prefect_harness):
+def git_head(proj: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.mark.slow  # ~40 s: four retrain runs over a DVC project, two of them reproduce it
+def test_retrain_pulls_before_pushes_after_and_records_dvc_lock(tmp_path, mlflow_store, prefect_harness, monkeypatch):
     from flows.retrain import retrain
 
+    # what the work-pool templates set: every MLflow run samples the node's system metrics
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    flow_log: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: flow_log.append(record.getMessage())
+    logging.getLogger("prefect.flow_runs").addHandler(handler)
     proj = make_project(tmp_path)
-    assert retrain(project_dir=str(proj))["retrained"] is True
-    assert stale_stages(proj) == []
-    assert retrain(project_dir=str(proj)) == {"retrained": False, "stale": []}
-    params = yaml.safe_load((proj / "params.yaml").read_text())
-    params["data"]["classes"] = 5
-    (proj / "params.yaml").write_text(yaml.safe_dump(params))
-    result = retrain(project_dir=str(proj))
-    assert result["retrained"] is True and "synth" in result["stale"]
-    assert all(s["ran"] for s in result["stages"])
+    client = MlflowClient(mlflow_store)
+    try:
+        # a fresh clone: no remote; said once, and the run goes on locally
+        first = retrain(project_dir=str(proj))
+        assert first["retrained"] is True and first["dvc_remote"] is None and "pushed" not in first
+        assert len([m for m in flow_log if "no default DVC remote" in m]) == 1
+        assert stale_stages(proj) == []
+
+        # the exact dvc.lock, its git commit and the system metrics are on the parent runs
+        record = first["record"]
+        lock_text = (proj / "dvc.lock").read_text()
+        assert record["git_commit"] == git_head(proj) and record["uncommitted"] == []
+        assert set(record["mlflow_runs"]) == {"ssp-avs", "ssp-avss"}
+        for run_id in record["mlflow_runs"].values():
+            (tmp_path / run_id).mkdir()
+            stored = Path(client.download_artifacts(run_id, "retrain/dvc.lock", str(tmp_path / run_id)))
+            assert stored.read_text() == lock_text
+            run = client.get_run(run_id)
+            assert run.data.tags["ssp.dvc_lock_md5"] == record["dvc_lock_md5"]
+            assert run.data.metrics["system/node0/system_memory_usage_megabytes"] > 0
+            assert "system/node0/cpu_utilization_percentage" in run.data.metrics
+
+        # with a remote (in .dvc/config.local: git sees no change), the next run pushes
+        # every cached output even though nothing is stale
+        remote = tmp_path / "remote"
+        subprocess.run([DVC, "remote", "add", "--local", "-d", "-q", "local", str(remote)], cwd=proj, check=True)
+        second = retrain(project_dir=str(proj))
+        assert second == {"dvc_remote": "local", "retrained": False, "stale": [], "pushed": "3 files pushed"}
+        cached = {"data.txt", "valid.txt", "model.txt"}
+        lock = yaml.safe_load(lock_text)["stages"]
+        md5s = {out["md5"] for stage in lock.values() for out in stage["outs"] if out["path"] in cached}
+        assert len(md5s) == 3
+        assert all((remote / "files" / "md5" / m[:2] / m[2:]).is_file() for m in md5s)
+
+        # a workspace without the outputs and without a cache (a new volume): the pull
+        # before the run brings them back from the remote, so nothing needs retraining
+        for name in cached:
+            (proj / name).unlink()
+        subprocess.run(["rm", "-rf", str(proj / ".dvc" / "cache")], check=True)
+        third = retrain(project_dir=str(proj))
+        assert third["retrained"] is False and third["stale"] == []
+        assert (proj / "model.txt").read_text() == "xxx" + "ok\n"
+
+        # changed params: retrain, a new record, the new outputs pushed
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        params["data"]["classes"] = 5
+        (proj / "params.yaml").write_text(yaml.safe_dump(params))
+        fourth = retrain(project_dir=str(proj))
+        assert fourth["retrained"] is True and "synth" in fourth["stale"]
+        assert all(s["ran"] for s in fourth["stages"])
+        assert fourth["record"]["dvc_lock_md5"] != record["dvc_lock_md5"]
+        assert fourth["record"]["uncommitted"] == ["params.yaml"]  # and its diff is in the record
+        (run_id, *_) = fourth["record"]["mlflow_runs"].values()
+        (tmp_path / "diff").mkdir()
+        diff = Path(client.download_artifacts(run_id, "retrain/uncommitted.diff", str(tmp_path / "diff")))
+        assert "+  classes: 5" in diff.read_text()
+        assert fourth["pushed"] == "2 files pushed"  # data.txt and model.txt changed; valid.txt did not
+    finally:
+        logging.getLogger("prefect.flow_runs").removeHandler(handler)
+
+
+def test_retrain_stops_at_once_on_a_workspace_another_run_holds(tmp_path, mlflow_store, prefect_harness):
+    from flows.retrain import WorkspaceBusy, retrain, workspace_lock
+
+    proj = make_project(tmp_path)
+    with workspace_lock(proj, {"flow_run": "nightly-otter", "host": "gpu-3", "pid": 4242}):
+        started = time.monotonic()
+        with pytest.raises(WorkspaceBusy, match="nightly-otter.*gpu-3"):
+            retrain(project_dir=str(proj))
+        assert time.monotonic() - started < 15  # refused, not queued behind the holder
+    assert not (proj / "data.txt").exists()  # before touching the workspace
+
+
+def test_workspace_lock_waits_for_the_holder_when_asked(tmp_path):
+    from flows.retrain import WorkspaceBusy, workspace_lock
+
+    first = workspace_lock(tmp_path, {"flow_run": "first"})
+    first.__enter__()
+    with pytest.raises(WorkspaceBusy, match="first.*after waiting 0.3 s"):
+        with workspace_lock(tmp_path, {"flow_run": "second"}, wait_s=0.3):
+            pass
+    released = threading.Timer(0.5, first.__exit__, (None, None, None))
+    released.start()
+    waited: list[str] = []
+    started = time.monotonic()
+    with workspace_lock(tmp_path, {"flow_run": "third"}, wait_s=30, on_wait=waited.append) as path:
+        assert 0.4 < time.monotonic() - started < 10
+        assert json.loads(path.read_text())["flow_run"] == "third"
+    released.join()
+    assert len(waited) == 1 and '"flow_run": "first"' in waited[0]
+    assert path.read_text() == ""  # released: nobody named as holder
 
 
 def test_deployments_load_with_schedule():
@@ -138,3 +242,40 @@ def test_deployments_load_with_schedule():
         path, name = d["entrypoint"].split(":")
         flow = load_flow_from_entrypoint(str(ROOT / path) + ":" + name)
         assert flow.name == name
+    # one run at a time per deployment; a run that finds one running waits (ENQUEUE)
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    for d in deployments.values():
+        assert d["concurrency_limit"]["limit"] == 1
+        assert (
+            ConcurrencyLimitStrategy(d["concurrency_limit"]["collision_strategy"]) == ConcurrencyLimitStrategy.ENQUEUE
+        )
+
+
+def load_deploy_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ssp_infra_deploy", ROOT / "infra/prefect/deploy.py")
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    return deploy
+
+
+def test_deploy_gives_the_work_pool_a_concurrency_limit_of_1(prefect_harness, capsys):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    deploy = load_deploy_script()
+
+    async def limits() -> dict[str, int | None]:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name="ssp-unlimited", type="process"))
+            await client.create_work_pool(WorkPoolCreate(name="ssp-chosen", type="process", concurrency_limit=3))
+            created = await deploy.ensure_work_pool("ssp-new", "process")
+            assert created and not await deploy.ensure_work_pool("ssp-unlimited", "process")
+            assert not await deploy.ensure_work_pool("ssp-chosen", "process")
+            names = ("ssp-new", "ssp-unlimited", "ssp-chosen")
+            return {name: (await client.read_work_pool(name)).concurrency_limit for name in names}
+
+    assert asyncio.run(limits()) == {"ssp-new": 1, "ssp-unlimited": 1, "ssp-chosen": 3}  # a chosen limit stays
+    assert "keeps its concurrency limit 3" in capsys.readouterr().err

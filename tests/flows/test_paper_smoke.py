@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import pytest
 
 from ssp.hub import sha256_file
 from ssp.params import Params, apply_overrides, compose, write_params
+from tests.flows.project_copy import copy_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -55,16 +55,6 @@ SHRINK = [
 TRAININGS = ("stage1", "stage2", "ablation_avs/full/seed0", "ablation/full/seed0", "sweep/lambda_10")
 
 
-def _copy_repository(proj: Path) -> None:
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for rel in tracked.split():
-        if rel.startswith(("tests/", "infra/", "bench/")) or not (ROOT / rel).is_file():
-            continue
-        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, proj / rel)
-    subprocess.run(["git", "init", "-q"], cwd=proj, check=True)
-
-
 @pytest.fixture(scope="module")
 def paper_run(tmp_path_factory):
     from ssp.ops.weights import weight_specs
@@ -74,7 +64,7 @@ def paper_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("paper-smoke")
     proj, cache = base / "proj", base / "hf"
     proj.mkdir()
-    _copy_repository(proj)
+    copy_repository(proj)
     # the fixture's default videos (every subset and split) + an MS3 test video, so the
     # test split has all three Table columns
     ms3_test = {"uid": "ms3_violin_dog_test", "subset": "v1m", "split": "test", "objects": ["violin", "dog"]}

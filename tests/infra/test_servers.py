@@ -488,7 +488,11 @@ def test_retrain_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
         == "{{ $SSP_PROJECT_DIR }}"
     )
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 3 * * *"]
-    assert api.get(f"/work_pools/{pool}").json()["type"] == "process"
+    # one run at a time: the deployment's own limit (prefect.yaml) and the pool's (deploy.py)
+    assert deployment["global_concurrency_limit"]["limit"] == 1
+    assert deployment["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    work_pool = api.get(f"/work_pools/{pool}").json()
+    assert work_pool["type"] == "process" and work_pool["concurrency_limit"] == 1
 
     worker = Service(
         "prefect-worker",
@@ -612,6 +616,53 @@ def test_kubernetes_template_requests_the_gpus_asked_for():
     assert container["image"] == "registry.example/ssp:1"
     assert job["job_manifest"]["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory"
     assert job["env"]["SSP_PROJECT_DIR"] == "/opt/ssp"
+
+
+def test_kubernetes_template_mounts_the_workspace_and_the_dvc_cache_from_pvcs():
+    template = json.loads((ROOT / "infra/prefect/kubernetes-gpu.json").read_text())
+    pod = render_job(template, workspace_pvc="team-a-ws")["job_manifest"]["spec"]["template"]["spec"]
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    assert claims == {"workspace": "team-a-ws", "dvc-cache": "ssp-dvc-cache"}  # the cache PVC's default
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    # the project dir (code, data/, outputs, dvc.lock, mlruns/) and the DVC cache persist;
+    # the flow runs where the workspace is mounted
+    assert mounts["/opt/ssp"] == "workspace" and mounts["/opt/ssp/.dvc/cache"] == "dvc-cache"
+    assert container["workingDir"] == "/opt/ssp" == render_job(template)["env"]["SSP_PROJECT_DIR"]
+    # an empty workspace PVC starts as the image's checkout (a copy cut short is redone: the
+    # marker), writable by the image's user (uid 1000)
+    (seed,) = pod["initContainers"]
+    assert seed["image"] == container["image"] and "cp -a /opt/ssp/. /workspace/" in seed["command"][-1]
+    assert seed["volumeMounts"] == [{"name": "workspace", "mountPath": "/workspace"}]
+    assert pod["securityContext"]["fsGroup"] == 1000
+
+
+def test_docker_template_mounts_the_workspace_and_the_dvc_cache():
+    template = json.loads((ROOT / "infra/prefect/docker-gpu.json").read_text())
+    job = render_job(template)
+    targets = {volume.split(":")[1]: volume.split(":")[0] for volume in job["volumes"]}
+    assert targets == {"/opt/ssp": "ssp-workspace", "/opt/ssp/.dvc/cache": "ssp-dvc-cache"}
+    assert job["container_create_kwargs"]["working_dir"] == "/opt/ssp" == job["env"]["SSP_PROJECT_DIR"]
+
+
+@pytest.mark.parametrize("template_file", ["docker-gpu.json", "kubernetes-gpu.json"])
+def test_work_pool_env_makes_every_run_log_this_nodes_system_metrics(template_file, mlflow_store, monkeypatch):
+    from mlflow import MlflowClient
+
+    from ssp.ops.tracking import RunLogger
+
+    env = render_job(json.loads((ROOT / "infra/prefect" / template_file).read_text()))["env"]
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", env["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"])
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # MLflow's default: 10 s
+    with RunLogger("ssp-avss", "stage2-full-seed0") as run:  # as `ssp train` opens it
+        time.sleep(0.7)
+    metrics = MlflowClient(mlflow_store).get_run(run.run_id).data.metrics
+    assert 0 <= metrics["system/node0/cpu_utilization_percentage"] <= 100
+    assert metrics["system/node0/system_memory_usage_megabytes"] > 0
+    history = MlflowClient(mlflow_store).get_metric_history(run.run_id, "system/node0/system_memory_usage_megabytes")
+    assert len(history) >= 2  # sampled while the run was open, not once
 
 
 def test_docker_template_requests_gpus_through_device_requests():

@@ -525,3 +525,24 @@ def test_frozen_text_model_is_not_in_the_state_dict(tiny_text_model):
         other.load_state_dict(state, strict=True)
     trainable = tiny_config(1, tiny_text_model, text="vta", text_trainable=True)
     assert any(".bert." in k for k in SSPModel(trainable).state_dict())
+
+
+def test_audio_pixel_similarity_starts_as_aavs_then_makes_the_mask_follow_the_audio():
+    """audio_fusion="similarity" (bench/README.md, Probes): a fresh model computes exactly what
+    AAVS does (the audio side starts at zero); once it has learned a match, another audio
+    moves the masks, which AAVS's queries alone barely do (the probe: 0.01 % of pixels)."""
+    aavs = SSPModel(tiny_config(1)).eval()
+    matched = SSPModel(tiny_config(1, audio_fusion="similarity")).eval()
+    missing, unexpected = matched.load_state_dict(aavs.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("audio_pixel_match.") for k in missing)
+    batch = make_batch(1, n=2)
+    swapped = {**batch, "logmel": batch["logmel"].flip(0)}  # each frame gets the other's audio
+    with torch.no_grad():
+        assert torch.allclose(matched(batch).mask_logits, aavs(batch).mask_logits, atol=1e-6)
+        torch.manual_seed(0)
+        torch.nn.init.normal_(matched.audio_pixel_match.audio.weight, std=1.0)
+        moved = (matched(batch).mask_logits - matched(swapped).mask_logits).abs().mean()
+        still = (aavs(batch).mask_logits - aavs(swapped).mask_logits).abs().mean()
+    assert moved > 50 * still
+    with pytest.raises(SSPError, match="audio_fusion"):
+        SSPConfig.tiny(1, audio_fusion="film")

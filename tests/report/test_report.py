@@ -238,3 +238,149 @@ def matplotlib_rgb(colour) -> tuple[float, float, float]:
     from matplotlib.colors import to_rgb
 
     return to_rgb(colour)
+
+
+# ---------------------------------------------------------------------------------------
+# A generated benchmark: own label space first, ceilings beside every per-scenario result
+# ---------------------------------------------------------------------------------------
+LABEL_SPACE = {"num_classes": 8, "indices": list(range(9)), "label": "bg + K=8 classes"}
+ORACLE_NAMES = ("audio", "audio_motion", "audio_motion_text")
+
+
+def generated(own: float, avss71: float, scenarios: dict | None = None) -> dict:
+    """A stage-2 evaluate JSON of the generated benchmark: own-label-space numbers first."""
+    return {
+        "split": "test",
+        "label_space": LABEL_SPACE,
+        "binary": {"v2": {"miou": 0.5, "fscore": 0.5}},
+        "semantic": {
+            "all": {"miou_dataset": own, "fscore_dataset": own + 0.05, "miou": avss71, "fscore": avss71 + 0.01}
+        },
+        "per_scenario": scenarios or {},
+    }
+
+
+def stage1_generated(s4, ms3, scenarios: dict) -> dict:
+    return {**stage1_result(s4, ms3), "split": "test", "per_scenario": scenarios}
+
+
+def ceilings_file(path) -> dict:
+    """Ceilings as `ssp ceilings` writes them: per scenario and oracle, and per subset."""
+    numbers = {
+        "same_class_distractor": ((0.5, 0.7, 0.9), {"v1s": (10, (0.4, 0.6, 1.0)), "v1m": (30, (0.8, 0.9, 1.0))}),
+        "still_sounding": ((1.0, 1.0, 1.0), {"v1s": (10, (1.0, 1.0, 1.0)), "v2": (20, (1.0, 1.0, 1.0))}),
+    }
+    ceilings = {"available": True, "split": "test", "scenarios": {}}
+    for scenario, (mious, by_subset) in numbers.items():
+        # present-class = the listed value; over the label space a perfect model scores lower
+        entry = {
+            o: {"miou_present": m, "miou_dataset": 0.8 * m, "miou": m * 9 / 71} for o, m in zip(ORACLE_NAMES, mious)
+        }
+        entry["by_subset"] = {
+            subset: {"frames": frames, **{o: {"binary_miou": b} for o, b in zip(ORACLE_NAMES, binaries)}}
+            for subset, (frames, binaries) in by_subset.items()
+        }
+        ceilings["scenarios"][scenario] = entry
+    write(path, ceilings)
+    return ceilings
+
+
+def test_generated_benchmark_leads_with_its_label_space_and_prints_ceilings(tmp_path):
+    metrics, reports = tmp_path / "metrics", tmp_path / "reports"
+    scenario_numbers = {
+        "same_class_distractor": {
+            "miou_dataset": 0.3,
+            "fscore_dataset": 0.35,
+            "miou": 0.038,
+            "fscore": 0.04,
+            "miou_present": 0.55,
+        },
+        "still_sounding": {
+            "miou_dataset": 0.6,
+            "fscore_dataset": 0.65,
+            "miou": 0.076,
+            "fscore": 0.08,
+            "miou_present": 0.8,
+        },
+    }
+    for seed, own in ((0, 0.40), (1, 0.44)):
+        write(cell(metrics, "full", seed), generated(own, own * 9 / 71, scenario_numbers))
+    write(cell(metrics, "aavs"), generated(0.2, 0.2 * 9 / 71, scenario_numbers))
+    write(
+        avs_cell(metrics, "aavs"),
+        stage1_generated(0.5, 0.3, {"same_class_distractor": {"miou": 0.45}, "still_sounding": {"miou": 0.7}}),
+    )
+    for lam, own in [(1, 0.30), (10, 0.42)]:
+        write(metrics / "sweep" / f"lambda_{lam}.json", generated(own, own * 9 / 71))
+    main_scenarios = {
+        "same_class_distractor": {**scenario_numbers["same_class_distractor"], "miou_present": 0.5, "frames": 30},
+    }
+    write(metrics / "stage2.json", generated(0.42, 0.42 * 9 / 71, main_scenarios))
+    ceilings_file(reports / "ceilings.json")  # where the DVC stage writes it: OUT/ceilings.json
+
+    _, text = build_report(metrics, reports)
+    assert "mean over bg + K=8 classes (the dataset's own label space) first" in text
+    table2 = table_rows(text, "## Ablation (paper Table 2)")
+    head = table2["component"]
+    assert head[4:8] == [
+        "AVSS mIoU (bg + K=8 classes) (ours)",
+        "AVSS F (bg + K=8 classes) (ours)",
+        "AVSS mIoU (71 classes) (ours)",
+        "AVSS F (71 classes) (ours)",
+    ]
+    assert head[8:] == [f"{c} (paper)" for c in COLUMNS]
+    # own label space (mean ± std over the seeds), then the 71-class figure, then the paper's
+    assert table2["Full model"][4:8] == ["42.0 ± 2.8", "47.0 ± 2.8", "5.3 ± 0.4", "6.3 ± 0.4"]
+    # the same mean ± std per row, as the DVC metric the report stage declares
+    summary = json.loads((reports / "ablation_summary.json").read_text())
+    assert summary["full"]["avss_miou_dataset"] == {"mean": 42.0, "std": pytest.approx(2.828, abs=1e-3)}
+    assert summary["full"]["seeds"] == {"AVSS": 2} and summary["aavs"]["seeds"] == {"S4/MS3": 1, "AVSS": 1}
+    assert summary["aavs"]["s4_miou"] == {"mean": 50.0, "std": None} and "ms3_fscore" in summary["aavs"]
+    assert table2["AAVS [29]"][:8] == "50.0 51.0 30.0 31.0 20.0 25.0 2.5 3.5".split()
+    assert table_rows(text, "## AAVS vs SSP (paper Table 1)")["SSP"] == table2["Full model"]
+    assert "| 10 | 42.0 | 47.0 | 5.3 | 6.3 |" in text  # the λ' sweep leads with it too
+
+    main = table_rows(text, "## Per scenario (main model)")
+    assert main["scenario"] == [
+        "frames",
+        "mIoU (bg + K=8 classes)",
+        "F (bg + K=8 classes)",
+        "AVSS mIoU (71 classes)",
+        "AVSS F (71 classes)",
+        "mIoU (present classes)",
+        "ceiling (present classes): audio only",
+        "ceiling (present classes): audio + motion",
+        "ceiling (present classes): audio + motion + text",
+    ]
+    assert main["same_class_distractor"] == "30 30.0 35.0 3.8 4.0 50.0 50.0 70.0 90.0".split()
+    assert text.count("**Ceilings** (test split") == 1  # the oracles defined once, under the tables
+
+    stage2, stage1 = text.split("### AVSS cells", 1)[1].split("### S4/MS3 cells", 1)
+    rows = table_rows(stage2, "AVSS mIoU over the classes present")
+    assert rows["row"] == ["still_sounding", "same_class_distractor"]  # the benchmark's order
+    assert rows["Full model"] == ["80.0 ± 0.0", "55.0 ± 0.0"]  # present-class mIoU
+    assert rows["ceiling: audio + motion"] == ["100.0", "70.0"]  # stage-2 cells: over every subset
+    assert "binary mIoU per frame, v1s + v1m" in stage1.splitlines()[0]
+    # stage-1 cells (tested on v1s + v1m): frame-weighted over those subsets only,
+    # still_sounding: v1s alone (v2 is not tested); same_class (10 x 0.4 + 30 x 0.8) / 40 = 70.0
+    assert "| ceiling: audio only | 100.0 | 70.0 |" in stage1
+    assert "| ceiling: audio + motion | 100.0 | 82.5 |" in stage1
+    assert "| AAVS [29] | 70.0 | 45.0 |" in stage1
+
+
+def test_ceilings_are_computed_from_data_when_there_is_no_file(tmp_path):
+    from ssp.data.synthetic import SynthConfig, generate_dataset
+    from ssp.params import DataParams
+    from ssp.report.ceilings import compute_ceilings
+
+    data = generate_dataset(SynthConfig.from_params(DataParams(seed=0, size="tiny")), tmp_path / "d", progress=False)
+    metrics = tmp_path / "metrics"
+    scenarios = {"same_class_distractor": {"miou_dataset": 0.3, "fscore_dataset": 0.3, "miou": 0.04, "fscore": 0.04}}
+    write(metrics / "stage2.json", generated(0.4, 0.05, scenarios))
+    _, without = build_report(metrics, tmp_path / "r1")
+    assert "ceiling:" not in without and "Ceilings" not in without
+    assert cli(["report", "--metrics", str(metrics), "--out", str(tmp_path / "r2"), "--data", str(data)]) == 0
+    text = (tmp_path / "r2" / "report.md").read_text()
+    expected = compute_ceilings(data, "test")["scenarios"]["same_class_distractor"]
+    row = table_rows(text, "## Per scenario (main model)")["same_class_distractor"]
+    assert row[-3:] == [f"{100 * expected[o]['miou_present']:.1f}" for o in ORACLE_NAMES]

@@ -281,7 +281,7 @@ def test_dvc_stage_reads_the_ablation_matrix_runs_and_writes_what_the_report_lin
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     stage = stages["samples"]
     # the matrix's cells are the run folders the command reads: runs/ablation/{row}/seed{seed}
-    cells = stages["ablation"]["outs"]
+    cells = [next(iter(o)) if isinstance(o, dict) else o for o in stages["ablation"]["outs"]]  # persist: a mapping
     assert "runs/ablation/${item.row}/seed${item.seed}/checkpoints" in cells
     assert run_dir("runs/ablation", "${item.row}", "${item.seed}").as_posix() + "/checkpoints" in cells
     assert "runs/ablation" in stage["deps"]  # every row and seed
