@@ -52,5 +52,6 @@ def main(args: argparse.Namespace) -> int:
         return 0
     mlflow = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri]
-    os.execvp(cmd[0], [*cmd, "--host", args.host, "--port", str(args.port)])
+    # one worker: a person's browser on a local store (MLflow's default 4 start 4 copies of it)
+    os.execvp(cmd[0], [*cmd, "--host", args.host, "--port", str(args.port), "--workers", "1"])
     return 0  # not reached

@@ -116,6 +116,11 @@ def test_every_stage_of_dvc_yaml_ran_and_wrote_its_outputs(demo_run):
     assert json.loads(status.stdout or "{}") == {}
     again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=proj, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-3000:]
+    # and the flow's task for an up-to-date stage reports that it skipped it
+    from flows.dvc_stages import run_stage
+
+    skipped = run_stage("train_stage2", proj, env=env)
+    assert skipped.returncode == 0 and skipped.ran is False, skipped.output[-2000:]
 
 
 @pytest.mark.slow

@@ -88,27 +88,6 @@ def test_stage_order_follows_dependencies(tmp_path):
     assert stage_order(proj, ["train"]) == ["synth", "validate", "train"]
 
 
-@pytest.mark.slow  # > 20 s: Prefect flows over a DVC project, several runs
-def test_reproduce_runs_stages_then_skips_them_and_nests_runs(tmp_path, mlflow_store, prefect_harness):
-    from flows.reproduce import reproduce
-
-    proj = make_project(tmp_path)
-    first = reproduce(project_dir=str(proj))
-    assert [s["stage"] for s in first["stages"]] == ["synth", "validate", "train", "sweep@1", "sweep@10"]
-    assert all(s["ran"] for s in first["stages"])
-    assert first["metrics"]["sweep_10.miou"] == pytest.approx(0.1)
-
-    client = MlflowClient(mlflow_store)
-    parent = first["parent_runs"]["ssp-avss"]
-    exp = client.get_experiment_by_name("ssp-avss")
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(r.info.run_name for r in children) == ["sweep-1.0", "sweep-10.0"]
-    assert client.get_run(parent).info.status == "FINISHED"
-
-    second = reproduce(project_dir=str(proj))
-    assert not any(s["ran"] for s in second["stages"])
-
-
 def test_failed_validation_stops_the_flow_before_downstream(tmp_path, mlflow_store, prefect_harness):
     from flows.reproduce import reproduce
 
