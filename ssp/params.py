@@ -125,6 +125,8 @@ class ModelParams:
     # audio besides the audio-aware queries: none (both presets, AAVS) | similarity (an
     # audio-pixel match added to the mask logits; SSPConfig documents it)
     audio_fusion: str | None = None
+    # stage 1: weight of the class-level auxiliary loss + class match (0 = off; SSPConfig documents it)
+    stage1_class_aux: float = 0.0
     # pretrained weights: a local path or a hub id "org/name@revision" (ssp/hub.py);
     # "" = random init; text_model None = the packaged MiniLM (the demo's), clip_model None =
     # none (VTA then needs text_visual_tokens: pixel_decoder). The paper profile names BERT-base

@@ -68,6 +68,8 @@ class AVSDataset(Dataset):
             the official loader).
         pad_short_audio: when computing the log-mel in-process, pad audio shorter than the
             video with silence instead of raising a DataError.
+        class_masks: also return the class-index masks as ``class_masks`` (semantic layout;
+            stage 1's class-level auxiliary loss, ``stage1_class_aux``), whatever ``task``.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class AVSDataset(Dataset):
         max_frames: int | None = None,
         strict_masks: bool = True,
         pad_short_audio: bool = False,
+        class_masks: bool = False,
     ):
         if task not in MASK_TASKS:
             raise SSPError(f"unknown task {task!r}; choose from {', '.join(MASK_TASKS)}")
@@ -91,6 +94,13 @@ class AVSDataset(Dataset):
                 raise SSPError(
                     f"task 'avss' needs class masks, but {len(object_layout)} video(s) come from the "
                     f"AVSBench-object layout (binary masks only), e.g. {object_layout[0]}"
+                )
+        if class_masks:
+            object_layout = [r.uid for r in records if r.layout == "object"]
+            if object_layout:
+                raise SSPError(
+                    f"class masks (stage1_class_aux) need the AVSBench-semantic layout, but {len(object_layout)} "
+                    f"video(s) come from the AVSBench-object layout (binary masks only), e.g. {object_layout[0]}"
                 )
         if image_size < 1:
             raise SSPError(f"image_size must be positive, got {image_size}")
@@ -106,6 +116,7 @@ class AVSDataset(Dataset):
         self.max_frames = max_frames
         self.strict_masks = strict_masks
         self.pad_short_audio = pad_short_audio
+        self.class_masks = class_masks
 
     def __len__(self) -> int:
         return len(self.records)
@@ -126,8 +137,15 @@ class AVSDataset(Dataset):
             ]
         )
         masks = np.zeros((num_frames, size, size), dtype=np.int64)
+        classes = np.zeros_like(masks) if self.class_masks else None
         labelled = np.array(record.labelled[:num_frames], dtype=bool)
         for i in np.flatnonzero(labelled):
+            if classes is not None:  # one read: the binary mask is the class mask's foreground
+                classes[i] = _resize(
+                    read_mask(record, int(i), task="avss", strict=self.strict_masks), size, Image.Resampling.NEAREST
+                )
+                masks[i] = classes[i] if self.task == "avss" else classes[i] > 0
+                continue
             mask = read_mask(record, int(i), task=self.task, strict=self.strict_masks)
             masks[i] = _resize(mask, size, Image.Resampling.NEAREST)
 
@@ -141,6 +159,8 @@ class AVSDataset(Dataset):
             "labelled": torch.from_numpy(labelled),
             "logmel": torch.from_numpy(self._logmel(record, num_frames)),
         }
+        if classes is not None:
+            item["class_masks"] = torch.from_numpy(classes)
         if self.flow_dir is not None:
             item["flow_mask"] = torch.from_numpy(self._flow_mask(record, num_frames))
         if self.stage1_dir is not None:
@@ -204,7 +224,7 @@ def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Flatten a list of video items into one batch of N = sum of their frame counts.
 
     Tensors are concatenated along frames: ``frames`` N x 3 x S x S, ``masks`` N x S x S,
-    ``labelled`` N, ``logmel`` N x 96 x 64, ``flow_mask`` / ``stage1_mask`` N x S x S when
+    ``labelled`` N, ``logmel`` N x 96 x 64, ``class_masks`` / ``flow_mask`` / ``stage1_mask`` N x S x S when
     the items have them. ``video_index`` (N, long) is the position of each frame's video
     in the batch, ``frame_index`` (N, long) its index inside the video. Text prompts are
     repeated per frame (``prompt_a1``: N strings, ``prompt_a2``: N lists); ``uid``,
@@ -221,7 +241,7 @@ def collate_frames(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "video_index": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
         "frame_index": torch.cat([torch.arange(n) for n in counts]),
     }
-    for key in ("frames", "masks", "labelled", "logmel", "flow_mask", "stage1_mask"):
+    for key in ("frames", "masks", "class_masks", "labelled", "logmel", "flow_mask", "stage1_mask"):
         present = [key in item for item in items]
         if any(present) and not all(present):
             raise ValueError(f"some items have {key!r} and others do not")

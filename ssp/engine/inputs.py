@@ -108,8 +108,15 @@ def build_stage_datasets(
             "premask_train_source='stage1' trains on stage 1's masks of the train split: "
             "pass --stage1-masks DIR (from `ssp stage1-masks`, train split included)"
         )
+    # stage 1's class-level loss reads the class masks of the train split (the loss only)
+    class_masks = stage == 1 and config.stage1_class_aux > 0
     train_set = build_dataset(
-        train_records, config, dirs, stage1_dir=stage1_masks if train_stage1 else None, max_frames=tp.max_frames
+        train_records,
+        config,
+        dirs,
+        stage1_dir=stage1_masks if train_stage1 else None,
+        max_frames=tp.max_frames,
+        class_masks=class_masks,
     )
     val_set = build_dataset(
         val_records, config, dirs, stage1_dir=stage1_masks if stage == 2 else None, max_frames=tp.max_frames
@@ -177,7 +184,7 @@ def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, An
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
     """What the model may see outside training: everything but the GT masks."""
-    return {k: v for k, v in batch.items() if k != "masks"}
+    return {k: v for k, v in batch.items() if k not in ("masks", "class_masks")}
 
 
 # ---------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ log = logging.getLogger(__name__)
 # Test/diagnostic aid: raise after this many optimizer steps, as if the process were
 # killed there (nothing after that step is written). Used by the resume tests.
 INTERRUPT_ENV = "SSP_TRAIN_INTERRUPT_AFTER_STEPS"
-LOSS_NAMES = ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_post")
+LOSS_NAMES = ("loss", "loss_ce", "loss_mask", "loss_dice", "loss_post", "loss_class")
 # --resume: off (a fresh run; a former run's checkpoints are removed), on (continue from the
 # newest checkpoint; refuses another model config), auto (continue when the checkpoint is
 # this very run's -- same model config, training params, videos and resume keys -- else
@@ -368,7 +368,7 @@ def resume_progress(trainer: Trainer, resume: str) -> tuple[Progress, TrainingSt
     ``on`` refuses a checkpoint of another model config or pretrained files and warns
     about other differences; ``auto`` starts fresh on any, logging which and why."""
     best = {"metric": -math.inf, "epoch": 0, "val": {}}
-    running = torch.zeros(5, dtype=torch.float64, device=trainer.device)
+    running = torch.zeros(len(LOSS_NAMES), dtype=torch.float64, device=trainer.device)
     progress = Progress(Position(epoch=0, batches_done=0, global_step=0), [], best, running)
     if resume == "off":
         fresh_start(trainer, "no --resume")

@@ -64,3 +64,35 @@ class AudioPixelSimilarity(nn.Module):
         """N×D×h×w mask features, N×D audio -> N×1×h×w logit offset."""
         visual = self.visual(mask_features)
         return torch.einsum("ndhw,nd->nhw", visual, self.audio(audio).to(visual.dtype))[:, None] * self.scale
+
+
+class ClassCodeMatch(nn.Module):
+    """Stage 1's class-level audio-visual match (``stage1_class_aux > 0``).
+
+    Both sides get explicit class codes over the K object classes: pixel class logits
+    v(x) = W_v f(x) from the mask features (1×1 conv) and audio class logits u = W_a a from
+    the projected audio. The criterion teaches them with the class masks stage 1 otherwise
+    never sees (``class_aux_loss``: the sounding classes of the frame, multi-label, for u;
+    the class of each sounding pixel for v). The match that reaches the mask is the
+    probability that the pixel's class sounds, p(x) = Σ_k softmax(v(x))_k · sigmoid(u_k),
+    added to every mask logit as ``gain · logit(p)`` (p clamped to [0.01, 0.99]). At init
+    sigmoid(u) ≈ 0.5 everywhere, so logit(p) ≈ 0 and the model starts as AAVS; the gain
+    (learned, starts at 1) is what the binary mask loss tunes. With class structure on each
+    side the frozen-feature probe decides 85 % of the objects, against 74 % for an
+    unstructured bilinear match (bench/README.md, Probes (issue 16)).
+    """
+
+    def __init__(self, hidden_dim: int, num_object_classes: int):
+        super().__init__()
+        self.visual = nn.Conv2d(hidden_dim, num_object_classes, kernel_size=1)
+        self.audio = nn.Linear(hidden_dim, num_object_classes)
+        self.gain = nn.Parameter(torch.ones(()))
+
+    def forward(self, mask_features: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """N×D×h×w mask features, N×D audio -> (N×1×h×w mask-logit offset, N×K×h×w pixel
+        class logits, N×K audio class logits)."""
+        pixel_logits = self.visual(mask_features)
+        audio_logits = self.audio(audio).to(pixel_logits.dtype)
+        sounding = torch.einsum("nkhw,nk->nhw", pixel_logits.softmax(1), audio_logits.sigmoid())
+        offset = self.gain * torch.logit(sounding.clamp(0.01, 0.99))
+        return offset[:, None], pixel_logits, audio_logits

@@ -127,6 +127,15 @@ class SSPConfig:
     # (ssp.models.audio_queries.AudioPixelSimilarity): the mask follows the audio measurably
     # after 12 epochs, +0.025 v1s test mIoU over AAVS at the same schedule.
     audio_fusion: str = "none"
+    # Stage 1 only (stage 2 ignores it): weight of a class-level auxiliary loss and the class
+    # match it feeds (ssp.models.audio_queries.ClassCodeMatch; 0 = off, both presets). Stage 1
+    # otherwise sees only "sounding or not"; with it the dataset also reads the class masks
+    # (semantic layout), the projected audio learns the frame's sounding classes (multi-label
+    # BCE) and the mask features the class of each sounding pixel (CE), and the probability
+    # that a pixel's class sounds is added to every mask logit. Measured (bench/README.md,
+    # Class-level signal (issue 16)): 3 with audio_fusion="similarity", 12 epochs: v1s test mIoU
+    # 0.58 vs AAVS 0.44, v2 0.67 vs 0.62 (3 seeds); no gain at the demo's 3 epochs.
+    stage1_class_aux: float = 0.0
 
     # --- loss (Mask2Former / AAVS) -------------------------------------------------------------
     class_weight: float = 2.0
@@ -255,6 +264,10 @@ class SSPConfig:
             bad(f"audio_encoder must be one of {AUDIO_ENCODERS}, got {self.audio_encoder!r}")
         if self.audio_fusion not in AUDIO_FUSIONS:
             bad(f"audio_fusion must be one of {AUDIO_FUSIONS}, got {self.audio_fusion!r}")
+        if self.stage1_class_aux < 0:
+            bad(f"stage1_class_aux must be >= 0, got {self.stage1_class_aux}")
+        if self.stage == 1 and self.stage1_class_aux > 0 and self.num_classes < 2:
+            bad("stage1_class_aux needs num_classes >= 2 (background + object classes)")
         if self.hidden_dim % 32 != 0:
             bad(f"hidden_dim must be a multiple of 32 (GroupNorm(32) in the pixel decoder), got {self.hidden_dim}")
         if self.hidden_dim % self.num_attention_heads != 0:

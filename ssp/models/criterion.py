@@ -43,10 +43,18 @@ forms (``post_mask_form``):
   averaged over the labelled frames. It shapes the shared features only; with λ' = 10 it
   slowed the class learning of the tiny model (bench/README.md).
 
+Class-level loss (stage 1, ``stage1_class_aux`` > 0, :meth:`SSPCriterion.class_aux_loss`):
+from ``batch["class_masks"]`` (the class of each sounding pixel), BCE of the audio class
+logits against the frame's sounding classes (multi-label) + cross-entropy of the pixel
+class logits over the object classes at the sounding cells of the S/4 grid (silent objects
+are background in the GT and carry no class target: their class code comes from the same
+class sounding elsewhere), times the weight.
+
 ``SSPCriterion(config)(output, batch)`` returns a dict of scalar tensors:
 ``loss`` (the total, to backpropagate), ``loss_ce``, ``loss_mask``, ``loss_dice`` (each
-weighted and summed over the last and all auxiliary predictions) and ``loss_post``
-(λ'·L'_mask, 0 when the switch is off). ``loss`` = the sum of the four parts.
+weighted and summed over the last and all auxiliary predictions), ``loss_post``
+(λ'·L'_mask, 0 when the switch is off) and ``loss_class`` (the class-level loss, 0 when
+off). ``loss`` = the sum of the five parts.
 """
 
 from __future__ import annotations
@@ -113,7 +121,7 @@ class SSPCriterion(nn.Module):
     def _losses(self, output: SSPOutput, batch: dict) -> dict[str, Tensor]:
         labelled = batch["labelled"].to(output.mask_logits.device).bool()
         zero = output.mask_logits.sum() * 0.0  # keeps the graph (DDP) when nothing is labelled
-        parts = {"loss_ce": zero, "loss_mask": zero, "loss_dice": zero, "loss_post": zero}
+        parts = {"loss_ce": zero, "loss_mask": zero, "loss_dice": zero, "loss_post": zero, "loss_class": zero}
         if labelled.any():
             index = labelled.nonzero(as_tuple=True)[0]
             masks = batch["masks"].to(output.mask_logits.device)[index]
@@ -159,8 +167,44 @@ class SSPCriterion(nn.Module):
                         raise SSPError("post_mask is on but the model output has no post_mask_logits")
                     post = self.post_mask_loss(output.post_mask_logits[index], target)
                 parts["loss_post"] = self.config.lambda_post * post
-        parts["loss"] = parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"] + parts["loss_post"]
+
+            if output.pixel_class_logits is not None and self.config.stage1_class_aux > 0:
+                classes = batch.get("class_masks")
+                if classes is None:
+                    raise SSPError("stage1_class_aux needs batch['class_masks'] (the train split's class masks)")
+                parts["loss_class"] = self.config.stage1_class_aux * self.class_aux_loss(
+                    output.pixel_class_logits[index],
+                    output.audio_class_logits[index],
+                    classes.to(masks.device)[index],
+                )
+        parts["loss"] = (
+            parts["loss_ce"] + parts["loss_mask"] + parts["loss_dice"] + parts["loss_post"] + parts["loss_class"]
+        )
         return parts
+
+    @staticmethod
+    def class_aux_loss(pixel_logits: Tensor, audio_logits: Tensor, class_masks: Tensor) -> Tensor:
+        """Stage 1's class-level loss: N×K×h×w pixel and N×K audio class logits over the K
+        object classes, N×S×S class indices (0 = background, k = object class k-1 of the
+        logits). BCE (summed over classes, mean over frames) of the audio logits against the classes
+        present in the frame + cross-entropy of the pixel logits at the sounding cells of the
+        h×w grid (nearest-sampled class mask; 0 where a batch has none)."""
+        num_classes = audio_logits.shape[1]
+        if int(class_masks.max()) > num_classes or int(class_masks.min()) < 0:
+            raise SSPError(f"class mask index out of range [0, {num_classes}]: max {int(class_masks.max())}")
+        flat = class_masks.flatten(1).long()
+        present = flat.new_zeros(len(flat), num_classes + 1).scatter_(1, flat, 1)[:, 1:]  # N×K: which classes sound
+        # summed over classes: a frame has one or two positives among K, a mean would drown them
+        bce = nn.functional.binary_cross_entropy_with_logits(audio_logits.float(), present.float(), reduction="none")
+        audio_loss = bce.sum(1).mean()
+        grid = nn.functional.interpolate(class_masks[:, None].float(), size=pixel_logits.shape[-2:], mode="nearest")
+        grid = grid[:, 0].long()
+        sounding = grid > 0
+        if not bool(sounding.any()):
+            return audio_loss + pixel_logits.sum() * 0.0
+        logits = pixel_logits.float().permute(0, 2, 3, 1)[sounding]  # cells × K
+        pixel_loss = nn.functional.cross_entropy(logits, grid[sounding] - 1)
+        return audio_loss + pixel_loss
 
     @staticmethod
     def post_mask_recall_loss(foreground: Tensor, target: Tensor) -> Tensor:
@@ -279,4 +323,6 @@ def _to_float(output: SSPOutput) -> SSPOutput:
         premask=output.premask,
         stepping_stone=output.stepping_stone,
         post_mask_logits=None if output.post_mask_logits is None else output.post_mask_logits.float(),
+        pixel_class_logits=None if output.pixel_class_logits is None else output.pixel_class_logits.float(),
+        audio_class_logits=None if output.audio_class_logits is None else output.audio_class_logits.float(),
     )

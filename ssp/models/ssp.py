@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from ssp.errors import SSPError
 from ssp.models.adapters import add_adapters, apply_recipe
-from ssp.models.audio_queries import AudioPixelSimilarity, AudioProjection
+from ssp.models.audio_queries import AudioPixelSimilarity, AudioProjection, ClassCodeMatch
 from ssp.models.backbones import build_audio_encoder, build_visual_backbone
 from ssp.models.config import SSPConfig
 from ssp.models.mask2former import (
@@ -93,6 +93,8 @@ class SSPOutput:
     premask: N×S×S M_Pre that was multiplied into the frames (pre_mask), else None.
     stepping_stone: N×S×S stage-2 mask that was injected, else None.
     post_mask_logits: N×h×w prediction of the post-mask head (post_mask_form="head"), else None.
+    pixel_class_logits: N×K×h×w object-class logits of the mask features, audio_class_logits:
+        N×K of the projected audio (stage 1 with stage1_class_aux > 0, ClassCodeMatch), else None.
     """
 
     class_logits: Tensor
@@ -101,6 +103,8 @@ class SSPOutput:
     premask: Tensor | None = None
     stepping_stone: Tensor | None = None
     post_mask_logits: Tensor | None = None
+    pixel_class_logits: Tensor | None = None
+    audio_class_logits: Tensor | None = None
 
 
 class SSPModel(nn.Module):
@@ -113,7 +117,9 @@ class SSPModel(nn.Module):
     - ``class_predictor``: Linear(D, num_labels + 1);
     - ``audio_encoder`` (VGGish or the tiny CNN) and ``audio_projection`` (AAVS's MLP);
     - ``text_module``: VTA or "att" with its text encoder, only when ``text != "none"``;
-    - ``post_mask_head``: the post-mask prediction, only when ``post_mask`` with the ``head`` form.
+    - ``post_mask_head``: the post-mask prediction, only when ``post_mask`` with the ``head`` form;
+    - ``audio_pixel_match`` (``audio_fusion="similarity"``) and ``class_code_match`` (stage 1
+      with ``stage1_class_aux > 0``): audio-pixel matches added to every mask logit.
     """
 
     def __init__(self, config: SSPConfig):
@@ -136,6 +142,8 @@ class SSPModel(nn.Module):
         self.audio_projection = AudioProjection(config.hidden_dim)
         with_match = config.audio_fusion == "similarity"
         self.audio_pixel_match = AudioPixelSimilarity(config.hidden_dim) if with_match else None
+        with_codes = config.stage == 1 and config.stage1_class_aux > 0
+        self.class_code_match = ClassCodeMatch(config.hidden_dim, config.num_classes - 1) if with_codes else None
         self.text_module = build_text_module(config)
         if self.text_module is not None:  # the frozen encoders' ResolvedWeights (model.text_model, model.clip_model)
             for module in self.text_module.modules():
@@ -204,6 +212,10 @@ class SSPModel(nn.Module):
         if self.audio_pixel_match is not None:
             match = self.audio_pixel_match(mask_features, audio_embedding)
             masks = [m + match.to(m.dtype) for m in masks]
+        pixel_class_logits = audio_class_logits = None
+        if self.class_code_match is not None:
+            offset, pixel_class_logits, audio_class_logits = self.class_code_match(mask_features, audio_embedding)
+            masks = [m + offset.to(m.dtype) for m in masks]
         post_mask_logits = self.post_mask_head(mask_features)[:, 0] if self.post_mask_head is not None else None
         return SSPOutput(
             class_logits=class_logits[-1],
@@ -212,6 +224,8 @@ class SSPModel(nn.Module):
             premask=premask,
             stepping_stone=stone,
             post_mask_logits=post_mask_logits,
+            pixel_class_logits=pixel_class_logits,
+            audio_class_logits=audio_class_logits,
         )
 
     @torch.no_grad()

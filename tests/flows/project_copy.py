@@ -8,6 +8,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# overrides the end-to-end tests share: sizes and schedules only (2 frames per clip, no
+# loader workers, one overlay, one stage-2 epoch, 2 prompt frames)
+SMALL_SCHEDULE = [
+    "train1.max_frames=2",
+    "train1.num_workers=0",
+    "train1.overlays=1",
+    "train2.epochs=1",
+    "train2.max_frames=2",
+    "train2.num_workers=0",
+    "train2.overlays=1",
+    "prompts.frames_per_video=2",
+]
+
 
 def copy_repository(proj: Path) -> None:
     """The repository's files (code, dvc.yaml, conf/, params.yaml; not the tests, infra or

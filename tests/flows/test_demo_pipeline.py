@@ -27,21 +27,14 @@ from pathlib import Path
 import pytest
 
 from ssp.params import apply_overrides, compose, write_params
-from tests.flows.project_copy import copy_repository
+from tests.flows.project_copy import SMALL_SCHEDULE, copy_repository
 
 BIN = Path(sys.executable).parent
 
 SHRINK = [
     "data.size=tiny",
     "train1.epochs=1",
-    "train1.max_frames=2",
-    "train1.num_workers=0",
-    "train1.overlays=1",
-    "train2.epochs=1",
-    "train2.max_frames=2",
-    "train2.num_workers=0",
-    "train2.overlays=1",
-    "prompts.frames_per_video=2",
+    *SMALL_SCHEDULE,
     "ablation.rows=[aavs,full]",  # two rows: the UI test compares them
     "ablation.stage1_rows=[full]",
     "ablation.seeds=[0]",

@@ -27,7 +27,7 @@ import pytest
 
 from ssp.hub import sha256_file
 from ssp.params import Params, apply_overrides, compose, write_params
-from tests.flows.project_copy import copy_repository
+from tests.flows.project_copy import SMALL_SCHEDULE, copy_repository
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,14 +40,7 @@ SHRINK = [
     "model.num_points=256",
     "train1.epochs=2",
     "train1.phase2_epoch=1",  # AAVS's phase switch happens inside the smoke
-    "train1.max_frames=2",
-    "train1.num_workers=0",
-    "train1.overlays=1",
-    "train2.epochs=1",
-    "train2.max_frames=2",
-    "train2.num_workers=0",
-    "train2.overlays=1",
-    "prompts.frames_per_video=2",
+    *SMALL_SCHEDULE,
     "ablation.rows=[full]",
     "ablation.stage1_rows=[full]",
     "sweep.lambda_post=[10]",

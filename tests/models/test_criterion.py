@@ -54,8 +54,9 @@ def test_parts_sum_to_total_and_only_labelled_frames_count(stage, form):
 
     torch.manual_seed(0)
     losses = criterion(output, batch)
-    assert set(losses) == {"loss", "loss_ce", "loss_mask", "loss_dice", "loss_post"}
+    assert set(losses) == {"loss", "loss_ce", "loss_mask", "loss_dice", "loss_post", "loss_class"}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    assert losses["loss_class"] == 0  # stage1_class_aux off
     assert all(losses[k] > 0 for k in ("loss_ce", "loss_mask", "loss_dice", "loss_post"))
     assert torch.allclose(losses["loss"], sum(losses[k] for k in ("loss_ce", "loss_mask", "loss_dice", "loss_post")))
 
@@ -394,3 +395,51 @@ def test_stacked_layers_equal_transformers_auxiliary_sum(stage, monkeypatch):
     for ours_key, hf_key in (("loss_ce", "loss_cross_entropy"), ("loss_mask", "loss_mask"), ("loss_dice", "loss_dice")):
         expected = sum(v for k, v in parts.items() if k.startswith(hf_key)) * criterion.weights[hf_key]
         assert ours[ours_key].item() == pytest.approx(expected.item(), rel=1e-5), ours_key
+
+
+def test_stage1_class_aux_loss_is_computed_gets_gradients_and_decreases():
+    """stage1_class_aux (bench/README.md, Class-level signal): the loss reads the class masks,
+    reaches the class codes and the shared features (audio projection, mask features), and a
+    few steps on one batch teach both sides the classes; off (the default) it is 0 and the
+    model has no class codes."""
+    torch.manual_seed(0)
+    batch = make_batch(2, n=2)  # class masks: frame 0 classes 3 and 7, frame 1 class 4
+    batch["class_masks"] = batch["masks"]
+    batch["masks"] = (batch["class_masks"] > 0).long()
+    config = tiny_config(1, stage1_class_aux=1.0, num_classes=9)
+    model = SSPModel(config).train()
+    criterion = SSPCriterion(config)
+    losses = criterion(model(batch), batch)
+    assert losses["loss_class"] > 0
+    assert torch.allclose(
+        losses["loss"], sum(losses[k] for k in ("loss_ce", "loss_mask", "loss_dice", "loss_post", "loss_class"))
+    )
+    model.zero_grad()
+    losses["loss_class"].backward()
+    for name in ("class_code_match.visual.weight", "class_code_match.audio.weight", "audio_projection"):
+        grads = [p.grad for n, p in model.named_parameters() if n.startswith(name)]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.pixel_level_module.decoder.parameters())
+
+    # the targets: audio multi-hot of the frame's classes, pixels their class (k -> logit k-1)
+    pixel = torch.full((2, 8, 16, 16), -20.0)
+    for i in range(2):
+        grid = torch.nn.functional.interpolate(batch["class_masks"][i][None, None].float(), size=(16, 16))[0, 0].long()
+        pixel[i].scatter_(0, (grid - 1).clamp_min(0)[None], 20.0)
+    audio = torch.full((2, 8), -20.0)
+    audio[0, [2, 6]] = audio[1, 3] = 20.0
+    assert SSPCriterion.class_aux_loss(pixel, audio, batch["class_masks"]) < 1e-6
+    assert SSPCriterion.class_aux_loss(pixel, audio.roll(1, 0), batch["class_masks"]) > 10
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = float(losses["loss_class"].detach())
+    for _ in range(15):
+        loss = criterion(model(batch), batch)["loss_class"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.5 * first
+
+    off = tiny_config(1)
+    assert off.stage1_class_aux == 0.0 and SSPModel(off).class_code_match is None
+    assert float(SSPCriterion(off)(SSPModel(off)(batch), batch)["loss_class"]) == 0.0
