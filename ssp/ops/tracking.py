@@ -251,6 +251,23 @@ class RunLogger:
             self.log_artifact(p, artifact_path)
 
 
+class ExistingRun:
+    """Logging into a run another process opened (the pipeline's parent run, exported in
+    ``SSP_MLFLOW_PARENT_RUN_ID``): add artifacts and tables, never start or end the run
+    (its owner does). The artifact part of :class:`RunLogger`'s interface."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self._client = get_client()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        retry_locked(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path), "log_artifact")
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        """A pandas DataFrame as an MLflow table (the run page shows it as a table)."""
+        retry_locked(lambda: self._client.log_table(self.run_id, data=data, artifact_file=artifact_file), "log_table")
+
+
 def _is_number(v: Any) -> bool:
     try:
         f = float(v)

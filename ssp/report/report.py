@@ -52,7 +52,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global fig
 from ssp.data.synthetic import SCENARIOS
 from ssp.errors import SSPError
 from ssp.fileio import atomic_path, write_json, write_text
-from ssp.ops.tracking import EXPERIMENTS, get_client, parent_run_from_env, retry_locked
+from ssp.ops.tracking import EXPERIMENTS, ExistingRun, parent_run_from_env
 from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE1, TABLE2
 from ssp.params import EvaluateParams
 from ssp.report.ceilings import ORACLE_LABELS, ORACLES, compute_ceilings
@@ -687,18 +687,17 @@ def log_to_pipeline_runs(out: Path, text: str) -> list[str]:
     parents = [p for p in (parent_run_from_env(e) for e in EXPERIMENTS.values()) if p]
     if not parents:
         return []
-    client = get_client()
     tables = {
         "table1.json": markdown_table(text, "## AAVS vs SSP (paper Table 1)"),
         "table2.json": markdown_table(text, "## Ablation (paper Table 2)"),
     }
     files = [p for p in (out / "report.md", out / "ablation.png", out / "lambda_sweep.png") if p.exists()]
     for run_id in parents:
+        run = ExistingRun(run_id)
         for name, rows in tables.items():
-            frame = pd.DataFrame(rows)
-            retry_locked(lambda: client.log_table(run_id, data=frame, artifact_file=f"report/{name}"), "log_table")
+            run.log_table(pd.DataFrame(rows), f"report/{name}")
         for path in files:
-            retry_locked(lambda: client.log_artifact(run_id, str(path), "report"), "log_artifact")
+            run.log_artifact(path, "report")
     return parents
 
 

@@ -34,7 +34,7 @@ from ssp.engine.predict import predict_batches
 from ssp.errors import SSPError
 from ssp.models.checkpoint import load_model
 from ssp.models.premask import pre_mask
-from ssp.ops.tracking import RunLogger, get_client, parent_run_from_env, retry_locked
+from ssp.ops.tracking import ExistingRun, RunLogger, parent_run_from_env
 from ssp.paper import TABLE2
 from ssp.params import Params, add_params_arguments, stage_params
 from ssp.report.drawing import (
@@ -254,24 +254,11 @@ def ablation_sample_grid(
 # ---------------------------------------------------------------------------------------
 # MLflow
 # ---------------------------------------------------------------------------------------
-class _ExistingRun:
-    """The part of :class:`ssp.ops.tracking.RunLogger` that :func:`log_sample_grid` uses, on
-    a run another process opened (the pipeline's parent run): add an artifact, never
-    start or end the run (its owner does)."""
-
-    def __init__(self, run_id: str):
-        self.run_id = run_id
-        self._client = get_client()
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        retry_locked(lambda: self._client.log_artifact(self.run_id, str(path), artifact_path), "log_artifact")
-
-
 def log_grid(path: str | Path) -> str | None:
     """Log the grid PNG to MLflow (see module doc); returns the run id it went to."""
     parent = parent_run_from_env(EXPERIMENT)
     if parent:
-        log_sample_grid(_ExistingRun(parent), path, ARTIFACT_PATH)
+        log_sample_grid(ExistingRun(parent), path, ARTIFACT_PATH)
         return parent
     # parent_run_id="": a top-level run (no parent in the environment anyway)
     with RunLogger(EXPERIMENT, "samples", tags={"ssp.kind": "samples"}, parent_run_id="") as run:
