@@ -41,6 +41,7 @@ def committed_pipeline(tmp_path_factory) -> Path:
     proj = tmp_path_factory.mktemp("pipeline")
     shutil.copy(ROOT / "dvc.yaml", proj)
     shutil.copy(ROOT / "params.yaml", proj)  # composed from conf/: every key the stages read
+    shutil.copy(ROOT / ".dvcignore", proj)
     run(["git", "init", "-q"], proj)
     run([DVC, "init", "-q"], proj)
     # stand-ins for every dep and out that DVC hashes
@@ -156,3 +157,19 @@ def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pip
         assert stale == {"flow", "stage2_inputs", "ablation_avs_inputs"}
     finally:
         flow_file.write_text(original)
+
+
+def test_bytecode_caches_in_code_deps_leave_every_stage_up_to_date(committed_pipeline):
+    """A stage's own imports write ssp/**/__pycache__ (unless PYTHONDONTWRITEBYTECODE is
+    set): the code deps' hashes, and so every stage that depends on them, must not move."""
+    caches = [committed_pipeline / d / "__pycache__" for d in ("ssp/engine", "ssp/models")]
+    try:
+        for cache in caches:
+            cache.mkdir()
+            (cache / "train.cpython-311.pyc").write_bytes(b"\xa7\r\r\n bytecode")
+        (committed_pipeline / "ssp" / "engine" / "stray.pyc").write_bytes(b"bytecode")
+        assert json.loads(run([DVC, "status", "--json"], committed_pipeline) or "{}") == {}
+    finally:
+        for cache in caches:
+            shutil.rmtree(cache, ignore_errors=True)
+        (committed_pipeline / "ssp" / "engine" / "stray.pyc").unlink(missing_ok=True)
