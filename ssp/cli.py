@@ -8,6 +8,7 @@ module is imported, so ``ssp --help`` and light commands start fast (no torch im
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import sys
@@ -50,6 +51,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def import_paused_gc(module_name: str):
+    """Import a subcommand's module with Python's cyclic garbage collector paused.
+
+    Importing torch, transformers and mlflow creates millions of objects that all survive;
+    the collector's passes over them were about a fifth of a heavy command's start-up
+    (``ssp train``: 7.3 s -> 6.0 s on 2 cores, and every pipeline stage pays it). Once
+    imported they are frozen (:func:`gc.freeze`), so later collections, e.g. during
+    training, do not walk them again either."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ssp",
@@ -62,7 +81,7 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
-            module = importlib.import_module(module_name)
+            module = import_paused_gc(module_name)
             module.add_arguments(p)
             p.set_defaults(_main=module.main)
     return parser

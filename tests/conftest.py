@@ -20,6 +20,7 @@ torchrun included); a test that cannot start its server fails there instead of s
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import shutil
@@ -34,6 +35,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one compute thread each (and in their
     # subprocesses), instead of four threads fighting over two cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    # collection imports torch, transformers, mlflow, prefect, ...: the cyclic collector's
+    # passes over those objects are a fifth of it (see ssp.cli.import_paused_gc)
+    gc.disable()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    # after collection, in every process (xdist's controller collects nothing): what the
+    # imports created is frozen, later collections skip it
+    gc.freeze()
+    gc.enable()
 
 
 # The longest modules first: under `make test` (xdist, one module per worker at a time) a

@@ -60,7 +60,7 @@ def _dvc_stages(proj: Path):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, _mlflow_template_db):
     base = tmp_path_factory.mktemp("demo-pipeline")
     proj = base / "proj"
     proj.mkdir()
@@ -74,6 +74,7 @@ def demo_run(tmp_path_factory):
         DVC_NO_ANALYTICS="1",
     )
     (proj / "mlruns").mkdir(exist_ok=True)
+    shutil.copy(_mlflow_template_db, proj / "mlruns" / "mlflow.db")  # migrated once per session, not per run
     flow = subprocess.run([sys.executable, "-m", "flows.reproduce"], cwd=proj, env=env, capture_output=True, text=True)
     assert flow.returncode == 0, f"flows.reproduce failed:\n{flow.stdout[-6000:]}\n{flow.stderr[-6000:]}"
     # make demo's second command prints the report the flow's `report` stage wrote

@@ -8,13 +8,10 @@ names, filed under the profile's own repository ids and pinned commits
 (``tests/standins.py``: ``save_pretrained`` of reduced configs of the same classes,
 torchvggish's state dict, MiniCPM-o-style remote code). params.yaml is the paper
 profile's composition with overrides that shrink sizes and schedules only (image size,
-epochs, frames, points, one row, no sweep point): every stage runs the paper's code path
+epochs, frames, points, one row, one sweep point): every stage runs the paper's code path
 -- Perceiver IO flow, MiniCPM-o through its own chat call, the Swin Mask2Former read from
 its config.json, VGGish, BERT + CLIP VTA, AAVS's recipe with the phase switch, the
-stage-1 and stage-2 Table cells -- on CPU. The sweep is left out: its cells are the
-ablation's full row at another λ'_mask (the command and code path of ``ablation@full-0``
-here); the demo pipeline test (tests/flows/test_demo_pipeline.py) runs a sweep point
-through the same dvc.yaml.
+stage-1 and stage-2 Table cells -- on CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,13 +45,13 @@ SHRINK = [
     *SMALL_SCHEDULE,
     "ablation.rows=[full]",
     "ablation.stage1_rows=[full]",
-    "sweep.lambda_post=[]",
+    "sweep.lambda_post=[10]",
 ]
-TRAININGS = ("stage1", "stage2", "ablation_avs/full/seed0", "ablation/full/seed0")
+TRAININGS = ("stage1", "stage2", "ablation_avs/full/seed0", "ablation/full/seed0", "sweep/lambda_10")
 
 
 @pytest.fixture(scope="module")
-def paper_run(tmp_path_factory):
+def paper_run(tmp_path_factory, _mlflow_template_db):
     from ssp.ops.weights import weight_specs
     from tests.avsbench_fixtures import DEFAULT_SEMANTIC_VIDEOS, write_semantic_dataset
     from tests.standins import paper_profile_standins
@@ -84,6 +82,7 @@ def paper_run(tmp_path_factory):
     finally:
         os.environ.pop("HF_HUB_CACHE")
     (proj / "mlruns").mkdir(exist_ok=True)
+    shutil.copy(_mlflow_template_db, proj / "mlruns" / "mlflow.db")  # migrated once per session, not per run
     out = subprocess.run([str(BIN / "dvc"), "repro"], cwd=proj, env=env, capture_output=True, text=True)
     assert out.returncode == 0, f"dvc repro (paper profile) failed:\n{out.stdout[-6000:]}\n{out.stderr[-4000:]}"
     return proj, env, params, standins
