@@ -60,6 +60,15 @@ def mean_over_ranks(total: torch.Tensor, count: int, dist_info: Dist) -> list[fl
     return (reduced / steps.clamp(min=1)).tolist()
 
 
+def broadcast_from_main(value: str | None, dist_info: Dist) -> str | None:
+    """Rank 0's ``value`` (e.g. its MLflow run id) on every rank; one process: ``value``."""
+    if not dist_info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(dist_info: Dist) -> None:
     if dist_info.enabled:
         dist.barrier()

@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 from ssp import paper
 from ssp.data.palette import index_to_colour
 from ssp.engine.checkpoints import CheckpointDir, Position, TrainingState, read_training_state
-from ssp.engine.distributed import Dist, barrier, mean_over_ranks, setup_distributed
+from ssp.engine.distributed import Dist, barrier, broadcast_from_main, mean_over_ranks, setup_distributed
 from ssp.engine.inputs import InputDirs, Loaders, build_loaders, build_stage_datasets, to_device
 from ssp.engine.predict import predict_batches
 from ssp.errors import SSPError
@@ -88,7 +88,7 @@ from ssp.models.checkpoint import (
     without_weight_specs,
 )
 from ssp.models.criterion import SSPCriterion
-from ssp.ops.tracking import EXPERIMENTS, RunLogger, data_hash
+from ssp.ops.tracking import EXPERIMENTS, RunLogger, data_hash, node_system_metrics
 from ssp.params import ModelParams, Params, TrainParams, add_params_arguments, stage_params
 
 log = logging.getLogger(__name__)
@@ -789,15 +789,19 @@ def train(
         state.restore(t.optimizer, t.scheduler)  # RNG last: nothing may draw between here and the loop
 
     with RunLogger(EXPERIMENTS[stage], name, params=mlflow_params, tags=tags, enabled=t.dist.is_main) as tracker:
-        if t.dist.is_main:
-            write_json(run_dir / "pretrained_weights.json", pretrained)
-            tracker.log_artifact(run_dir / "pretrained_weights.json")
-        for epoch in range(at.position.epoch, t.tp.epochs):
-            if at.phase == 1 and t.tp.phase2_epoch is not None and epoch >= t.tp.phase2_epoch:
-                start_phase2(t, at)
-            row_out = train_one_epoch(t, at, epoch, tracker)
-            end_epoch(t, at, epoch, row_out, tracker)
-        metrics = finish(t, at, tracker)
+        # system metrics per node: rank 0's logger samples node 0; the local rank 0 of each
+        # other node samples its own machine into the same run (a no-op on the other ranks)
+        run_id = broadcast_from_main(tracker.run_id, t.dist)
+        with node_system_metrics(None if t.dist.is_main else run_id):
+            if t.dist.is_main:
+                write_json(run_dir / "pretrained_weights.json", pretrained)
+                tracker.log_artifact(run_dir / "pretrained_weights.json")
+            for epoch in range(at.position.epoch, t.tp.epochs):
+                if at.phase == 1 and t.tp.phase2_epoch is not None and epoch >= t.tp.phase2_epoch:
+                    start_phase2(t, at)
+                row_out = train_one_epoch(t, at, epoch, tracker)
+                end_epoch(t, at, epoch, row_out, tracker)
+            metrics = finish(t, at, tracker)
     barrier(t.dist)
     return TrainResult(run_dir, metrics, t.checkpoints.best, at.history)
 

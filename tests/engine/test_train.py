@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -490,40 +491,41 @@ def test_collate_labelled_drops_unlabelled_frames():
     assert batch["prompt_a1"] == ["a", "b", "b"] and batch["num_frames"].tolist() == [3, 2]
 
 
-def test_torchrun_two_cpu_processes(bench, tmp_path, mlflow_store):
+def test_torchrun_two_nodes_train_together_and_each_logs_its_system_metrics(bench, tmp_path, mlflow_store):
+    """Two torchrun "machines" (one process each, meeting at a c10d rendezvous on this
+    host) train one DDP model; rank 0 logs the run, and each node samples its own system
+    metrics into it (system/node0/..., system/node1/...)."""
     torchrun = REPO / ".venv" / "bin" / "torchrun"
     if not torchrun.exists():
         pytest.skip("no .venv/bin/torchrun")
     out = tmp_path / "ddp"
-    cmd = [
-        str(torchrun),
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        "29517",
-        "-m",
-        "ssp.cli",
-        "train",
-        "--stage",
-        "1",
-        "--data",
-        str(bench["data"]),
-        "--out",
-        str(out),
-        "--params",
-        os.devnull,
-        "--logmel",
-        str(bench["logmel"]),
-        "--row",
-        "aavs",
-        "--no-progress",
-        "--set",
-        "train1.epochs=1",
-        *[a for s in FAST if s.startswith(("train1", "model")) for a in ("--set", s)],
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    node = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+    node += ["--rdzv-endpoint", endpoint, "--rdzv-id", "ddp-test", "-m", "ssp.cli", "train", "--stage", "1"]
+    node += ["--data", str(bench["data"]), "--out", str(out), "--params", os.devnull, "--logmel", str(bench["logmel"])]
+    node += ["--row", "aavs", "--no-progress", "--set", "train1.epochs=1"]
+    node += [a for s in FAST if s.startswith(("train1", "model")) for a in ("--set", s)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true",
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2",
+    }
+    procs = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)]
+    procs.append(
+        subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    )
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
     ckpt = out / "checkpoints"
     assert sorted(p.name for p in ckpt.glob("epoch_*")) == ["epoch_1.safetensors", "epoch_1.state.safetensors"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -531,3 +533,6 @@ def test_torchrun_two_cpu_processes(bench, tmp_path, mlflow_store):
     assert metrics["global_steps"] == 2
     assert 0 <= metrics["best"]["miou"] <= 1
     assert metrics["mlflow_run_id"]  # rank 0's run (rank 1's logger is disabled)
+    logged = get_client().get_run(metrics["mlflow_run_id"]).data.metrics
+    for node_rank in (0, 1):
+        assert f"system/node{node_rank}/cpu_utilization_percentage" in logged, sorted(logged)
