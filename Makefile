@@ -6,12 +6,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Locked environment: every package pinned with its hashes (`make lock` writes them from
-# pyproject.toml). torch first and alone, from its own lock: the pinned CPU/CUDA pair, so
-# that nothing later pulls another build.
+# pyproject.toml). torch from its own lock (the pinned torch/torchvision pair and its CUDA
+# libraries), which the main lock repeats entry for entry: nothing can pull another build.
 LOCK       := requirements.lock
 TORCH_LOCK := requirements-torch.lock
 SERVERS_LOCK := requirements-servers.lock
 LOCKS      := $(TORCH_LOCK) $(LOCK)
+# Installed in two pip processes side by side (a third of the set-up's time): the torch
+# lock and the rest of the main lock, no package in both, after the packages a fresh venv
+# already has (infra/split_lock.py). Every pin carries its hash and the lock is the whole
+# closure, so pip resolves nothing (--no-deps; `pip check` in .ci/run). Bytecode: below.
+FIRST_LOCK := build/requirements-first.lock
+REST_LOCK  := build/requirements-rest.lock
+PIP_LOCKED := -q --no-compile --no-deps --require-hashes
 
 # Telemetry of DVC, Prefect and MLflow off for everything run from here, unless set in the
 # environment (ssp/ops/telemetry.py holds the list; README "Telemetry" says how to turn it on)
@@ -39,8 +46,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(LOCKS)
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --no-compile --require-hashes -r $(TORCH_LOCK)
-	$(BIN)/python -m pip install -q --no-compile --require-hashes -r $(LOCK)
+	$(BIN)/python infra/split_lock.py $(LOCK) --minus $(TORCH_LOCK) --first $(FIRST_LOCK) --rest $(REST_LOCK)
+	$(BIN)/python -m pip install $(PIP_LOCKED) -r $(FIRST_LOCK)
+	$(BIN)/python -m pip install $(PIP_LOCKED) -r $(TORCH_LOCK) & torch=$$!; \
+	$(BIN)/python -m pip install $(PIP_LOCKED) -r $(REST_LOCK); rest=$$?; \
+	wait $$torch && test $$rest -eq 0
 	$(BIN)/python -m pip install -q --no-compile --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]" $(WARM_IMPORTS)
 	touch $(STAMP)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import re
@@ -151,8 +152,13 @@ def test_servers_lock_pins_infra_requirements_and_agrees_with_the_main_lock():
 def test_every_install_path_installs_from_the_locks():
     makefile = (ROOT / "Makefile").read_text()
     setup = makefile[makefile.index("$(STAMP):") : makefile.index("touch $(STAMP)")]
-    torch_step = setup.index("--require-hashes -r $(TORCH_LOCK)")
-    assert torch_step < setup.index("--require-hashes -r $(LOCK)") < setup.index("--no-deps --no-build-isolation -e .")
+    assert re.search(r"^PIP_LOCKED := .*--no-deps --require-hashes$", makefile, re.M)
+    # the main lock split (test above), then every part with hashes, then the project
+    split = setup.index("infra/split_lock.py $(LOCK) --minus $(TORCH_LOCK)")
+    steps = [
+        setup.index(f"pip install $(PIP_LOCKED) -r $({part})") for part in ("FIRST_LOCK", "TORCH_LOCK", "REST_LOCK")
+    ]
+    assert split < steps[0] < min(steps[1:]) and max(steps) < setup.index("--no-deps --no-build-isolation -e .")
     assert "pip install -q -e" not in setup
     dockerfile = (ROOT / "infra/Dockerfile").read_text()
     assert dockerfile.index("-r requirements-torch.lock") < dockerfile.index(
@@ -352,3 +358,19 @@ def test_license_file_is_the_apache_2_text_pyproject_names():
 @pytest.mark.parametrize("path", [LOCK, TORCH_LOCK, SERVERS_LOCK])
 def test_lock_files_say_how_they_are_made(path):
     assert "#    make lock\n" in path.read_text()[:400]
+
+
+def test_setup_installs_the_torch_lock_beside_the_rest_and_nothing_twice(tmp_path):
+    """`make setup`'s two side-by-side pip processes (infra/split_lock.py): together with the
+    fresh venv's packages they install exactly requirements.lock, entry for entry, and no
+    package is in both halves."""
+    spec = importlib.util.spec_from_file_location("split_lock", ROOT / "infra" / "split_lock.py")
+    split_lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(split_lock)
+    first, rest = tmp_path / "first.lock", tmp_path / "rest.lock"
+    assert split_lock.main([str(LOCK), "--minus", str(TORCH_LOCK), "--first", str(first), "--rest", str(rest)]) == 0
+    lock, torch_lock = read_lock(LOCK), read_lock(TORCH_LOCK)
+    first_lock, rest_lock = read_lock(first), read_lock(rest)
+    assert set(first_lock) == {"setuptools"}  # what `python -m venv` brings and the lock pins
+    assert not set(rest_lock) & (set(torch_lock) | set(first_lock))
+    assert {**first_lock, **torch_lock, **rest_lock} == lock
