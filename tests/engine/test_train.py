@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from ssp.ops.tracking import get_client
 from ssp.params import ModelParams, Params, load_params
 from ssp.report.report import row_numbers
 from tests.engine.benchmark import FAST, dirs, params
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -499,9 +499,7 @@ def test_torchrun_two_nodes_train_together_and_each_logs_its_system_metrics(benc
     if not torchrun.exists():
         pytest.skip("no .venv/bin/torchrun")
     out = tmp_path / "ddp"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    endpoint = f"127.0.0.1:{free_port()}"
     node = [str(torchrun), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
     node += ["--rdzv-endpoint", endpoint, "--rdzv-id", "ddp-test", "-m", "ssp.cli", "train", "--stage", "1"]
     node += ["--data", str(bench["data"]), "--out", str(out), "--params", os.devnull, "--logmel", str(bench["logmel"])]

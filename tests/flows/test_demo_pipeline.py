@@ -29,6 +29,7 @@ import pytest
 
 from ssp.params import apply_overrides, compose, write_params
 from tests.flows.project_copy import SMALL_SCHEDULE, copy_repository
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 
@@ -186,12 +187,6 @@ def test_every_training_is_an_mlflow_run_under_the_pipeline_parent_and_registere
         assert str(champion.version) == str(registered["version"]), (name, registered)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _visible_text(html: str) -> str:
     html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
@@ -202,7 +197,7 @@ def mlflow_ui(demo_run):
     """`ssp ui` (what `make ui` runs) on the pipeline's store, on a free port of 127.0.0.1;
     its process group is killed afterwards and the port checked free."""
     proj, env, _, _ = demo_run
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(BIN / "ssp"), "ui", "--port", str(port)],
         cwd=proj,

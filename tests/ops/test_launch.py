@@ -5,7 +5,6 @@ two processes, two "nodes" on 127.0.0.1 meeting at a c10d rendezvous)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from ssp.errors import SSPError
 from ssp.ops import launch
 from ssp.ops.launch import LaunchConfig, launch_config, training_command
 from ssp.params import LaunchParams
+from tests.ports import free_port
 
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
@@ -30,12 +30,6 @@ SHOW_RANK = textwrap.dedent(
     os.write(1, line.encode())  # one write per line: the workers share torchrun's stdout pipe
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_one_process_runs_the_plain_cli():

@@ -36,15 +36,10 @@ from ssp.models.checkpoint import save_weights
 from ssp.params import DataParams, FlowParams
 from ssp.preprocess.flow import flow_masks
 from tests.eval.test_predict import write_clip
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_S = 120  # a cold start (imports, model load) on a busy 2-core machine
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_is_free(port: int) -> bool:
@@ -130,7 +125,7 @@ def server(tiny, mlflow_store, tmp_path, monkeypatch):
     """``mlflow models serve`` of ``models:/ssp-avss@champion`` on a free port; yields its
     URL. Always: the process group is killed and the port checked free."""
     _register(tiny, tmp_path, monkeypatch)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "server.log", "wb")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "60"}
     # the CLI starts `uvicorn` by name: the venv's, even when the venv is not activated
