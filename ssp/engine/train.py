@@ -150,6 +150,11 @@ def build_model_config(model: ModelParams, stage: int, switches: Mapping[str, An
     """SSPConfig from the ``model`` section: ``size`` picks the preset (tiny | paper), every
     other field that is set (not None, not "") overrides the preset; then ``switches``."""
     section = {k: v for k, v in dataclasses.asdict(model).items() if v is not None and v != ""}
+    # stage-1-only architecture params: SSPConfig fields of the stage-1 model, absent from stage 2's
+    for param, name in (("stage1_mask_stride", "mask_stride"), ("stage1_class_match_gain", "class_match_gain")):
+        value = section.pop(param, None)
+        if stage == 1 and value is not None:
+            section[name] = value
     size = section.pop("size", "tiny")
     if size not in ("tiny", "paper"):
         raise SSPError(f"params model.size must be tiny or paper, got {size!r}")

@@ -82,11 +82,11 @@ class ClassCodeMatch(nn.Module):
     unstructured bilinear match (bench/README.md, Probes (issue 16)).
     """
 
-    def __init__(self, hidden_dim: int, num_object_classes: int):
+    def __init__(self, hidden_dim: int, num_object_classes: int, gain: float = 1.0):
         super().__init__()
         self.visual = nn.Conv2d(hidden_dim, num_object_classes, kernel_size=1)
         self.audio = nn.Linear(hidden_dim, num_object_classes)
-        self.gain = nn.Parameter(torch.ones(()))
+        self.gain = nn.Parameter(torch.full((), float(gain)))
 
     def forward(self, mask_features: Tensor, audio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """N×D×h×w mask features, N×D audio -> (N×1×h×w mask-logit offset, N×K×h×w pixel

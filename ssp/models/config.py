@@ -116,26 +116,35 @@ class SSPConfig:
     encoder_feedforward_dim: int = 128
     decoder_layers: int = 4  # mask predictions (HF counting, see module docstring)
     dim_feedforward: int = 256
+    # Stride of the mask features the masks are predicted on: 4 = Mask2Former's (both presets);
+    # 2 or 1 = finer, from a small conv stem on the image (ssp.models.mask2former.FineMaskFeatures).
+    # The demo profile's stage 1 uses 2 (model.stage1_mask_stride): at 64 px the 1/4 grid is 16x16
+    # for objects ~14 px across (bench/README.md, Mask resolution).
+    mask_stride: int = 4
 
     # --- audio ---------------------------------------------------------------------------
     audio_encoder: str = "tiny"  # "vggish" (ssp.models.vggish.VGGish) | "tiny" (small log-mel CNN)
     freeze_audio_encoder: bool = True  # only applies when ``vggish_weights`` is given
     # How the audio reaches the segmentation besides AAVS's audio-aware queries (both presets:
-    # "none", AAVS as published). With the queries alone the tiny model ignores the audio and
-    # segments every salient object (bench/README.md, Probes (issue 16)). "similarity" = a
-    # bilinear audio-pixel match added to every mask logit
+    # "none", AAVS as published; the demo profile: "similarity"). With the queries alone the tiny
+    # model ignores the audio and segments every salient object (bench/README.md, Probes (issue
+    # 16)). "similarity" = a bilinear audio-pixel match added to every mask logit
     # (ssp.models.audio_queries.AudioPixelSimilarity): the mask follows the audio measurably
     # after 12 epochs, +0.025 v1s test mIoU over AAVS at the same schedule.
     audio_fusion: str = "none"
     # Stage 1 only (stage 2 ignores it): weight of a class-level auxiliary loss and the class
-    # match it feeds (ssp.models.audio_queries.ClassCodeMatch; 0 = off, both presets). Stage 1
-    # otherwise sees only "sounding or not"; with it the dataset also reads the class masks
-    # (semantic layout), the projected audio learns the frame's sounding classes (multi-label
-    # BCE) and the mask features the class of each sounding pixel (CE), and the probability
-    # that a pixel's class sounds is added to every mask logit. Measured (bench/README.md,
-    # Class-level signal (issue 16)): 3 with audio_fusion="similarity", 12 epochs: v1s test mIoU
-    # 0.58 vs AAVS 0.44, v2 0.67 vs 0.62 (3 seeds); no gain at the demo's 3 epochs.
+    # match it feeds (ssp.models.audio_queries.ClassCodeMatch; 0 = off in both presets, 3 in the
+    # demo profile). Stage 1 otherwise sees only "sounding or not"; with it the dataset also reads
+    # the class masks (semantic layout), the projected audio learns the frame's sounding classes
+    # (multi-label BCE) and the mask features the class of each sounding pixel (CE), and the
+    # probability that a pixel's class sounds is added to every mask logit. Measured
+    # (bench/README.md, Class-level signal (issue 16)): 3 with audio_fusion="similarity", 12
+    # epochs: v1s test mIoU 0.58 vs AAVS 0.44, v2 0.67 vs 0.62 (3 seeds); no gain in 3 epochs.
     stage1_class_aux: float = 0.0
+    # Initial gain of that match's mask-logit offset, gain * logit(p) (learned, but it moves
+    # little: it stays within ~0.2 of its start). 1 = a soft offset; 4 (demo profile) = close to
+    # a gate, p = 0.99 / 0.01 gives +-18 on the logits (bench/README.md, Mask resolution).
+    class_match_gain: float = 1.0
 
     # --- loss (Mask2Former / AAVS) -------------------------------------------------------------
     class_weight: float = 2.0
@@ -272,6 +281,8 @@ class SSPConfig:
             bad(f"hidden_dim must be a multiple of 32 (GroupNorm(32) in the pixel decoder), got {self.hidden_dim}")
         if self.hidden_dim % self.num_attention_heads != 0:
             bad("hidden_dim must be divisible by num_attention_heads")
+        if self.mask_stride not in (1, 2, 4):
+            bad(f"mask_stride must be 4 (Mask2Former), 2 or 1, got {self.mask_stride}")
         if self.decoder_layers < 2:
             bad("decoder_layers must be >= 2 (one query prediction + at least one masked-attention layer)")
         if self.image_size % 32 != 0:

@@ -74,19 +74,70 @@ def build_mask2former_config(config: SSPConfig) -> Mask2FormerConfig:
 class PixelLevelModule(nn.Module):
     """Backbone (``encoder``) + Mask2Former pixel decoder (``decoder``), as in Mask2Former.
 
-    Returns the 1/4 mask features and the three multi-scale maps (1/32, 1/16, 1/8) that the
+    Returns the mask features (1/4 as in Mask2Former, or 1/``mask_stride`` through
+    :class:`FineMaskFeatures`) and the three multi-scale maps (1/32, 1/16, 1/8) that the
     masked-attention decoder reads.
     """
 
-    def __init__(self, m2f_config: Mask2FormerConfig, encoder: nn.Module):
+    def __init__(self, m2f_config: Mask2FormerConfig, encoder: nn.Module, mask_stride: int = 4):
         super().__init__()
         self.encoder = encoder
         self.decoder = Mask2FormerPixelDecoder(m2f_config, feature_channels=encoder.channels)
+        self.fine = FineMaskFeatures(m2f_config.mask_feature_size, mask_stride) if mask_stride < 4 else None
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         backbone_features = self.encoder(pixel_values)
         decoded = self.decoder(backbone_features, output_hidden_states=False)
-        return decoded.mask_features, list(decoded.multi_scale_features), backbone_features
+        mask_features = decoded.mask_features
+        if self.fine is not None:
+            mask_features = self.fine(mask_features, pixel_values)
+        return mask_features, list(decoded.multi_scale_features), backbone_features
+
+
+class FineMaskFeatures(nn.Module):
+    """Mask features finer than Mask2Former's 1/4 (``SSPConfig.mask_stride`` 2 or 1).
+
+    The backbones' first map is at 1/4, so the finer laterals come from a small conv stem on
+    the image (3x3 conv + GroupNorm + ReLU at 1/1, then stride 2 to 1/2). Each halving of the
+    stride is one FPN step as in the pixel decoder: the coarser map upsampled (nearest) plus a
+    1x1 lateral of the stem, then a conv + GroupNorm + ReLU (3x3 at 1/2; 1x1 at 1/1, where a 3x3
+    at full width is the costliest layer of the tiny model), and a 1x1 output projection (as
+    Mask2Former's ``mask_projection``). Why: at 64 px the 1/4 grid is 16x16 for objects ~14 px
+    across with 3-5 px parts, which capped even an all-objects segmentation near IoU 0.75-0.8
+    (bench/README.md, Mask resolution).
+    """
+
+    def __init__(self, dim: int, stride: int, stem_channels: int = 16):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"mask_stride must be 4, 2 or 1, got {stride}")
+        self.stride = stride
+        self.stem1 = nn.Sequential(
+            nn.Conv2d(3, stem_channels, 3, padding=1, bias=False), nn.GroupNorm(4, stem_channels), nn.ReLU()
+        )
+        wide = 2 * stem_channels
+        self.stem2 = nn.Sequential(
+            nn.Conv2d(stem_channels, wide, 3, stride=2, padding=1, bias=False), nn.GroupNorm(8, wide), nn.ReLU()
+        )
+        self.lateral2 = nn.Conv2d(wide, dim, 1)
+        self.output2 = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), nn.GroupNorm(32, dim), nn.ReLU())
+        if stride == 1:
+            self.lateral1 = nn.Conv2d(stem_channels, dim, 1)
+            self.output1 = nn.Sequential(nn.Conv2d(dim, dim, 1, bias=False), nn.GroupNorm(32, dim), nn.ReLU())
+        self.projection = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, mask_features: Tensor, pixel_values: Tensor) -> Tensor:
+        half_res = pixel_values.shape[-1] // 2
+        if half_res % 2 or mask_features.shape[-1] * 2 != half_res:
+            raise ValueError(f"mask features {tuple(mask_features.shape[-2:])} are not 1/4 of the image")
+        full = self.stem1(pixel_values.to(mask_features.dtype))
+        half = self.stem2(full)
+        x = nn.functional.interpolate(mask_features, scale_factor=2.0, mode="nearest") + self.lateral2(half)
+        x = self.output2(x)
+        if self.stride == 1:
+            x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest") + self.lateral1(full)
+            x = self.output1(x)
+        return self.projection(x)
 
 
 class SteppingStoneMaskedAttentionDecoder(Mask2FormerMaskedAttentionDecoder):

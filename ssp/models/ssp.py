@@ -133,7 +133,7 @@ class SSPModel(nn.Module):
         m2f_config = build_mask2former_config(config)
         self.m2f_config = m2f_config
 
-        self.pixel_level_module = PixelLevelModule(m2f_config, build_visual_backbone(config))
+        self.pixel_level_module = PixelLevelModule(m2f_config, build_visual_backbone(config), config.mask_stride)
         self.transformer_module = AudioAwareTransformerModule(
             in_features=config.hidden_dim, config=m2f_config, stepping_stone=config.stage == 2
         )
@@ -143,7 +143,9 @@ class SSPModel(nn.Module):
         with_match = config.audio_fusion == "similarity"
         self.audio_pixel_match = AudioPixelSimilarity(config.hidden_dim) if with_match else None
         with_codes = config.stage == 1 and config.stage1_class_aux > 0
-        self.class_code_match = ClassCodeMatch(config.hidden_dim, config.num_classes - 1) if with_codes else None
+        self.class_code_match = (
+            ClassCodeMatch(config.hidden_dim, config.num_classes - 1, config.class_match_gain) if with_codes else None
+        )
         self.text_module = build_text_module(config)
         if self.text_module is not None:  # the frozen encoders' ResolvedWeights (model.text_model, model.clip_model)
             for module in self.text_module.modules():

@@ -383,6 +383,10 @@ def _old_config(model_section: dict, stage: int, row: str | None, sets: dict) ->
     the row's switches last."""
     section = {k: v for k, v in {**model_section, **sets}.items() if v is not None and v != ""}
     size = section.pop("size", "tiny")
+    for param in ("stage1_mask_stride", "stage1_class_match_gain"):  # stage-1-only, added later
+        value = section.pop(param, None)
+        if stage == 1 and value is not None:
+            section[param.removeprefix("stage1_")] = value
     if row is not None:
         section.update(paper.row(row).switches)
     return (SSPConfig.tiny if size == "tiny" else SSPConfig.paper)(stage, **section)
@@ -412,6 +416,23 @@ def test_model_config_from_typed_params_is_the_old_one(profile):
     assert new(2, params=main_swept).lambda_post == 5 and new(2, "full", main_swept) == new(2, "full")
     for changed in (swept, main_swept):
         assert new(1, params=changed) == new(1) and new(2, "text_vta", changed) == new(2, "text_vta")
+
+
+def test_stage1_additions_reach_stage1_only_and_the_paper_profile_has_none():
+    """The demo's stage-1 additions (bench/README.md, Mask resolution): finer masks, the class
+    codes with their gain and the audio-pixel match; stage 2 keeps Mask2Former's 1/4 masks and
+    has no class codes; the paper profile builds AAVS as published."""
+    demo = load_params(REPO / "params.yaml", profile="demo")
+    stage1 = build_model_config(demo.model, 1, model_switches(demo, 1, "aavs"))
+    assert (stage1.mask_stride, stage1.stage1_class_aux, stage1.class_match_gain) == (2, 3.0, 4.0)
+    assert stage1.audio_fusion == "similarity"
+    stage2 = build_model_config(demo.model, 2, model_switches(demo, 2, "full"))
+    assert (stage2.mask_stride, stage2.audio_fusion) == (4, "similarity")
+    paper_params = load_params(REPO / "params.yaml", profile="paper")
+    for stage in (1, 2):
+        config = build_model_config(paper_params.model, stage, model_switches(paper_params, stage, "aavs"))
+        assert (config.mask_stride, config.stage1_class_aux, config.audio_fusion) == (4, 0.0, "none")
+        assert config.class_match_gain == SSPConfig.paper(stage, allow_random_init=True).class_match_gain
 
 
 def test_stage1_gets_a_rows_switches_when_asked():

@@ -546,3 +546,31 @@ def test_audio_pixel_similarity_starts_as_aavs_then_makes_the_mask_follow_the_au
     assert moved > 50 * still
     with pytest.raises(SSPError, match="audio_fusion"):
         SSPConfig.tiny(1, audio_fusion="film")
+
+
+@pytest.mark.parametrize("stride", [2, 1])
+def test_finer_mask_features_predict_at_their_stride_and_train(stride):
+    """mask_stride (bench/README.md, Mask resolution): masks are predicted on a 1/stride grid
+    from a conv stem on the image; every new part gets a gradient, and Mask2Former's 1/4
+    (mask_stride 4) builds no extra module, so Mask2Former/AAVS checkpoints still load by name."""
+    config = tiny_config(1, mask_stride=stride)
+    model = SSPModel(config)
+    batch = make_batch(1, n=2)
+    output = model(batch)
+    side = SIZE // stride
+    assert output.mask_logits.shape[-2:] == (side, side)
+    assert all(masks.shape[-2:] == (side, side) for _, masks in output.aux_outputs)
+    output.mask_logits.sum().backward()
+    fine = dict(model.pixel_level_module.fine.named_parameters())
+    assert fine and all(p.grad is not None and p.grad.abs().sum() > 0 for p in fine.values())
+    # a one-pixel change of the image reaches the mask logits at that pixel's own cell
+    model.eval()
+    moved = {**batch, "frames": batch["frames"].clone()}
+    moved["frames"][0, :, 30, 30] = 1.0
+    with torch.no_grad():
+        delta = (model(moved).mask_logits - model(batch).mask_logits)[0].abs().amax(0)
+    cell = (30 // stride, 30 // stride)
+    assert delta[cell] > 0 and delta[cell] >= 0.5 * delta.max()
+    assert SSPModel(tiny_config(1)).pixel_level_module.fine is None
+    with pytest.raises(SSPError, match="mask_stride"):
+        SSPConfig.tiny(1, mask_stride=8)
