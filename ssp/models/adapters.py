@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ssp.errors import SSPError
-from ssp.models.config import HF_SWIN_BACKBONE, SSPConfig
+from ssp.models.config import HF_SWIN_BACKBONE, SSP_PARTS_IN_MASK2FORMER, SSPConfig
 
 # The Mask2Former parts of SSPModel (names as in Mask2FormerForUniversalSegmentation).
 MASK2FORMER_PARTS = ("pixel_level_module.", "transformer_module.", "class_predictor.")
@@ -165,6 +165,8 @@ def apply_recipe(model: nn.Module, config: SSPConfig, phase: int = 1) -> None:
     for name, param in model.named_parameters():
         if SWIN_ADAPTER in name:
             param.requires_grad_(phase == 2)
+        elif name.startswith(SSP_PARTS_IN_MASK2FORMER):
+            param.requires_grad_(True)
         elif name.startswith(MASK2FORMER_PARTS):
             param.requires_grad_(not config.freeze_pretrained or any(k in name for k in keep))
 

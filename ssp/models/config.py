@@ -76,6 +76,10 @@ PAPER_RECIPE: dict[str, Any] = {
 
 # Backbone name that selects the Hugging Face Swin of Mask2Former (instead of a timm model).
 HF_SWIN_BACKBONE = "hf-mask2former-swin"
+# SSP's own modules inside Mask2Former's parts (names of SSPModel): in no Mask2Former/AAVS
+# checkpoint, so their weights are never expected from one, and they train under the frozen
+# recipe (random init, frozen, would be useless): the finer mask features (mask_stride < 4).
+SSP_PARTS_IN_MASK2FORMER = ("pixel_level_module.fine.",)
 
 
 @dataclass
@@ -234,7 +238,8 @@ class SSPConfig:
     # True: the Mask2Former parts are frozen except the parameters whose names contain one of
     # ``trainable_pretrained`` (None = AAVS's train.py:set_params list for the stage: queries,
     # decoder adapters, class head, stage 2's stepping-stone embeddings; stage 1 also
-    # queries_features). Audio projection, text module and post-mask head always train.
+    # queries_features). Audio projection, text module, post-mask head and the finer mask
+    # features (SSP_PARTS_IN_MASK2FORMER) always train.
     freeze_pretrained: bool = False
     trainable_pretrained: list[str] | None = None
     # Residual bottleneck adapters after every Swin block's attention and MLP, zero (the

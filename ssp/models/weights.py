@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from ssp.errors import DataError
 from ssp.hub import ResolvedWeights, resolve_weights
-from ssp.models.config import HF_SWIN_BACKBONE, SSPConfig
+from ssp.models.config import HF_SWIN_BACKBONE, SSP_PARTS_IN_MASK2FORMER, SSPConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ OPTIONAL_FRAGMENTS = (
     ".swin_adapt_",
     ".avs_adapt.",
     "class_predictor.",
+    *SSP_PARTS_IN_MASK2FORMER,
 )
 MASK2FORMER_PARTS = ("pixel_level_module.", "transformer_module.", "class_predictor.")
 

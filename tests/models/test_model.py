@@ -553,8 +553,8 @@ def test_finer_mask_features_predict_at_their_stride_and_train(stride):
     """mask_stride (bench/README.md, Mask resolution): masks are predicted on a 1/stride grid
     from a conv stem on the image; every new part gets a gradient, and Mask2Former's 1/4
     (mask_stride 4) builds no extra module, so Mask2Former/AAVS checkpoints still load by name."""
-    config = tiny_config(1, mask_stride=stride)
-    model = SSPModel(config)
+    torch.manual_seed(0)
+    model = SSPModel(tiny_config(1, mask_stride=stride))
     batch = make_batch(1, n=2)
     output = model(batch)
     side = SIZE // stride
@@ -563,14 +563,12 @@ def test_finer_mask_features_predict_at_their_stride_and_train(stride):
     output.mask_logits.sum().backward()
     fine = dict(model.pixel_level_module.fine.named_parameters())
     assert fine and all(p.grad is not None and p.grad.abs().sum() > 0 for p in fine.values())
-    # a one-pixel change of the image reaches the mask logits at that pixel's own cell
-    model.eval()
-    moved = {**batch, "frames": batch["frames"].clone()}
-    moved["frames"][0, :, 30, 30] = 1.0
-    with torch.no_grad():
-        delta = (model(moved).mask_logits - model(batch).mask_logits)[0].abs().amax(0)
-    cell = (30 // stride, 30 // stride)
-    assert delta[cell] > 0 and delta[cell] >= 0.5 * delta.max()
     assert SSPModel(tiny_config(1)).pixel_level_module.fine is None
+    # not in any Mask2Former checkpoint: it trains under AAVS's frozen recipe (tests/engine/
+    # test_recipe_phase.py loads a Mask2Former file into a model with it)
+    frozen = SSPModel(tiny_config(1, mask_stride=stride, freeze_pretrained=True)).named_parameters()
+    trains = {n: p.requires_grad for n, p in frozen if n.startswith("pixel_level_module.")}
+    assert all(v for n, v in trains.items() if n.startswith("pixel_level_module.fine."))
+    assert not any(v for n, v in trains.items() if n.startswith("pixel_level_module.encoder."))
     with pytest.raises(SSPError, match="mask_stride"):
         SSPConfig.tiny(1, mask_stride=8)
