@@ -39,10 +39,7 @@ import torch
 from torch import nn
 
 from ssp.errors import SSPError
-from ssp.models.config import HF_SWIN_BACKBONE, SSP_PARTS_IN_MASK2FORMER, SSPConfig
-
-# The Mask2Former parts of SSPModel (names as in Mask2FormerForUniversalSegmentation).
-MASK2FORMER_PARTS = ("pixel_level_module.", "transformer_module.", "class_predictor.")
+from ssp.models.config import HF_SWIN_BACKBONE, MASK2FORMER_PARTS, SSP_PARTS_IN_MASK2FORMER, SSPConfig
 
 # AAVS's train.py:set_params lists (avs/ = S4/MS3 = our stage 1, avss/ = AVSS = stage 2),
 # minus "audio_proj" (our audio_projection is outside the Mask2Former parts and always trains).

@@ -76,6 +76,9 @@ PAPER_RECIPE: dict[str, Any] = {
 
 # Backbone name that selects the Hugging Face Swin of Mask2Former (instead of a timm model).
 HF_SWIN_BACKBONE = "hf-mask2former-swin"
+# The Mask2Former parts of SSPModel (names as in Mask2FormerForUniversalSegmentation): what a
+# Mask2Former/AAVS file loads into and AAVS's recipe freezes.
+MASK2FORMER_PARTS = ("pixel_level_module.", "transformer_module.", "class_predictor.")
 # SSP's own modules inside Mask2Former's parts (names of SSPModel): in no Mask2Former/AAVS
 # checkpoint, so their weights are never expected from one, and they train under the frozen
 # recipe (random init, frozen, would be useless): the finer mask features (mask_stride < 4).

@@ -127,8 +127,7 @@ class FineMaskFeatures(nn.Module):
         self.projection = nn.Conv2d(dim, dim, 1)
 
     def forward(self, mask_features: Tensor, pixel_values: Tensor) -> Tensor:
-        half_res = pixel_values.shape[-1] // 2
-        if half_res % 2 or mask_features.shape[-1] * 2 != half_res:
+        if mask_features.shape[-1] * 4 != pixel_values.shape[-1]:
             raise ValueError(f"mask features {tuple(mask_features.shape[-2:])} are not 1/4 of the image")
         full = self.stem1(pixel_values.to(mask_features.dtype))
         half = self.stem2(full)

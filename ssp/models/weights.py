@@ -62,7 +62,7 @@ from torch import Tensor, nn
 
 from ssp.errors import DataError
 from ssp.hub import ResolvedWeights, resolve_weights
-from ssp.models.config import HF_SWIN_BACKBONE, SSP_PARTS_IN_MASK2FORMER, SSPConfig
+from ssp.models.config import HF_SWIN_BACKBONE, MASK2FORMER_PARTS, SSP_PARTS_IN_MASK2FORMER, SSPConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,6 @@ OPTIONAL_FRAGMENTS = (
     "class_predictor.",
     *SSP_PARTS_IN_MASK2FORMER,
 )
-MASK2FORMER_PARTS = ("pixel_level_module.", "transformer_module.", "class_predictor.")
 
 _SWIN_BLOCK = re.compile(r"^(pixel_level_module\.encoder\.swin\.encoder\.layers\.\d+\.blocks\.\d+\.)(.+)$")
 # (old, new) prefixes of a name inside a Swin block; first match wins; new None = dropped
