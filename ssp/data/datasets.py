@@ -69,7 +69,7 @@ class AVSDataset(Dataset):
         pad_short_audio: when computing the log-mel in-process, pad audio shorter than the
             video with silence instead of raising a DataError.
         class_masks: also return the class-index masks as ``class_masks`` (semantic layout;
-            stage 1's class-level auxiliary loss, ``stage1_class_aux``), whatever ``task``.
+            stage 1's class-level auxiliary loss, ``class_aux``), whatever ``task``.
     """
 
     def __init__(
@@ -99,7 +99,7 @@ class AVSDataset(Dataset):
             object_layout = [r.uid for r in records if r.layout == "object"]
             if object_layout:
                 raise SSPError(
-                    f"class masks (stage1_class_aux) need the AVSBench-semantic layout, but {len(object_layout)} "
+                    f"class masks (class_aux) need the AVSBench-semantic layout, but {len(object_layout)} "
                     f"video(s) come from the AVSBench-object layout (binary masks only), e.g. {object_layout[0]}"
                 )
         if image_size < 1:

@@ -109,7 +109,7 @@ def build_stage_datasets(
             "pass --stage1-masks DIR (from `ssp stage1-masks`, train split included)"
         )
     # stage 1's class-level loss reads the class masks of the train split (the loss only)
-    class_masks = stage == 1 and config.stage1_class_aux > 0
+    class_masks = stage == 1 and config.class_aux > 0
     train_set = build_dataset(
         train_records,
         config,

@@ -146,14 +146,22 @@ def model_switches(params: Params, stage: int, row: str | None = None) -> dict[s
     return switches
 
 
+# per-stage model params: (ModelParams field, the SSPConfig field it sets in that stage's model)
+STAGE_PARAMS = (
+    ("stage1_class_aux", "class_aux", 1),
+    ("stage2_class_aux", "class_aux", 2),
+    ("stage1_class_match_gain", "class_match_gain", 1),
+    ("stage1_mask_stride", "mask_stride", 1),
+)
+
+
 def build_model_config(model: ModelParams, stage: int, switches: Mapping[str, Any]) -> SSPConfig:
     """SSPConfig from the ``model`` section: ``size`` picks the preset (tiny | paper), every
     other field that is set (not None, not "") overrides the preset; then ``switches``."""
     section = {k: v for k, v in dataclasses.asdict(model).items() if v is not None and v != ""}
-    # stage-1-only architecture params: SSPConfig fields of the stage-1 model, absent from stage 2's
-    for param, name in (("stage1_mask_stride", "mask_stride"), ("stage1_class_match_gain", "class_match_gain")):
+    for param, name, of_stage in STAGE_PARAMS:
         value = section.pop(param, None)
-        if stage == 1 and value is not None:
+        if stage == of_stage and value is not None:
             section[name] = value
     size = section.pop("size", "tiny")
     if size not in ("tiny", "paper"):

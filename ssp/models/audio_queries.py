@@ -67,15 +67,16 @@ class AudioPixelSimilarity(nn.Module):
 
 
 class ClassCodeMatch(nn.Module):
-    """Stage 1's class-level audio-visual match (``stage1_class_aux > 0``).
+    """The class-level audio-visual match (``class_aux > 0``, either stage).
 
     Both sides get explicit class codes over the K object classes: pixel class logits
     v(x) = W_v f(x) from the mask features (1×1 conv) and audio class logits u = W_a a from
-    the projected audio. The criterion teaches them with the class masks stage 1 otherwise
-    never sees (``class_aux_loss``: the sounding classes of the frame, multi-label, for u;
-    the class of each sounding pixel for v). The match that reaches the mask is the
-    probability that the pixel's class sounds, p(x) = Σ_k softmax(v(x))_k · sigmoid(u_k),
-    added to every mask logit as ``gain · logit(p)`` (p clamped to [0.01, 0.99]). At init
+    the projected audio. The criterion teaches them with the class masks (``class_aux_loss``:
+    the sounding classes of the frame, multi-label, for u; the class of each sounding pixel
+    for v): stage 1 otherwise never sees them, stage 2 otherwise learns classes per query
+    only. The match that reaches the mask is the probability that the pixel's class sounds,
+    p(x) = Σ_k softmax(v(x))_k · sigmoid(u_k), added to every mask logit as ``gain · logit(p)``
+    (p clamped to [0.01, 0.99]). At init
     sigmoid(u) ≈ 0.5 everywhere, so logit(p) ≈ 0 and the model starts as AAVS; the gain
     (learned, starts at 1) is what the binary mask loss tunes. With class structure on each
     side the frozen-feature probe decides 85 % of the objects, against 74 % for an

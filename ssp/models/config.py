@@ -139,15 +139,17 @@ class SSPConfig:
     # (ssp.models.audio_queries.AudioPixelSimilarity): the mask follows the audio measurably
     # after 12 epochs, +0.025 v1s test mIoU over AAVS at the same schedule.
     audio_fusion: str = "none"
-    # Stage 1 only (stage 2 ignores it): weight of a class-level auxiliary loss and the class
-    # match it feeds (ssp.models.audio_queries.ClassCodeMatch; 0 = off in both presets, 3 in the
-    # demo profile). Stage 1 otherwise sees only "sounding or not"; with it the dataset also reads
-    # the class masks (semantic layout), the projected audio learns the frame's sounding classes
-    # (multi-label BCE) and the mask features the class of each sounding pixel (CE), and the
-    # probability that a pixel's class sounds is added to every mask logit. Measured
-    # (bench/README.md, Class-level signal (issue 16)): 3 with audio_fusion="similarity", 12
-    # epochs: v1s test mIoU 0.58 vs AAVS 0.44, v2 0.67 vs 0.62 (3 seeds); no gain in 3 epochs.
-    stage1_class_aux: float = 0.0
+    # Weight of a class-level auxiliary loss and the class match it feeds, either stage
+    # (ssp.models.audio_queries.ClassCodeMatch; 0 = off in both presets; the demo profile: 3 in
+    # each stage, params model.stage1_class_aux / stage2_class_aux). The projected audio learns
+    # the frame's sounding classes (multi-label BCE), the mask features the class of each
+    # sounding pixel (CE), and the probability that a pixel's class sounds is added to every
+    # mask logit. Stage 1 otherwise sees only "sounding or not" (the dataset then also reads the
+    # class masks, semantic layout); stage 2's queries learn classes from a per-query CE alone.
+    # Measured (bench/README.md, Class-level signal (issue 16) and Stage 2 on these stepping
+    # stones): stage 1, 3 with audio_fusion="similarity", 12 epochs: v1s test mIoU 0.58 vs AAVS
+    # 0.44; stage 2 `full`, present-class mIoU 0.52 vs 0.39 (3 seeds each).
+    class_aux: float = 0.0
     # Initial gain of that match's mask-logit offset, gain * logit(p) (learned, but it moves
     # little: it stays within ~0.2 of its start). 1 = a soft offset; 4 (demo profile) = close to
     # a gate, p = 0.99 / 0.01 gives +-18 on the logits (bench/README.md, Mask resolution).
@@ -281,10 +283,10 @@ class SSPConfig:
             bad(f"audio_encoder must be one of {AUDIO_ENCODERS}, got {self.audio_encoder!r}")
         if self.audio_fusion not in AUDIO_FUSIONS:
             bad(f"audio_fusion must be one of {AUDIO_FUSIONS}, got {self.audio_fusion!r}")
-        if self.stage1_class_aux < 0:
-            bad(f"stage1_class_aux must be >= 0, got {self.stage1_class_aux}")
-        if self.stage == 1 and self.stage1_class_aux > 0 and self.num_classes < 2:
-            bad("stage1_class_aux needs num_classes >= 2 (background + object classes)")
+        if self.class_aux < 0:
+            bad(f"class_aux must be >= 0, got {self.class_aux}")
+        if self.class_aux > 0 and self.num_classes < 2:
+            bad("class_aux needs num_classes >= 2 (background + object classes)")
         if self.hidden_dim % 32 != 0:
             bad(f"hidden_dim must be a multiple of 32 (GroupNorm(32) in the pixel decoder), got {self.hidden_dim}")
         if self.hidden_dim % self.num_attention_heads != 0:
@@ -390,6 +392,9 @@ class SSPConfig:
         data = dict(data)
         if "text_model_path" in data:  # renamed: it takes a hub id too now
             data.setdefault("text_model", data.pop("text_model_path"))
+        if "stage1_class_aux" in data:  # renamed: either stage now; a stage-2 model ignored it then
+            value = data.pop("stage1_class_aux")
+            data.setdefault("class_aux", value if data.get("stage") == 1 else 0.0)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

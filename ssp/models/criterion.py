@@ -43,8 +43,8 @@ forms (``post_mask_form``):
   averaged over the labelled frames. It shapes the shared features only; with λ' = 10 it
   slowed the class learning of the tiny model (bench/README.md).
 
-Class-level loss (stage 1, ``stage1_class_aux`` > 0, :meth:`SSPCriterion.class_aux_loss`):
-from ``batch["class_masks"]`` (the class of each sounding pixel), BCE of the audio class
+Class-level loss (``class_aux`` > 0, :meth:`SSPCriterion.class_aux_loss`): from the class of
+each sounding pixel (stage 1: ``batch["class_masks"]``; stage 2: its own masks), BCE of the audio class
 logits against the frame's sounding classes (multi-label) + cross-entropy of the pixel
 class logits over the object classes at the sounding cells of the S/4 grid (silent objects
 are background in the GT and carry no class target: their class code comes from the same
@@ -168,11 +168,12 @@ class SSPCriterion(nn.Module):
                     post = self.post_mask_loss(output.post_mask_logits[index], target)
                 parts["loss_post"] = self.config.lambda_post * post
 
-            if output.pixel_class_logits is not None and self.config.stage1_class_aux > 0:
-                classes = batch.get("class_masks")
+            if output.pixel_class_logits is not None and self.config.class_aux > 0:
+                # stage 2's masks are the class masks; stage 1 reads them beside its binary ones
+                classes = batch.get("class_masks") if self.config.stage == 1 else batch["masks"]
                 if classes is None:
-                    raise SSPError("stage1_class_aux needs batch['class_masks'] (the train split's class masks)")
-                parts["loss_class"] = self.config.stage1_class_aux * self.class_aux_loss(
+                    raise SSPError("class_aux in stage 1 needs batch['class_masks'] (the train split's class masks)")
+                parts["loss_class"] = self.config.class_aux * self.class_aux_loss(
                     output.pixel_class_logits[index],
                     output.audio_class_logits[index],
                     classes.to(masks.device)[index],
@@ -184,7 +185,7 @@ class SSPCriterion(nn.Module):
 
     @staticmethod
     def class_aux_loss(pixel_logits: Tensor, audio_logits: Tensor, class_masks: Tensor) -> Tensor:
-        """Stage 1's class-level loss: N×K×h×w pixel and N×K audio class logits over the K
+        """The class-level loss: N×K×h×w pixel and N×K audio class logits over the K
         object classes, N×S×S class indices (0 = background, k = object class k-1 of the
         logits). BCE (summed over classes, mean over frames) of the audio logits against the classes
         present in the frame + cross-entropy of the pixel logits at the sounding cells of the

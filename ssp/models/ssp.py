@@ -94,7 +94,7 @@ class SSPOutput:
     stepping_stone: N×S×S stage-2 mask that was injected, else None.
     post_mask_logits: N×h×w prediction of the post-mask head (post_mask_form="head"), else None.
     pixel_class_logits: N×K×h×w object-class logits of the mask features, audio_class_logits:
-        N×K of the projected audio (stage 1 with stage1_class_aux > 0, ClassCodeMatch), else None.
+        N×K of the projected audio (``class_aux > 0``, ClassCodeMatch), else None.
     """
 
     class_logits: Tensor
@@ -118,8 +118,8 @@ class SSPModel(nn.Module):
     - ``audio_encoder`` (VGGish or the tiny CNN) and ``audio_projection`` (AAVS's MLP);
     - ``text_module``: VTA or "att" with its text encoder, only when ``text != "none"``;
     - ``post_mask_head``: the post-mask prediction, only when ``post_mask`` with the ``head`` form;
-    - ``audio_pixel_match`` (``audio_fusion="similarity"``) and ``class_code_match`` (stage 1
-      with ``stage1_class_aux > 0``): audio-pixel matches added to every mask logit.
+    - ``audio_pixel_match`` (``audio_fusion="similarity"``) and ``class_code_match``
+      (``class_aux > 0``): audio-pixel matches added to every mask logit.
     """
 
     def __init__(self, config: SSPConfig):
@@ -142,7 +142,7 @@ class SSPModel(nn.Module):
         self.audio_projection = AudioProjection(config.hidden_dim)
         with_match = config.audio_fusion == "similarity"
         self.audio_pixel_match = AudioPixelSimilarity(config.hidden_dim) if with_match else None
-        with_codes = config.stage == 1 and config.stage1_class_aux > 0
+        with_codes = config.class_aux > 0
         self.class_code_match = (
             ClassCodeMatch(config.hidden_dim, config.num_classes - 1, config.class_match_gain) if with_codes else None
         )

@@ -397,8 +397,8 @@ def test_stacked_layers_equal_transformers_auxiliary_sum(stage, monkeypatch):
         assert ours[ours_key].item() == pytest.approx(expected.item(), rel=1e-5), ours_key
 
 
-def test_stage1_class_aux_loss_is_computed_gets_gradients_and_decreases():
-    """stage1_class_aux (bench/README.md, Class-level signal): the loss reads the class masks,
+def test_class_aux_loss_is_computed_gets_gradients_and_decreases():
+    """class_aux (bench/README.md, Class-level signal): the loss reads the class masks,
     reaches the class codes and the shared features (audio projection, mask features), and a
     few steps on one batch teach both sides the classes; off (the default) it is 0 and the
     model has no class codes."""
@@ -406,7 +406,7 @@ def test_stage1_class_aux_loss_is_computed_gets_gradients_and_decreases():
     batch = make_batch(2, n=2)  # class masks: frame 0 classes 3 and 7, frame 1 class 4
     batch["class_masks"] = batch["masks"]
     batch["masks"] = (batch["class_masks"] > 0).long()
-    config = tiny_config(1, stage1_class_aux=1.0, num_classes=9)
+    config = tiny_config(1, class_aux=1.0, num_classes=9)
     model = SSPModel(config).train()
     criterion = SSPCriterion(config)
     losses = criterion(model(batch), batch)
@@ -441,5 +441,27 @@ def test_stage1_class_aux_loss_is_computed_gets_gradients_and_decreases():
     assert float(loss) < 0.5 * first
 
     off = tiny_config(1)
-    assert off.stage1_class_aux == 0.0 and SSPModel(off).class_code_match is None
+    assert off.class_aux == 0.0 and SSPModel(off).class_code_match is None
     assert float(SSPCriterion(off)(SSPModel(off)(batch), batch)["loss_class"]) == 0.0
+
+
+def test_class_aux_in_stage_2_reads_its_own_class_masks():
+    """Stage 2 (class-index masks) has the class codes too: the class-level loss reads its
+    masks, equal to the stage-1 loss on the same classes; an old stage-2 config that carried
+    stage1_class_aux (ignored by stage 2 then) loads without them."""
+    torch.manual_seed(0)
+    batch = make_batch(2, n=2)  # class masks: frame 0 classes 3 and 7, frame 1 class 4
+    config = tiny_config(2, class_aux=2.0, num_classes=9)
+    model = SSPModel(config).train()
+    assert model.class_code_match is not None
+    output = model(batch)
+    losses = SSPCriterion(config)(output, batch)
+    index = batch["labelled"].nonzero(as_tuple=True)[0]
+    expected = 2.0 * SSPCriterion.class_aux_loss(
+        output.pixel_class_logits[index], output.audio_class_logits[index], batch["masks"][index]
+    )
+    assert float(losses["loss_class"]) == pytest.approx(float(expected)) and float(expected) > 0
+    old = {**config.to_dict(), "stage1_class_aux": 3.0}
+    del old["class_aux"]
+    assert SSPConfig.from_dict(old).class_aux == 0.0
+    assert SSPConfig.from_dict({**old, "stage": 1, "num_classes": 9}).class_aux == 3.0
