@@ -129,7 +129,7 @@ class ModelParams:
     # stepping stones; SSPConfig documents each; the paper profile sets them to null = the paper
     # preset's: off, Mask2Former's 1/4):
     stage1_class_aux: float | None = 3.0  # SSPConfig.class_aux of stage 1: class-level loss + class match (0 = off)
-    stage2_class_aux: float | None = 0.0  # the same in stage 2
+    stage2_class_aux: float | None = 3.0  # the same in stage 2
     stage1_class_match_gain: float | None = 4.0  # initial gain of that match's mask-logit offset
     stage1_mask_stride: int | None = 2  # stage 1's mask-feature stride: 4 (Mask2Former) | 2 | 1; stage 2 keeps 4
     # pretrained weights: a local path or a hub id "org/name@revision" (ssp/hub.py);
