@@ -50,7 +50,7 @@ def test_paper_profile_values():
 def test_train_sections_have_their_own_demo_defaults():
     params = Params()
     assert isinstance(params.stage(1), TrainParams) and params.stage(2) is params.train2
-    assert (params.train1.lr_step_epoch, params.train2.lr_step_epoch) == (10, 8)
+    assert (params.train1.lr_step_epoch, params.train2.lr_step_epoch) == (10, 10)
     assert params.train2.subsets == ["v2"] and params.train1.subsets is None
 
 
