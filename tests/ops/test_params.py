@@ -41,6 +41,7 @@ def test_paper_profile_values():
     assert (paper.train1.epochs, paper.train1.lr_step_epoch) == (30, 15)
     # the paper profile trains on whole videos of every subset (the demo keeps a few frames of v2)
     assert paper.train2.max_frames is None and paper.train2.subsets is None and paper.train1.max_frames is None
+    assert (paper.train1.grad_clip, paper.train2.grad_clip) == (0.01, 0.0)  # AAVS: S4/MS3 clip, AVSS none
     # eq. 2 in training: the paper's GT mask; the demo uses stage 1's masks, as at test
     assert (demo.model.premask_train_source, paper.model.premask_train_source) == ("stage1", "gt")
     assert paper.model.premask_test_source == "stage1"  # the model section is merged, not replaced
@@ -52,6 +53,7 @@ def test_train_sections_have_their_own_demo_defaults():
     assert isinstance(params.stage(1), TrainParams) and params.stage(2) is params.train2
     assert (params.train1.lr_step_epoch, params.train2.lr_step_epoch) == (10, 10)
     assert params.train2.subsets == ["v2"] and params.train1.subsets is None
+    assert (params.train1.grad_clip, params.train2.grad_clip) == (0.0, 1.0)
 
 
 def test_missing_file_gives_the_defaults_and_overrides_win(tmp_path):
