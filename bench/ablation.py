@@ -118,16 +118,23 @@ def scenario_table(per_row: dict[str, dict[str, list[float]]]) -> str:
     base = per_row.get("aavs", {})
     for row, built_for in STEP_SCENARIOS.items():
         for scenario in built_for:
-            step, ref = per_row.get(row, {}).get(scenario, []), base.get(scenario, [])
-            if min(len(step), len(ref)) < 2:
-                continue
-            gap = statistics.fmean(step) - statistics.fmean(ref)
-            std = max(statistics.stdev(step), statistics.stdev(ref))
-            lines.append(
-                f"- `{row}` − `aavs` on {scenario}: {gap:+.2f} points; 2 × seed std {2 * std:.2f} → "
-                f"{'PASS' if gap > 2 * std else 'FAIL'}."
-            )
+            test = step_test(per_row.get(row, {}).get(scenario, []), base.get(scenario, []))
+            if test is not None:
+                gap, spread = test
+                lines.append(
+                    f"- `{row}` − `aavs` on {scenario}: {gap:+.2f} points; 2 × seed std {spread:.2f} → "
+                    f"{'PASS' if gap > spread else 'FAIL'}."
+                )
     return "\n".join(lines)
+
+
+def step_test(step: list[float], ref: list[float]) -> tuple[float, float] | None:
+    """(mean of ``step`` − mean of ``ref``, 2 × the larger sample std of the two); None
+    unless both have at least 2 seeds."""
+    if min(len(step), len(ref)) < 2:
+        return None
+    gap = statistics.fmean(step) - statistics.fmean(ref)
+    return gap, 2 * max(statistics.stdev(step), statistics.stdev(ref))
 
 
 def _cell(values: list[float]) -> str:
@@ -172,15 +179,14 @@ def column_values(cells: Cells, row: str, column: int) -> list[float]:
 def verdict(cells: Cells, present: DatasetCells | None = None) -> str:
     lines = []
     for name, column in MIOU_COLUMNS.items():
-        full, base = column_values(cells, "full", column), column_values(cells, "aavs", column)
-        if min(len(full), len(base)) < 2:
+        test = step_test(column_values(cells, "full", column), column_values(cells, "aavs", column))
+        if test is None:
             lines.append(f"{name}: Full − AAVS gap needs both rows with at least 2 seeds.")
             continue
-        gap = statistics.fmean(full) - statistics.fmean(base)
-        std = max(statistics.stdev(full), statistics.stdev(base))
+        gap, spread = test
         lines.append(
             f"{name}: Full − AAVS mIoU gap {gap:.2f} points; 2 × seed std (max of the two rows) "
-            f"{2 * std:.2f} → acceptance {'PASS' if gap > 2 * std else 'FAIL'}."
+            f"{spread:.2f} → acceptance {'PASS' if gap > spread else 'FAIL'}."
         )
     full, base = ([v[0] for v in (present or {}).get(row, {}).values()] for row in ("full", "aavs"))
     if full and base:
