@@ -76,9 +76,9 @@ class ClassCodeMatch(nn.Module):
     for v): stage 1 otherwise never sees them, stage 2 otherwise learns classes per query
     only. The match that reaches the mask is the probability that the pixel's class sounds,
     p(x) = Σ_k softmax(v(x))_k · sigmoid(u_k), added to every mask logit as ``gain · logit(p)``
-    (p clamped to [0.01, 0.99]). At init
-    sigmoid(u) ≈ 0.5 everywhere, so logit(p) ≈ 0 and the model starts as AAVS; the gain
-    (learned, starts at 1) is what the binary mask loss tunes. With class structure on each
+    (p clamped to [0.01, 0.99]). At init sigmoid(u) ≈ 0.5 everywhere, so logit(p) ≈ 0 and the
+    model starts as AAVS; the gain (learned, starts at ``class_match_gain``) is what the mask
+    loss tunes. With class structure on each
     side the frozen-feature probe decides 85 % of the objects, against 74 % for an
     unstructured bilinear match (bench/README.md, Probes (issue 16)).
     """

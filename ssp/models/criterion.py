@@ -44,8 +44,8 @@ forms (``post_mask_form``):
   slowed the class learning of the tiny model (bench/README.md).
 
 Class-level loss (``class_aux`` > 0, :meth:`SSPCriterion.class_aux_loss`): from the class of
-each sounding pixel (stage 1: ``batch["class_masks"]``; stage 2: its own masks), BCE of the audio class
-logits against the frame's sounding classes (multi-label) + cross-entropy of the pixel
+each sounding pixel (stage 1: ``batch["class_masks"]``; stage 2: its own masks), BCE of the
+audio class logits against the frame's sounding classes (multi-label) + cross-entropy of the pixel
 class logits over the object classes at the sounding cells of the S/4 grid (silent objects
 are background in the GT and carry no class target: their class code comes from the same
 class sounding elsewhere), times the weight.
