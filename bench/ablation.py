@@ -49,6 +49,7 @@ from ssp.report.report import (  # noqa: E402
     DatasetCells,
     _read,
     cell_numbers,
+    cell_scenarios,
     column_stats,
     dataset_cell_numbers,
     seed_files,
@@ -90,14 +91,17 @@ def present_cell_numbers(metrics_dir: Path, rows: list[str]) -> DatasetCells:
 
 
 def scenario_cells(metrics_dir: Path, rows: list[str]) -> dict[str, dict[str, list[float]]]:
-    """row -> scenario -> present-class mIoU (%) per seed of the stage-2 cells."""
-    found: dict[str, dict[str, list[float]]] = {}
-    for row in rows:
-        for path in seed_files(metrics_dir / CELL_FOLDERS[2] / row).values():
-            for scenario, numbers in (_read(path).get("per_scenario") or {}).items():
-                if numbers.get("miou_present") is not None:
-                    found.setdefault(row, {}).setdefault(scenario, []).append(100.0 * numbers["miou_present"])
-    return found
+    """row -> scenario -> present-class mIoU (%) per seed of the stage-2 cells (``ssp
+    report``'s per-scenario reader)."""
+    per_row, _ = cell_scenarios(metrics_dir, 2)
+    return {
+        row: {
+            scenario: [100.0 * n["miou_present"] for n in seeds if n.get("miou_present") is not None]
+            for scenario, seeds in per_row[row].items()
+        }
+        for row in rows
+        if row in per_row
+    }
 
 
 def scenario_table(per_row: dict[str, dict[str, list[float]]]) -> str:
