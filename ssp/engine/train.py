@@ -152,6 +152,8 @@ STAGE_PARAMS = (
     ("stage2_class_aux", "class_aux", 2),
     ("stage1_class_match_gain", "class_match_gain", 1),
     ("stage1_mask_stride", "mask_stride", 1),
+    ("stage2_mask_stride", "mask_stride", 2),
+    ("stage2_class_readout", "class_readout", 2),
 )
 
 

@@ -61,7 +61,7 @@ from ssp.metrics import (
     official_batch_frames,
 )
 from ssp.models.checkpoint import load_model
-from ssp.models.config import SSPConfig
+from ssp.models.config import CLASS_READOUTS, SSPConfig
 from ssp.ops.tracking import get_client, retry_locked, tracking_uri
 from ssp.params import EvaluateParams, add_params_arguments, stage_params
 
@@ -229,6 +229,7 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 4,
     premask_test_source: str | None = None,
+    class_readout: str | None = None,
     progress: bool = True,
     log_to_run: bool = True,
     subsets: list[str] | None = None,
@@ -244,6 +245,8 @@ def evaluate(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     overrides = {"premask_test_source": premask_test_source} if premask_test_source else {}
+    if class_readout:
+        overrides["class_readout"] = class_readout
     model, config, info = load_model(checkpoint, device, **overrides)
     if config.stage == 2 and stage1_masks is None:
         raise SSPError("a stage-2 checkpoint needs --stage1-masks DIR (stage 1's predictions, its stepping stones)")
@@ -267,7 +270,16 @@ def evaluate(
         "stage": config.stage,
         "model": {
             k: getattr(config, k)
-            for k in ("size", "pre_mask", "text", "post_mask", "lambda_post", "post_mask_form", "premask_test_source")
+            for k in (
+                "size",
+                "pre_mask",
+                "text",
+                "post_mask",
+                "lambda_post",
+                "post_mask_form",
+                "premask_test_source",
+                "class_readout",
+            )
         },
         "trained": info,
         "fscore_batch_videos": fscore_batch_videos,
@@ -398,6 +410,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="what stands in for M_GT in the pre-mask at test (default: the checkpoint's config)",
     )
+    parser.add_argument(
+        "--class-readout",
+        choices=CLASS_READOUTS,
+        default=None,
+        help="how a stage-2 model reads its classes: queries (Mask2Former) or codes (its class codes; "
+        "needs a model trained with class_aux). It changes no weights (default: the checkpoint's config)",
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=4, help="videos per forward pass (default: 4)")
     parser.add_argument(
@@ -429,6 +448,7 @@ def main(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         premask_test_source=args.premask_test_source,
+        class_readout=args.class_readout,
         log_to_run=not args.no_track,
     )
     log_summary(result)

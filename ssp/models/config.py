@@ -65,6 +65,7 @@ PAPER_COMPONENTS: dict[str, Any] = {
 }
 AUDIO_ENCODERS = ("vggish", "tiny")
 AUDIO_FUSIONS = ("none", "similarity")
+CLASS_READOUTS = ("queries", "codes")
 DECODER_ADAPTER_FORMS = ("none", "replace", "residual")
 # AAVS's training recipe in the paper preset (docs/design.md, AAVS recipe)
 PAPER_RECIPE: dict[str, Any] = {
@@ -125,8 +126,8 @@ class SSPConfig:
     dim_feedforward: int = 256
     # Stride of the mask features the masks are predicted on: 4 = Mask2Former's (both presets);
     # 2 or 1 = finer, from a small conv stem on the image (ssp.models.mask2former.FineMaskFeatures).
-    # The demo profile's stage 1 uses 2 (model.stage1_mask_stride): at 64 px the 1/4 grid is 16x16
-    # for objects ~14 px across (bench/README.md, Mask resolution).
+    # The demo profile uses 2 in both stages (model.stage1_mask_stride / stage2_mask_stride): at
+    # 64 px the 1/4 grid is 16x16 for objects ~14 px across (bench/README.md, Mask resolution).
     mask_stride: int = 4
 
     # --- audio ---------------------------------------------------------------------------
@@ -154,6 +155,13 @@ class SSPConfig:
     # little: it stays within ~0.2 of its start). 1 = a soft offset; 4 (demo profile) = close to
     # a gate, p = 0.99 / 0.01 gives +-18 on the logits (bench/README.md, Mask resolution).
     class_match_gain: float = 1.0
+    # How stage 2 reads its classes: "queries" = Mask2Former's semantic inference, Σ_q p_q(c)
+    # m_q(x) (both presets); "codes" (needs class_aux > 0; the demo profile, params
+    # model.stage2_class_readout) = the same object mass per pixel, split over the classes by
+    # the queries' scores times the class codes (ssp.models.audio_queries.class_code_readout).
+    # The codes classify the objects better than the queries' per-query CE (bench/README.md,
+    # Class read-out); the foreground, where SSP's cues act, stays the queries'.
+    class_readout: str = "queries"
 
     # --- loss (Mask2Former / AAVS) -------------------------------------------------------------
     class_weight: float = 2.0
@@ -287,6 +295,10 @@ class SSPConfig:
             bad(f"class_aux must be >= 0, got {self.class_aux}")
         if self.class_aux > 0 and self.num_classes < 2:
             bad("class_aux needs num_classes >= 2 (background + object classes)")
+        if self.class_readout not in CLASS_READOUTS:
+            bad(f"class_readout must be one of {CLASS_READOUTS}, got {self.class_readout!r}")
+        if self.class_readout == "codes" and (self.stage != 2 or self.class_aux <= 0):
+            bad("class_readout='codes' is for stage 2 with class_aux > 0 (the codes it reads)")
         if self.hidden_dim % 32 != 0:
             bad(f"hidden_dim must be a multiple of 32 (GroupNorm(32) in the pixel decoder), got {self.hidden_dim}")
         if self.hidden_dim % self.num_attention_heads != 0:

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from ssp.errors import SSPError
 from ssp.models.adapters import add_adapters, apply_recipe
-from ssp.models.audio_queries import AudioPixelSimilarity, AudioProjection, ClassCodeMatch
+from ssp.models.audio_queries import AudioPixelSimilarity, AudioProjection, ClassCodeMatch, class_code_readout
 from ssp.models.backbones import build_audio_encoder, build_visual_backbone
 from ssp.models.config import SSPConfig
 from ssp.models.mask2former import (
@@ -241,7 +241,10 @@ class SSPModel(nn.Module):
             eps = torch.finfo(probability.dtype).eps
             return torch.logit(probability.clamp(eps, 1 - eps))
         class_probs = output.class_logits.softmax(-1)[..., :-1]
-        return torch.einsum("nqc,nqhw->nchw", class_probs, masks.sigmoid())
+        scores = torch.einsum("nqc,nqhw->nchw", class_probs, masks.sigmoid())
+        if self.config.class_readout == "codes":
+            scores = class_code_readout(scores, output.pixel_class_logits, output.audio_class_logits)
+        return scores
 
     # -------------------------------------------------------------------------------------------
     def _premask_gt(self, batch: dict) -> Tensor:

@@ -387,6 +387,10 @@ def _old_config(model_section: dict, stage: int, row: str | None, sets: dict) ->
         value = section.pop(param, None)
         if stage == 1 and value is not None:
             section[param.removeprefix("stage1_")] = value
+    for param in ("stage2_class_readout", "stage2_mask_stride"):  # stage-2-only, added later
+        value = section.pop(param, None)
+        if stage == 2 and value is not None:
+            section[param.removeprefix("stage2_")] = value
     for param in ("stage1_class_aux", "stage2_class_aux"):  # one SSPConfig field, set per stage
         value = section.pop(param, None)
         if param == f"stage{stage}_class_aux" and value is not None:
@@ -424,20 +428,22 @@ def test_model_config_from_typed_params_is_the_old_one(profile):
 
 def test_per_stage_additions_reach_their_stage_and_the_paper_profile_has_none():
     """The demo's additions (bench/README.md, Mask resolution, Stage 2 on these stepping stones):
-    stage 1 finer masks, the class codes with their gain and the audio-pixel match; stage 2
-    keeps Mask2Former's 1/4 masks and has its own class-code weight; the paper profile builds
-    AAVS as published."""
+    finer masks in either stage, the class codes with their gain and the audio-pixel match;
+    stage 2 has its own class-code weight and reads its classes with the codes; the paper
+    profile builds AAVS as published."""
     demo = load_params(REPO / "params.yaml", profile="demo")
     stage1 = build_model_config(demo.model, 1, model_switches(demo, 1, "aavs"))
     assert (stage1.mask_stride, stage1.class_aux, stage1.class_match_gain) == (2, 3.0, 4.0)
     assert stage1.audio_fusion == "similarity"
     stage2 = build_model_config(demo.model, 2, model_switches(demo, 2, "full"))
-    assert (stage2.mask_stride, stage2.audio_fusion, stage2.class_match_gain) == (4, "similarity", 1.0)
-    assert stage2.class_aux == demo.model.stage2_class_aux
+    assert (stage2.mask_stride, stage2.audio_fusion, stage2.class_match_gain) == (2, "similarity", 1.0)
+    assert stage2.class_aux == demo.model.stage2_class_aux and stage2.class_readout == "codes"
+    assert stage1.class_readout == "queries"  # stage 1 is binary: nothing to read classes from
     paper_params = load_params(REPO / "params.yaml", profile="paper")
     for stage in (1, 2):
         config = build_model_config(paper_params.model, stage, model_switches(paper_params, stage, "aavs"))
         assert (config.mask_stride, config.class_aux, config.audio_fusion) == (4, 0.0, "none")
+        assert config.class_readout == "queries"
         assert config.class_match_gain == SSPConfig.paper(stage, allow_random_init=True).class_match_gain
 
 

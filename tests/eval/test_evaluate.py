@@ -127,6 +127,32 @@ def test_cli_takes_split_and_fscore_batch_from_params_unless_given(checkpoints, 
     assert (c["split"], c["fscore_batch_videos"]) == ("test", 4)
 
 
+def test_class_readout_rereads_a_stage2_checkpoint_binary_numbers_unchanged(checkpoints, tmp_path, capsys):
+    """`--class-readout` re-reads a checkpoint trained with class codes: the JSON names the
+    read-out, the binary numbers (background vs object mass) are the same, and a checkpoint
+    without class codes is refused with the reason."""
+    from ssp.cli import main as cli
+    from ssp.models import SSPConfig, SSPModel
+    from ssp.models.checkpoint import save_weights
+
+    torch.manual_seed(0)
+    with_codes = tmp_path / "codes.safetensors"
+    save_weights(with_codes, SSPModel(SSPConfig.tiny(2, num_points=64, class_aux=3.0)), {"epoch": 1})
+    base = ["evaluate", "--data", str(checkpoints["data"]), "--logmel", str(checkpoints["logmel"])]
+    base += ["--stage1-masks", str(checkpoints["stage1"]), "--no-track", "--params", os.devnull]
+    results = {}
+    for readout in ("queries", "codes"):
+        out = tmp_path / f"{readout}.json"
+        assert cli([*base, "--checkpoint", str(with_codes), "--class-readout", readout, "--out", str(out)]) == 0
+        results[readout] = json.loads(out.read_text())
+        assert results[readout]["model"]["class_readout"] == readout
+    assert results["codes"]["binary"] == results["queries"]["binary"]
+    without = [*base, "--checkpoint", str(checkpoints["s2"]), "--class-readout", "codes", "--out", str(tmp_path / "x")]
+    assert cli(without) != 0
+    error = capsys.readouterr().err
+    assert str(checkpoints["s2"]) in error and "class_readout='codes' is for stage 2 with class_aux > 0" in error
+
+
 def test_binary_from_semantic():
     from ssp.eval.evaluate import binary_from_semantic
 

@@ -572,3 +572,46 @@ def test_finer_mask_features_predict_at_their_stride_and_train(stride):
     assert not any(v for n, v in trains.items() if n.startswith("pixel_level_module.encoder."))
     with pytest.raises(SSPError, match="mask_stride"):
         SSPConfig.tiny(1, mask_stride=8)
+
+
+def test_class_code_readout_by_hand():
+    """class_readout="codes": the object mass per pixel stays, the class codes re-split it."""
+    from ssp.models.audio_queries import class_code_readout
+
+    # one pixel, background + 2 object classes: s = (0.2, 0.5, 0.3); object mass 0.8
+    scores = torch.tensor([0.2, 0.5, 0.3]).view(1, 3, 1, 1)
+    # pixel codes softmax -> (0.25, 0.75); audio: class 1 sounds (sigmoid 0.5), class 2 more (0.9)
+    pixel = torch.log(torch.tensor([0.25, 0.75])).view(1, 2, 1, 1)
+    audio = torch.logit(torch.tensor([[0.5, 0.9]]))
+    out = class_code_readout(scores, pixel, audio).flatten()
+    r = torch.tensor([0.25 * 0.5, 0.75 * 0.9])
+    weighted = torch.tensor([0.5, 0.3]) * r
+    expected = torch.cat([torch.tensor([0.2]), 0.8 * weighted / weighted.sum()])
+    torch.testing.assert_close(out, expected)
+    assert out.argmax() == 2 and scores.flatten().argmax() == 1  # the codes flip the class
+
+    # uniform codes keep the queries' split; codes at lower resolution are upsampled
+    scores = torch.rand(2, 4, 8, 8)
+    same = class_code_readout(scores, torch.zeros(2, 3, 4, 4), torch.zeros(2, 3))
+    torch.testing.assert_close(same, scores)
+
+
+def test_class_code_readout_in_the_model_changes_classes_not_the_foreground():
+    """Same weights, two read-outs: background score and object mass are the same, so every
+    binary number (1 - normalised background) is unchanged; only the class split moves."""
+    torch.manual_seed(0)
+    config = tiny_config(2, class_aux=3.0)
+    model = SSPModel(config).eval()
+    batch = make_batch(2)
+    queries = model.predict(batch)
+    model.config = SSPConfig.from_dict({**config.to_dict(), "class_readout": "codes"})
+    codes = model.predict(batch)
+    torch.testing.assert_close(codes[:, 0], queries[:, 0])
+    torch.testing.assert_close(codes[:, 1:].sum(1), queries[:, 1:].sum(1))
+    assert not torch.allclose(codes, queries)
+
+    for stage, aux in ((1, 3.0), (2, 0.0)):
+        with pytest.raises(SSPError, match="class_readout"):
+            SSPConfig.tiny(stage, class_aux=aux, class_readout="codes")
+    with pytest.raises(SSPError, match="class_readout"):
+        SSPConfig.tiny(2, class_aux=3.0, class_readout="votes")

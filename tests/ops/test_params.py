@@ -51,15 +51,16 @@ def test_paper_profile_values():
 def test_train_sections_have_their_own_demo_defaults():
     params = Params()
     assert isinstance(params.stage(1), TrainParams) and params.stage(2) is params.train2
-    assert (params.train1.lr_step_epoch, params.train2.lr_step_epoch) == (10, 10)
-    assert params.train2.subsets == ["v2"] and params.train1.subsets is None
+    assert (params.train1.lr_step_epoch, params.train2.lr_step_epoch) == (10, 4)
+    assert (params.train1.epochs, params.train2.epochs) == (12, 5)
+    assert params.train2.subsets is None and params.train1.subsets is None  # every subset, as AAVS
     assert (params.train1.grad_clip, params.train2.grad_clip) == (0.0, 1.0)
 
 
 def test_missing_file_gives_the_defaults_and_overrides_win(tmp_path):
     params = load_params(tmp_path / "none.yaml", overrides=["train2.epochs=2", "ssp.text=att", "flow.value=0.5"])
     assert (params.train2.epochs, params.ssp.text, params.flow.value) == (2, "att", 0.5)
-    assert dataclasses.replace(params.train2, epochs=12) == Params().train2
+    assert dataclasses.replace(params.train2, epochs=5) == Params().train2
 
 
 def test_profile_chosen_by_argument_or_override_composes_conf_beside_the_file(tmp_path):

@@ -1,0 +1,123 @@
+"""Where a stage-2 model loses on the generated benchmark: the classes or the shapes?
+
+Issue 16, deliverable 3, for stage 2 (``bench/probes.py`` probes stage 1). On the test
+split, the same forward pass is read in several ways and each read-out is scored as a
+semantic map: IoU per class summed over all labelled test frames (intersection and union
+accumulated over the split, not the official per-frame mean, so the figures compare read-outs
+with each other, not with ``ssp evaluate``), mean over the classes present or predicted:
+
+- ``queries``: Mask2Former's semantic inference, argmax over Σ_q p_q(c) m_q(x);
+- ``codes``: the same scores split over the classes by the class codes
+  (``ssp.models.audio_queries.class_code_readout``, ``class_readout="codes"``);
+- ``stone_queries`` / ``stone_codes``: the stepping stone's shape (stage 1's binary mask),
+  each pixel given the best object class of ``queries`` / of the codes alone
+  (softmax(v(x)) · sigmoid(u)): what the classes are worth on a fixed shape;
+- ``stone_oracle``: the stone's shape with the GT class (a stone pixel on GT background
+  gets the frame's main sounding class): the ceiling of any read-out that keeps the stone's
+  shape;
+- ``binary_stone`` / ``binary_queries``: foreground vs background of the stone and of
+  ``queries`` (mean of the two classes' IoU).
+
+``stone_oracle`` − ``stone_queries`` is what the classes cost on the stone's shape;
+``binary_stone`` − ``binary_queries`` what stage 2's own shapes cost against its stone.
+Needs a model trained with class codes (``model.stage2_class_aux`` > 0). About 15 s per
+checkpoint on 2 CPU cores::
+
+    .venv/bin/python bench/stage2_probe.py --data data/synth --flow data/flow \\
+        --prompts data/prompts --logmel data/logmel --stones data/stage1_masks \\
+        runs/ablation/full/seed0/checkpoints/best.safetensors runs/ablation/aavs/seed0/checkpoints/best.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from ssp.data.avsbench import load_records
+from ssp.engine.inputs import InputDirs, build_dataset, dataset_batches, model_inputs
+from ssp.models.audio_queries import class_code_readout
+from ssp.models.checkpoint import load_model
+
+READOUTS = ("queries", "codes", "stone_queries", "stone_codes", "stone_oracle", "binary_stone", "binary_queries")
+
+
+class SplitIoU:
+    """Intersection and union per class, summed over the frames of a split."""
+
+    def __init__(self):
+        self.inter: dict[int, int] = defaultdict(int)
+        self.union: dict[int, int] = defaultdict(int)
+
+    def add(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        for c in set(gt.unique().tolist()) | set(pred.unique().tolist()) | {0}:
+            p, g = pred == c, gt == c
+            self.inter[c] += int((p & g).sum())
+            self.union[c] += int((p | g).sum())
+
+    def mean(self) -> float:
+        classes = [c for c, u in self.union.items() if u > 0]
+        return sum(self.inter[c] / self.union[c] for c in classes) / len(classes)
+
+
+def probe(checkpoint: Path, data: Path, dirs: InputDirs, stones: Path, batch_videos: int = 4) -> dict[str, float]:
+    model, config, _ = load_model(checkpoint, "cpu", class_readout="queries")
+    if config.stage != 2 or config.class_aux <= 0:
+        sys.exit(f"{checkpoint}: needs a stage-2 model trained with class codes (model.stage2_class_aux > 0)")
+    dataset = build_dataset(load_records(data, splits=["test"]), config, dirs, stage1_dir=stones)
+    meters = {name: SplitIoU() for name in READOUTS}
+    with torch.no_grad():
+        for batch in dataset_batches(dataset, batch_videos):
+            inputs = model_inputs(batch)
+            output = model(inputs)
+            scores = model.predict(inputs)
+            size = scores.shape[-2:]
+            with_codes = class_code_readout(scores, output.pixel_class_logits, output.audio_class_logits)
+            codes = F.interpolate(output.pixel_class_logits, size=size, mode="bilinear", align_corners=False)
+            codes = codes.softmax(1) * output.audio_class_logits.sigmoid()[:, :, None, None]
+            stone = batch["stage1_mask"].reshape(scores.shape[0], *size) > 0.5
+            best_object = scores[:, 1:].argmax(1) + 1
+            best_code = codes.argmax(1) + 1
+            for i, gt in enumerate(batch["masks"]):
+                if not batch["labelled"][i]:
+                    continue
+                none = torch.zeros_like(gt)
+                sounding = gt[gt > 0]
+                main_class = int(sounding.mode().values) if len(sounding) else 0
+                oracle = torch.where(gt > 0, gt, torch.full_like(gt, main_class))
+                meters["queries"].add(scores[i].argmax(0), gt)
+                meters["codes"].add(with_codes[i].argmax(0), gt)
+                meters["stone_queries"].add(torch.where(stone[i], best_object[i], none), gt)
+                meters["stone_codes"].add(torch.where(stone[i], best_code[i], none), gt)
+                meters["stone_oracle"].add(torch.where(stone[i], oracle, none), gt)
+                meters["binary_stone"].add(stone[i].long(), (gt > 0).long())
+                meters["binary_queries"].add((scores[i].argmax(0) > 0).long(), (gt > 0).long())
+    return {name: round(meter.mean(), 4) for name, meter in meters.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoints", nargs="+", type=Path, help="stage-2 checkpoints (.safetensors)")
+    ap.add_argument("--data", type=Path, default=Path("data/synth"))
+    ap.add_argument("--flow", type=Path, default=Path("data/flow"))
+    ap.add_argument("--prompts", type=Path, default=Path("data/prompts"))
+    ap.add_argument("--logmel", type=Path, default=Path("data/logmel"))
+    ap.add_argument("--stones", type=Path, default=Path("data/stage1_masks"), help="`ssp stage1-masks` output")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args(argv)
+    dirs = InputDirs(args.flow, args.prompts, args.logmel)
+    result = {str(c): probe(c, args.data, dirs, args.stones) for c in args.checkpoints}
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
