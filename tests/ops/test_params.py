@@ -137,7 +137,7 @@ def test_dvc_exp_run_with_the_paper_profile_records_the_paper_values(tmp_path):
     rows = [line.split(",") for line in shown.strip().splitlines()]
     header = rows[0]
     values = {tuple(r[header.index(k)] for k in ("profile", "model.size", "train2.epochs")) for r in rows[1:]}
-    assert ("paper", "paper", "60") in values and ("demo", "tiny", "12") in values
+    assert ("paper", "paper", "60") in values and ("demo", "tiny", "5") in values
 
 
 def test_former_flags_and_missing_params_files_are_clear_errors(tmp_path, capsys):
