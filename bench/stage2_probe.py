@@ -37,11 +37,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 from ssp.data.avsbench import load_records
 from ssp.engine.inputs import InputDirs, build_dataset, dataset_batches, model_inputs
-from ssp.models.audio_queries import class_code_readout
+from ssp.models.audio_queries import class_code_readout, pixel_class_codes
 from ssp.models.checkpoint import load_model
 
 READOUTS = ("queries", "codes", "stone_queries", "stone_codes", "stone_oracle", "binary_stone", "binary_queries")
@@ -78,8 +77,7 @@ def probe(checkpoint: Path, data: Path, dirs: InputDirs, stones: Path, batch_vid
             scores = model.predict(inputs)
             size = scores.shape[-2:]
             with_codes = class_code_readout(scores, output.pixel_class_logits, output.audio_class_logits)
-            codes = F.interpolate(output.pixel_class_logits, size=size, mode="bilinear", align_corners=False)
-            codes = codes.softmax(1) * output.audio_class_logits.sigmoid()[:, :, None, None]
+            codes = pixel_class_codes(output.pixel_class_logits, output.audio_class_logits, size)
             stone = batch["stage1_mask"].reshape(scores.shape[0], *size) > 0.5
             best_object = scores[:, 1:].argmax(1) + 1
             best_code = codes.argmax(1) + 1
@@ -90,13 +88,14 @@ def probe(checkpoint: Path, data: Path, dirs: InputDirs, stones: Path, batch_vid
                 sounding = gt[gt > 0]
                 main_class = int(sounding.mode().values) if len(sounding) else 0
                 oracle = torch.where(gt > 0, gt, torch.full_like(gt, main_class))
-                meters["queries"].add(scores[i].argmax(0), gt)
+                queries = scores[i].argmax(0)
+                meters["queries"].add(queries, gt)
                 meters["codes"].add(with_codes[i].argmax(0), gt)
                 meters["stone_queries"].add(torch.where(stone[i], best_object[i], none), gt)
                 meters["stone_codes"].add(torch.where(stone[i], best_code[i], none), gt)
                 meters["stone_oracle"].add(torch.where(stone[i], oracle, none), gt)
                 meters["binary_stone"].add(stone[i].long(), (gt > 0).long())
-                meters["binary_queries"].add((scores[i].argmax(0) > 0).long(), (gt > 0).long())
+                meters["binary_queries"].add((queries > 0).long(), (gt > 0).long())
     return {name: round(meter.mean(), 4) for name, meter in meters.items()}
 
 

@@ -99,6 +99,13 @@ class ClassCodeMatch(nn.Module):
         return offset[:, None], pixel_logits, audio_logits
 
 
+def pixel_class_codes(pixel_logits: Tensor, audio_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """r_c(x) = softmax(v(x))_c · sigmoid(u_c) at ``size``: the probability that the pixel is of
+    class c and that c sounds (N×K×H×W; the pixel logits upsampled before the softmax)."""
+    codes = nn.functional.interpolate(pixel_logits.float(), size=size, mode="bilinear", align_corners=False)
+    return codes.softmax(1) * audio_logits.float().sigmoid()[:, :, None, None]
+
+
 def class_code_readout(scores: Tensor, pixel_logits: Tensor, audio_logits: Tensor) -> Tensor:
     """Stage 2's class scores read with the class codes (``class_readout="codes"``).
 
@@ -106,18 +113,15 @@ def class_code_readout(scores: Tensor, pixel_logits: Tensor, audio_logits: Tenso
     background); ``pixel_logits``: N×(C-1)×h×w pixel class logits v(x) and ``audio_logits``:
     N×(C-1) audio class logits u of :class:`ClassCodeMatch`. The object mass M(x) = Σ_{c≥1} s_c(x)
     stays where the queries put it; the codes decide how it splits over the classes:
-    s'_c(x) = M(x) · s_c(x) r_c(x) / Σ_{c'≥1} s_c'(x) r_c'(x), with r_c(x) = softmax(v(x))_c ·
-    sigmoid(u_c), the probability that the pixel is of class c and that c sounds. Background
-    is left as it is, so the codes change which class a pixel gets, not whether it is an object.
+    s'_c(x) = M(x) · s_c(x) r_c(x) / Σ_{c'≥1} s_c'(x) r_c'(x), with r_c(x) of
+    :func:`pixel_class_codes`. Background is left as it is, so the codes change which class a
+    pixel gets, not whether it is an object.
     """
-    size = scores.shape[-2:]
-    codes = nn.functional.interpolate(pixel_logits.float(), size=size, mode="bilinear", align_corners=False)
-    codes = codes.softmax(1) * audio_logits.float().sigmoid()[:, :, None, None]
+    codes = pixel_class_codes(pixel_logits, audio_logits, scores.shape[-2:])
     objects = scores[:, 1:]
+    mass = objects.sum(1, keepdim=True)
     weighted = objects * codes.to(objects.dtype)
     total = weighted.sum(1, keepdim=True)
     # where every code is ~0 (or no object mass) keep the queries' split
-    split = torch.where(
-        total > 1e-12, weighted / total.clamp_min(1e-12), objects / objects.sum(1, keepdim=True).clamp_min(1e-12)
-    )
-    return torch.cat([scores[:, :1], objects.sum(1, keepdim=True) * split], dim=1)
+    split = torch.where(total > 1e-12, weighted / total.clamp_min(1e-12), objects / mass.clamp_min(1e-12))
+    return torch.cat([scores[:, :1], mass * split], dim=1)
