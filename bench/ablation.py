@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from ssp.eval.evaluate import evaluate  # noqa: E402
 from ssp.fileio import write_text  # noqa: E402
 from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE2  # noqa: E402
+from ssp.report.ceilings import cue_headroom  # noqa: E402
 from ssp.report.report import (  # noqa: E402
     CELL_FOLDERS,
     Cells,
@@ -202,6 +203,26 @@ def verdict(cells: Cells, present: DatasetCells | None = None) -> str:
     return "\n".join(lines)
 
 
+def headroom_text(ceilings: dict) -> str:
+    """What motion and text can add over a perfect audio-only model (``ssp ceilings``), over
+    the split and per scenario: the most any SSP mechanism can give `full` over an `aavs`
+    that uses the audio perfectly."""
+    headroom = cue_headroom(ceilings)
+    if not headroom:
+        return ""
+    per_scenario = ", ".join(
+        f"{name} {h['motion_text']:+.1f} (motion {h['motion']:+.1f})"
+        for name, h in headroom.items()
+        if name != "overall"
+    )
+    total = headroom["overall"]
+    return (
+        f"Headroom of the cues (`ssp ceilings`, present-class mIoU points of the audio + motion + text oracle "
+        f"over the audio-only one): {total['motion_text']:+.1f} over the split (motion alone "
+        f"{total['motion']:+.1f}); per scenario {per_scenario}."
+    )
+
+
 def write_readme_section(text: str, readme: Path) -> None:
     current = readme.read_text() if readme.exists() else "# Benchmarks\n"
     block = f"{START}\n{text}\n{END}"
@@ -256,6 +277,13 @@ def main() -> int:
         default=str(ROOT / "bench" / "README.md"),
         help="README to put the table into (default bench/README.md); '' = none",
     )
+    parser.add_argument(
+        "--ceilings",
+        type=Path,
+        default=Path("reports/ceilings.json"),
+        help="`ssp ceilings` output, for the cues' headroom under the verdicts (default "
+        "reports/ceilings.json; skipped when missing)",
+    )
     study = parser.add_argument_group("--premask-study (evaluates the finished cells again)")
     study.add_argument(
         "--premask-study",
@@ -283,6 +311,9 @@ def main() -> int:
             parser.error(f"no results under {args.metrics} (run the grid first: dvc repro ablation ablation_avs)")
         present = present_cell_numbers(args.metrics, rows)
         text = table(cells, dataset_cell_numbers(args.metrics)) + "\n\n" + verdict(cells, present)
+        headroom = headroom_text(_read(args.ceilings)) if args.ceilings.is_file() else ""
+        if headroom:
+            text += "\n" + headroom
         per_scenario = scenario_cells(args.metrics, rows)
         if per_scenario:
             text += "\n\n" + scenario_table(per_scenario)

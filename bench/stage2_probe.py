@@ -20,6 +20,16 @@ with each other, not with ``ssp evaluate``), mean over the classes present or pr
 
 ``stone_oracle`` − ``stone_queries`` is what the classes cost on the stone's shape;
 ``binary_stone`` − ``binary_queries`` what stage 2's own shapes cost against its stone.
+
+``corrections`` (generated data, from the scene records) asks whether stage 2 corrects its
+stone where the SSP cues could tell it how, per scenario, on the foreground of ``queries``:
+
+- ``twin_kept``: of the stone's pixels on a silent object of a sounding class (the
+  same-class twin that only motion or the text tells apart), the share stage 2 keeps;
+- ``silent_kept``: the same for silent objects of other classes (audio tells them apart);
+- ``missed_found``: of the sounding pixels the stone misses, the share stage 2 finds.
+
+A model that copies its stone reads 1, 1, 0; one that used every cue, 0, 0, 1.
 Needs a model trained with class codes (``model.stage2_class_aux`` > 0). About 15 s per
 checkpoint on 2 CPU cores::
 
@@ -39,11 +49,14 @@ from pathlib import Path
 import torch
 
 from ssp.data.avsbench import load_records
+from ssp.data.synthetic import render_object_mask
 from ssp.engine.inputs import InputDirs, build_dataset, dataset_batches, model_inputs
 from ssp.models.audio_queries import class_code_readout, pixel_class_codes
 from ssp.models.checkpoint import load_model
+from ssp.report.ceilings import read_scene
 
 READOUTS = ("queries", "codes", "stone_queries", "stone_codes", "stone_oracle", "binary_stone", "binary_queries")
+CORRECTIONS = ("twin_kept", "silent_kept", "missed_found")
 
 
 class SplitIoU:
@@ -64,14 +77,50 @@ class SplitIoU:
         return sum(self.inter[c] / self.union[c] for c in classes) / len(classes)
 
 
-def probe(checkpoint: Path, data: Path, dirs: InputDirs, stones: Path, batch_videos: int = 4) -> dict[str, float]:
+def object_kinds(scene: dict, frame: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Boolean maps of one frame's sounding objects, silent twins (a silent object of a
+    sounding class) and other silent objects, rendered from the scene record."""
+    sounding_classes = {o["class_index"] for o in scene["objects"] if o["sounding"][frame]}
+    kinds = {k: torch.zeros(size, dtype=torch.bool) for k in ("sounding", "twin", "silent")}
+    for obj in scene["objects"]:
+        kind = "sounding" if obj["sounding"][frame] else "twin" if obj["class_index"] in sounding_classes else "silent"
+        kinds[kind] |= torch.from_numpy(render_object_mask(obj, frame, *size))
+    return kinds
+
+
+class Corrections:
+    """Per scenario, pixel counts of what stage 2 does with its stone's errors (module doc)."""
+
+    def __init__(self):
+        self.counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: {k: [0, 0] for k in CORRECTIONS})
+
+    def add(self, scenario: str, kinds: dict[str, torch.Tensor], stone: torch.Tensor, fg: torch.Tensor) -> None:
+        counts = self.counts[scenario]
+        for name, region in (
+            ("twin_kept", stone & kinds["twin"]),
+            ("silent_kept", stone & kinds["silent"]),
+            ("missed_found", ~stone & kinds["sounding"]),
+        ):
+            counts[name][0] += int((fg & region).sum())
+            counts[name][1] += int(region.sum())
+
+    def numbers(self) -> dict[str, dict[str, float | None]]:
+        return {
+            scenario: {k: round(n / d, 4) if d else None for k, (n, d) in counts.items()}
+            for scenario, counts in sorted(self.counts.items())
+        }
+
+
+def probe(checkpoint: Path, data: Path, dirs: InputDirs, stones: Path, batch_videos: int = 4) -> dict:
     model, config, _ = load_model(checkpoint, "cpu", class_readout="queries")
     if config.stage != 2 or config.class_aux <= 0:
         sys.exit(f"{checkpoint}: needs a stage-2 model trained with class codes (model.stage2_class_aux > 0)")
     dataset = build_dataset(load_records(data, splits=["test"]), config, dirs, stage1_dir=stones)
+    scenes = [read_scene(record) for record in dataset.records]
     meters = {name: SplitIoU() for name in READOUTS}
+    corrections = Corrections()
     with torch.no_grad():
-        for batch in dataset_batches(dataset, batch_videos):
+        for first, batch in zip(range(0, len(dataset), batch_videos), dataset_batches(dataset, batch_videos)):
             inputs = model_inputs(batch)
             output = model(inputs)
             scores = model.predict(inputs)
@@ -96,7 +145,14 @@ def probe(checkpoint: Path, data: Path, dirs: InputDirs, stones: Path, batch_vid
                 meters["stone_oracle"].add(torch.where(stone[i], oracle, none), gt)
                 meters["binary_stone"].add(stone[i].long(), (gt > 0).long())
                 meters["binary_queries"].add((queries > 0).long(), (gt > 0).long())
-    return {name: round(meter.mean(), 4) for name, meter in meters.items()}
+                scene = scenes[first + int(batch["video_index"][i])]
+                if scene is not None:
+                    kinds = object_kinds(scene, int(batch["frame_index"][i]), tuple(size))
+                    corrections.add(scene["scenario"], kinds, stone[i], queries > 0)
+    result: dict = {name: round(meter.mean(), 4) for name, meter in meters.items()}
+    if corrections.counts:
+        result["corrections"] = corrections.numbers()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

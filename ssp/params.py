@@ -118,6 +118,7 @@ class ModelParams:
     # L'_mask: mask (paper: BCE + dice vs M_Post) | recall (tiny: one-sided) | head (extra prediction)
     post_mask_form: str | None = None
     stepping_stone_test: str | None = None  # stage 2's stone at test: binary (both presets) | soft
+    stepping_stone_train: str | None = None  # ... in training: gt (both presets; AAVS) | stage1
     text_visual_tokens: str | None = None  # VTA's visual tokens: clip (paper) | pixel_decoder (tiny)
     # how the text reaches the segmentation: cross_attention (both presets) | residual
     text_injection: str | None = None

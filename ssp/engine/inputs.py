@@ -94,7 +94,8 @@ def build_stage_datasets(
 ) -> tuple[AVSDataset, AVSDataset]:
     """Train and val sets of a training stage. Stage 2 validates on stage 1's predicted
     masks (``stage1_masks``, or computed from ``stage1_checkpoint``); its train split
-    reads them only when the pre-mask trains on them (``premask_train_source='stage1'``)."""
+    reads them only when the pre-mask or the stone trains on them (``premask_train_source`` /
+    ``stepping_stone_train`` = ``'stage1'``)."""
     train_records = load_split_records(data, stage, "train", tp.subsets)
     val_records = load_split_records(data, stage, "val", tp.subsets)
     if stage == 2 and stage1_masks is None and stage1_checkpoint is None:
@@ -102,10 +103,12 @@ def build_stage_datasets(
             "stage 2 validates on stage 1's predicted masks: pass --stage1-masks DIR "
             "(from `ssp stage1-masks`) or --stage1-checkpoint CKPT"
         )
-    train_stage1 = stage == 2 and config.pre_mask and config.premask_train_source == "stage1"
+    premask_stage1 = config.pre_mask and config.premask_train_source == "stage1"
+    train_stage1 = stage == 2 and (premask_stage1 or config.stepping_stone_train == "stage1")
     if train_stage1 and stage1_masks is None:
+        which = "premask_train_source='stage1'" if premask_stage1 else "stepping_stone_train='stage1'"
         raise SSPError(
-            "premask_train_source='stage1' trains on stage 1's masks of the train split: "
+            f"{which} trains on stage 1's masks of the train split: "
             "pass --stage1-masks DIR (from `ssp stage1-masks`, train split included)"
         )
     # stage 1's class-level loss reads the class masks of the train split (the loss only)

@@ -52,6 +52,7 @@ POST_MASK_FORMS = ("mask", "recall", "head")
 TEXT_VISUAL_TOKENS = ("clip", "pixel_decoder")
 TEXT_INJECTIONS = ("cross_attention", "residual")
 STEPPING_STONE_TEST = ("binary", "soft")
+STEPPING_STONE_TRAIN = ("gt", "stage1")
 
 # SSP's components as the paper defines them (§4.3, Algorithm 1, eq. 5); the tiny preset keeps
 # the dataclass defaults where they differ (see each field). The pretrained weights they read
@@ -192,6 +193,13 @@ class SSPConfig:
     # sees the binary GT, so the model never meets in-between values it was not trained on;
     # "soft" = stage 1's foreground probability as is (before this field existed).
     stepping_stone_test: str = "binary"
+    # Stage 2's stepping stone in training: "gt" (both presets; AAVS) = the GT foreground, so
+    # the stone is always right in training and the model learns to copy it; "stage1" = stage
+    # 1's mask of the train split (> 0.5, from --stage1-masks), as at test: the stone then
+    # carries stage 1's errors (a silent same-class twin, a silent mover, a missed still
+    # source) and the cues (motion, text, audio) are what can correct it (bench/README.md,
+    # Stepping stones in training).
+    stepping_stone_train: str = "gt"
     # What stands in for M_GT in eq. 2 when the model is not training (GT masks are never
     # read then): "stage1" = stage 1's predicted mask from batch["stage1_mask"] (>0.5);
     # a stage-1 model has no earlier prediction to lean on, so unless the batch carries
@@ -321,6 +329,8 @@ class SSPConfig:
             bad(f"text_injection must be one of {TEXT_INJECTIONS}, got {self.text_injection!r}")
         if self.stepping_stone_test not in STEPPING_STONE_TEST:
             bad(f"stepping_stone_test must be one of {STEPPING_STONE_TEST}, got {self.stepping_stone_test!r}")
+        if self.stepping_stone_train not in STEPPING_STONE_TRAIN:
+            bad(f"stepping_stone_train must be one of {STEPPING_STONE_TRAIN}, got {self.stepping_stone_train!r}")
         if self.text == "vta" and self.text_visual_tokens == "clip" and not self.clip_model:
             bad("text_visual_tokens='clip' needs clip_model (a hub id 'org/name@revision' or a local folder)")
         if self.decoder_adapters not in DECODER_ADAPTER_FORMS:

@@ -269,9 +269,13 @@ class SSPModel(nn.Module):
         return torch.ones_like(flow)
 
     def _stepping_stone(self, batch: dict) -> Tensor:
-        """Stage 2's mask: GT foreground in training, stage 1's prediction at eval (binary
-        or its probability, ``stepping_stone_test``)."""
+        """Stage 2's mask: in training the GT foreground or stage 1's mask
+        (``stepping_stone_train``), at eval stage 1's prediction (binary or its probability,
+        ``stepping_stone_test``)."""
         if self.training:
+            if self.config.stepping_stone_train == "stage1":
+                stage1 = self._require(batch, "stage1_mask", "stepping_stone_train='stage1'")
+                return (stage1.float() > STONE_THRESHOLD).float()
             return (batch["masks"] > 0).float()
         stone = self._require(batch, "stage1_mask", "stage 2 at eval (the stepping stone)").float()
         if self.config.stepping_stone_test == "binary":

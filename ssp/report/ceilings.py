@@ -43,7 +43,8 @@ numbers, ``by_subset`` -> subset -> ``frames`` and oracle -> ``binary_miou``, so
 stage-1 model tested on some subsets only is compared with the ceiling of those
 subsets), ``overall`` (every scenario together), ``oracles`` (the definitions above),
 ``label_space``. A dataset without scene records (AVSBench) gives ``available: false``
-and a reason, not an error, so the DVC stage runs on any dataset.
+and a reason, not an error, so the DVC stage runs on any dataset. :func:`cue_headroom`
+reads that JSON as the points motion and text can add over the audio-only oracle.
 """
 
 from __future__ import annotations
@@ -188,10 +189,28 @@ def score_oracles(videos: Iterable[SceneFrames], label_space: tuple[int, ...] | 
     }
 
 
+def cue_headroom(ceilings: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Present-class mIoU points (%) that the cues can add over a perfect audio-only model,
+    over the split (``overall``) and per scenario: ``motion`` = audio_motion − audio,
+    ``motion_text`` = audio_motion_text − audio. The most any SSP mechanism can lift a model
+    that already uses the audio perfectly; {} when the ceilings are not available."""
+    if not ceilings.get("available"):
+        return {}
+    groups = {"overall": ceilings["overall"], **ceilings["scenarios"]}
+
+    def points(group: dict[str, Any], oracle: str) -> float:
+        return 100 * (group[oracle]["miou_present"] - group["audio"]["miou_present"])
+
+    return {
+        name: {"motion": points(group, "audio_motion"), "motion_text": points(group, "audio_motion_text")}
+        for name, group in groups.items()
+    }
+
+
 # ---------------------------------------------------------------------------------------
 # From a dataset
 # ---------------------------------------------------------------------------------------
-def _scene(record: VideoRecord) -> dict[str, Any] | None:
+def read_scene(record: VideoRecord) -> dict[str, Any] | None:
     """The video's scene.json, or None when it has none."""
     folder = record.video_dir
     path = folder / SCENE_FILE if folder is not None else None
@@ -206,7 +225,7 @@ def _scene(record: VideoRecord) -> dict[str, Any] | None:
 def scene_frames(records: list[VideoRecord]) -> Iterator[SceneFrames]:
     """Each record's scene and GT (read as the models' GT is, class indices)."""
     for record in records:
-        scene = _scene(record)
+        scene = read_scene(record)
         if scene is None:
             raise DataError(record.display_path(record.root / record.rel_dir / SCENE_FILE), "scene record is missing")
         gt = {t: read_mask(record, t, "avss") for t in record.labelled_indices}
@@ -221,7 +240,7 @@ def compute_ceilings(data: str | Path, split: str = "test") -> dict[str, Any]:
     records = load_records(data, splits=[split])
     if not records:
         return {**header, "available": False, "reason": f"no {split} videos"}
-    if _scene(records[0]) is None:  # AVSBench; a generated benchmark missing one is an error (scene_frames)
+    if read_scene(records[0]) is None:  # AVSBench; a generated benchmark missing one is an error (scene_frames)
         return {**header, "available": False, "reason": f"no scene records ({SCENE_FILE}): not a generated benchmark"}
     label_space = dataset_label_space(data)
     if label_space is not None:

@@ -378,6 +378,30 @@ def test_clear_errors_for_missing_inputs(bench, tmp_path, mlflow_store):
         train(3, bench["data"], tmp_path / "c", params(), progress=False)
 
 
+def test_stage2_train_split_reads_stage1_masks_only_when_something_trains_on_them(bench, tmp_path):
+    """The train split carries stage 1's masks when the pre-mask (premask_train_source) or the
+    stone (stepping_stone_train) trains on them, and asks for --stage1-masks then; validation
+    always reads them (its stepping stones)."""
+    masks = tmp_path / "stage1_masks"
+    cases = [  # (row, sets, train split reads them)
+        ("aavs", [], False),
+        ("aavs", ["model.stepping_stone_train=stage1"], True),
+        ("pre_mask", ["model.premask_train_source=stage1"], True),  # the demo profile's
+        ("pre_mask", ["model.premask_train_source=gt"], False),
+    ]
+    for row, sets, reads in cases:
+        p = params(*sets)
+        config = build_model_config(p.model, 2, model_switches(p, 2, row))
+        train_set, val_set = build_stage_datasets(
+            bench["data"], 2, config, p.train2, InputDirs(**dirs(bench)), masks, None
+        )
+        assert (train_set.stage1_dir == masks, val_set.stage1_dir) == (reads, masks), (row, sets)
+        if reads:
+            which = sets[0].split("=")[0].removeprefix("model.")
+            with pytest.raises(SSPError, match=f"{which}='stage1' trains on stage 1's masks.*--stage1-masks"):
+                build_stage_datasets(bench["data"], 2, config, p.train2, InputDirs(**dirs(bench)), None, tmp_path / "c")
+
+
 def _old_config(model_section: dict, stage: int, row: str | None, sets: dict) -> SSPConfig:
     """What the old `build_model_config` built: the `model` section (plus `--set model.*`),
     the row's switches last."""

@@ -109,6 +109,23 @@ def test_training_mode_uses_ground_truth_stepping_stone():
     assert torch.equal(output.stepping_stone, (batch["masks"] > 0).float())
 
 
+def test_training_stone_from_stage1_carries_its_errors_and_never_reads_ground_truth():
+    """stepping_stone_train='stage1': training sees stage 1's mask (> 0.5), as at test, so the
+    stone can be wrong in training too; without stage-1 masks in the batch it says so."""
+    model = SSPModel(tiny_config(2, stepping_stone_train="stage1")).train()
+    batch = make_batch(2)
+    batch["stage1_mask"][0, :20] = 0.0  # stage 1 missed part of the object
+    batch["stage1_mask"][1, -4:] = 0.7  # ... and added a silent neighbour
+    stone = model(batch).stepping_stone
+    assert torch.equal(stone, (batch["stage1_mask"] > 0.5).float())
+    assert not torch.equal(stone, (batch["masks"] > 0).float())
+    del batch["stage1_mask"]
+    with pytest.raises(SSPError, match="stepping_stone_train='stage1'.*stage1_mask"):
+        model(batch)
+    with pytest.raises(SSPError, match="stepping_stone_train"):
+        tiny_config(2, stepping_stone_train="oracle")
+
+
 @pytest.mark.parametrize("form", ["binary", "soft"])
 def test_stepping_stone_at_test_binary_or_soft(form, monkeypatch):
     """binary (both presets): stage 1's probability > 0.5, as AAVS's saved 0/255 masks and as

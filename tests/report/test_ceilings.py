@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssp.report.ceilings import ORACLES, SceneFrames, compute_ceilings, oracle_objects, score_oracles
+from ssp.report.ceilings import (
+    ORACLES,
+    SceneFrames,
+    compute_ceilings,
+    cue_headroom,
+    oracle_objects,
+    score_oracles,
+)
 
 SIZE = 16
 RADIUS = 2.6  # a "square" of radius 2.6 covers |dx|, |dy| <= 2.002: 4 x 4 pixels around an integer centre
@@ -102,6 +109,22 @@ def test_scores_equal_a_hand_computation():
         assert distractor[oracle]["binary_miou"] == pytest.approx(1.0, abs=1e-6)
     assert both["overall"]["frames"] == 4 and both["overall"]["audio_motion_text"]["miou_dataset"] == pytest.approx(1)
     assert list(both["scenarios"]) == ["silent_distractor", "same_class_distractor"]  # benchmark order
+
+
+def test_cue_headroom_is_what_motion_and_text_add_over_perfect_audio():
+    """The hand scenes above (every class present, so present-class mIoU = miou_dataset):
+    twins: audio 17/21, audio + motion 19/21, all cues 1 -> +200/21 and +400/21 points; the
+    silent distractor: audio alone is perfect -> nothing to add. Overall: over both."""
+    result = score_oracles(
+        [hand_scene("same_class_distractor", TWINS), hand_scene("silent_distractor", DISTRACTOR)], (0, 1, 2)
+    )
+    headroom = cue_headroom({"available": True, **result})
+    assert headroom["same_class_distractor"] == pytest.approx({"motion": 200 / 21, "motion_text": 400 / 21})
+    assert headroom["silent_distractor"] == pytest.approx({"motion": 0.0, "motion_text": 0.0})
+    overall = result["overall"]
+    expected = 100 * (overall["audio_motion_text"]["miou_present"] - overall["audio"]["miou_present"])
+    assert 0 < headroom["overall"]["motion_text"] == pytest.approx(expected)
+    assert cue_headroom({"available": False, "reason": "no scene records"}) == {}
 
 
 @pytest.fixture(scope="module")
