@@ -196,7 +196,7 @@ def cue_headroom(ceilings: dict[str, Any]) -> dict[str, dict[str, float]]:
     that already uses the audio perfectly; {} when the ceilings are not available."""
     if not ceilings.get("available"):
         return {}
-    groups = {"overall": ceilings["overall"], **ceilings["scenarios"]}
+    groups = {**({"overall": ceilings["overall"]} if ceilings.get("overall") else {}), **ceilings["scenarios"]}
 
     def points(group: dict[str, Any], oracle: str) -> float:
         return 100 * (group[oracle]["miou_present"] - group["audio"]["miou_present"])

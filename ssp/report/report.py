@@ -55,7 +55,7 @@ from ssp.fileio import atomic_path, write_json, write_text
 from ssp.ops.tracking import EXPERIMENTS, ExistingRun, parent_run_from_env
 from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE1, TABLE2
 from ssp.params import EvaluateParams
-from ssp.report.ceilings import ORACLE_LABELS, ORACLES, compute_ceilings
+from ssp.report.ceilings import ORACLE_LABELS, ORACLES, compute_ceilings, cue_headroom
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +380,21 @@ def ceilings_note(ceilings: dict[str, Any]) -> str:
         "not; audio + motion + text: keeps the objects the answers name as sounding (the ground truth). The "
         "per-scenario ceilings are on the present-class mIoU (stage 2) and the binary mIoU (stage 1), where a "
         "perfect model scores 100: a scenario's frames hold a few of the classes, so over the whole label space "
-        "even the ground truth would score below 100."
+        "even the ground truth would score below 100." + _headroom_sentence(ceilings)
+    )
+
+
+def _headroom_sentence(ceilings: dict[str, Any]) -> str:
+    """What motion and text can add over the whole split to a model that uses the audio
+    perfectly: the most the SSP mechanisms can lift it (empty without ``overall``)."""
+    overall = cue_headroom(ceilings).get("overall")
+    if overall is None:
+        return ""
+    audio = 100 * ceilings["overall"]["audio"]["miou_present"]
+    return (
+        f" Over the whole split the audio-only ceiling is {audio:.1f} (present classes): motion and text can "
+        f"add at most {overall['motion_text']:.1f} points to a model that uses the audio perfectly (motion "
+        f"alone {overall['motion']:.1f})."
     )
 
 

@@ -125,6 +125,7 @@ def test_cue_headroom_is_what_motion_and_text_add_over_perfect_audio():
     expected = 100 * (overall["audio_motion_text"]["miou_present"] - overall["audio"]["miou_present"])
     assert 0 < headroom["overall"]["motion_text"] == pytest.approx(expected)
     assert cue_headroom({"available": False, "reason": "no scene records"}) == {}
+    assert set(cue_headroom({"available": True, "scenarios": result["scenarios"]})) == set(result["scenarios"])
 
 
 @pytest.fixture(scope="module")

@@ -281,6 +281,8 @@ def ceilings_file(path) -> dict:
             for subset, (frames, binaries) in by_subset.items()
         }
         ceilings["scenarios"][scenario] = entry
+    # over the split: audio only 75 %, + motion 85 %, + text 100 %
+    ceilings["overall"] = {o: {"miou_present": m} for o, m in zip(ORACLE_NAMES, (0.75, 0.85, 1.0))}
     write(path, ceilings)
     return ceilings
 
@@ -354,6 +356,9 @@ def test_generated_benchmark_leads_with_its_label_space_and_prints_ceilings(tmp_
     ]
     assert main["same_class_distractor"] == "30 30.0 35.0 3.8 4.0 50.0 50.0 70.0 90.0".split()
     assert text.count("**Ceilings** (test split") == 1  # the oracles defined once, under the tables
+    # ... with what the cues can add over a perfect audio-only model, over the split
+    assert "audio-only ceiling is 75.0 (present classes): motion and text can add at most 25.0 points" in text
+    assert "(motion alone 10.0)" in text
 
     stage2, stage1 = text.split("### AVSS cells", 1)[1].split("### S4/MS3 cells", 1)
     rows = table_rows(stage2, "AVSS mIoU over the classes present")
