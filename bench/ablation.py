@@ -208,18 +208,16 @@ def headroom_text(ceilings: dict) -> str:
     the split and per scenario: the most any SSP mechanism can give `full` over an `aavs`
     that uses the audio perfectly."""
     headroom = cue_headroom(ceilings)
+    total = headroom.pop("overall", None)
     if not headroom:
         return ""
     per_scenario = ", ".join(
-        f"{name} {h['motion_text']:+.1f} (motion {h['motion']:+.1f})"
-        for name, h in headroom.items()
-        if name != "overall"
+        f"{name} {h['motion_text']:+.1f} (motion {h['motion']:+.1f})" for name, h in headroom.items()
     )
-    total = headroom["overall"]
+    over_split = f"{total['motion_text']:+.1f} over the split (motion alone {total['motion']:+.1f}); " if total else ""
     return (
         f"Headroom of the cues (`ssp ceilings`, present-class mIoU points of the audio + motion + text oracle "
-        f"over the audio-only one): {total['motion_text']:+.1f} over the split (motion alone "
-        f"{total['motion']:+.1f}); per scenario {per_scenario}."
+        f"over the audio-only one): {over_split}per scenario {per_scenario}."
     )
 
 

@@ -198,7 +198,7 @@ class SSPConfig:
     # 1's mask of the train split (> 0.5, from --stage1-masks), as at test: the stone then
     # carries stage 1's errors (a silent same-class twin, a silent mover, a missed still
     # source) and the cues (motion, text, audio) are what can correct it (bench/README.md,
-    # Stepping stones in training).
+    # What stage 2 does with its stone's errors: measured, not adopted).
     stepping_stone_train: str = "gt"
     # What stands in for M_GT in eq. 2 when the model is not training (GT masks are never
     # read then): "stage1" = stage 1's predicted mask from batch["stage1_mask"] (>0.5);
