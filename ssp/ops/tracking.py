@@ -185,7 +185,8 @@ class RunLogger:
             return self
         self._client = get_client()
         exp_id = get_or_create_experiment(self.experiment)
-        tags = {"mlflow.runName": self.run_name, **default_tags(), **self.tags}
+        # where it ran (host, node rank, world size of a torchrun job): the main process opens the run
+        tags = {"mlflow.runName": self.run_name, **default_tags(), **node_tags(), **self.tags}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         run = retry_locked(lambda: self._client.create_run(exp_id, run_name=self.run_name, tags=tags), "create_run")

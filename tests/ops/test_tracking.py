@@ -99,6 +99,18 @@ def test_node_tags_come_from_torchrun_variables():
     assert node_tags({})["ssp.node_rank"] == "0"
 
 
+def test_every_run_says_where_it_ran(mlflow_store, monkeypatch):
+    """RunLogger sets the node tags on the run it opens (the main process of a torchrun job)."""
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("GROUP_RANK", "0")
+    with RunLogger("ssp-avs", "ddp-job", tags={"ssp.row": "full"}) as run:
+        pass
+    tags = MlflowClient(mlflow_store).get_run(run.run_id).data.tags
+    assert (tags["ssp.world_size"], tags["ssp.local_world_size"], tags["ssp.node_rank"]) == ("4", "2", "0")
+    assert tags["ssp.host"] == socket.gethostname() and tags["ssp.row"] == "full"
+
+
 def test_system_metrics_land_in_the_run_under_the_node_id(mlflow_store, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     env = {"MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "true", "GROUP_RANK": "1", "LOCAL_RANK": "0"}
