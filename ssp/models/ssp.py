@@ -253,14 +253,13 @@ class SSPModel(nn.Module):
         earlier stage's mask in the batch trains on its own test-time stand-in (as at test)."""
         if self.training and (self.config.stage == 2 or self.config.premask_train_source == "gt"):
             if self.config.premask_train_source == "stage1":
-                stage1 = self._require(batch, "stage1_mask", "pre_mask with premask_train_source='stage1'")
-                return (stage1.float() > 0.5).float()
+                return self._stage1_foreground(batch, "pre_mask with premask_train_source='stage1'")
             return (batch["masks"] > 0).float()
         source = self.config.premask_test_source
         flow = batch["flow_mask"].float()
         if source == "stage1":
             if "stage1_mask" in batch and batch["stage1_mask"] is not None:
-                return (batch["stage1_mask"].float() > 0.5).float()
+                return self._stage1_foreground(batch, "pre_mask at eval")
             if self.config.stage == 2:
                 raise SSPError("pre_mask at eval with premask_test_source='stage1' needs batch['stage1_mask']")
             source = "all"  # a stage-1 model has no earlier prediction (see SSPConfig)
@@ -274,13 +273,16 @@ class SSPModel(nn.Module):
         ``stepping_stone_test``)."""
         if self.training:
             if self.config.stepping_stone_train == "stage1":
-                stage1 = self._require(batch, "stage1_mask", "stepping_stone_train='stage1'")
-                return (stage1.float() > STONE_THRESHOLD).float()
+                return self._stage1_foreground(batch, "stepping_stone_train='stage1'")
             return (batch["masks"] > 0).float()
-        stone = self._require(batch, "stage1_mask", "stage 2 at eval (the stepping stone)").float()
         if self.config.stepping_stone_test == "binary":
-            return (stone > STONE_THRESHOLD).float()
-        return stone
+            return self._stage1_foreground(batch, "stage 2 at eval (the stepping stone)")
+        return self._require(batch, "stage1_mask", "stage 2 at eval (the stepping stone)").float()
+
+    def _stage1_foreground(self, batch: dict, why: str) -> Tensor:
+        """Stage 1's mask as {0, 1}: its probability > ``STONE_THRESHOLD``, stage 1's own
+        decision rule (the stone, and M_GT's stand-in in eq. 2)."""
+        return (self._require(batch, "stage1_mask", why).float() > STONE_THRESHOLD).float()
 
     @staticmethod
     def _require(batch: dict, key: str, why: str):
