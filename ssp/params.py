@@ -252,7 +252,8 @@ class AblationParams:
 
 @dataclass
 class SweepParams:
-    """Paper Fig. 5: λ'_mask of the full model (DVC foreach ``sweep``)."""
+    """Paper Fig. 5: λ'_mask of the full model, swept on MS3 (DVC foreach ``sweep``: one
+    stage-1 ``full`` model per value, trained as the ``ablation_avs`` cells)."""
 
     lambda_post: list[float] = field(default_factory=lambda: [1, 5, 10, 20, 50])
 

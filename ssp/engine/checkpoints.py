@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ssp.errors import DataError
-from ssp.fileio import write_json
+from ssp.fileio import atomic_path, write_json
 from ssp.models.checkpoint import load_tensors, save_tensors, save_weights
 
 LAST_POINTER = "last.json"
@@ -254,6 +255,24 @@ class CheckpointDir:
         for path in doomed:
             path.unlink(missing_ok=True)
         return doomed
+
+    def copy_from(self, other: CheckpointDir) -> list[Path]:
+        """Replace this folder's checkpoints by ``other``'s newest pair and best (an adopted
+        run, ``ssp train --adopt``): this folder is cleared, the files are copied, and the
+        pointer comes last, so a kill at any moment leaves nothing or the whole copy."""
+        last = other.last()
+        if last is None:
+            raise DataError(other.root, "has no checkpoint to copy")
+        self.clear()
+        copied = []
+        for source in (*last, other.best):
+            if source.is_file():
+                with atomic_path(self.root / source.name) as tmp:
+                    shutil.copyfile(source, tmp)
+                copied.append(self.root / source.name)
+        with atomic_path(self.root / LAST_POINTER) as tmp:
+            shutil.copyfile(other.root / LAST_POINTER, tmp)
+        return copied
 
     def clear(self) -> list[Path]:
         """Remove a former run's checkpoints before a fresh start: the pointer first (a kill

@@ -29,7 +29,8 @@ python) is saved with the optimizer, scheduler and the position in the epoch, so
 weights, optimizer, scheduler and RNG state as a run that was never interrupted (on CPU,
 with the same thread count). ``--resume auto`` (dvc.yaml) continues only the same run
 (:func:`run_signature`) and otherwise starts fresh; ``keep_last`` bounds the checkpoints
-kept (:meth:`ssp.engine.checkpoints.CheckpointDir.prune`).
+kept (:meth:`ssp.engine.checkpoints.CheckpointDir.prune`); ``--adopt`` takes over this very
+run, finished in another folder, instead of training it again (:func:`adopt_finished_run`).
 
 DDP (:mod:`ssp.engine.distributed`): launched by ``torchrun`` (env ``WORLD_SIZE`` > 1) it
 uses gloo on CPU / nccl on CUDA, shards data with the sampler, all-reduces the metric
@@ -376,6 +377,80 @@ def fresh_start(trainer: Trainer, why: str) -> None:
     log.info("starting fresh: %s%s", why, f" (removed {len(removed)} files of the former run)" if removed else "")
 
 
+def checkpoint_mismatch(
+    trainer: Trainer, weights_path: Path, info: dict[str, Any], state_path: Path, state: TrainingState
+) -> tuple[list[SSPError], list[str]]:
+    """Why a checkpoint is not this run's: (refusals: another model config or other
+    pretrained files; differences: :func:`signature_differences`). Both empty: it is."""
+    refusals: list[SSPError] = []
+    saved_config = state.extra.get("config")
+    if saved_config is not None and without_weight_specs(saved_config) != without_weight_specs(
+        trainer.config.to_dict()
+    ):
+        refusals.append(
+            SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
+        )
+    try:
+        # the same pretrained files, however their specs are written (`ssp weights --pin`
+        # turns org/name into org/name@<the commit it resolved to>)
+        check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
+    except SSPError as err:
+        refusals.append(err)
+    return refusals, signature_differences(state.extra.get("run"), trainer.signature)
+
+
+def run_folders(candidates: Sequence[str | Path]) -> list[Path]:
+    """``--adopt`` folders: each a run folder (it has ``checkpoints/``) or a folder of
+    run folders (its subfolders that have one, in name order)."""
+    found = []
+    for folder in map(Path, candidates):
+        if (folder / "checkpoints").is_dir():
+            found.append(folder)
+        elif folder.is_dir():
+            found += sorted(d for d in folder.iterdir() if (d / "checkpoints").is_dir())
+    return found
+
+
+def finished_here(trainer: Trainer, folder: Path) -> bool:
+    """Whether ``folder`` holds this very run, finished: its newest checkpoint is at the
+    end of the last epoch, and ``--resume auto`` would continue it (same model config,
+    pretrained files and :func:`run_signature`)."""
+    last = CheckpointDir(folder).last()
+    if last is None or not last[1].is_file():
+        return False
+    weights_path, state_path = last
+    state = read_training_state(state_path)
+    if (state.position.epoch, state.position.batches_done) != (trainer.tp.epochs, 0):
+        return False
+    _, _, info = read_weights(weights_path)
+    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state)
+    if refusals or differences:
+        log.debug("--adopt: %s is another run's: %s", folder, "; ".join([*map(str, refusals), *differences]))
+    return not refusals and not differences
+
+
+def adopt_finished_run(trainer: Trainer, candidates: Sequence[str | Path]) -> Path | None:
+    """``--adopt``: when this run's folder does not hold it finished already, copy the
+    checkpoints of the first candidate that does (:func:`finished_here`) into it, so that
+    the run resumes with nothing left to train; the same weights a training would give,
+    since a run is deterministic given its signature (on the same device and thread count).
+    Returns that candidate, or None (the run trains)."""
+    source = None
+    if trainer.dist.is_main and not finished_here(trainer, trainer.run_dir):
+        here = trainer.run_dir.resolve()
+        source = next(
+            (str(f) for f in run_folders(candidates) if f.resolve() != here and finished_here(trainer, f)), None
+        )
+    source = broadcast_from_main(source, trainer.dist)
+    if source is None:
+        return None
+    if trainer.dist.is_main:
+        trainer.checkpoints.copy_from(CheckpointDir(source))
+    barrier(trainer.dist)
+    log.info("--adopt: %s is this very run, finished; its checkpoints are copied, nothing to train", source)
+    return Path(source)
+
+
 def resume_progress(trainer: Trainer, resume: str) -> tuple[Progress, TrainingState | None, str | None]:
     """A fresh :class:`Progress`, or (``resume`` on/auto, :data:`RESUME_MODES`) the newest
     checkpoint's: its weights loaded into the model; the returned state's optimizer and RNG
@@ -395,21 +470,7 @@ def resume_progress(trainer: Trainer, resume: str) -> tuple[Progress, TrainingSt
     weights_path, state_path = last
     state = read_training_state(state_path)
     weights, _, info = read_weights(weights_path)
-    refusals: list[SSPError] = []
-    saved_config = state.extra.get("config")
-    if saved_config is not None and without_weight_specs(saved_config) != without_weight_specs(
-        trainer.config.to_dict()
-    ):
-        refusals.append(
-            SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
-        )
-    try:
-        # the same pretrained files, however their specs are written (`ssp weights --pin`
-        # turns org/name into org/name@<the commit it resolved to>)
-        check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
-    except SSPError as err:
-        refusals.append(err)
-    differences = signature_differences(state.extra.get("run"), trainer.signature)
+    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state)
     if resume == "auto" and (refusals or differences):
         fresh_start(
             trainer, f"--resume auto: {state_path} is another run's: {'; '.join([*map(str, refusals), *differences])}"
@@ -763,6 +824,7 @@ def train(
     stage1_checkpoint: str | Path | None = None,
     resume: bool | str = False,
     resume_keys: Sequence[str | Path] = (),
+    adopt: Sequence[str | Path] = (),
     interrupt_after_steps: int | None = None,
     run_name: str | None = None,
     progress: bool = True,
@@ -772,7 +834,9 @@ def train(
     defaults). Returns the final metrics (also in ``{run_dir}/metrics.json``).
     ``step_hook(global_step)`` is called at the end of every step (bench/train.py times
     the real loop with it). ``resume``: one of :data:`RESUME_MODES` (True = "on", False =
-    "off"); ``resume_keys``: files whose content is part of the run's signature."""
+    "off"); ``resume_keys``: files whose content is part of the run's signature; ``adopt``:
+    run folders whose finished identical run is taken over instead of training
+    (:func:`adopt_finished_run`)."""
     run_dir = Path(run_dir)
     resume = {True: "on", False: "off", None: "off"}.get(resume, resume)
     if resume not in RESUME_MODES:
@@ -789,7 +853,8 @@ def train(
         progress,
     )
     t.signature = run_signature(t, resume_keys)
-    at, state, resumed_from = resume_progress(t, resume)
+    adopted = adopt_finished_run(t, adopt) if adopt else None
+    at, state, resumed_from = resume_progress(t, "auto" if adopted else resume)
     t.model_for_training = for_training(t.model, t.dist, t.device)
     if at.phase == 2:  # resumed after the switch: phase 2's parameters and optimizer, then its state
         start_phase2(t, at, reload_best=False)
@@ -799,6 +864,8 @@ def train(
         t.interrupt_after = int(os.environ[INTERRUPT_ENV])
     pretrained = pretrained_record(t, InputDirs(flow, prompts, logmel))
     mlflow_params, tags = run_record(t, data, resumed_from, pretrained, (params or Params()).profile)
+    if adopted is not None:
+        tags["ssp.adopted_from"] = str(adopted.resolve())
     name = run_name or f"stage{stage}-{row or t.config.size}-seed{t.tp.seed}"
     if state is not None:
         state.restore(t.optimizer, t.scheduler)  # RNG last: nothing may draw between here and the loop
@@ -811,6 +878,10 @@ def train(
             if t.dist.is_main:
                 write_json(run_dir / "pretrained_weights.json", pretrained)
                 tracker.log_artifact(run_dir / "pretrained_weights.json")
+                if adopted is not None:  # the adopted run's epochs, as this run would have logged them
+                    write_history(run_dir / "history.csv", at.history)
+                    for row_in in at.history:
+                        tracker.log_metrics({k: v for k, v in row_in.items() if k != "epoch"}, step=row_in["epoch"])
             for epoch in range(at.position.epoch, t.tp.epochs):
                 if at.phase == 1 and t.tp.phase2_epoch is not None and epoch >= t.tp.phase2_epoch:
                     start_phase2(t, at)
@@ -890,6 +961,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="files or folders whose content must be unchanged for --resume auto to continue "
         "(dvc.yaml passes each training stage's deps: its input fingerprint and code)",
     )
+    parser.add_argument(
+        "--adopt",
+        action="extend",
+        nargs="+",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="run folders (or folders of run folders) to take a finished identical run from instead of "
+        "training: same model config, pretrained files, train params, videos and --resume-key contents "
+        "(what --resume auto checks); its checkpoints are copied into --out and its epochs logged. "
+        "Without one, the run trains (dvc.yaml: the sweep point at ablation.lambda_post is the S4/MS3 "
+        "cell of the full row)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="override trainN.seed")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: trainN.device = auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -922,6 +1006,7 @@ def train_from_args(args: argparse.Namespace, params: Params) -> TrainResult:
         stage1_checkpoint=args.stage1_checkpoint,
         resume=args.resume,
         resume_keys=args.resume_key,
+        adopt=args.adopt,
         progress=not args.no_progress,
         run_name=args.run_name,
     )

@@ -9,8 +9,9 @@ columns. MLflow's own "shared view" mechanism fixes the rest: an experiment tag
 opened by ``#/experiments/<id>/runs?viewStateShareKey=<key>``. Each SSP experiment gets:
 
 - ``ssp-avss`` (stage 2): ``table2`` = the ablation cells grouped by row (mean over the
-  seeds: the AVSS columns of paper Table 2) and ``sweep`` = the λ'_mask points (Fig. 5);
-- ``ssp-avs`` (stage 1): ``table2`` = the S4/MS3 cells grouped by row;
+  seeds: the AVSS columns of paper Table 2);
+- ``ssp-avs`` (stage 1): ``table2`` = the S4/MS3 cells grouped by row and ``sweep`` = the
+  λ'_mask points with their MS3 figures (Fig. 5 sweeps on MS3: stage-1 models);
 - both: ``runs`` = every training run with row, seed, λ', profile and metrics.
 
 :func:`set_up_experiment` tags an experiment (``ssp.ops.tracking`` calls it when it creates
@@ -66,16 +67,17 @@ def _view(search: str, params: tuple[str, ...], metrics: tuple[str, ...], group_
 # generated dataset its own label space (bg + K classes) first, then the 71-class figure
 AVSS_METRICS = ("test/miou_dataset", "test/fscore_dataset", "test/miou_present", "test/miou", "test/fscore")
 AVS_METRICS = ("test/binary/v1s/miou", "test/binary/v1s/fscore", "test/binary/v1m/miou", "test/binary/v1m/fscore")
+MS3_METRICS = AVS_METRICS[2:]
 VAL_METRICS = ("best/miou_dataset", "best/miou")
 
 VIEWS: dict[str, dict[str, dict[str, Any]]] = {
     "ssp-avss": {
         "table2": _view(_stage_filter("ablation"), ("row", "seed"), AVSS_METRICS, "row"),
-        "sweep": _view(_stage_filter("sweep"), ("lambda_post", "seed"), AVSS_METRICS, "lambda_post"),
         "runs": _view("", RUN_PARAMS, AVSS_METRICS + VAL_METRICS, None),
     },
     "ssp-avs": {
         "table2": _view(_stage_filter("ablation_avs"), ("row", "seed"), AVS_METRICS, "row"),
+        "sweep": _view(_stage_filter("sweep"), ("lambda_post", "seed"), MS3_METRICS, "lambda_post"),
         "runs": _view("", RUN_PARAMS, AVS_METRICS + ("best/miou",), None),
     },
 }

@@ -12,8 +12,8 @@ shows). A Table-2 row's six columns come from two DVC matrices, one file per see
 A cell shows the mean over the seeds present, ± the sample standard deviation when
 there is more than one; a cell without any file is "–" and the table's notes name the
 missing run. Table 1 is AAVS vs SSP (Table 2's ``aavs`` and ``full`` rows,
-:data:`ssp.paper.TABLE1`). Also read: ``metrics/sweep/lambda_{v}.json`` (Fig. 5 points)
-and ``metrics/stage2.json`` (the main model, with its per-scenario table). Rows, labels
+:data:`ssp.paper.TABLE1`). Also read: ``metrics/sweep/lambda_{v}.json`` (Fig. 5's points:
+stage-1 ``full`` models tested on MS3 = v1m, as the paper sweeps) and ``metrics/stage2.json`` (the main model, with its per-scenario table). Rows, labels
 and the paper's numbers come from :mod:`ssp.paper`. Writes ``report.md`` and PNG plots
 into ``--out`` and prints the tables. The sample grid of the ablation rows (``ssp
 samples``, paper Fig. 8) is linked when it exists.
@@ -24,7 +24,7 @@ differences between rows are what the ablation measures.
 
 Own label space first: on a dataset with a label space of its own (the generated
 benchmark: background + K classes, ``label_space`` in the metrics JSON), every AVSS figure
-(Tables 1-2, the λ' sweep, the per-scenario tables) leads with the mIoU / F over those
+(Tables 1-2, the per-scenario tables) leads with the mIoU / F over those
 K + 1 classes (``miou_dataset``, labelled "bg + K=8 classes"), the 71-class AVSBench
 convention beside it. On AVSBench the tables are as before (one label space).
 
@@ -286,49 +286,29 @@ def plotted_ours(ours: dict[str, tuple], metrics_dir: Path) -> tuple[dict[str, t
 
 
 def sweep_points(metrics_dir: Path) -> list[tuple[float, float | None, float | None]]:
-    """(λ', AVSS mIoU, AVSS F) in %, 71 classes, of each sweep file."""
+    """(λ', MS3 mIoU, MS3 F) in % of each sweep file: paper Fig. 5 sweeps λ'_mask on MS3,
+    so a point is its stage-1 model's binary mIoU / F on the v1m test subset (None where
+    the file has no v1m figures)."""
     points = []
     for path in (metrics_dir / "sweep").glob("lambda_*.json"):
-        value = float(path.stem[len("lambda_") :])
         numbers = row_numbers(_read(path))
-        points.append((value, numbers[4], numbers[5]))
+        points.append((float(path.stem[len("lambda_") :]), numbers[2], numbers[3]))
     return sorted(points)
 
 
-def sweep_dataset_points(metrics_dir: Path) -> tuple[list[tuple[float, float | None, float | None]], str]:
-    """(λ', AVSS mIoU, AVSS F) in % over the own label space of each sweep file that has
-    it, and the label space's label."""
-    points, label = [], "own label space"
-    for path in (metrics_dir / "sweep").glob("lambda_*.json"):
-        result = _read(path)
-        miou, fscore = dataset_numbers(result)
-        if miou is not None:
-            points.append((float(path.stem[len("lambda_") :]), miou, fscore))
-            label = space_label(result)
-    return sorted(points), label
-
-
 def sweep_section(metrics_dir: Path, out: Path) -> list[str]:
-    """The λ' table (own label space first when the files have it) and Fig. 5's plot."""
+    """The λ' table and Fig. 5's plot (MS3, as the paper)."""
     points = sweep_points(metrics_dir)
     if not points:
         return ["_(no sweep metrics yet)_", ""]
-    own, label = sweep_dataset_points(metrics_dir)
-    if own and len(own) == len(points):
-        parts = [
-            f"| λ'_mask | AVSS mIoU ({label}) | AVSS F ({label}) | {' | '.join(AVSS_71)} |",
-            "|---|---|---|---|---|",
-        ]
-        parts += [
-            f"| {v:g} | {_fmt(m)} | {_fmt(f)} | {_fmt(m71)} | {_fmt(f71)} |"
-            for (v, m, f), (_, m71, f71) in zip(own, points)
-        ]
-        plot_sweep(own, out, f"AVSS ({label})")
-    else:
-        parts = ["| λ'_mask | AVSS mIoU | AVSS F |", "|---|---|---|"]
-        parts += [f"| {v:g} | {_fmt(m)} | {_fmt(f)} |" for v, m, f in points]
-        plot_sweep(points, out)
-    return parts + ["", "![sweep](lambda_sweep.png)", ""]
+    parts = ["| λ'_mask | MS3 mIoU | MS3 F |", "|---|---|---|"]
+    parts += [f"| {v:g} | {_fmt(m)} | {_fmt(f)} |" for v, m, f in points]
+    missing = [f"{v:g}" for v, m, _ in points if m is None]
+    if missing:
+        parts += ["", f"_λ' = {', '.join(missing)}: the metrics file has no MS3 (v1m) figures (an older AVSS sweep?)_"]
+    if plot_sweep([p for p in points if p[1] is not None], out) is None:
+        return [*parts, ""]
+    return [*parts, "", "![sweep](lambda_sweep.png)", ""]
 
 
 # ---------------------------------------------------------------------------------------
@@ -472,9 +452,9 @@ def rows_scenario_table(metrics_dir: Path, stage: int, ceilings: dict[str, Any] 
     return [*lines, ""]
 
 
-def sweep_figure(points, label: str = "AVSS") -> Figure | None:
-    """Fig. 5: AVSS mIoU and F-score against λ'_mask (None without points); ``label``
-    names the figures' label space."""
+def sweep_figure(points, label: str = "MS3") -> Figure | None:
+    """Fig. 5: mIoU and F-score against λ'_mask (None without points); ``label`` names
+    the figures' dataset."""
     if not points:
         return None
     fig = Figure(figsize=(5, 3.2))
@@ -504,7 +484,7 @@ def save_figure(fig: Figure | None, path: Path) -> Path | None:
     return path
 
 
-def plot_sweep(points, out: Path, label: str = "AVSS") -> Path | None:
+def plot_sweep(points, out: Path, label: str = "MS3") -> Path | None:
     return save_figure(sweep_figure(points, label), out / "lambda_sweep.png")
 
 

@@ -351,6 +351,64 @@ def test_resume_auto_continues_only_the_same_run(bench, tmp_path, mlflow_store, 
     assert "differs from this run: train.lr 0.002 -> 0.003" in caplog.text
 
 
+def test_adopt_takes_over_only_a_finished_identical_run(bench, tmp_path, mlflow_store, caplog):
+    """`--adopt` (dvc.yaml: the λ' sweep's point at ablation.lambda_post is the S4/MS3 cell
+    of the full row): a finished run with this very signature is copied, not trained again,
+    and this run shows its epochs; an unfinished one or another run's is passed over."""
+    key = tmp_path / "inputs.json"
+    key.write_text('{"md5": "a"}')
+
+    def run(out, *extra, adopt=(), cut=None):
+        steps: list[int] = []
+        caplog.clear()
+        with caplog.at_level("INFO", logger="ssp.engine.train"):
+            try:
+                result = train(
+                    1,
+                    bench["data"],
+                    out,
+                    params("train1.epochs=2", *extra),
+                    row="aavs",
+                    resume="auto",
+                    resume_keys=[key],
+                    adopt=adopt,
+                    interrupt_after_steps=cut,
+                    progress=False,
+                    step_hook=steps.append,
+                    **dirs(bench),
+                )
+            except TrainingInterrupted:
+                result = None
+        return steps, result
+
+    source = tmp_path / "cells" / "seed0"
+    steps, done = run(source)
+    per_epoch = len(steps) // 2
+    run(tmp_path / "partial" / "seed0", cut=per_epoch + 1)  # the same run, killed in epoch 2
+    assert (tmp_path / "partial" / "seed0" / "checkpoints" / "last.json").is_file()
+
+    # candidates: a folder of run folders each; the unfinished one is passed over
+    steps, adopted = run(tmp_path / "point", adopt=[tmp_path / "partial", tmp_path / "cells"])
+    assert steps == [] and f"--adopt: {source} is this very run, finished" in caplog.text
+    assert adopted.history == done.history and adopted.metrics["best"] == done.metrics["best"]
+    for name in ("best.safetensors", "epoch_2.safetensors"):
+        a, b = (load_file(str(d / "checkpoints" / name)) for d in (source, tmp_path / "point"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "point" / "history.csv").read_text() == (source / "history.csv").read_text()
+    client = get_client()
+    logged = client.get_run(adopted.metrics["mlflow_run_id"])
+    assert logged.data.tags["ssp.adopted_from"] == str(source.resolve())
+    assert [m.step for m in client.get_metric_history(logged.info.run_id, "val_miou")] == [1, 2]
+    assert logged.data.metrics["best/miou"] == done.metrics["best"]["miou"]
+    # a re-run of the point: its own folder holds the run, nothing is copied again
+    assert run(tmp_path / "point", adopt=[tmp_path / "cells"])[0] == [] and "--adopt" not in caplog.text
+
+    # another seed or other inputs: not this run, it trains
+    assert run(tmp_path / "seed1", "train1.seed=1", adopt=[tmp_path / "cells"])[0]
+    key.write_text('{"md5": "b"}')
+    assert run(tmp_path / "new-inputs", adopt=[source])[0]
+
+
 def test_resume_options_on_the_command_line():
     from ssp.eval import train_test
 
@@ -361,6 +419,8 @@ def test_resume_options_on_the_command_line():
     assert parser.parse_args([*base, "--resume"]).resume == "on"
     args = parser.parse_args([*base, "--resume", "auto", "--resume-key", "a.json", "--resume-key", "b.json"])
     assert (args.resume, args.resume_key) == ("auto", [Path("a.json"), Path("b.json")])
+    assert parser.parse_args(base).adopt == []
+    assert parser.parse_args([*base, "--adopt", "runs/a", "runs/b"]).adopt == [Path("runs/a"), Path("runs/b")]
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--resume", "maybe"])
 

@@ -49,7 +49,7 @@ TRAININGS = {
     "ablation_avs/full/seed0": ("ssp-avs", "ablation_avs@full-0"),
     "ablation/aavs/seed0": ("ssp-avss", "ablation@aavs-0"),
     "ablation/full/seed0": ("ssp-avss", "ablation@full-0"),
-    "sweep/lambda_10": ("ssp-avss", "sweep@10"),
+    "sweep/lambda_10": ("ssp-avs", "sweep@10"),
 }
 
 
@@ -142,6 +142,14 @@ def test_the_stage_outputs_hold_what_the_next_stages_and_the_report_read(demo_ru
     ):
         result = json.loads((proj / cell).read_text())
         assert result["split"] == "test", cell
+    # paper Fig. 5 sweeps λ' on MS3: the sweep point is a stage-1 model with MS3 figures
+    sweep = json.loads((proj / "metrics/sweep/lambda_10.json").read_text())
+    assert sweep["stage"] == 1 and {"v1s", "v1m"} <= set(sweep["binary"])
+    ms3 = 100 * sweep["binary"]["v1m"]["miou"], 100 * sweep["binary"]["v1m"]["fscore"]
+    assert f"| 10 | {ms3[0]:.1f} | {ms3[1]:.1f} |" in report
+    # the point at ablation.lambda_post (10) is the full row's S4/MS3 cell: adopted, not retrained
+    cell = json.loads((proj / "metrics/ablation_avs/full/seed0.json").read_text())
+    assert sweep["binary"] == cell["binary"] and sweep["trained"] == cell["trained"]
     # the report (the `report` stage; make demo prints it) filled the cells the shrunk grid ran
     full = next(line for line in report.splitlines() if line.startswith("| Full model |"))
     assert "–" not in full, full  # Table 2's full row: every column of ours filled
@@ -166,6 +174,10 @@ def test_every_training_is_an_mlflow_run_under_the_pipeline_parent_and_registere
         # what the UI groups and filters on, as plain params
         assert run.data.params["seed"] == "0" and run.data.params["profile"] == "demo", run_dir
         assert run.data.params["data_fingerprint"] and "row" in run.data.params, run_dir
+    sweep_point = {r.data.tags.get("ssp.run_dir"): r for r in runs["ssp-avs"]}[
+        str((proj / "runs/sweep/lambda_10").resolve())
+    ]
+    assert sweep_point.data.tags["ssp.adopted_from"] == str((proj / "runs/ablation_avs/full/seed0").resolve())
     # test-split metrics: the cells test in the same process, `evaluate` logs onto stage 2's run
     stage2 = next(r for r in runs["ssp-avss"] if r.data.tags.get("ssp.run_dir", "").endswith("runs/stage2"))
     assert any(k.startswith("test") for k in stage2.data.metrics), sorted(stage2.data.metrics)

@@ -30,6 +30,11 @@ def stage1_cells(seed: int) -> set[str]:
     return {f"ablation_avs@{r}-{seed}" for r in STAGE1_ROWS}
 
 
+def sweep_cells() -> set[str]:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return {f"sweep@{v}" for v in params["sweep"]["lambda_post"]}
+
+
 def run(cmd, cwd):
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0, f"{cmd}: {out.stdout}\n{out.stderr}"
@@ -91,7 +96,8 @@ def test_all_stages_present_in_dependency_order():
         ("stage1_masks", "train_stage2"),
         ("train_stage2", "evaluate"),
         ("stage1_masks", "ablation@full-0"),
-        ("stage1_masks", "sweep@10"),
+        ("ablation_avs_inputs", "sweep@10"),  # Fig. 5 on MS3: stage-1 models, no stage-1 masks
+        ("ablation_avs@full-0", "sweep@10"),  # so that the point at λ' = 10 can --adopt that cell
         ("ablation@full-0", "samples"),
         ("flow", "ablation_avs_inputs"),
         ("ablation_avs_inputs", "ablation_avs@full-0"),
@@ -102,6 +108,10 @@ def test_all_stages_present_in_dependency_order():
     assert params["ablation"]["rows"] == list(TABLE2) and params["ablation"]["seeds"] == [0]
     assert [s for s in order if s.startswith("ablation@")] == [f"ablation@{r}-0" for r in TABLE2]
     assert len(params["sweep"]["lambda_post"]) == 5 and 10 in params["sweep"]["lambda_post"]
+    # the sweep's point at ablation.lambda_post is the full row's S4/MS3 cell: it may adopt it
+    sweep_cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["sweep"]["do"]["cmd"]
+    assert "--adopt runs/ablation_avs/full" in sweep_cmd and "full" in params["ablation"]["stage1_rows"]
+    assert params["ablation"]["lambda_post"] in params["sweep"]["lambda_post"]
 
 
 def test_lambda_post_change_makes_only_its_models_stale(committed_pipeline):
@@ -132,9 +142,11 @@ def test_preprocessing_params_reach_only_their_stage(committed_pipeline):
     assert stale_after(committed_pipeline, lambda p: p["prompts"].__setitem__("quality", 0.5)) == {"prompts"}
     assert stale_after(committed_pipeline, lambda p: p["data"].__setitem__("seed", 1)) == {"synth"}
     stale = stale_after(committed_pipeline, lambda p: p["train1"].__setitem__("epochs", p["train1"]["epochs"] + 1))
-    assert stale == {"train_stage1"} | stage1_cells(0)  # the main stage 1 and the S4/MS3 cells
+    # the main stage 1, the S4/MS3 cells and the λ' sweep (Fig. 5: stage-1 models on MS3)
+    assert stale == {"train_stage1"} | stage1_cells(0) | sweep_cells()
     stale = stale_after(committed_pipeline, lambda p: p["train2"].__setitem__("epochs", p["train2"]["epochs"] + 1))
     assert "train_stage1" not in stale and "train_stage2" in stale and "ablation@full-0" in stale
+    assert not stale & sweep_cells()
 
 
 def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pipeline):
@@ -142,12 +154,13 @@ def test_stage2_cells_see_upstream_folders_through_one_fingerprint(committed_pip
     stale; `dvc repro` then rewrites runs/stage2_inputs.json, which every stage-2 cell
     depends on. No cell hashes the folders itself (that is what kept no-op repro slow)."""
     stages = yaml.safe_load((committed_pipeline / "dvc.yaml").read_text())["stages"]
-    for name in ("train_stage2", "evaluate", "ablation", "sweep", "samples"):
+    for name in ("train_stage2", "evaluate", "ablation", "samples"):
         stage = stages[name].get("do", stages[name])
         assert "runs/stage2_inputs.json" in stage["deps"], name
         assert not {"data/flow", "data/prompts", "data/stage1_masks", "${data.root}"} & set(stage["deps"]), name
-    # the S4/MS3 (stage-1) cells: their own fingerprint, without stage-1 masks
+    # the S4/MS3 (stage-1) cells and the λ' sweep: their own fingerprint, without stage-1 masks
     assert "runs/ablation_avs_inputs.json" in stages["ablation_avs"]["deps"]
+    assert stages["sweep"]["do"]["deps"] == stages["ablation_avs"]["deps"]
     assert "data/stage1_masks" not in stages["ablation_avs_inputs"]["deps"]
     flow_file = committed_pipeline / "data" / "flow" / "stand-in.txt"
     original = flow_file.read_text()

@@ -64,8 +64,9 @@ def test_report_tables_plots_and_cli(tmp_path, capsys):
         # the stage-2 file's own binary numbers (its foreground) must not reach S4/MS3
         write(cell(metrics, row), result(0.99, 0.99, 0.10 + i / 100))
         write(avs_cell(metrics, row), stage1_result(0.50 + i / 100, 0.30 + i / 100))
-    for lam, m in [(1, 0.12), (10, 0.16), (50, 0.11)]:
-        write(metrics / "sweep" / f"lambda_{lam}.json", result(0.5, 0.4, m))
+    for lam, ms3 in [(1, 0.12), (10, 0.16), (50, 0.11)]:
+        # Fig. 5 sweeps on MS3: stage-1 files; their S4 figure must not reach the sweep table
+        write(metrics / "sweep" / f"lambda_{lam}.json", stage1_result(0.99, ms3))
     write(
         metrics / "stage2.json",
         result(0.5, 0.4, 0.16, {"still_sounding": {"miou": 0.2, "fscore": 0.3, "miou_present": 0.5, "frames": 40}}),
@@ -82,7 +83,9 @@ def test_report_tables_plots_and_cli(tmp_path, capsys):
     assert list(table1) == ["method", "AAVS [29]", "SSP"]
     assert table1["AAVS [29]"] == table2["AAVS [29]"] and table1["SSP"] == table2["Full model"]
     assert "Missing runs" not in text and "99.0" not in text
-    assert "| 10 | 16.0 | 18.0 |" in text and text.index("| 1 |") < text.index("| 10 |") < text.index("| 50 |")
+    sweep = text.split("## λ'_mask sweep (paper Fig. 5)", 1)[1]
+    assert "| λ'_mask | MS3 mIoU | MS3 F |" in sweep and "| 10 | 16.0 | 17.0 |" in sweep
+    assert sweep.index("| 1 |") < sweep.index("| 10 |") < sweep.index("| 50 |") and "99.0" not in sweep
     assert "| still_sounding | 40 | 20.0 | 30.0 | 50.0 |" in text
     assert (tmp_path / "reports" / "lambda_sweep.png").stat().st_size > 1000
     assert (tmp_path / "reports" / "ablation.png").stat().st_size > 1000
@@ -216,22 +219,40 @@ def test_ablation_plot_draws_the_numbers_it_was_given(tmp_path):
 
 def test_sweep_plot_draws_the_numbers_it_was_given(tmp_path):
     metrics = tmp_path / "metrics"
-    for lam, m in [(1, 0.12), (10, 0.16), (50, 0.11)]:
-        write(metrics / "sweep" / f"lambda_{lam}.json", result(0.5, 0.4, m))
+    for lam, ms3 in [(1, 0.12), (10, 0.16), (50, 0.11)]:
+        write(metrics / "sweep" / f"lambda_{lam}.json", stage1_result(0.5, ms3))
     write(cell(metrics, "full"), result(0.5, 0.4, 0.1))
     build_report(metrics, tmp_path / "reports")
-    fig = sweep_figure([(1, 12.0, 14.0), (10, 16.0, 18.0), (50, 11.0, 13.0)])
+    fig = sweep_figure([(1, 12.0, 13.0), (10, 16.0, 17.0), (50, 11.0, 12.0)])
     image = render(fig)
     (ax,) = fig.axes
     miou, fscore = ax.get_lines()
-    assert miou.get_label() == "AVSS mIoU" and fscore.get_label() == "AVSS F-score"
+    assert miou.get_label() == "MS3 mIoU" and fscore.get_label() == "MS3 F-score"
     assert miou.get_xydata().tolist() == [[1, 12], [10, 16], [50, 11]]
-    assert fscore.get_xydata().tolist() == [[1, 14], [10, 18], [50, 13]]
+    assert fscore.get_xydata().tolist() == [[1, 13], [10, 17], [50, 12]]
     for line in (miou, fscore):  # each marker in the PNG, in its line's colour
         colour = np.round(np.asarray(matplotlib_rgb(line.get_color())) * 255)
         for x, y in line.get_xydata():
             assert (np.abs(pixel_at(fig, ax, image, x, y).astype(int) - colour) <= 2).all(), (line.get_label(), x)
     assert_same_image(tmp_path / "reports" / "lambda_sweep.png", image)
+
+
+def test_sweep_files_without_ms3_figures_are_named_not_plotted(tmp_path):
+    # a stage-2 (AVSS) sweep file, as the sweep wrote them before it moved to MS3
+    metrics = tmp_path / "metrics"
+    write(metrics / "sweep" / "lambda_5.json", {"stage": 2, "semantic": {"all": {"miou": 0.4, "fscore": 0.5}}})
+    write(metrics / "sweep" / "lambda_10.json", stage1_result(0.5, 0.16))
+    _, text = build_report(metrics, tmp_path / "reports")
+    sweep = text.split("## λ'_mask sweep (paper Fig. 5)", 1)[1].split("\n## ", 1)[0]
+    assert "| 5 | – | – |" in sweep and "| 10 | 16.0 | 17.0 |" in sweep
+    assert "λ' = 5: the metrics file has no MS3 (v1m) figures" in sweep
+    (line,) = sweep_figure([(10, 16.0, 17.0)]).axes[0].get_lines()[:1]
+    assert line.get_xydata().tolist() == [[10, 16]]
+    only_old = tmp_path / "old"
+    write(only_old / "sweep" / "lambda_5.json", {"stage": 2, "semantic": {"all": {"miou": 0.4}}})
+    _, text = build_report(only_old, tmp_path / "r2")
+    assert "| 5 | – | – |" in text and "lambda_sweep.png" not in text
+    assert not (tmp_path / "r2" / "lambda_sweep.png").exists()
 
 
 def matplotlib_rgb(colour) -> tuple[float, float, float]:
@@ -312,8 +333,6 @@ def test_generated_benchmark_leads_with_its_label_space_and_prints_ceilings(tmp_
         avs_cell(metrics, "aavs"),
         stage1_generated(0.5, 0.3, {"same_class_distractor": {"miou": 0.45}, "still_sounding": {"miou": 0.7}}),
     )
-    for lam, own in [(1, 0.30), (10, 0.42)]:
-        write(metrics / "sweep" / f"lambda_{lam}.json", generated(own, own * 9 / 71))
     main_scenarios = {
         "same_class_distractor": {**scenario_numbers["same_class_distractor"], "miou_present": 0.5, "frames": 30},
     }
@@ -340,7 +359,6 @@ def test_generated_benchmark_leads_with_its_label_space_and_prints_ceilings(tmp_
     assert summary["aavs"]["s4_miou"] == {"mean": 50.0, "std": None} and "ms3_fscore" in summary["aavs"]
     assert table2["AAVS [29]"][:8] == "50.0 51.0 30.0 31.0 20.0 25.0 2.5 3.5".split()
     assert table_rows(text, "## AAVS vs SSP (paper Table 1)")["SSP"] == table2["Full model"]
-    assert "| 10 | 42.0 | 47.0 | 5.3 | 6.3 |" in text  # the λ' sweep leads with it too
 
     main = table_rows(text, "## Per scenario (main model)")
     assert main["scenario"] == [
