@@ -378,12 +378,25 @@ def fresh_start(trainer: Trainer, why: str) -> None:
 
 
 def checkpoint_mismatch(
-    trainer: Trainer, weights_path: Path, info: dict[str, Any], state_path: Path, state: TrainingState
+    trainer: Trainer,
+    weights_path: Path,
+    info: dict[str, Any],
+    state_path: Path,
+    state: TrainingState,
+    any_row: bool = False,
 ) -> tuple[list[SSPError], list[str]]:
     """Why a checkpoint is not this run's: (refusals: another model config or other
-    pretrained files; differences: :func:`signature_differences`). Both empty: it is."""
+    pretrained files; differences: :func:`signature_differences`). Both empty: it is.
+    ``any_row``: a run of another ``--row`` with the same model config is this run too (a
+    row only names the SSP switches, which the config holds: the main stage-2 model and the
+    ablation row with its switches are one run)."""
     refusals: list[SSPError] = []
     saved_config = state.extra.get("config")
+    saved_run = state.extra.get("run")
+    if any_row and saved_config is None:
+        refusals.append(SSPError(f"{state_path}: records no model config to compare the row's switches with"))
+    elif any_row and saved_run is not None:
+        saved_run = {**saved_run, "row": trainer.signature["row"]}
     if saved_config is not None and without_weight_specs(saved_config) != without_weight_specs(
         trainer.config.to_dict()
     ):
@@ -396,7 +409,7 @@ def checkpoint_mismatch(
         check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
     except SSPError as err:
         refusals.append(err)
-    return refusals, signature_differences(state.extra.get("run"), trainer.signature)
+    return refusals, signature_differences(saved_run, trainer.signature)
 
 
 def run_folders(candidates: Sequence[str | Path]) -> list[Path]:
@@ -414,7 +427,7 @@ def run_folders(candidates: Sequence[str | Path]) -> list[Path]:
 def finished_here(trainer: Trainer, folder: Path) -> bool:
     """Whether ``folder`` holds this very run, finished: its newest checkpoint is at the
     end of the last epoch, and ``--resume auto`` would continue it (same model config,
-    pretrained files and :func:`run_signature`)."""
+    pretrained files and :func:`run_signature`, whatever ``--row`` named the switches)."""
     last = CheckpointDir(folder).last()
     if last is None or not last[1].is_file():
         return False
@@ -423,7 +436,7 @@ def finished_here(trainer: Trainer, folder: Path) -> bool:
     if (state.position.epoch, state.position.batches_done) != (trainer.tp.epochs, 0):
         return False
     _, _, info = read_weights(weights_path)
-    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state)
+    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state, any_row=True)
     if refusals or differences:
         log.debug("--adopt: %s is another run's: %s", folder, "; ".join([*map(str, refusals), *differences]))
     return not refusals and not differences
@@ -432,9 +445,10 @@ def finished_here(trainer: Trainer, folder: Path) -> bool:
 def adopt_finished_run(trainer: Trainer, candidates: Sequence[str | Path]) -> Path | None:
     """``--adopt``: when this run's folder does not hold it finished already, copy the
     checkpoints of the first candidate that does (:func:`finished_here`) into it, so that
-    the run resumes with nothing left to train; the same weights a training would give,
-    since a run is deterministic given its signature (on the same device and thread count).
-    Returns that candidate, or None (the run trains)."""
+    the run resumes with nothing left to train. On CPU with the same thread count these are
+    the weights the training would give, bit for bit (a run is deterministic given its
+    signature); elsewhere an equally valid draw of the same run. Returns that candidate, or
+    None (the run trains)."""
     source = None
     if trainer.dist.is_main and not finished_here(trainer, trainer.run_dir):
         here = trainer.run_dir.resolve()
@@ -451,12 +465,15 @@ def adopt_finished_run(trainer: Trainer, candidates: Sequence[str | Path]) -> Pa
     return Path(source)
 
 
-def resume_progress(trainer: Trainer, resume: str) -> tuple[Progress, TrainingState | None, str | None]:
+def resume_progress(
+    trainer: Trainer, resume: str, any_row: bool = False
+) -> tuple[Progress, TrainingState | None, str | None]:
     """A fresh :class:`Progress`, or (``resume`` on/auto, :data:`RESUME_MODES`) the newest
     checkpoint's: its weights loaded into the model; the returned state's optimizer and RNG
     are restored later, right before the loop; and the weights file it resumed from.
     ``on`` refuses a checkpoint of another model config or pretrained files and warns
-    about other differences; ``auto`` starts fresh on any, logging which and why."""
+    about other differences; ``auto`` starts fresh on any, logging which and why.
+    ``any_row``: another ``--row`` with the same model config is no difference (``--adopt``)."""
     best = {"metric": -math.inf, "epoch": 0, "val": {}}
     running = torch.zeros(len(LOSS_NAMES), dtype=torch.float64, device=trainer.device)
     progress = Progress(Position(epoch=0, batches_done=0, global_step=0), [], best, running)
@@ -470,7 +487,7 @@ def resume_progress(trainer: Trainer, resume: str) -> tuple[Progress, TrainingSt
     weights_path, state_path = last
     state = read_training_state(state_path)
     weights, _, info = read_weights(weights_path)
-    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state)
+    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state, any_row)
     if resume == "auto" and (refusals or differences):
         fresh_start(
             trainer, f"--resume auto: {state_path} is another run's: {'; '.join([*map(str, refusals), *differences])}"
@@ -854,7 +871,8 @@ def train(
     )
     t.signature = run_signature(t, resume_keys)
     adopted = adopt_finished_run(t, adopt) if adopt else None
-    at, state, resumed_from = resume_progress(t, "auto" if adopted else resume)
+    # with --adopt a run of another row with the same switches is this run (checkpoint_mismatch)
+    at, state, resumed_from = resume_progress(t, "auto" if adopted else resume, any_row=bool(adopt))
     t.model_for_training = for_training(t.model, t.dist, t.device)
     if at.phase == 2:  # resumed after the switch: phase 2's parameters and optimizer, then its state
         start_phase2(t, at, reload_best=False)
@@ -951,28 +969,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume auto: continues only this very run (same model config, train params, videos, "
         "--resume-key files), else starts fresh, saying why (dvc.yaml's training stages)",
     )
+    # paths that may be given several times, and several after one flag
+    paths = {"action": "extend", "nargs": "+", "default": [], "type": Path}
     parser.add_argument(
         "--resume-key",
-        action="extend",
-        nargs="+",
-        default=[],
-        type=Path,
+        **paths,
         metavar="PATH",
         help="files or folders whose content must be unchanged for --resume auto to continue "
         "(dvc.yaml passes each training stage's deps: its input fingerprint and code)",
     )
     parser.add_argument(
         "--adopt",
-        action="extend",
-        nargs="+",
-        default=[],
-        type=Path,
+        **paths,
         metavar="DIR",
         help="run folders (or folders of run folders) to take a finished identical run from instead of "
         "training: same model config, pretrained files, train params, videos and --resume-key contents "
         "(what --resume auto checks); its checkpoints are copied into --out and its epochs logged. "
-        "Without one, the run trains (dvc.yaml: the sweep point at ablation.lambda_post is the S4/MS3 "
-        "cell of the full row)",
+        "A run of another --row with the same switches counts. Without one, the run trains (dvc.yaml: "
+        "the full row's AVSS cell is the main stage-2 model; the sweep point at ablation.lambda_post is "
+        "the full row's S4/MS3 cell)",
     )
     parser.add_argument("--seed", type=int, default=None, help="override trainN.seed")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: trainN.device = auto)")

@@ -358,7 +358,7 @@ def test_adopt_takes_over_only_a_finished_identical_run(bench, tmp_path, mlflow_
     key = tmp_path / "inputs.json"
     key.write_text('{"md5": "a"}')
 
-    def run(out, *extra, adopt=(), cut=None):
+    def run(out, *extra, adopt=(), cut=None, row="aavs"):
         steps: list[int] = []
         caplog.clear()
         with caplog.at_level("INFO", logger="ssp.engine.train"):
@@ -368,7 +368,7 @@ def test_adopt_takes_over_only_a_finished_identical_run(bench, tmp_path, mlflow_
                     bench["data"],
                     out,
                     params("train1.epochs=2", *extra),
-                    row="aavs",
+                    row=row,
                     resume="auto",
                     resume_keys=[key],
                     adopt=adopt,
@@ -403,7 +403,12 @@ def test_adopt_takes_over_only_a_finished_identical_run(bench, tmp_path, mlflow_
     # a re-run of the point: its own folder holds the run, nothing is copied again
     assert run(tmp_path / "point", adopt=[tmp_path / "cells"])[0] == [] and "--adopt" not in caplog.text
 
-    # another seed or other inputs: not this run, it trains
+    # the same switches by another name (stage 1 without --row is the aavs row): this run too
+    steps, _ = run(tmp_path / "main", adopt=[source], row=None)
+    assert steps == [] and f"--adopt: {source} is this very run" in caplog.text
+    assert run(tmp_path / "main", adopt=[source], row=None)[0] == [] and "--adopt" not in caplog.text
+    # another row's switches, another seed or other inputs: not this run, it trains
+    assert run(tmp_path / "pre-mask", adopt=[source], row="pre_mask")[0]
     assert run(tmp_path / "seed1", "train1.seed=1", adopt=[tmp_path / "cells"])[0]
     key.write_text('{"md5": "b"}')
     assert run(tmp_path / "new-inputs", adopt=[source])[0]

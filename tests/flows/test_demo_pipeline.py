@@ -53,6 +53,11 @@ TRAININGS = {
 }
 
 
+def run_tags(runs, run_dir: Path) -> dict[str, str]:
+    """The tags of the MLflow run of ``run_dir``."""
+    return {r.data.tags.get("ssp.run_dir"): r for r in runs}[str(run_dir.resolve())].data.tags
+
+
 def _dvc_stages(proj: Path):
     from dvc.repo import Repo
 
@@ -174,10 +179,15 @@ def test_every_training_is_an_mlflow_run_under_the_pipeline_parent_and_registere
         # what the UI groups and filters on, as plain params
         assert run.data.params["seed"] == "0" and run.data.params["profile"] == "demo", run_dir
         assert run.data.params["data_fingerprint"] and "row" in run.data.params, run_dir
-    sweep_point = {r.data.tags.get("ssp.run_dir"): r for r in runs["ssp-avs"]}[
-        str((proj / "runs/sweep/lambda_10").resolve())
-    ]
-    assert sweep_point.data.tags["ssp.adopted_from"] == str((proj / "runs/ablation_avs/full/seed0").resolve())
+    # identical trainings are adopted, not repeated: the sweep point at λ' = 10 is the full
+    # row's S4/MS3 cell, the full row's AVSS cell is the main stage-2 model
+    for experiment, run_dir, source in (
+        ("ssp-avs", "sweep/lambda_10", "ablation_avs/full/seed0"),
+        ("ssp-avss", "ablation/full/seed0", "stage2"),
+    ):
+        tags = run_tags(runs[experiment], proj / "runs" / run_dir)
+        assert tags["ssp.adopted_from"] == str((proj / "runs" / source).resolve()), run_dir
+    assert "ssp.adopted_from" not in run_tags(runs["ssp-avss"], proj / "runs/ablation/aavs/seed0")
     # test-split metrics: the cells test in the same process, `evaluate` logs onto stage 2's run
     stage2 = next(r for r in runs["ssp-avss"] if r.data.tags.get("ssp.run_dir", "").endswith("runs/stage2"))
     assert any(k.startswith("test") for k in stage2.data.metrics), sorted(stage2.data.metrics)

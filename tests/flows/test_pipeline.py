@@ -112,6 +112,10 @@ def test_all_stages_present_in_dependency_order():
     sweep_cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["sweep"]["do"]["cmd"]
     assert "--adopt runs/ablation_avs/full" in sweep_cmd and "full" in params["ablation"]["stage1_rows"]
     assert params["ablation"]["lambda_post"] in params["sweep"]["lambda_post"]
+    # the main stage-2 model is the full row's AVSS cell while `ssp` has the row's switches
+    ablation_cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["ablation"]["cmd"]
+    assert "--adopt runs/stage2" in ablation_cmd and order.index("train_stage2") < order.index("ablation@full-0")
+    assert {**TABLE2["full"].switches, "lambda_post": params["ablation"]["lambda_post"]} == params["ssp"]
 
 
 def test_lambda_post_change_makes_only_its_models_stale(committed_pipeline):

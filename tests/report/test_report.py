@@ -85,6 +85,7 @@ def test_report_tables_plots_and_cli(tmp_path, capsys):
     assert "Missing runs" not in text and "99.0" not in text
     sweep = text.split("## λ'_mask sweep (paper Fig. 5)", 1)[1]
     assert "| λ'_mask | MS3 mIoU | MS3 F |" in sweep and "| 10 | 16.0 | 17.0 |" in sweep
+    assert f"tested on MS3 (`{metrics}/sweep/lambda_{{v}}.json`, DVC `sweep@{{v}}`)" in sweep
     assert sweep.index("| 1 |") < sweep.index("| 10 |") < sweep.index("| 50 |") and "99.0" not in sweep
     assert "| still_sounding | 40 | 20.0 | 30.0 | 50.0 |" in text
     assert (tmp_path / "reports" / "lambda_sweep.png").stat().st_size > 1000
