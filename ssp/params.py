@@ -223,7 +223,7 @@ class TrainParams:
 
 
 def _train2() -> TrainParams:
-    # stage 2 (the main model, every ablation row and sweep point), demo schedule: every semantic
+    # stage 2 (the main model, every AVSS ablation cell), demo schedule: every semantic
     # subset, as AAVS trains AVSS (v1s + v1m + v2: 440 frames, 5 epochs, LR step after 4; v2 alone
     # for 12 epochs, the same number of steps, spread 6x wider over seeds), and the gradient norm
     # clipped at 1: L'_mask's spikes (λ' = 10 on a log loss) derailed whole runs (bench/README.md,

@@ -1,7 +1,7 @@
 """Content fingerprints of stage outputs: one small JSON that changes iff the files do.
 
 Why: DVC re-walks and re-hashes every directory dependency once per stage that lists it.
-The stage-2 cells (main model, the ablation grid's rows × seeds, the sweep points, samples) all read the
+The stage-2 cells (main model, the ablation grid's rows × seeds, samples) all read the
 same five folders (dataset, flow masks, log-mel, prompts, stage-1 masks: ~14k files on
 the demo data), so listing the folders in each cell made a no-op ``dvc repro`` walk
 ~260k files (12 s). Instead one ``stage2_inputs`` stage lists the folders and writes
