@@ -256,7 +256,7 @@ class CheckpointDir:
             path.unlink(missing_ok=True)
         return doomed
 
-    def copy_from(self, other: CheckpointDir) -> list[Path]:
+    def copy_from(self, other: CheckpointDir) -> None:
         """Replace this folder's checkpoints by ``other``'s newest pair and best (an adopted
         run, ``ssp train --adopt``): this folder is cleared, the files are copied, and the
         pointer comes last, so a kill at any moment leaves nothing or the whole copy."""
@@ -264,15 +264,12 @@ class CheckpointDir:
         if last is None:
             raise DataError(other.root, "has no checkpoint to copy")
         self.clear()
-        copied = []
         for source in (*last, other.best):
             if source.is_file():
                 with atomic_path(self.root / source.name) as tmp:
                     shutil.copyfile(source, tmp)
-                copied.append(self.root / source.name)
         with atomic_path(self.root / LAST_POINTER) as tmp:
             shutil.copyfile(other.root / LAST_POINTER, tmp)
-        return copied
 
     def clear(self) -> list[Path]:
         """Remove a former run's checkpoints before a fresh start: the pointer first (a kill

@@ -380,16 +380,18 @@ def fresh_start(trainer: Trainer, why: str) -> None:
 def checkpoint_mismatch(
     trainer: Trainer,
     weights_path: Path,
-    info: dict[str, Any],
+    info: dict[str, Any] | None,
     state_path: Path,
     state: TrainingState,
     any_row: bool = False,
 ) -> tuple[list[SSPError], list[str]]:
     """Why a checkpoint is not this run's: (refusals: another model config or other
     pretrained files; differences: :func:`signature_differences`). Both empty: it is.
-    ``any_row``: a run of another ``--row`` with the same model config is this run too (a
-    row only names the SSP switches, which the config holds: the main stage-2 model and the
-    ablation row with its switches are one run)."""
+    ``info``: the weights file's info (None: read from ``weights_path`` only when the state
+    alone finds no difference, so that a candidate of ``--adopt`` that is another run costs
+    no weights read). ``any_row``: a run of another ``--row`` with the same model config is
+    this run too (a row only names the SSP switches, which the config holds: the main
+    stage-2 model and the ablation row with its switches are one run)."""
     refusals: list[SSPError] = []
     saved_config = state.extra.get("config")
     saved_run = state.extra.get("run")
@@ -403,13 +405,18 @@ def checkpoint_mismatch(
         refusals.append(
             SSPError(f"{state_path}: was trained with another model config; use a new --out or the same params")
         )
+    differences = signature_differences(saved_run, trainer.signature)
+    if info is None:
+        if refusals or differences:
+            return refusals, differences
+        _, _, info = read_weights(weights_path)
     try:
         # the same pretrained files, however their specs are written (`ssp weights --pin`
         # turns org/name into org/name@<the commit it resolved to>)
         check_same_pretrained(weights_path, info.get("pretrained", {}), trainer.model.pretrained_weights())
     except SSPError as err:
         refusals.append(err)
-    return refusals, signature_differences(saved_run, trainer.signature)
+    return refusals, differences
 
 
 def run_folders(candidates: Sequence[str | Path]) -> list[Path]:
@@ -435,8 +442,7 @@ def finished_here(trainer: Trainer, folder: Path) -> bool:
     state = read_training_state(state_path)
     if (state.position.epoch, state.position.batches_done) != (trainer.tp.epochs, 0):
         return False
-    _, _, info = read_weights(weights_path)
-    refusals, differences = checkpoint_mismatch(trainer, weights_path, info, state_path, state, any_row=True)
+    refusals, differences = checkpoint_mismatch(trainer, weights_path, None, state_path, state, any_row=True)
     if refusals or differences:
         log.debug("--adopt: %s is another run's: %s", folder, "; ".join([*map(str, refusals), *differences]))
     return not refusals and not differences

@@ -13,7 +13,8 @@ A cell shows the mean over the seeds present, ± the sample standard deviation w
 there is more than one; a cell without any file is "–" and the table's notes name the
 missing run. Table 1 is AAVS vs SSP (Table 2's ``aavs`` and ``full`` rows,
 :data:`ssp.paper.TABLE1`). Also read: ``metrics/sweep/lambda_{v}.json`` (Fig. 5's points:
-stage-1 ``full`` models tested on MS3 = v1m, as the paper sweeps) and ``metrics/stage2.json`` (the main model, with its per-scenario table). Rows, labels
+stage-1 ``full`` models tested on MS3 = v1m, as the paper sweeps) and
+``metrics/stage2.json`` (the main model, with its per-scenario table). Rows, labels
 and the paper's numbers come from :mod:`ssp.paper`. Writes ``report.md`` and PNG plots
 into ``--out`` and prints the tables. The sample grid of the ablation rows (``ssp
 samples``, paper Fig. 8) is linked when it exists.
