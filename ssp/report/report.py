@@ -301,7 +301,8 @@ def sweep_section(metrics_dir: Path, out: Path) -> list[str]:
     """The λ' table and Fig. 5's plot (MS3, as the paper)."""
     points = sweep_points(metrics_dir)
     if not points:
-        return ["_(no sweep metrics yet)_", ""]
+        plot_sweep([], out, note=f"no λ'_mask sweep: {metrics_dir}/sweep has no lambda_*.json")
+        return [f"_(no sweep points in `{metrics_dir}/sweep`: params `sweep.lambda_post` lists the λ' values)_", ""]
     parts = [
         f"The full model's stage-1 (binary) model per λ'_mask, trained as Table 1's S4/MS3 models "
         f"(v1s + v1m) and tested on MS3 (`{metrics_dir}/sweep/lambda_{{v}}.json`, DVC `sweep@{{v}}`), "
@@ -314,7 +315,7 @@ def sweep_section(metrics_dir: Path, out: Path) -> list[str]:
     missing = [f"{v:g}" for v, m, _ in points if m is None]
     if missing:
         parts += ["", f"_λ' = {', '.join(missing)}: the metrics file has no MS3 (v1m) figures (an older AVSS sweep?)_"]
-    if plot_sweep([p for p in points if p[1] is not None], out) is None:
+    if not plot_sweep([p for p in points if p[1] is not None], out, note="no sweep point has MS3 (v1m) figures"):
         return [*parts, ""]
     return [*parts, "", "![sweep](lambda_sweep.png)", ""]
 
@@ -460,6 +461,10 @@ def rows_scenario_table(metrics_dir: Path, stage: int, ceilings: dict[str, Any] 
     return [*lines, ""]
 
 
+SWEEP_TITLE = "Full model vs λ'_mask (paper Fig. 5)"
+ABLATION_TITLE = "Ablation (paper Table 2 rows) on this dataset"
+
+
 def sweep_figure(points, label: str = "MS3") -> Figure | None:
     """Fig. 5: mIoU and F-score against λ'_mask (None without points); ``label`` names
     the figures' dataset."""
@@ -474,7 +479,7 @@ def sweep_figure(points, label: str = "MS3") -> Figure | None:
     ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.set_xlabel("λ'_mask")
     ax.set_ylabel("%")
-    ax.set_title("Full model vs λ'_mask (paper Fig. 5)")
+    ax.set_title(SWEEP_TITLE)
     ax.legend()
     fig.tight_layout()
     return fig
@@ -483,17 +488,30 @@ def sweep_figure(points, label: str = "MS3") -> Figure | None:
 PLOT_DPI = 120
 
 
-def save_figure(fig: Figure | None, path: Path) -> Path | None:
-    """Write ``fig`` as a PNG (120 dpi), atomically; None when there is no figure."""
-    if fig is None:
-        return None
+def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG (120 dpi), atomically."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=PLOT_DPI)
-    return path
 
 
-def plot_sweep(points, out: Path, label: str = "MS3") -> Path | None:
-    return save_figure(sweep_figure(points, label), out / "lambda_sweep.png")
+def note_figure(title: str, note: str) -> Figure:
+    """A figure that says why it has nothing to plot: the report's PNGs are DVC outputs,
+    so they are written even then (and a stale plot never outlives its data)."""
+    fig = Figure(figsize=(5, 1.6))
+    ax = fig.subplots()
+    ax.set_axis_off()
+    ax.set_title(title)
+    ax.text(0.5, 0.4, note, ha="center", va="center", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(points, out: Path, label: str = "MS3", note: str = "no sweep points") -> bool:
+    """Write ``lambda_sweep.png``: Fig. 5's curve, or ``note`` when there are no points.
+    True when it plotted points."""
+    fig = sweep_figure(points, label)
+    save_figure(fig or note_figure(SWEEP_TITLE, note), out / "lambda_sweep.png")
+    return fig is not None
 
 
 def ablation_figure(ours: dict[str, tuple], avss_label: str = "AVSS") -> Figure | None:
@@ -511,14 +529,18 @@ def ablation_figure(ours: dict[str, tuple], avss_label: str = "AVSS") -> Figure 
     ax.set_yticks(range(len(rows)), [TABLE2[r].label for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("mIoU (%)")
-    ax.set_title("Ablation (paper Table 2 rows) on this dataset")
+    ax.set_title(ABLATION_TITLE)
     ax.legend(fontsize="small")
     fig.tight_layout()
     return fig
 
 
-def plot_ablation(ours: dict[str, tuple], out: Path, avss_label: str = "AVSS") -> Path | None:
-    return save_figure(ablation_figure(ours, avss_label), out / "ablation.png")
+def plot_ablation(ours: dict[str, tuple], out: Path, avss_label: str = "AVSS") -> bool:
+    """Write ``ablation.png``: the rows' bars, or a note when no row has a result yet.
+    True when it plotted rows."""
+    fig = ablation_figure(ours, avss_label)
+    save_figure(fig or note_figure(ABLATION_TITLE, "no ablation results yet"), out / "ablation.png")
+    return fig is not None
 
 
 def samples_section(samples: Path | None, out: Path) -> list[str]:
@@ -682,6 +704,11 @@ def markdown_table(text: str, heading: str) -> list[dict[str, str]]:
     return [dict(zip(header, r)) for r in body]
 
 
+def report_files(out: Path, text: str) -> list[Path]:
+    """report.md and the plots it shows (a plot with nothing to draw is a note: not shown)."""
+    return [out / "report.md", *(out / name for name in ("ablation.png", "lambda_sweep.png") if f"]({name})" in text)]
+
+
 def log_to_pipeline_runs(out: Path, text: str) -> list[str]:
     """When the reproduce flow runs this (its parent runs are in the environment): log the
     two paper tables as MLflow tables (the run page's artifact view shows them as tables),
@@ -693,7 +720,7 @@ def log_to_pipeline_runs(out: Path, text: str) -> list[str]:
         "table1.json": markdown_table(text, "## AAVS vs SSP (paper Table 1)"),
         "table2.json": markdown_table(text, "## Ablation (paper Table 2)"),
     }
-    files = [p for p in (out / "report.md", out / "ablation.png", out / "lambda_sweep.png") if p.exists()]
+    files = report_files(out, text)
     for run_id in parents:
         run = ExistingRun(run_id)
         for name, rows in tables.items():

@@ -8,7 +8,15 @@ from PIL import Image
 from ssp.cli import main as cli
 from ssp.errors import SSPError
 from ssp.paper import COLUMNS, TABLE2
-from ssp.report.report import PLOT_DPI, ablation_figure, ablation_table, build_report, row_numbers, sweep_figure
+from ssp.report.report import (
+    PLOT_DPI,
+    ablation_figure,
+    ablation_table,
+    build_report,
+    report_files,
+    row_numbers,
+    sweep_figure,
+)
 
 
 def result(s4, ms3, avss, scenarios=None):
@@ -134,7 +142,7 @@ def test_missing_cells_show_dashes_and_name_the_run(tmp_path):
         f"- AVSS (`{metrics}/ablation/{{row}}/seed*.json`, DVC `ablation@{{row}}-{{seed}}`): SSP (`full`)"
     ) in table1_text
     assert table_rows(text, "## Ablation (paper Table 2)")["w. Pre-mask"][:6] == ["–"] * 6
-    assert "no sweep metrics yet" in text
+    assert f"no sweep points in `{metrics}/sweep`" in text
     with pytest.raises(SSPError, match="no metrics folder"):
         build_report(tmp_path / "absent", tmp_path / "r")
 
@@ -253,7 +261,39 @@ def test_sweep_files_without_ms3_figures_are_named_not_plotted(tmp_path):
     write(only_old / "sweep" / "lambda_5.json", {"stage": 2, "semantic": {"all": {"miou": 0.4}}})
     _, text = build_report(only_old, tmp_path / "r2")
     assert "| 5 | – | – |" in text and "lambda_sweep.png" not in text
-    assert not (tmp_path / "r2" / "lambda_sweep.png").exists()
+    # the DVC out is still written, as a note that is neither linked nor logged
+    assert_note_image(tmp_path / "r2" / "lambda_sweep.png")
+    assert report_files(tmp_path / "r2", text) == [tmp_path / "r2" / "report.md"]
+
+
+def assert_note_image(path):
+    """A written PNG of the short note figure (``note_figure``), not of a plot."""
+    image = Image.open(path)
+    assert image.size == (5 * PLOT_DPI, int(1.6 * PLOT_DPI))
+
+
+def test_a_grid_without_sweep_or_rows_still_reports(tmp_path):
+    """`sweep.lambda_post: []` (or no results yet): the report says so, and its two plots,
+    DVC outputs, are written as notes that the report does not link."""
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    _, text = build_report(metrics, tmp_path / "reports")
+    sweep = text.split("## λ'_mask sweep (paper Fig. 5)", 1)[1].split("\n## ", 1)[0]
+    assert f"no sweep points in `{metrics}/sweep`: params `sweep.lambda_post` lists the λ' values" in sweep
+    for name in ("lambda_sweep.png", "ablation.png"):
+        assert_note_image(tmp_path / "reports" / name)
+        assert name not in text
+    assert report_files(tmp_path / "reports", text) == [tmp_path / "reports" / "report.md"]
+    # results arrive: the same files become plots, linked
+    write(cell(metrics, "full"), result(0.5, 0.4, 0.1))
+    write(metrics / "sweep" / "lambda_10.json", stage1_result(0.5, 0.16))
+    _, text = build_report(metrics, tmp_path / "reports")
+    assert [p.name for p in report_files(tmp_path / "reports", text)] == [
+        "report.md",
+        "ablation.png",
+        "lambda_sweep.png",
+    ]
+    assert Image.open(tmp_path / "reports" / "lambda_sweep.png").size == (5 * PLOT_DPI, int(3.2 * PLOT_DPI))
 
 
 def matplotlib_rgb(colour) -> tuple[float, float, float]:
