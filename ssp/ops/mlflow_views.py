@@ -33,6 +33,9 @@ WORKFLOW_QUERY = "workflowType=machine_learning"
 RUN_PARAMS = ("row", "seed", "lambda_post", "profile", "data_fingerprint", "dvc_experiment")
 
 
+RUN_NAME_KEY = "tags.`mlflow.runName`"
+
+
 def _param(name: str) -> str:
     return f"params.`{name}`"
 
@@ -49,8 +52,11 @@ def _stage_filter(prefix: str) -> str:
 def _view(search: str, params: tuple[str, ...], metrics: tuple[str, ...], group_by: str | None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "searchFilter": search,
-        "orderByKey": "attributes.start_time",
-        "orderByAsc": False,
+        # Sorted by creation time, MLflow 3.17's runs page also fetches the parent of every
+        # nested run it lists (the pipeline's parent run), which a grouped view then shows
+        # as an "Additional runs" group without the param; by run name it does not.
+        "orderByKey": RUN_NAME_KEY if group_by else "attributes.start_time",
+        "orderByAsc": bool(group_by),
         "lifecycleFilter": "Active",
         "selectedColumns": [_param(p) for p in params] + [_metric(m) for m in metrics],
         "groupBy": None,

@@ -295,6 +295,8 @@ def test_the_mlflow_ui_opens_on_the_table2_rows_with_their_metrics(demo_run, mlf
         if "Group: full" in page:
             break
     assert "Group by: row" in page and "Token Usage" not in page, page[:2000]
+    # the cells only: not the pipeline's parent run as a group without a row
+    assert "Additional runs" not in page, page[:3000]
     runs = {
         r.data.params.get("row"): r
         for r in _runs(env)["ssp-avss"]
