@@ -15,6 +15,8 @@ from ssp.models.checkpoint import save_weights
 from ssp.params import DataParams
 from ssp.preprocess.logmel import compute_logmel
 
+STAGE1_MASK_BATCH = 2  # videos per forward pass of ssp stage1-masks in the fixture
+
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
@@ -27,5 +29,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     s1, s2 = root / "s1.safetensors", root / "s2.safetensors"
     save_weights(s1, SSPModel(SSPConfig.tiny(1, num_points=64)), {"epoch": 1})
     save_weights(s2, SSPModel(SSPConfig.tiny(2, num_points=64)), {"epoch": 1})
-    write_stage1_masks(s1, data, root / "stage1", ("test",), logmel=root / "logmel", progress=False)
+    write_stage1_masks(
+        s1, data, root / "stage1", ("test",), logmel=root / "logmel", batch_size=STAGE1_MASK_BATCH, progress=False
+    )
     return {"root": root, "data": data, "logmel": root / "logmel", "s1": s1, "s2": s2, "stage1": root / "stage1"}

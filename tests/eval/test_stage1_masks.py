@@ -15,6 +15,7 @@ from ssp.engine.predict import stepping_stone
 from ssp.errors import SSPError
 from ssp.eval.stage1_masks import write_stage1_masks
 from ssp.models.checkpoint import load_model
+from tests.eval.conftest import STAGE1_MASK_BATCH
 
 
 def test_written_then_up_to_date(checkpoints, tmp_path):
@@ -34,13 +35,16 @@ def test_written_then_up_to_date(checkpoints, tmp_path):
 
 
 def test_pngs_are_the_in_process_stepping_stones(checkpoints):
+    """Exactly, batched as the PNGs were written; batched otherwise, a pixel may land one
+    quantization step away (float sums differ with the batch, by ~1e-7 before rounding)."""
     model, config, _ = load_model(checkpoints["s1"])
     records = load_records(checkpoints["data"], splits=["test"])
     dataset = build_dataset(records, config, InputDirs(logmel=checkpoints["logmel"]))
     by_uid = {r.uid: r for r in records}
-    for batch in dataset_batches(dataset, 2):
-        stones = stepping_stone(model, batch)
-        for i, (v, f) in enumerate(zip(batch["video_index"].tolist(), batch["frame_index"].tolist(), strict=True)):
-            png = checkpoints["stage1"] / by_uid[batch["uid"][v]].rel_dir / f"{f}.png"
-            stored = torch.from_numpy(np.asarray(Image.open(png), dtype=np.float32)) / 255
-            assert torch.equal(stones[i], stored)
+    for batch_size, steps in ((STAGE1_MASK_BATCH, 0), (1, 1)):
+        for batch in dataset_batches(dataset, batch_size):
+            stones = stepping_stone(model, batch)
+            for i, (v, f) in enumerate(zip(batch["video_index"].tolist(), batch["frame_index"].tolist(), strict=True)):
+                png = checkpoints["stage1"] / by_uid[batch["uid"][v]].rel_dir / f"{f}.png"
+                stored = torch.from_numpy(np.asarray(Image.open(png), dtype=np.float32)) / 255
+                assert float((stones[i] - stored).abs().max()) * 255 <= steps + 1e-4, (batch_size, png)
