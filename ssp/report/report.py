@@ -14,7 +14,10 @@ there is more than one; a cell without any file is "–" and the table's notes n
 missing run. Table 1 is AAVS vs SSP (Table 2's ``aavs`` and ``full`` rows,
 :data:`ssp.paper.TABLE1`). Also read: ``metrics/sweep/lambda_{v}.json`` (Fig. 5's points:
 stage-1 ``full`` models tested on MS3 = v1m, as the paper sweeps) and
-``metrics/stage2.json`` (the main model, with its per-scenario table). Rows, labels
+``metrics/stage2.json`` (the main model, with its per-scenario table). With ``--params``
+(the DVC stage passes params.yaml) only the cells and λ' points it names count
+(:class:`Grid`): DVC leaves the files of a cell taken out of params in place, and the
+report names them instead of averaging them in. Rows, labels
 and the paper's numbers come from :mod:`ssp.paper`. Writes ``report.md`` and PNG plots
 into ``--out`` and prints the tables. The sample grid of the ablation rows (``ssp
 samples``, paper Fig. 8) is linked when it exists.
@@ -44,6 +47,7 @@ import os
 import re
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +59,7 @@ from ssp.errors import SSPError
 from ssp.fileio import atomic_path, write_json, write_text
 from ssp.ops.tracking import EXPERIMENTS, ExistingRun, parent_run_from_env
 from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE1, TABLE2
-from ssp.params import EvaluateParams
+from ssp.params import EvaluateParams, Params, load_params
 from ssp.report.ceilings import ORACLE_LABELS, ORACLES, compute_ceilings, cue_headroom
 
 log = logging.getLogger(__name__)
@@ -132,14 +136,67 @@ def seed_files(folder: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def cell_numbers(metrics_dir: Path) -> Cells:
+@dataclass(frozen=True)
+class Grid:
+    """The cells and λ' points params name (``ssp report --params``). DVC leaves the outputs
+    of a stage that params no longer expand to (a seed, row or λ' taken out), so a metrics
+    folder can hold an earlier grid's files: with a grid they are left out of every number
+    and named in the report. No grid (None): every file present counts."""
+
+    rows: frozenset[str]  # `ablation.rows`: the stage-2 (AVSS) cells
+    stage1_rows: frozenset[str]  # `ablation.stage1_rows`: the stage-1 (S4/MS3) cells
+    seeds: frozenset[int]  # `ablation.seeds`
+    lambdas: frozenset[float]  # `sweep.lambda_post`
+
+    @classmethod
+    def from_params(cls, params: Params) -> Grid:
+        a = params.ablation
+        lambdas = frozenset(float(v) for v in params.sweep.lambda_post)
+        return cls(frozenset(a.rows), frozenset(a.stage1_rows), frozenset(a.seeds), lambdas)
+
+    def has_cell(self, stage: int, row: str, seed: int) -> bool:
+        return row in (self.stage1_rows if stage == 1 else self.rows) and seed in self.seeds
+
+
+def cell_files(metrics_dir: Path, stage: int, row: str, grid: Grid | None = None) -> dict[int, Path]:
+    """seed -> the metrics file of ``row``'s ``stage`` cell (in the grid, when given)."""
+    files = seed_files(metrics_dir / CELL_FOLDERS[stage] / row)
+    return {seed: path for seed, path in files.items() if grid is None or grid.has_cell(stage, row, seed)}
+
+
+def sweep_files(metrics_dir: Path, grid: Grid | None = None) -> dict[float, Path]:
+    """λ' -> ``{metrics_dir}/sweep/lambda_{λ'}.json`` (in the grid, when given), in λ' order."""
+    found = {}
+    for path in (metrics_dir / "sweep").glob("lambda_*.json"):
+        try:
+            value = float(path.stem[len("lambda_") :])
+        except ValueError:
+            continue  # not a sweep point's file
+        if grid is None or value in grid.lambdas:
+            found[value] = path
+    return dict(sorted(found.items()))
+
+
+def left_out_files(metrics_dir: Path, grid: Grid | None) -> list[Path]:
+    """The cell and sweep files under ``metrics_dir`` that ``grid`` does not name."""
+    if grid is None:
+        return []
+    kept = {p for stage in CELL_FOLDERS for row in TABLE2 for p in cell_files(metrics_dir, stage, row, grid).values()}
+    kept |= set(sweep_files(metrics_dir, grid).values())
+    every = [p for stage in CELL_FOLDERS for row in TABLE2 for p in cell_files(metrics_dir, stage, row).values()]
+    every += sweep_files(metrics_dir).values()
+    return sorted(p for p in every if p not in kept)
+
+
+def cell_numbers(metrics_dir: Path, grid: Grid | None = None) -> Cells:
     """Every Table-2 row's cells present under ``metrics_dir``: stage 1's S4/MS3 numbers
     from ``ablation_avs/{row}/seed*.json``, stage 2's AVSS numbers from
-    ``ablation/{row}/seed*.json``; rows and stages without any file are left out."""
+    ``ablation/{row}/seed*.json``; rows and stages without any file are left out, and so
+    are the cells ``grid`` does not name."""
     found: Cells = {}
     for row in TABLE2:
-        for stage, folder in CELL_FOLDERS.items():
-            files = seed_files(metrics_dir / folder / row)
+        for stage in CELL_FOLDERS:
+            files = cell_files(metrics_dir, stage, row, grid)
             if files:
                 found.setdefault(row, {})[stage] = {
                     seed: tuple(row_numbers(_read(path))[c] for c in STAGE_COLUMNS[stage])
@@ -148,13 +205,13 @@ def cell_numbers(metrics_dir: Path) -> Cells:
     return found
 
 
-def dataset_cell_numbers(metrics_dir: Path) -> tuple[DatasetCells, str]:
+def dataset_cell_numbers(metrics_dir: Path, grid: Grid | None = None) -> tuple[DatasetCells, str]:
     """The stage-2 cells' own-label-space AVSS numbers (rows whose files have them) and the
     label space's label (the first file's)."""
     found: DatasetCells = {}
     label = "own label space"
     for row in TABLE2:
-        for seed, path in seed_files(metrics_dir / CELL_FOLDERS[2] / row).items():
+        for seed, path in cell_files(metrics_dir, 2, row, grid).items():
             result = _read(path)
             numbers = dataset_numbers(result)
             if numbers[0] is not None:
@@ -232,10 +289,10 @@ def results_table(
     return "\n".join(lines)
 
 
-def ablation_table(metrics_dir: Path) -> tuple[str, str, dict[str, tuple]]:
+def ablation_table(metrics_dir: Path, grid: Grid | None = None) -> tuple[str, str, dict[str, tuple]]:
     """Tables 1 and 2 (markdown) and ``ours``: row -> the mean of each column."""
-    cells = cell_numbers(metrics_dir)
-    dataset = dataset_cell_numbers(metrics_dir)
+    cells = cell_numbers(metrics_dir, grid)
+    dataset = dataset_cell_numbers(metrics_dir, grid)
     ours = {row: tuple(mean for mean, _ in column_stats(row_cells)) for row, row_cells in cells.items()}
     table1 = results_table("method", list(TABLE1.items()), cells, metrics_dir, dataset)
     rows = [(r.label, name) for name, r in TABLE2.items()]
@@ -248,14 +305,14 @@ def _slug(column: str) -> str:
     return column.lower().replace(" ", "_").replace("_f", "_fscore")
 
 
-def ablation_summary(metrics_dir: Path) -> dict[str, dict[str, Any]]:
+def ablation_summary(metrics_dir: Path, grid: Grid | None = None) -> dict[str, dict[str, Any]]:
     """Every Table-2 row with cells: per column (``s4_miou`` ... ``avss_fscore``, and on a
     dataset with its own label space ``avss_miou_dataset`` / ``avss_fscore_dataset``) the
     mean and sample std over the seeds (%) and the number of seeds. Written as the DVC metric
     ``reports/ablation_summary.json``, so `dvc metrics show` and the flow's parent runs carry
     mean ± std per row."""
-    cells = cell_numbers(metrics_dir)
-    own, _ = dataset_cell_numbers(metrics_dir)
+    cells = cell_numbers(metrics_dir, grid)
+    own, _ = dataset_cell_numbers(metrics_dir, grid)
     summary: dict[str, dict[str, Any]] = {}
     for row, row_cells in cells.items():
         entry: dict[str, Any] = {}
@@ -271,10 +328,10 @@ def ablation_summary(metrics_dir: Path) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def plotted_ours(ours: dict[str, tuple], metrics_dir: Path) -> tuple[dict[str, tuple], str]:
+def plotted_ours(ours: dict[str, tuple], metrics_dir: Path, grid: Grid | None = None) -> tuple[dict[str, tuple], str]:
     """``ours`` with the AVSS mIoU (column 4) over the own label space where the cells have
     it, and the AVSS bars' label ("AVSS" or "AVSS (bg + K=8 classes)")."""
-    own_cells, label = dataset_cell_numbers(metrics_dir)
+    own_cells, label = dataset_cell_numbers(metrics_dir, grid)
     if not own_cells:
         return ours, "AVSS"
     plotted = dict(ours)
@@ -286,20 +343,20 @@ def plotted_ours(ours: dict[str, tuple], metrics_dir: Path) -> tuple[dict[str, t
     return plotted, f"AVSS ({label})"
 
 
-def sweep_points(metrics_dir: Path) -> list[tuple[float, float | None, float | None]]:
-    """(λ', MS3 mIoU, MS3 F) in % of each sweep file: paper Fig. 5 sweeps λ'_mask on MS3,
-    so a point is its stage-1 model's binary mIoU / F on the v1m test subset (None where
-    the file has no v1m figures)."""
+def sweep_points(metrics_dir: Path, grid: Grid | None = None) -> list[tuple[float, float | None, float | None]]:
+    """(λ', MS3 mIoU, MS3 F) in % of each sweep file (of ``grid``'s λ' values, when given):
+    paper Fig. 5 sweeps λ'_mask on MS3, so a point is its stage-1 model's binary mIoU / F on
+    the v1m test subset (None where the file has no v1m figures)."""
     points = []
-    for path in (metrics_dir / "sweep").glob("lambda_*.json"):
+    for value, path in sweep_files(metrics_dir, grid).items():
         numbers = row_numbers(_read(path))
-        points.append((float(path.stem[len("lambda_") :]), numbers[2], numbers[3]))
-    return sorted(points)
+        points.append((value, numbers[2], numbers[3]))
+    return points
 
 
-def sweep_section(metrics_dir: Path, out: Path) -> list[str]:
+def sweep_section(metrics_dir: Path, out: Path, grid: Grid | None = None) -> list[str]:
     """The λ' table and Fig. 5's plot (MS3, as the paper)."""
-    points = sweep_points(metrics_dir)
+    points = sweep_points(metrics_dir, grid)
     if not points:
         plot_sweep([], out, note=f"no λ'_mask sweep: {metrics_dir}/sweep has no lambda_*.json")
         return [f"_(no sweep points in `{metrics_dir}/sweep`: params `sweep.lambda_post` lists the λ' values)_", ""]
@@ -416,13 +473,15 @@ def scenario_table(result: dict[str, Any], ceilings: dict[str, Any] | None = Non
     return "\n".join(lines)
 
 
-def cell_scenarios(metrics_dir: Path, stage: int) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
+def cell_scenarios(
+    metrics_dir: Path, stage: int, grid: Grid | None = None
+) -> tuple[dict[str, dict[str, list[dict]]], list[str]]:
     """Every Table-2 row's per-scenario numbers of ``stage``'s cells (row -> scenario ->
     one dict per seed) and the subsets those cells were tested on."""
     found: dict[str, dict[str, list[dict]]] = {}
     subsets: set[str] = set()
     for row in TABLE2:
-        for path in seed_files(metrics_dir / CELL_FOLDERS[stage] / row).values():
+        for path in cell_files(metrics_dir, stage, row, grid).values():
             result = _read(path)
             for scenario, numbers in (result.get("per_scenario") or {}).items():
                 found.setdefault(row, {}).setdefault(scenario, []).append(numbers)
@@ -430,12 +489,14 @@ def cell_scenarios(metrics_dir: Path, stage: int) -> tuple[dict[str, dict[str, l
     return found, sorted(subsets, key=lambda s: SUBSET_ORDER.index(s) if s in SUBSET_ORDER else len(SUBSET_ORDER))
 
 
-def rows_scenario_table(metrics_dir: Path, stage: int, ceilings: dict[str, Any] | None, label: str) -> list[str]:
+def rows_scenario_table(
+    metrics_dir: Path, stage: int, ceilings: dict[str, Any] | None, label: str, grid: Grid | None = None
+) -> list[str]:
     """Markdown: every Table-2 row's per-scenario result (mean ± std over the seeds) of
     ``stage``'s cells, then one line per oracle's ceiling on the same metric. Stage 2: AVSS
     mIoU over the classes present; stage 1: binary per-frame mIoU, ceilings over the
     subsets the cells were tested on."""
-    found, subsets = cell_scenarios(metrics_dir, stage)
+    found, subsets = cell_scenarios(metrics_dir, stage, grid)
     if not found:
         return []
     # stage 2: the present-class mIoU, on which a perfect model scores 100 in every scenario
@@ -561,9 +622,9 @@ def samples_section(samples: Path | None, out: Path) -> list[str]:
     ]
 
 
-def intro(metrics_dir: Path, main: dict[str, Any]) -> str:
+def intro(metrics_dir: Path, main: dict[str, Any], grid: Grid | None = None) -> str:
     """The report's first paragraph: where the numbers come from and their conventions."""
-    own_cells, label = dataset_cell_numbers(metrics_dir)
+    own_cells, label = dataset_cell_numbers(metrics_dir, grid)
     if not own_cells and "miou_dataset" in main.get("semantic", {}).get("all", {}):
         label = space_label(main)
     avss = (
@@ -580,26 +641,43 @@ def intro(metrics_dir: Path, main: dict[str, Any]) -> str:
     )
 
 
-def metrics_split(metrics_dir: Path, main: dict[str, Any]) -> str:
+def left_out_note(metrics_dir: Path, grid: Grid | None) -> list[str]:
+    """Markdown naming the metrics files the grid leaves out (none: nothing)."""
+    files = left_out_files(metrics_dir, grid)
+    if not files:
+        return []
+    log.warning("left out %d metrics files that params do not name: %s", len(files), ", ".join(map(str, files)))
+    names = ", ".join(f"`{p.relative_to(metrics_dir)}`" for p in files)
+    return [
+        f"Left out: {len(files)} files under `{metrics_dir}/` that params (`ablation.rows`, `ablation.seeds`, "
+        f"`ablation.stage1_rows`, `sweep.lambda_post`) do not name, from an earlier grid (DVC leaves the "
+        f"outputs of a cell taken out of params in place): {names}.",
+        "",
+    ]
+
+
+def metrics_split(metrics_dir: Path, main: dict[str, Any], grid: Grid | None = None) -> str:
     """The split the metrics files were computed on (the main model's, else a cell's, else
     the ``evaluate`` default): the split the ceilings must be computed on."""
     if main.get("split"):
         return str(main["split"])
     for stage in CELL_FOLDERS:
         for row in TABLE2:
-            for path in seed_files(metrics_dir / CELL_FOLDERS[stage] / row).values():
+            for path in cell_files(metrics_dir, stage, row, grid).values():
                 return str(_read(path).get("split") or EvaluateParams().split)
     return EvaluateParams().split
 
 
-def scenario_sections(metrics_dir: Path, main: dict[str, Any], ceilings: dict[str, Any] | None) -> list[str]:
+def scenario_sections(
+    metrics_dir: Path, main: dict[str, Any], ceilings: dict[str, Any] | None, grid: Grid | None = None
+) -> list[str]:
     """The per-scenario tables: the main model's, then every Table-2 row's (stage-2 and
     stage-1 cells), each with the ceilings on its metric."""
     parts = ["## Per scenario (main model)", "", scenario_table(main, ceilings), ""]
-    _, label = dataset_cell_numbers(metrics_dir)
+    _, label = dataset_cell_numbers(metrics_dir, grid)
     rows = [
-        *rows_scenario_table(metrics_dir, 2, ceilings, label),
-        *rows_scenario_table(metrics_dir, 1, ceilings, label),
+        *rows_scenario_table(metrics_dir, 2, ceilings, label, grid),
+        *rows_scenario_table(metrics_dir, 1, ceilings, label, grid),
     ]
     if rows:
         parts += ["## Per scenario (paper Table 2 rows, test)", "", *rows]
@@ -614,25 +692,29 @@ def build_report(
     samples: str | Path | None = DEFAULT_SAMPLES,
     ceilings: str | Path | None = None,
     data: str | Path | None = None,
+    grid: Grid | None = None,
 ) -> tuple[Path, str]:
     """report.md in ``out`` (and its plots); returns its path and text. ``ceilings``: the
     ``ssp ceilings`` JSON (default ``{out}/ceilings.json``, where the DVC stage writes it);
-    when it does not exist and ``data`` is given, the ceilings are computed from ``data``."""
+    when it does not exist and ``data`` is given, the ceilings are computed from ``data``.
+    ``grid``: only the cells and λ' points it names count (:class:`Grid`); the other
+    files are named under the first paragraph."""
     metrics_dir, out = Path(metrics_dir), Path(out)
     samples = Path(samples) if samples is not None else None
     if not metrics_dir.is_dir():
         raise SSPError(f"{metrics_dir}: no metrics folder (run the pipeline first: dvc repro)")
     out.mkdir(parents=True, exist_ok=True)
-    table1, table2, ours = ablation_table(metrics_dir)
+    table1, table2, ours = ablation_table(metrics_dir, grid)
     main = _read(metrics_dir / "stage2.json") if (metrics_dir / "stage2.json").exists() else {}
     ceilings_path = Path(ceilings) if ceilings is not None else out / "ceilings.json"
-    found_ceilings = load_ceilings(ceilings_path, Path(data) if data else None, metrics_split(metrics_dir, main))
+    found_ceilings = load_ceilings(ceilings_path, Path(data) if data else None, metrics_split(metrics_dir, main, grid))
 
     parts = [
         "# SSP report",
         "",
-        intro(metrics_dir, main),
+        intro(metrics_dir, main, grid),
         "",
+        *left_out_note(metrics_dir, grid),
         "## AAVS vs SSP (paper Table 1)",
         "",
         table1,
@@ -642,14 +724,14 @@ def build_report(
         table2,
         "",
     ]
-    plotted, avss_label = plotted_ours(ours, metrics_dir)
+    plotted, avss_label = plotted_ours(ours, metrics_dir, grid)
     if plot_ablation(plotted, out, avss_label):
         parts += ["![ablation](ablation.png)", ""]
     parts += samples_section(samples, out)
-    parts += ["## λ'_mask sweep (paper Fig. 5)", "", *sweep_section(metrics_dir, out)]
-    parts += scenario_sections(metrics_dir, main, found_ceilings)
+    parts += ["## λ'_mask sweep (paper Fig. 5)", "", *sweep_section(metrics_dir, out, grid)]
+    parts += scenario_sections(metrics_dir, main, found_ceilings, grid)
     text = "\n".join(parts)
-    write_json(out / "ablation_summary.json", ablation_summary(metrics_dir))
+    write_json(out / "ablation_summary.json", ablation_summary(metrics_dir, grid))
     path = out / "report.md"
     write_text(path, text)
     return path, text
@@ -683,6 +765,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         type=Path,
         help="dataset root: compute the ceilings from its scene records when the ceilings JSON does not exist",
+    )
+    parser.add_argument(
+        "--params",
+        default=None,
+        type=Path,
+        metavar="FILE",
+        help="report only the cells and λ' points this params file names (sections `ablation`: rows, seeds, "
+        "stage1_rows; `sweep`: lambda_post), naming the other files found (an earlier grid's, which DVC leaves "
+        "in place); the pipeline passes params.yaml (default: every file under --metrics)",
     )
 
 
@@ -731,7 +822,10 @@ def log_to_pipeline_runs(out: Path, text: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    path, text = build_report(args.metrics, args.out, args.samples, args.ceilings, args.data)
+    if args.params is not None and not args.params.is_file():
+        raise SSPError(f"{args.params}: params file not found")
+    grid = Grid.from_params(load_params(args.params)) if args.params is not None else None
+    path, text = build_report(args.metrics, args.out, args.samples, args.ceilings, args.data, grid)
     print(text)
     print(f"\nreport: {path}")
     for run_id in log_to_pipeline_runs(Path(args.out), text):

@@ -130,7 +130,8 @@ def test_lambda_post_change_makes_only_its_models_stale(committed_pipeline):
 
 def test_seeds_add_cells_without_touching_the_others(committed_pipeline):
     stale = stale_after(committed_pipeline, lambda p: p["ablation"].__setitem__("seeds", [0, 1]))
-    assert stale == {f"ablation@{r}-1" for r in TABLE2} | stage1_cells(1) | {"samples"}
+    # the report too: it reports the grid params name (a seed taken out leaves its files)
+    assert stale == {f"ablation@{r}-1" for r in TABLE2} | stage1_cells(1) | {"samples", "report"}
 
 
 def test_sweep_values_touch_only_their_own_cells(committed_pipeline):
@@ -139,6 +140,7 @@ def test_sweep_values_touch_only_their_own_cells(committed_pipeline):
 
     stale = stale_after(committed_pipeline, edit)
     assert not stale & (PREPROCESSING | {"train_stage1", "train_stage2", "evaluate"})
+    assert "report" in stale  # it reports the λ' values params name, not every file in metrics/sweep
 
 
 def test_preprocessing_params_reach_only_their_stage(committed_pipeline):

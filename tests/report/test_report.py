@@ -127,6 +127,49 @@ def test_several_seeds_show_mean_and_sample_std(tmp_path):
     assert table_rows(text, "## AAVS vs SSP (paper Table 1)")["SSP"] == table2["Full model"]
 
 
+def test_with_params_only_the_grid_counts_and_files_of_an_earlier_grid_are_named(tmp_path, capsys):
+    """DVC leaves the file of a cell or λ' taken out of params: `ssp report --params` (the
+    DVC stage) neither averages nor plots it, and names it."""
+    metrics = tmp_path / "metrics"
+    scenario = {"still_sounding": {"miou": 0.1, "fscore": 0.1, "miou_present": 0.5, "frames": 4}}
+    write(cell(metrics, "full", 0), result(0.5, 0.4, 0.10, scenario))
+    write(
+        cell(metrics, "full", 1),
+        result(0.5, 0.4, 0.30, {"still_sounding": {**scenario["still_sounding"], "miou_present": 0.9}}),
+    )
+    write(cell(metrics, "aavs", 0), result(0.5, 0.4, 0.08))
+    write(avs_cell(metrics, "aavs", 0), stage1_result(0.5, 0.3))
+    write(avs_cell(metrics, "full", 0), stage1_result(0.7, 0.6))  # full is no longer a stage-1 row
+    for lam, ms3 in [(1, 0.12), (10, 0.16), (20, 0.77)]:
+        write(metrics / "sweep" / f"lambda_{lam}.json", stage1_result(0.99, ms3))
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "ablation:\n  rows: [aavs, full]\n  seeds: [0]\n  stage1_rows: [aavs]\nsweep:\n  lambda_post: [1, 10]\n"
+    )
+
+    assert cli(["report", "--metrics", str(metrics), "--out", str(tmp_path / "r"), "--params", str(params)]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    table2 = table_rows(text, "## Ablation (paper Table 2)")
+    assert table2["Full model"][:6] == ["–", "–", "–", "–", "10.0", "12.0"]  # seed 0 alone, no S4/MS3
+    assert table2["AAVS [29]"][:6] == "50.0 51.0 30.0 31.0 8.0 10.0".split()
+    sweep = text.split("## λ'_mask sweep (paper Fig. 5)", 1)[1].split("\n## ", 1)[0]
+    assert "| 1 | 12.0 |" in sweep and "| 10 | 16.0 |" in sweep and "| 20 |" not in sweep and "77.0" not in sweep
+    assert "| 50.0 |" in text.split("## Per scenario (paper Table 2 rows, test)", 1)[1] and "90.0" not in text
+    left_out = [line for line in text.splitlines() if line.startswith("Left out: 3 files")]
+    assert len(left_out) == 1, text[:2000]
+    for name in ("ablation/full/seed1.json", "ablation_avs/full/seed0.json", "sweep/lambda_20.json"):
+        assert f"`{name}`" in left_out[0]
+    summary = json.loads((tmp_path / "r" / "ablation_summary.json").read_text())
+    assert summary["full"]["avss_miou"] == {"mean": 10.0, "std": None} and "s4_miou" not in summary["full"]
+
+    _, every = build_report(metrics, tmp_path / "all")  # no grid: every file counts, none is named
+    assert (
+        table_rows(every, "## Ablation (paper Table 2)")["Full model"][4] == "20.0 ± 14.1" and "Left out" not in every
+    )
+    absent = ["report", "--metrics", str(metrics), "--out", str(tmp_path / "r"), "--params", str(tmp_path / "a.yaml")]
+    assert cli(absent) != 0 and "a.yaml: params file not found" in capsys.readouterr().err
+
+
 def test_missing_cells_show_dashes_and_name_the_run(tmp_path):
     metrics = tmp_path / "m"
     write(cell(metrics, "aavs"), result(0.5, 0.4, 0.1))
