@@ -185,7 +185,7 @@ def left_out_files(metrics_dir: Path, grid: Grid | None) -> list[Path]:
     kept |= set(sweep_files(metrics_dir, grid).values())
     every = [p for stage in CELL_FOLDERS for row in TABLE2 for p in cell_files(metrics_dir, stage, row).values()]
     every += sweep_files(metrics_dir).values()
-    return sorted(p for p in every if p not in kept)
+    return [p for p in every if p not in kept]  # in row, seed and λ' order
 
 
 def cell_numbers(metrics_dir: Path, grid: Grid | None = None) -> Cells:
