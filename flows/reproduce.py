@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import run_stage, stage_order
+from flows.dvc_stages import patient_local_api, run_stage, stage_order
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
@@ -127,6 +127,7 @@ def reproduce(
 
 def main(argv: list[str] | None = None) -> int:
     quiet_by_default()  # before the flow starts Prefect's API server and the DVC stages
+    patient_local_api()
     ap = argparse.ArgumentParser(description="Run the SSP DVC pipeline as a Prefect flow.")
     ap.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
     ap.add_argument("--targets", nargs="*", help="only these stages (and what they depend on)")

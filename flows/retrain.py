@@ -40,7 +40,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import default_remote, pull, push, stale_stages
+from flows.dvc_stages import default_remote, patient_local_api, pull, push, stale_stages
 from flows.reproduce import reproduce
 from ssp.errors import SSPError
 from ssp.ops.telemetry import quiet_by_default
@@ -192,6 +192,7 @@ def retrain(project_dir: str = ".", force: bool = False, wait_for_workspace_s: f
 
 def main(argv: list[str] | None = None) -> int:
     quiet_by_default()  # before the flow starts Prefect's API server and the DVC commands
+    patient_local_api()
     ap = argparse.ArgumentParser(description="Retrain when DVC sees changed data or params (the scheduled flow).")
     ap.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
     ap.add_argument("--force", action="store_true", help="run the pipeline even when nothing changed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -258,3 +259,26 @@ def test_deploy_gives_the_work_pool_a_concurrency_limit_of_1(prefect_harness, ca
 
     assert asyncio.run(limits()) == {"ssp-new": 1, "ssp-unlimited": 1, "ssp-chosen": 3}  # a chosen limit stays
     assert "keeps its concurrency limit 3" in capsys.readouterr().err
+
+
+def test_the_flows_give_prefects_local_api_time_to_start():
+    """Prefect's default 20 s for its temporary API to answer ran out on a busy 2-core
+    machine (`make test`: the reproduce flow failed before its first stage). In a fresh
+    process: this module's Prefect harness holds settings of its own."""
+    from flows.dvc_stages import LOCAL_API_STARTUP_ENV, LOCAL_API_STARTUP_S
+
+    probe = (
+        "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
+        "from flows.dvc_stages import patient_local_api\n"
+        "before = s.value(); patient_local_api(); print(before, s.value())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
+    def startup_seconds(**extra: str) -> list[str]:
+        done = subprocess.run([PY, "-c", probe], cwd=ROOT, env={**env, **extra}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    assert startup_seconds() == ["20", str(LOCAL_API_STARTUP_S)]  # Prefect's own default, then ours
+    assert LOCAL_API_STARTUP_S >= 120
+    assert startup_seconds(**{LOCAL_API_STARTUP_ENV: "33"}) == ["33", "33"]  # the user's value stays
