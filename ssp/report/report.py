@@ -55,7 +55,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
 from ssp.data.synthetic import SCENARIOS
-from ssp.errors import SSPError
+from ssp.errors import DataError, SSPError
 from ssp.fileio import atomic_path, write_json, write_text
 from ssp.ops.tracking import EXPERIMENTS, ExistingRun, parent_run_from_env
 from ssp.paper import COLUMNS, STAGE_COLUMNS, TABLE1, TABLE2
@@ -181,11 +181,14 @@ def left_out_files(metrics_dir: Path, grid: Grid | None) -> list[Path]:
     """The cell and sweep files under ``metrics_dir`` that ``grid`` does not name."""
     if grid is None:
         return []
-    kept = {p for stage in CELL_FOLDERS for row in TABLE2 for p in cell_files(metrics_dir, stage, row, grid).values()}
-    kept |= set(sweep_files(metrics_dir, grid).values())
-    every = [p for stage in CELL_FOLDERS for row in TABLE2 for p in cell_files(metrics_dir, stage, row).values()]
-    every += sweep_files(metrics_dir).values()
-    return [p for p in every if p not in kept]  # in row, seed and λ' order
+    left = [
+        path
+        for stage in CELL_FOLDERS
+        for row in TABLE2
+        for seed, path in cell_files(metrics_dir, stage, row).items()
+        if not grid.has_cell(stage, row, seed)
+    ]
+    return left + [path for value, path in sweep_files(metrics_dir).items() if value not in grid.lambdas]
 
 
 def cell_numbers(metrics_dir: Path, grid: Grid | None = None) -> Cells:
@@ -823,7 +826,7 @@ def log_to_pipeline_runs(out: Path, text: str) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     if args.params is not None and not args.params.is_file():
-        raise SSPError(f"{args.params}: params file not found")
+        raise DataError(args.params, "params file not found")  # load_params would use the defaults
     grid = Grid.from_params(load_params(args.params)) if args.params is not None else None
     path, text = build_report(args.metrics, args.out, args.samples, args.ceilings, args.data, grid)
     print(text)
