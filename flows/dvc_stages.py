@@ -21,24 +21,8 @@ from typing import Callable, Iterable
 
 import networkx as nx
 from dvc.repo import Repo
-from prefect.context import refresh_global_settings_context
 
 from ssp.errors import SSPError
-
-# Prefect's temporary local API (no PREFECT_API_URL) must answer within this many seconds
-# (Prefect's default: 20). Its first start imports the server and migrates a new database:
-# on a busy 2-core machine that took over 20 s and the flow failed before its first stage.
-LOCAL_API_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
-LOCAL_API_STARTUP_S = 180
-
-
-def patient_local_api() -> None:
-    """Give Prefect's temporary local API :data:`LOCAL_API_STARTUP_S` to start, unless the
-    user set :data:`LOCAL_API_STARTUP_ENV` (call before the flow starts it)."""
-    if LOCAL_API_STARTUP_ENV in os.environ:
-        return
-    os.environ[LOCAL_API_STARTUP_ENV] = str(LOCAL_API_STARTUP_S)
-    refresh_global_settings_context()  # Prefect read its settings at import: again
 
 
 def dvc_executable() -> str:

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import refresh_global_settings_context
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import patient_local_api, run_stage, stage_order
+from flows.dvc_stages import run_stage, stage_order
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
@@ -123,6 +125,22 @@ def reproduce(
     create_markdown_artifact(summary, key="pipeline-summary", description="stages run by reproduce")
     logger.info(summary)
     return {"stages": results, "metrics": metrics, "parent_runs": {exp: p.run_id for exp, p in parents.items()}}
+
+
+# Prefect's temporary local API (no PREFECT_API_URL) must answer within this many seconds
+# (Prefect's default: 20). Its first start imports the server and migrates a new database:
+# on a busy 2-core machine that took over 20 s and the flow failed before its first stage.
+LOCAL_API_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+LOCAL_API_STARTUP_S = 180
+
+
+def patient_local_api() -> None:
+    """Give Prefect's temporary local API :data:`LOCAL_API_STARTUP_S` to start, unless the
+    user set :data:`LOCAL_API_STARTUP_ENV` (call before the flow starts it)."""
+    if LOCAL_API_STARTUP_ENV in os.environ:
+        return
+    os.environ[LOCAL_API_STARTUP_ENV] = str(LOCAL_API_STARTUP_S)
+    refresh_global_settings_context()  # Prefect read its settings at import: again
 
 
 def main(argv: list[str] | None = None) -> int:

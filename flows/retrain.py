@@ -40,8 +40,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import default_remote, patient_local_api, pull, push, stale_stages
-from flows.reproduce import reproduce
+from flows.dvc_stages import default_remote, pull, push, stale_stages
+from flows.reproduce import patient_local_api, reproduce
 from ssp.errors import SSPError
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import get_client, git_commit

@@ -265,11 +265,11 @@ def test_the_flows_give_prefects_local_api_time_to_start():
     """Prefect's default 20 s for its temporary API to answer ran out on a busy 2-core
     machine (`make test`: the reproduce flow failed before its first stage). In a fresh
     process: this module's Prefect harness holds settings of its own."""
-    from flows.dvc_stages import LOCAL_API_STARTUP_ENV, LOCAL_API_STARTUP_S
+    from flows.reproduce import LOCAL_API_STARTUP_ENV, LOCAL_API_STARTUP_S
 
     probe = (
         "from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as s\n"
-        "from flows.dvc_stages import patient_local_api\n"
+        "from flows.reproduce import patient_local_api\n"
         "before = s.value(); patient_local_api(); print(before, s.value())"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
