@@ -5,7 +5,9 @@ caching; Prefect adds retries, logs, states and scheduling on top.
 
 Each stage runs as its own ``dvc repro --single-item STAGE`` process: DVC holds a repo
 lock while it works, so stages run one after another (on one machine that is also what
-the CPU wants).
+the CPU wants). Their ``ssp`` commands start warm: :func:`stage_server` keeps one process
+with the heavy imports done for the length of a run, and each command runs as a fork of it
+(``ssp/stage_server.py``; docs/design.md, "Warm stage starts").
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,6 +28,7 @@ import networkx as nx
 from dvc.repo import Repo
 
 from ssp.errors import SSPError
+from ssp.stage_server import SERVER_ENV
 
 
 def dvc_executable() -> str:
@@ -63,6 +69,37 @@ def stale_stages(project_dir: str | Path = ".", targets: Iterable[str] | None = 
     return [name.split(":")[-1] for name in json.loads(out.stdout or "{}")]
 
 
+def stage_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the stages' commands: this process's, with ``env`` on top."""
+    # progress bars become log lines here: one every 10 s is plenty
+    full_env = {"TQDM_MININTERVAL": "10", **os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    # stage commands call `ssp`: find the one installed beside this interpreter (the venv)
+    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
+    return full_env
+
+
+@contextmanager
+def stage_server(project_dir: str | Path = ".", env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+    """A warm stage server (``ssp stage-server``) for the stages run with the ``env`` this
+    yields (``env`` plus ``SSP_STAGE_SERVER``); stopped on exit. It imports for ~10 s
+    before it listens: the commands of the first stages start on their own meanwhile."""
+    folder = tempfile.mkdtemp(prefix="ssp-stages-")  # short: a UNIX socket path has ~100 bytes
+    env = {**(env or {}), SERVER_ENV: os.path.join(folder, "server.sock")}
+    # run as the stages' `python -m ssp.cli` runs: the project's own ssp package
+    command = [sys.executable, "-m", "ssp.cli", "stage-server", "--socket", env[SERVER_ENV]]
+    server = subprocess.Popen(command, cwd=project_dir, env=stage_environment(env), stdin=subprocess.DEVNULL)
+    try:
+        yield env
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -78,14 +115,10 @@ def run_stage(
     on_line: Callable[[str], None] | None = None,
 ) -> StageResult:
     """``dvc repro --single-item STAGE``, streaming its output line by line."""
-    # progress bars become log lines here: one every 10 s is plenty
-    full_env = {"TQDM_MININTERVAL": "10", **os.environ, **(env or {}), "DVC_STAGE": stage, "PYTHONUNBUFFERED": "1"}
-    # stage commands call `ssp`: find the one installed beside this interpreter (the venv)
-    full_env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), full_env.get("PATH", "")])
     proc = subprocess.Popen(
         [dvc_executable(), "repro", "--single-item", stage],
         cwd=project_dir,
-        env=full_env,
+        env={**stage_environment(env), "DVC_STAGE": stage},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import refresh_global_settings_context
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import run_stage, stage_order
+from flows.dvc_stages import run_stage, stage_order, stage_server
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
@@ -81,8 +82,11 @@ def reproduce(
     retries: dict[str, int] | None = None,
     track: bool = True,
     profile: str | None = None,
+    warm_start: bool = True,
 ) -> dict[str, Any]:
-    """Run the DVC pipeline stage by stage; returns which stages ran and the metrics."""
+    """Run the DVC pipeline stage by stage; returns which stages ran and the metrics.
+    ``warm_start``: the stages' ssp commands run as forks of one process that imported
+    the libraries once (flows/dvc_stages.py: stage_server)."""
     logger = get_run_logger()
     project_dir = str(Path(project_dir).resolve())
     params = pipeline_params(project_dir, profile)
@@ -103,12 +107,13 @@ def reproduce(
     results: list[dict[str, Any]] = []
     status = "FAILED"
     try:
-        for stage in stages:
-            group = stage.split("@")[0]
-            task_fn = dvc_stage.with_options(
-                task_run_name=f"dvc:{stage}", retries=retries.get(group, 0), retry_delay_seconds=5
-            )
-            results.append(task_fn(stage, project_dir, env))
+        with stage_server(project_dir, env) if warm_start else nullcontext(env) as stage_env:
+            for stage in stages:
+                group = stage.split("@")[0]
+                task_fn = dvc_stage.with_options(
+                    task_run_name=f"dvc:{stage}", retries=retries.get(group, 0), retry_delay_seconds=5
+                )
+                results.append(task_fn(stage, project_dir, stage_env))
         status = "FINISHED"
     finally:
         metrics = dvc_metrics(project_dir) if status == "FINISHED" else {}
@@ -151,12 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", nargs="*", help="only these stages (and what they depend on)")
     ap.add_argument("--no-track", action="store_true", help="do not open MLflow parent runs")
     ap.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="start each stage's ssp command as a fresh process (default: forks of one warm process)",
+    )
+    ap.add_argument(
         "--profile",
         default=None,
         help="compose params.yaml from conf/ with this profile first (e.g. paper); default: params.yaml as it is",
     )
     args = ap.parse_args(argv)
-    reproduce(project_dir=args.project_dir, targets=args.targets, track=not args.no_track, profile=args.profile)
+    reproduce(
+        project_dir=args.project_dir,
+        targets=args.targets,
+        track=not args.no_track,
+        profile=args.profile,
+        warm_start=not args.cold_start,
+    )
     return 0
 
 

@@ -11,9 +11,10 @@ import argparse
 import gc
 import importlib
 import logging
+import os
 import sys
 
-from ssp import __version__
+from ssp import __version__, stage_server
 from ssp.errors import SSPError
 from ssp.ops.telemetry import quiet_by_default
 
@@ -49,6 +50,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("ssp.eval.predict", "segment a user's video: masks, class names, overlays"),
     "launch": ("ssp.ops.launch", "run a training command as one process or under torchrun (train.gpus / train.nodes)"),
 }
+# The commands a stage server runs (ssp/stage_server.py): those whose imports outweigh the
+# ~1 s a fork costs to end (interpreter shutdown); the others start faster on their own.
+STAGE_SERVER_COMMANDS = (
+    "validate",
+    "ceilings",
+    "logmel",
+    "flow",
+    "prompts",
+    "train",
+    "stage1-masks",
+    "evaluate",
+    "register",
+    "samples",
+    "report",
+    "predict",
+)
+# what those commands import only once they run: a checkpoint's model, the validation
+# engine, the learned optical-flow estimators
+STAGE_SERVER_PRELOAD = (
+    "ssp.models.ssp",
+    "great_expectations",
+    "great_expectations.expectations",
+    "ssp.preprocess.flow_networks",
+)
 
 
 def import_paused_gc(module_name: str):
@@ -84,13 +109,37 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
             module = import_paused_gc(module_name)
             module.add_arguments(p)
             p.set_defaults(_main=module.main)
+    serve = sub.add_parser(
+        "stage-server",
+        help="serve the pipeline's ssp commands from one warm process (the reproduce flow starts it)",
+        description=stage_server.__doc__.split("\n\n")[0],
+    )
+    serve.add_argument("--socket", required=True, help="UNIX socket to listen on (clients: SSP_STAGE_SERVER)")
+    serve.set_defaults(_main=serve_stages)
     return parser
+
+
+def serve_stages(args: argparse.Namespace) -> int:
+    """``ssp stage-server``: import every command's module, then serve (ssp/stage_server.py)."""
+    environment = dict(os.environ)  # the clients' environment must be this one, before the imports
+    for module_name in (COMMANDS[c][0] for c in STAGE_SERVER_COMMANDS):
+        import_paused_gc(module_name)
+    for module_name in STAGE_SERVER_PRELOAD:
+        try:
+            import_paused_gc(module_name)
+        except ImportError:  # an optional backend not installed: its commands import nothing
+            pass
+    return stage_server.serve(args.socket, run=main, environment=environment)
 
 
 def main(argv: list[str] | None = None) -> int:
     quiet_by_default()  # before any subcommand imports DVC, Prefect or MLflow
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
+    if selected in STAGE_SERVER_COMMANDS:  # on the reproduce flow's warm server, if it has one
+        served = stage_server.run_on_server(argv)
+        if served is not None:
+            return served
     parser = build_parser(selected if selected in COMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(

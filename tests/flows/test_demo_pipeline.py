@@ -78,6 +78,9 @@ def demo_run(tmp_path_factory, _mlflow_template_db):
         MLFLOW_TRACKING_URI=f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}",
         PREFECT_HOME=str(base / "prefect"),  # the temporary local API's database lives here
         DVC_NO_ANALYTICS="1",
+        # the copy's own ssp package for every command, `ssp ...` included (not the venv's
+        # editable install of this checkout): the stage server and its clients run one code
+        PYTHONPATH=str(proj),
     )
     (proj / "mlruns").mkdir(exist_ok=True)
     shutil.copy(_mlflow_template_db, proj / "mlruns" / "mlflow.db")  # migrated once per session, not per run
@@ -116,6 +119,15 @@ def test_every_stage_of_dvc_yaml_ran_and_wrote_its_outputs(demo_run):
     assert json.loads(status.stdout or "{}") == {}
     again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=proj, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout[-3000:]
+    # the stages' heavy ssp commands ran as forks of the flow's warm stage server, none on its own
+    from ssp.cli import STAGE_SERVER_COMMANDS
+
+    _, _, log, _ = demo_run
+    heavy = [s for s in stages if re.search(rf"\bssp (launch .*-- )?({'|'.join(STAGE_SERVER_COMMANDS)})\b", s.cmd)]
+    served = re.search(r"stage server: (\d+) command\(s\) served", log)
+    # (the first ones may start while it still imports)
+    assert served and len(heavy) // 2 <= int(served.group(1)) <= len(heavy), log[-3000:]
+    assert "runs on its own" not in log
     # and the flow's task for an up-to-date stage reports that it skipped it
     from flows.dvc_stages import run_stage
 
