@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable
 
 import networkx as nx
 from dvc.repo import Repo
@@ -79,15 +79,20 @@ def stage_environment(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextmanager
-def stage_server(project_dir: str | Path = ".", env: dict[str, str] | None = None) -> Iterator[dict[str, str]]:
+def stage_server(
+    project_dir: str | Path = ".", env: dict[str, str] | None = None, log: IO | None = None
+) -> Iterator[dict[str, str]]:
     """A warm stage server (``ssp stage-server``) for the stages run with the ``env`` this
-    yields (``env`` plus ``SSP_STAGE_SERVER``); stopped on exit. It imports for ~10 s
-    before it listens: the commands of the first stages start on their own meanwhile."""
+    yields (``env`` plus ``SSP_STAGE_SERVER``) through :func:`stage_environment`; stopped on
+    exit. It imports for ~10 s before it listens: the commands of the first stages start on
+    their own meanwhile. ``log``: where its log lines go (default: this process's stderr)."""
     folder = tempfile.mkdtemp(prefix="ssp-stages-")  # short: a UNIX socket path has ~100 bytes
     env = {**(env or {}), SERVER_ENV: os.path.join(folder, "server.sock")}
     # run as the stages' `python -m ssp.cli` runs: the project's own ssp package
     command = [sys.executable, "-m", "ssp.cli", "stage-server", "--socket", env[SERVER_ENV]]
-    server = subprocess.Popen(command, cwd=project_dir, env=stage_environment(env), stdin=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command, cwd=project_dir, env=stage_environment(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+    )
     try:
         yield env
     finally:

@@ -272,7 +272,10 @@ def mlflow_ui(demo_run):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        with socket.socket() as s:  # nothing left behind on the port
+        with socket.socket() as s:  # nothing left behind on the port: no process listens on it
+            # (SO_REUSEADDR: connections the killed server closed may linger in TIME_WAIT;
+            # they are no process, and without it they alone made the bind fail)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
 
 

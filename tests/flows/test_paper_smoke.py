@@ -11,7 +11,8 @@ profile's composition with overrides that shrink sizes and schedules only (image
 epochs, frames, points, one row, one sweep point): every stage runs the paper's code path
 -- Perceiver IO flow, MiniCPM-o through its own chat call, the Swin Mask2Former read from
 its config.json, VGGish, BERT + CLIP VTA, AAVS's recipe with the phase switch, the
-stage-1 and stage-2 Table cells -- on CPU.
+stage-1 and stage-2 Table cells -- on CPU. Its heavy commands start warm (``ssp
+stage-server``, as under the reproduce flow): the same commands, forks of one process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.dvc_stages import stage_environment, stage_server
 from ssp.hub import sha256_file
 from ssp.params import Params, apply_overrides, compose, write_params
 from tests.flows.project_copy import SMALL_SCHEDULE, copy_repository
@@ -75,6 +78,7 @@ def paper_run(tmp_path_factory, _mlflow_template_db):
         "HF_MODULES_CACHE": str(base / "modules"),  # MiniCPM's remote code is copied here
         "MLFLOW_TRACKING_URI": f"sqlite:///{proj / 'mlruns' / 'mlflow.db'}",
         "DVC_NO_ANALYTICS": "1",
+        "PYTHONPATH": str(proj),  # the copy's own ssp package for every command, `ssp ...` included
     }
     os.environ["HF_HUB_CACHE"] = str(cache)  # where the stand-in builders file them
     try:
@@ -83,8 +87,17 @@ def paper_run(tmp_path_factory, _mlflow_template_db):
         os.environ.pop("HF_HUB_CACHE")
     (proj / "mlruns").mkdir(exist_ok=True)
     shutil.copy(_mlflow_template_db, proj / "mlruns" / "mlflow.db")  # migrated once per session, not per run
-    out = subprocess.run([str(BIN / "dvc"), "repro"], cwd=proj, env=env, capture_output=True, text=True)
+    # the stages' heavy ssp commands start warm, as under the reproduce flow (each a fork of
+    # one `ssp stage-server` that imported the paper path's libraries once; plain `dvc repro`
+    # with cold starts: tests/engine/test_dvc_resume.py, tests/flows/test_pipeline.py)
+    with open(base / "stage-server.log", "w+") as log, stage_server(proj, env, log=log) as served:
+        out = subprocess.run(
+            [str(BIN / "dvc"), "repro"], cwd=proj, env=stage_environment(served), capture_output=True, text=True
+        )
     assert out.returncode == 0, f"dvc repro (paper profile) failed:\n{out.stdout[-6000:]}\n{out.stderr[-4000:]}"
+    server_log = (base / "stage-server.log").read_text()
+    assert re.search(r"stage server: [1-9]\d* command\(s\) served", server_log), server_log[-3000:]
+    assert "runs on its own" not in server_log, server_log[-3000:]
     return proj, env, params, standins
 
 
