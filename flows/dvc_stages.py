@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,15 @@ def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = N
         graph = graph.subgraph(keep)
     order = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: position[s])
     return [s.name for s in order]
+
+
+def run_ssp_commands(project_dir: str | Path, stages: Iterable[str]) -> bool:
+    """Whether any of ``stages`` runs an ``ssp`` command (what a stage server serves)."""
+    wanted = set(stages)
+    with Repo(str(project_dir)) as repo:
+        commands = [s.cmd for s in repo.index.stages if s.name in wanted]
+    lines = [line for cmd in commands for line in ([cmd] if isinstance(cmd, str) else cmd or [])]
+    return any(re.search(r"(^|[\s;&|])ssp\s", line) for line in lines)
 
 
 def stale_stages(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:

@@ -25,7 +25,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import refresh_global_settings_context
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import run_stage, stage_order, stage_server
+from flows.dvc_stages import run_ssp_commands, run_stage, stage_order, stage_server
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
@@ -107,7 +107,8 @@ def reproduce(
     results: list[dict[str, Any]] = []
     status = "FAILED"
     try:
-        with stage_server(project_dir, env) if warm_start else nullcontext(env) as stage_env:
+        warm = warm_start and run_ssp_commands(project_dir, stages)  # not for a project without ssp
+        with stage_server(project_dir, env) if warm else nullcontext(env) as stage_env:
             for stage in stages:
                 group = stage.split("@")[0]
                 task_fn = dvc_stage.with_options(

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.dvc_stages import stage_order, stale_stages
+from flows.dvc_stages import run_ssp_commands, stage_order, stale_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -87,6 +87,9 @@ def test_stage_order_follows_dependencies(tmp_path):
     proj = make_project(tmp_path)
     assert stage_order(proj) == ["synth", "validate", "train", "sweep@1", "sweep@10"]
     assert stage_order(proj, ["train"]) == ["synth", "validate", "train"]
+    # no ssp command here: the reproduce flow starts no stage server for it; the pipeline's do
+    assert not run_ssp_commands(proj, stage_order(proj))
+    assert run_ssp_commands(ROOT, ["train_stage1"]) and not run_ssp_commands(ROOT, [])
 
 
 def test_failed_validation_stops_the_flow_before_downstream(tmp_path, mlflow_store, prefect_harness):
