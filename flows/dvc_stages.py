@@ -100,8 +100,15 @@ def stage_server(
     env = {**(env or {}), SERVER_ENV: os.path.join(folder, "server.sock")}
     # run as the stages' `python -m ssp.cli` runs: the project's own ssp package
     command = [sys.executable, "-m", "ssp.cli", "stage-server", "--socket", env[SERVER_ENV]]
+    # its own session: a Ctrl-C in the terminal reaches each command once, through its client
     server = subprocess.Popen(
-        command, cwd=project_dir, env=stage_environment(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        command,
+        cwd=project_dir,
+        env=stage_environment(env),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
     )
     try:
         yield env

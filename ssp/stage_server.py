@@ -225,8 +225,10 @@ def serve(socket_path: str | Path, run: Callable[[list[str]], int], environment:
 def _accept(listener: socket.socket, environment: dict[str, str], package: str):
     """The next command, or None when it must run on its own (the client is told why)."""
     conn, _ = listener.accept()
+    conn.settimeout(10)  # a client sends its request at once; none may stall the server
     try:
         request, fds = _recv_request(conn)
+        conn.settimeout(None)
     except (OSError, ValueError) as e:
         log.warning("stage server: unreadable request: %s", e)
         conn.close()
