@@ -7,7 +7,7 @@ Each stage runs as its own ``dvc repro --single-item STAGE`` process: DVC holds 
 lock while it works, so stages run one after another (on one machine that is also what
 the CPU wants). Their ``ssp`` commands start warm: :func:`stage_server` keeps one process
 with the heavy imports done for the length of a run, and each command runs as a fork of it
-(``ssp/stage_server.py``; docs/design.md, "Warm stage starts").
+(``ssp/stage_server.py``; docs/design.md, "Start-up time").
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def stage_server(
     their own meanwhile. ``log``: where its log lines go (default: this process's stderr)."""
     folder = tempfile.mkdtemp(prefix="ssp-stages-")  # short: a UNIX socket path has ~100 bytes
     env = {**(env or {}), SERVER_ENV: os.path.join(folder, "server.sock")}
-    # run as the stages' `python -m ssp.cli` runs: the project's own ssp package
+    # `python -m ssp.cli` from the project folder: its own ssp package, the one its stages'
+    # `ssp ...` commands import there (the repository's, or PYTHONPATH's)
     command = [sys.executable, "-m", "ssp.cli", "stage-server", "--socket", env[SERVER_ENV]]
     # its own session: a Ctrl-C in the terminal reaches each command once, through its client
     server = subprocess.Popen(

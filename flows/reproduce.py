@@ -29,6 +29,7 @@ from flows.dvc_stages import run_ssp_commands, run_stage, stage_order, stage_ser
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
+from ssp.stage_server import SERVER_ENV
 
 # Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
 # are cached, so a retry only asks for the rest). Deterministic stages (validate,
@@ -108,7 +109,9 @@ def reproduce(
     status = "FAILED"
     try:
         warm = warm_start and run_ssp_commands(project_dir, stages)  # not for a project without ssp
-        with stage_server(project_dir, env) if warm else nullcontext(env) as stage_env:
+        # cold: not even a server this process's environment names (the README's manual one)
+        cold_env = {**env, SERVER_ENV: ""}
+        with stage_server(project_dir, env) if warm else nullcontext(cold_env) as stage_env:
             for stage in stages:
                 group = stage.split("@")[0]
                 task_fn = dvc_stage.with_options(

@@ -42,7 +42,9 @@ from pathlib import Path
 
 SERVER_ENV = "SSP_STAGE_SERVER"  # path of the server's UNIX socket
 # set per stage by DVC (the stage, the repository) and by the shell running its command
-PER_STAGE_VARIABLES = frozenset({"DVC_STAGE", "DVC_ROOT", "PWD", "OLDPWD", "SHLVL", "_"})
+PER_STAGE_VARIABLES = frozenset(
+    {"DVC_STAGE", "DVC_ROOT", "DVC_EXP_BASELINE_REV", "DVC_EXP_NAME", "PWD", "OLDPWD", "SHLVL", "_"}
+)
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ACCEPTED = b"A"
 REFUSED = b"R"
@@ -76,15 +78,33 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def _recv_request(sock: socket.socket) -> tuple[dict, list[int]]:
     # the descriptors ride on the first bytes (the length prefix)
     head, fds, _, _ = socket.recv_fds(sock, 4, 8)
-    head += _recv_exact(sock, 4 - len(head))
-    (size,) = struct.unpack("!I", head)
-    return json.loads(_recv_exact(sock, size)), list(fds)
+    try:
+        head += _recv_exact(sock, 4 - len(head))
+        (size,) = struct.unpack("!I", head)
+        return json.loads(_recv_exact(sock, size)), list(fds)
+    except BaseException:
+        for fd in fds:  # held here, a pipe's write end would keep its reader waiting for EOF
+            os.close(fd)
+        raise
 
 
 def _package_path() -> str:
     import ssp  # noqa: PLC0415  (the package this process runs)
 
     return str(Path(ssp.__file__).resolve().parent)
+
+
+def _loaded_code(package: str) -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every module file of ``package`` this process has imported."""
+    files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+    stats = {}
+    for name in sorted(f for f in files if f and f.startswith(package)):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        stats[name] = (st.st_mtime_ns, st.st_size)
+    return stats
 
 
 def environment_differences(server: Mapping[str, str], client: Mapping[str, str]) -> list[str]:
@@ -102,6 +122,7 @@ def run_on_server(argv: list[str]) -> int | None:
     if not path or _is_served_command:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)  # a stuck server: run on our own (closing makes it drop the command)
     try:
         sock.connect(path)
         request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "package": _package_path()}
@@ -112,6 +133,7 @@ def run_on_server(argv: list[str]) -> int | None:
             log.debug("stage server %s: %s", path, _recv_exact(sock, size).decode())
             sock.close()
             return None
+        sock.settimeout(None)
     except OSError as e:  # no server (yet), or it went away before taking the command
         log.debug("stage server %s unreachable: %s", path, e)
         sock.close()
@@ -137,7 +159,8 @@ def _wait_for_status(sock: socket.socket) -> int:
             signal.signal(s, handler)
         sock.close()
     if status < 0:  # the command died of a signal: so does this process
-        signal.signal(-status, signal.SIG_DFL)
+        if -status not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
         return 128 - status
     return status
@@ -156,8 +179,11 @@ def serve(socket_path: str | Path, run: Callable[[list[str]], int], environment:
     # what the imports set (torch: LD_LIBRARY_PATH, TORCHINDUCTOR_CACHE_DIR): a fresh
     # process sets the same while importing, so each child gets it on top of its client's
     set_by_imports = {k: v for k, v in os.environ.items() if environment.get(k) != v}
+    code = _loaded_code(package)  # a change under the server: it would run the old code
     stop: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stop.append(signum))
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: stop.append(signum))
+    _remove_stale_socket(path)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # only once imported: a client arriving earlier runs on its own
     listener.listen(16)
@@ -175,12 +201,15 @@ def serve(socket_path: str | Path, run: Callable[[list[str]], int], environment:
         while not stop and os.getppid() == started_by:
             for key, _ in selector.select(timeout=0.2):
                 if key.fileobj is listener:
-                    command = _accept(listener, environment, package)
+                    command = _accept(listener, environment, package, code)
                     if command is None:
                         continue
                     conn, request, fds = command
                     sys.stdout.flush()
                     sys.stderr.flush()
+                    # held until the child has a fresh process's handlers: a SIGTERM sent to
+                    # it at once (its client already gone) must not meet the server's
+                    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
                     pid = os.fork()
                     if pid == 0:  # the child: drop the server's sockets, become the command
                         in_child = True
@@ -190,13 +219,23 @@ def serve(socket_path: str | Path, run: Callable[[list[str]], int], environment:
                             sock.close()
                         selector.close()
                         _become(request, fds, set_by_imports)
+                        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
                         return run(request["argv"])
+                    signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+                    try:
+                        os.setpgid(pid, pid)  # as the child does: whichever runs first
+                    except OSError:
+                        pass
                     for fd in fds:
                         os.close(fd)
-                    conn.sendall(ACCEPTED)
-                    served += 1
                     children[pid] = conn
+                    try:
+                        conn.sendall(ACCEPTED)
+                    except OSError:  # the client is gone already: so must its command be
+                        _kill(pid, signal.SIGTERM)
+                        continue
                     selector.register(conn, selectors.EVENT_READ, pid)
+                    served += 1
                 elif key.fileobj is wakeup:
                     wakeup.recv(512)
                 else:  # the client forwards a signal, or is gone: its command must not outlive it
@@ -222,9 +261,14 @@ def serve(socket_path: str | Path, run: Callable[[list[str]], int], environment:
     return 0
 
 
-def _accept(listener: socket.socket, environment: dict[str, str], package: str):
+def _accept(listener: socket.socket, environment: dict[str, str], package: str, code: dict):
     """The next command, or None when it must run on its own (the client is told why)."""
     conn, _ = listener.accept()
+    uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+    if uid != os.getuid():  # another user's process: no
+        log.warning("stage server: refused a client of user %d", uid)
+        conn.close()
+        return None
     conn.settimeout(10)  # a client sends its request at once; none may stall the server
     try:
         request, fds = _recv_request(conn)
@@ -237,6 +281,8 @@ def _accept(listener: socket.socket, environment: dict[str, str], package: str):
         reason = f"expected stdin, stdout and stderr, got {len(fds)} descriptors"
     elif request.get("package") != package:
         reason = f"another ssp package ({request.get('package')}; this server runs {package})"
+    elif _loaded_code(package) != code:
+        reason = f"the ssp code under {package} changed since this server imported it: restart it"
     else:
         differ = environment_differences(environment, request.get("env", {}))
         reason = f"environment differs: {', '.join(differ)}" if differ else ""
@@ -259,6 +305,7 @@ def _become(request: dict, fds: list[int], set_by_imports: Mapping[str, str]) ->
     fresh process's signal handlers and logging."""
     global _is_served_command
     _is_served_command = True
+    os.setpgid(0, 0)  # its own group: a forwarded signal reaches its workers too (_kill)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
@@ -300,7 +347,26 @@ def _reap(children: dict[int, socket.socket], selector: selectors.BaseSelector) 
 
 
 def _kill(pid: int, signum: int) -> None:
+    """Signal a command and the processes it started (its group: :func:`_become`)."""
     try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:  # not (yet) its own group leader
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
+def _remove_stale_socket(path: str) -> None:
+    """A socket file left by a server that died: nobody answers on it."""
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
         pass
+    finally:
+        probe.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -135,3 +136,32 @@ def test_without_a_server_the_client_runs_on_its_own(tmp_path):
     env = {**os.environ, SERVER_ENV: str(tmp_path / "absent.sock")}
     out = client(env, "x", cwd=tmp_path)
     assert out.communicate(timeout=60)[0] == b"local" and out.returncode == 0
+
+
+def test_a_command_killed_outright_ends_its_client_alike(server, tmp_path):
+    env, _ = server
+    out = client(env, str(tmp_path / "pid"), "60", "0", cwd=tmp_path)
+    os.kill(wait_for_pid(tmp_path / "pid"), signal.SIGKILL)  # what the OOM killer does
+    out.communicate(timeout=30)
+    assert out.returncode == -signal.SIGKILL
+
+
+def test_a_client_gone_before_its_answer_neither_stops_the_server_nor_leaves_its_command(server, tmp_path):
+    from ssp import stage_server
+
+    env, proc = server
+    pid_file = tmp_path / "vanished"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # a client that sends and leaves
+        sock.connect(env[SERVER_ENV])
+        request = {"argv": [str(pid_file), "60", "0"], "cwd": str(tmp_path), "env": env}
+        request["package"] = stage_server._package_path()
+        with open(os.devnull, "w") as sink:
+            stage_server._send_json(sock, request, fds=(sink.fileno(),) * 3)
+    # its command was forked (and told at once) or never ran: either way it is not running
+    deadline = time.monotonic() + 10
+    while pid_file.exists() and pid_file.read_text() and alive(int(pid_file.read_text())):
+        assert time.monotonic() < deadline, "the command outlived its client"
+        time.sleep(0.05)
+    assert proc.poll() is None  # still serving
+    out = client(env, str(tmp_path / "pid"), "0", "4", cwd=tmp_path)
+    assert out.communicate(timeout=60) and out.returncode == 4
