@@ -18,10 +18,11 @@ server when ``SSP_STAGE_SERVER`` names one:
   goes to the child; a client that dies takes its child with it (SIGTERM).
 
 It refuses, and the client runs the command itself as before, whenever the fork could
-differ from a fresh process: another ``ssp`` package (path), or any environment variable
-that differs beyond the per-stage ones DVC and the shell set (:data:`PER_STAGE_VARIABLES`):
-libraries read some settings once at import (``HF_HUB_OFFLINE``, thread counts), so a
-fork of a server started with other settings would not be the same command. A refusal,
+differ from a fresh process: another ``ssp`` package (path), its code changed since the
+server imported it, another user's process, or any environment variable that differs
+beyond the per-stage ones DVC and the shell set (:data:`PER_STAGE_VARIABLES`): libraries
+read some settings once at import (``HF_HUB_OFFLINE``, thread counts), so a fork of a
+server started with other settings would not be the same command. A refusal,
 an unreachable socket or a server still importing costs nothing but the warm start.
 
 A leaf: imports nothing of ssp (``ssp.cli`` passes its ``main`` in).
