@@ -3,25 +3,29 @@ one is stale, running one, and the default remote (pull before a scheduled run, 
 after). DVC stays the source of truth for *what* to run and
 caching; Prefect adds retries, logs, states and scheduling on top.
 
-Each stage runs as its own ``dvc repro --single-item STAGE`` process: DVC holds a repo
-lock while it works, so stages run one after another (on one machine that is also what
-the CPU wants). Their ``ssp`` commands start warm: :func:`stage_server` keeps one process
+Each stage runs as its own ``dvc --wait-for-lock repro --single-item STAGE`` process.
+DVC releases its repository lock while a stage's command runs and guards each stage's
+deps and outs with read/write locks, so stages that do not depend on each other can run
+at the same time (:func:`stage_plan` says which; the reproduce flow runs up to
+``pipeline.jobs`` of them). Their ``ssp`` commands start warm: :func:`stage_server` keeps one process
 with the heavy imports done for the length of a run, and each command runs as a fork of it
 (``ssp/stage_server.py``; docs/design.md, "Start-up time").
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Iterable
 
@@ -38,14 +42,26 @@ def dvc_executable() -> str:
     return str(here) if here.exists() else (shutil.which("dvc") or "dvc")
 
 
-def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
-    """Stage names (``foreach`` stages expanded, e.g. ``ablation@full-0``) in an order
-    where every stage comes after the stages it depends on; ties keep dvc.yaml order.
-    With ``targets`` (stage names or ``foreach`` group names), only those stages and
-    what they depend on."""
+@dataclass(frozen=True)
+class PlannedStage:
+    name: str  # e.g. train_stage1, ablation@full-0
+    cmd: str
+    after: frozenset[str] = field(default_factory=frozenset)  # stages that must finish first
+
+
+def stage_plan(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[PlannedStage]:
+    """The stages to run (``foreach``/``matrix`` stages expanded, e.g. ``ablation@full-0``)
+    in an order where every stage comes after the stages it depends on (ties keep dvc.yaml
+    order), each with the stages it must wait for: those DVC's graph links it to (a dep on
+    another's out) and those whose finished run its command would take over (``ssp train
+    --adopt DIR``: a stage with an out inside DIR runs first, or the adopting cell, finding
+    nothing to adopt, would train the same model a second time). With ``targets`` (stage
+    names or ``foreach`` group names), only those stages and what they depend on."""
     with Repo(str(project_dir)) as repo:
         graph = repo.index.graph  # edges: stage -> stage it depends on
         stages = list(repo.index.stages)
+        outs = {s: [Path(o.fs_path) for o in s.outs] for s in stages}
+        root = Path(repo.root_dir)
     position = {s: i for i, s in enumerate(stages)}
     if targets:
         wanted = set(targets)
@@ -57,17 +73,41 @@ def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = N
         for s in chosen:
             keep |= nx.descendants(graph, s)
         graph = graph.subgraph(keep)
+    graph = nx.DiGraph(graph)
+    for stage in list(graph):
+        for folder in adopted_folders(_command(stage)):
+            folder = (root / folder).resolve()
+            for other in list(graph):
+                inside = any(out == folder or folder in out.parents for out in outs[other])
+                # an edge that would close a cycle is left out: adopting only saves time
+                if other is not stage and inside and not nx.has_path(graph, other, stage):
+                    graph.add_edge(stage, other)
     order = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda s: position[s])
-    return [s.name for s in order]
+    return [PlannedStage(s.name, _command(s), frozenset(d.name for d in graph.successors(s))) for s in order]
 
 
-def run_ssp_commands(project_dir: str | Path, stages: Iterable[str]) -> bool:
-    """Whether any of ``stages`` runs an ``ssp`` command (what a stage server serves)."""
-    wanted = set(stages)
-    with Repo(str(project_dir)) as repo:
-        commands = [s.cmd for s in repo.index.stages if s.name in wanted]
-    lines = [line for cmd in commands for line in ([cmd] if isinstance(cmd, str) else cmd or [])]
-    return any(re.search(r"(^|[\s;&|])ssp\s", line) for line in lines)
+def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
+    """The names of :func:`stage_plan`'s stages, in its order."""
+    return [s.name for s in stage_plan(project_dir, targets)]
+
+
+def adopted_folders(cmd: str) -> list[str]:
+    """The folders an ``ssp train ... --adopt DIR [DIR ...]`` command may take a finished
+    run from (none for any other command)."""
+    words = shlex.split(cmd)
+    if "--adopt" not in words:
+        return []
+    return list(itertools.takewhile(lambda w: not w.startswith("-"), words[words.index("--adopt") + 1 :]))
+
+
+def _command(stage) -> str:
+    cmd = stage.cmd
+    return cmd if isinstance(cmd, str) else "\n".join(cmd or [])
+
+
+def run_ssp_commands(plan: Iterable[PlannedStage]) -> bool:
+    """Whether any stage of ``plan`` runs an ``ssp`` command (what a stage server serves)."""
+    return any(re.search(r"(^|[\s;&|])ssp\s", line) for s in plan for line in s.cmd.splitlines())
 
 
 def stale_stages(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
@@ -139,7 +179,9 @@ def run_stage(
 ) -> StageResult:
     """``dvc repro --single-item STAGE``, streaming its output line by line."""
     proc = subprocess.Popen(
-        [dvc_executable(), "repro", "--single-item", stage],
+        # --wait-for-lock: a stage run beside others waits for DVC's repository lock (held
+        # while a stage checks or records its deps and outs) instead of failing after 3 s
+        [dvc_executable(), "--wait-for-lock", "repro", "--single-item", stage],
         cwd=project_dir,
         env={**stage_environment(env), "DVC_STAGE": stage},
         stdout=subprocess.PIPE,

@@ -17,15 +17,17 @@ import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import refresh_global_settings_context
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 
-from flows.dvc_stages import run_ssp_commands, run_stage, stage_order, stage_server
+from flows.dvc_stages import PlannedStage, run_ssp_commands, run_stage, stage_plan, stage_server
+from ssp.errors import SSPError
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
 from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
@@ -76,6 +78,71 @@ def dvc_metrics(project_dir: str | Path) -> dict[str, float]:
     return out
 
 
+# `pipeline.jobs: null` on a machine without CUDA: stages side by side, at most this many
+MAX_AUTO_JOBS = 4
+THREADS_ENV = "OMP_NUM_THREADS"  # torch's (and OpenMP's) intra-op threads of each command
+
+
+def stage_jobs(setting: int | None) -> int:
+    """How many stages run at once: ``pipeline.jobs``, or when it is None 1 on a machine
+    with a CUDA device (the stages would share it) and min(CPU count, 4) on one without."""
+    if setting is not None:
+        if int(setting) < 1:
+            raise SSPError(f"params.yaml: pipeline.jobs must be at least 1 or null (auto), got {setting}")
+        return int(setting)
+    import torch  # noqa: PLC0415 -- only here: the flow itself needs no torch
+
+    return 1 if torch.cuda.is_available() else max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_JOBS))
+
+
+def thread_environment(jobs: int) -> dict[str, str]:
+    """Each command's share of the CPUs when ``jobs`` stages run at once (nothing with one,
+    or when the user set the threads): CPU count / jobs torch threads, never more threads
+    than cores (two trainings of 2 threads each on 2 cores run ~15x slower)."""
+    if jobs == 1 or THREADS_ENV in os.environ:
+        return {}
+    return {THREADS_ENV: str(max(1, len(os.sched_getaffinity(0)) // jobs))}
+
+
+def run_plan(
+    plan: list[PlannedStage],
+    jobs: int,
+    start: Callable[[PlannedStage], PrefectFuture],
+    results: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``plan``'s stages, up to ``jobs`` at once, each once every stage it waits for has
+    finished, the first ready one in plan order first (``start`` submits one and returns its
+    future). After a failure nothing new starts; the running stages finish (their work is
+    kept) and then the first failure is raised. The stages' results go into ``results`` (a new
+    list by default) as they finish, which is returned."""
+    names = {s.name for s in plan}
+    pending, running = list(plan), {}
+    finished: set[str] = set()
+    results = [] if results is None else results
+    failure: BaseException | None = None
+    while pending or running:
+        while failure is None and len(running) < jobs:
+            ready = next((s for s in pending if (s.after & names) <= finished), None)
+            if ready is None:
+                break
+            pending.remove(ready)
+            running[start(ready)] = ready.name
+        if not running:
+            if failure is None:  # cannot happen with stage_plan's order; never wait forever
+                raise SSPError(f"stages waiting for stages that never run: {[s.name for s in pending]}")
+            break
+        future = next(as_completed(list(running)))
+        name = running.pop(future)
+        try:
+            results.append(future.result())
+            finished.add(name)
+        except BaseException as exc:  # noqa: BLE001 -- raised once the running stages are done
+            failure = failure or exc
+    if failure is not None:
+        raise failure
+    return results
+
+
 @flow(name="reproduce", log_prints=True)
 def reproduce(
     project_dir: str = ".",
@@ -85,15 +152,17 @@ def reproduce(
     profile: str | None = None,
     warm_start: bool = True,
 ) -> dict[str, Any]:
-    """Run the DVC pipeline stage by stage; returns which stages ran and the metrics.
-    ``warm_start``: the stages' ssp commands run as forks of one process that imported
-    the libraries once (flows/dvc_stages.py: stage_server)."""
+    """Run the DVC pipeline's stages, up to ``pipeline.jobs`` at once where none waits for
+    another; returns which stages ran and the metrics. ``warm_start``: the stages' ssp
+    commands run as forks of one process that imported the libraries once
+    (flows/dvc_stages.py: stage_server)."""
     logger = get_run_logger()
     project_dir = str(Path(project_dir).resolve())
     params = pipeline_params(project_dir, profile)
     retries = {**DEFAULT_RETRIES, **params["pipeline"]["retries"], **(retries or {})}
-    stages = stage_order(project_dir, targets)
-    logger.info("%d stages: %s", len(stages), ", ".join(stages))
+    plan = stage_plan(project_dir, targets)
+    jobs = stage_jobs(params["pipeline"].get("jobs"))
+    logger.info("%d stages, up to %d at once: %s", len(plan), jobs, ", ".join(s.name for s in plan))
 
     run_name = f"pipeline-{flow_run.get_name() or 'local'}"
     tags = {"prefect.flow_run_id": str(flow_run.get_id() or ""), "ssp.kind": "pipeline"}
@@ -108,16 +177,21 @@ def reproduce(
     results: list[dict[str, Any]] = []
     status = "FAILED"
     try:
-        warm = warm_start and run_ssp_commands(project_dir, stages)  # not for a project without ssp
+        warm = warm_start and run_ssp_commands(plan)  # not for a project without ssp
         # cold: not even a server this process's environment names (the README's manual one)
         cold_env = {**env, SERVER_ENV: ""}
-        with stage_server(project_dir, env) if warm else nullcontext(cold_env) as stage_env:
-            for stage in stages:
-                group = stage.split("@")[0]
+        with stage_server(project_dir, env) if warm else nullcontext(cold_env) as server_env:
+            stage_env = {**server_env, **thread_environment(jobs)}
+
+            def start(stage: PlannedStage) -> PrefectFuture:
                 task_fn = dvc_stage.with_options(
-                    task_run_name=f"dvc:{stage}", retries=retries.get(group, 0), retry_delay_seconds=5
+                    task_run_name=f"dvc:{stage.name}",
+                    retries=retries.get(stage.name.split("@")[0], 0),
+                    retry_delay_seconds=5,
                 )
-                results.append(task_fn(stage, project_dir, stage_env))
+                return task_fn.submit(stage.name, project_dir, stage_env)
+
+            run_plan(plan, jobs, start, results)
         status = "FINISHED"
     finally:
         metrics = dvc_metrics(project_dir) if status == "FINISHED" else {}

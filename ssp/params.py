@@ -263,6 +263,12 @@ class PipelineParams:
     work_pool: str = "ssp-process"  # Prefect work pool of the scheduled `retrain` deployment
     work_pool_type: str = "process"  # process | docker | kubernetes (infra/prefect/ templates)
     retries: dict[str, int] = field(default_factory=lambda: {"prompts": 2})  # Prefect task retries per stage group
+    # stages the reproduce flow runs at once when none waits for another (flows/dvc_stages.py:
+    # stage_plan), each command with CPU count / jobs torch threads; None = auto: 1 on a
+    # machine with a CUDA device (the stages would share it), else min(CPU count, 4). Two
+    # tiny-model trainings of 1 thread each get through 1.6x the work of one of 2 threads on
+    # 2 cores (docs/design.md, "Stages side by side")
+    jobs: int | None = None
 
 
 @dataclass

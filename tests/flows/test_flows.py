@@ -21,7 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.dvc_stages import run_ssp_commands, stage_order, stale_stages
+from flows.dvc_stages import PlannedStage, adopted_folders, run_ssp_commands, stage_order, stage_plan, stale_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -88,8 +88,61 @@ def test_stage_order_follows_dependencies(tmp_path):
     assert stage_order(proj) == ["synth", "validate", "train", "sweep@1", "sweep@10"]
     assert stage_order(proj, ["train"]) == ["synth", "validate", "train"]
     # no ssp command here: the reproduce flow starts no stage server for it; the pipeline's do
-    assert not run_ssp_commands(proj, stage_order(proj))
-    assert run_ssp_commands(ROOT, ["train_stage1"]) and not run_ssp_commands(ROOT, [])
+    assert not run_ssp_commands(stage_plan(proj))
+    assert run_ssp_commands(stage_plan(ROOT, ["train_stage1"])) and not run_ssp_commands([])
+
+
+def test_stage_plan_says_what_each_stage_waits_for_adopted_runs_included():
+    after = {s.name: s.after for s in stage_plan(ROOT)}
+    assert after["train_stage2"] == {"stage2_inputs"}
+    # DVC's graph: the stage-1 cells need the data stages only, so they can run beside
+    # train_stage1 and the stage-2 chain
+    assert after["ablation_avs@aavs-0"] == {"ablation_avs_inputs"}
+    # --adopt: the cell that can take a finished run over waits for the stage writing it
+    assert {"train_stage2", "stage2_inputs"} <= after["ablation@full-0"]
+    assert "ablation_avs@full-0" in after["sweep@10"]
+    assert adopted_folders("ssp train --out x --adopt runs/a runs/b --no-progress") == ["runs/a", "runs/b"]
+    assert adopted_folders("ssp evaluate --out x") == []
+
+
+def test_run_plan_runs_ready_stages_side_by_side_and_after_a_failure_starts_nothing(prefect_harness):
+    from prefect import flow, task
+
+    from flows.reproduce import run_plan
+
+    events: list[tuple[str, str]] = []
+
+    @task
+    def stage(name: str) -> dict:
+        events.append(("start", name))
+        time.sleep(1.5 if name == "slow" else 0.3)  # "slow" still runs when "bad" fails
+        if name == "bad":
+            raise RuntimeError("stage bad failed")
+        events.append(("end", name))
+        return {"stage": name, "ran": True}
+
+    @flow
+    def run(plan: list[PlannedStage], jobs: int) -> list[dict]:
+        return run_plan(plan, jobs, lambda s: stage.submit(s.name))
+
+    def p(name, *after):
+        return PlannedStage(name, "", frozenset(after))
+
+    results = run([p("a"), p("b", "a"), p("c", "a"), p("d", "b", "c")], 2)
+    assert sorted(r["stage"] for r in results) == ["a", "b", "c", "d"]
+    assert events[0] == ("start", "a") and events[1] == ("end", "a")
+    assert {events[2], events[3]} == {("start", "b"), ("start", "c")}  # side by side
+    assert events[-2:] == [("start", "d"), ("end", "d")]  # after both
+
+    events.clear()
+    with pytest.raises(RuntimeError, match="stage bad failed"):
+        run([p("a"), p("bad", "a"), p("slow", "a"), p("after_bad", "bad"), p("next", "slow")], 2)
+    assert ("end", "slow") in events  # a running stage finishes: its work is kept
+    assert {name for _, name in events} == {"a", "bad", "slow"}  # nothing new after the failure
+
+    events.clear()
+    run([p("a"), p("b"), p("c")], 1)
+    assert events == [(e, n) for n in "abc" for e in ("start", "end")]  # one at a time, in order
 
 
 def test_failed_validation_stops_the_flow_before_downstream(tmp_path, mlflow_store, prefect_harness):
