@@ -15,16 +15,27 @@ from flows.reproduce import reproduce
 
 
 @flow(name="ablation", log_prints=True)
-def ablation(project_dir: str = ".", include_sweep: bool = True, track: bool = True) -> dict[str, Any]:
+def ablation(
+    project_dir: str = ".", include_sweep: bool = True, track: bool = True, overrides: list[str] | None = None
+) -> dict[str, Any]:
     # `ablation_avs`: the S4/MS3 (stage-1) cells; `samples` is the Fig. 8 grid of the rows'
     # predictions, it needs every ablation cell
     targets = ["ablation", "ablation_avs", "samples"] + (["sweep"] if include_sweep else [])
-    return reproduce(project_dir=project_dir, targets=targets, track=track)
+    return reproduce(project_dir=project_dir, targets=targets, track=track, overrides=overrides)
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Run the ablation grid (and the lambda' sweep) as Prefect tasks.")
     ap.add_argument("--project-dir", default=".")
-    ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true", help="the grid only, not the lambda' sweep")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="write this value into params.yaml first, as `dvc exp run -S` does (repeatable); "
+        "the 3-seed grid: --set 'ablation.seeds=[0,1,2]'",
+    )
     a = ap.parse_args()
-    ablation(project_dir=a.project_dir, include_sweep=not a.no_sweep)
+    ablation(project_dir=a.project_dir, include_sweep=not a.no_sweep, overrides=a.overrides)

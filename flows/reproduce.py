@@ -30,7 +30,16 @@ from flows.dvc_stages import PlannedStage, run_ssp_commands, run_stage, stage_pl
 from ssp.errors import SSPError
 from ssp.ops.telemetry import quiet_by_default
 from ssp.ops.tracking import EXPERIMENTS, PARENT_RUN_ENV, RunLogger, flatten
-from ssp.params import CONF_DIR, DEFAULT_PARAMS, compose, load_params, write_params
+from ssp.params import (
+    CONF_DIR,
+    DEFAULT_PARAMS,
+    Params,
+    apply_overrides,
+    compose,
+    load_params,
+    read_yaml,
+    write_params,
+)
 from ssp.stage_server import SERVER_ENV
 
 # Stages where trying again can help: a flaky MLLM endpoint (answers already obtained
@@ -54,13 +63,20 @@ def dvc_stage(stage: str, project_dir: str, env: dict[str, str]) -> dict[str, An
     return {"stage": stage, "ran": result.ran}
 
 
-def pipeline_params(project_dir: str | Path, profile: str | None = None) -> dict[str, Any]:
+def pipeline_params(
+    project_dir: str | Path, profile: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """The project's params (``ssp.params.load_params``). With ``profile``, params.yaml
     is first composed from ``conf/`` with that profile, as ``dvc exp run -S profile=NAME``
-    does, so that DVC sees (and records) the values the stages read."""
+    does; with ``overrides`` (``KEY=VALUE``) it is written with those values, as ``dvc exp
+    run -S KEY=VALUE`` does: DVC sees (and records) the values the stages read, and the
+    file keeps them afterwards."""
     path = Path(project_dir) / DEFAULT_PARAMS
-    if profile is not None:
-        write_params(compose(Path(project_dir) / CONF_DIR, profile), path)
+    if profile is not None or overrides:
+        base = compose(Path(project_dir) / CONF_DIR, profile) if profile is not None else read_yaml(path)
+        changed = apply_overrides(base, overrides or [])
+        Params.from_dict(changed, source="--set " + " --set ".join(overrides or []))  # checked before written
+        write_params(changed, path)
     return load_params(path).to_dict()
 
 
@@ -151,14 +167,16 @@ def reproduce(
     track: bool = True,
     profile: str | None = None,
     warm_start: bool = True,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run the DVC pipeline's stages, up to ``pipeline.jobs`` at once where none waits for
     another; returns which stages ran and the metrics. ``warm_start``: the stages' ssp
     commands run as forks of one process that imported the libraries once
-    (flows/dvc_stages.py: stage_server)."""
+    (flows/dvc_stages.py: stage_server). ``profile`` / ``overrides``: params.yaml is
+    written with them first (:func:`pipeline_params`)."""
     logger = get_run_logger()
     project_dir = str(Path(project_dir).resolve())
-    params = pipeline_params(project_dir, profile)
+    params = pipeline_params(project_dir, profile, overrides)
     retries = {**DEFAULT_RETRIES, **params["pipeline"]["retries"], **(retries or {})}
     plan = stage_plan(project_dir, targets)
     jobs = stage_jobs(params["pipeline"].get("jobs"))
@@ -243,8 +261,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="compose params.yaml from conf/ with this profile first (e.g. paper); default: params.yaml as it is",
     )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="write this value into params.yaml first, as `dvc exp run -S` does "
+        "(repeatable), e.g. --set 'ablation.seeds=[0,1,2]'",
+    )
     args = ap.parse_args(argv)
     reproduce(
+        overrides=args.overrides,
         project_dir=args.project_dir,
         targets=args.targets,
         track=not args.no_track,

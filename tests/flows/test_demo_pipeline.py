@@ -41,6 +41,7 @@ SHRINK = [
     "ablation.stage1_rows=[full]",
     "ablation.seeds=[0]",
     "sweep.lambda_post=[10]",
+    "pipeline.jobs=2",  # what auto gives on 2 cores, set so that any machine runs stages side by side
 ]
 # run dir -> (experiment, dvc stage) of every training the pipeline makes
 TRAININGS = {
@@ -90,6 +91,21 @@ def demo_run(tmp_path_factory, _mlflow_template_db):
     return proj, env, flow.stdout + flow.stderr, (proj / "reports" / "report.md").read_text()
 
 
+def most_at_once(log: str) -> int:
+    """The most stages the flow's log shows running at the same time."""
+    events = sorted(
+        (m.group(1), m.group(3) == "Running")
+        for m in re.finditer(
+            r"^(\d\d:\d\d:\d\d\.\d+) \| INFO +\| Task run 'dvc:([^']+)' - (Running|Finished in state)", log, re.M
+        )
+    )
+    running = most = 0
+    for _, start in events:
+        running += 1 if start else -1
+        most = max(most, running)
+    return most
+
+
 def _runs(env) -> dict[str, list]:
     from mlflow import MlflowClient
 
@@ -128,6 +144,8 @@ def test_every_stage_of_dvc_yaml_ran_and_wrote_its_outputs(demo_run):
     # (the first ones may start while it still imports)
     assert served and len(heavy) // 2 <= int(served.group(1)) <= len(heavy), log[-3000:]
     assert "runs on its own" not in log
+    # stages that wait for none of each other ran side by side, never more than pipeline.jobs
+    assert "up to 2 at once" in log and most_at_once(log) == 2
     # and the flow's task for an up-to-date stage reports that it skipped it
     from flows.dvc_stages import run_stage
 

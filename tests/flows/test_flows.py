@@ -145,6 +145,20 @@ def test_run_plan_runs_ready_stages_side_by_side_and_after_a_failure_starts_noth
     assert events == [(e, n) for n in "abc" for e in ("start", "end")]  # one at a time, in order
 
 
+def test_the_flows_set_writes_params_yaml_as_dvc_exp_run_s_does(tmp_path):
+    from flows.reproduce import pipeline_params
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    params = pipeline_params(tmp_path, overrides=["ablation.seeds=[0,1,2]", "pipeline.jobs=2"])
+    assert (params["ablation"]["seeds"], params["pipeline"]["jobs"]) == ([0, 1, 2], 2)
+    written = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert (written["ablation"]["seeds"], written["train1"]) == ([0, 1, 2], params["train1"])
+    before = (tmp_path / "params.yaml").read_text()
+    with pytest.raises(Exception, match="ablation"):
+        pipeline_params(tmp_path, overrides=["ablation.seeds=many"])
+    assert (tmp_path / "params.yaml").read_text() == before  # a bad value is not written
+
+
 def test_failed_validation_stops_the_flow_before_downstream(tmp_path, mlflow_store, prefect_harness):
     from flows.reproduce import reproduce
 
