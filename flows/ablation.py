@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.reproduce import reproduce
+from flows.reproduce import add_set_argument, reproduce
 
 
 @flow(name="ablation", log_prints=True)
@@ -26,16 +26,8 @@ def ablation(
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Run the ablation grid (and the lambda' sweep) as Prefect tasks.")
-    ap.add_argument("--project-dir", default=".")
+    ap.add_argument("--project-dir", default=".", help="folder holding dvc.yaml and params.yaml")
     ap.add_argument("--no-sweep", action="store_true", help="the grid only, not the lambda' sweep")
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="write this value into params.yaml first, as `dvc exp run -S` does (repeatable); "
-        "the 3-seed grid: --set 'ablation.seeds=[0,1,2]'",
-    )
+    add_set_argument(ap)
     a = ap.parse_args()
     ablation(project_dir=a.project_dir, include_sweep=not a.no_sweep, overrides=a.overrides)

@@ -244,6 +244,19 @@ def patient_local_api() -> None:
     refresh_global_settings_context()  # Prefect read its settings at import: again
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """The flows' ``--set KEY=VALUE`` (into ``overrides``: :func:`pipeline_params`)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="write this value into params.yaml first, as `dvc exp run -S` does "
+        "(repeatable); the 3-seed grid: --set 'ablation.seeds=[0,1,2]'",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_by_default()  # before the flow starts Prefect's API server and the DVC stages
     patient_local_api()
@@ -261,15 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="compose params.yaml from conf/ with this profile first (e.g. paper); default: params.yaml as it is",
     )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="write this value into params.yaml first, as `dvc exp run -S` does "
-        "(repeatable), e.g. --set 'ablation.seeds=[0,1,2]'",
-    )
+    add_set_argument(ap)
     args = ap.parse_args(argv)
     reproduce(
         overrides=args.overrides,
