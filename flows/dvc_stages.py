@@ -60,8 +60,7 @@ def stage_plan(project_dir: str | Path = ".", targets: Iterable[str] | None = No
     with Repo(str(project_dir)) as repo:
         graph = repo.index.graph  # edges: stage -> stage it depends on
         stages = list(repo.index.stages)
-        outs = {s: [Path(o.fs_path) for o in s.outs] for s in stages}
-        root = Path(repo.root_dir)
+        outs = {s: [os.path.abspath(o.fs_path) for o in s.outs] for s in stages}
     position = {s: i for i, s in enumerate(stages)}
     if targets:
         wanted = set(targets)
@@ -76,9 +75,9 @@ def stage_plan(project_dir: str | Path = ".", targets: Iterable[str] | None = No
     graph = nx.DiGraph(graph)
     for stage in list(graph):
         for folder in adopted_folders(_command(stage)):
-            folder = (root / folder).resolve()
+            folder = os.path.abspath(os.path.join(stage.wdir, folder))  # as DVC spells its outs
             for other in list(graph):
-                inside = any(out == folder or folder in out.parents for out in outs[other])
+                inside = any(out == folder or out.startswith(folder + os.sep) for out in outs[other])
                 # an edge that would close a cycle is left out: adopting only saves time
                 if other is not stage and inside and not nx.has_path(graph, other, stage):
                     graph.add_edge(stage, other)
@@ -94,10 +93,14 @@ def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = N
 def adopted_folders(cmd: str) -> list[str]:
     """The folders an ``ssp train ... --adopt DIR [DIR ...]`` command may take a finished
     run from (none for any other command)."""
-    words = shlex.split(cmd)
+    try:
+        words = shlex.split(cmd)
+    except ValueError:  # not shell words (an odd command): nothing to wait for
+        return []
     if "--adopt" not in words:
         return []
-    return list(itertools.takewhile(lambda w: not w.startswith("-"), words[words.index("--adopt") + 1 :]))
+    ends = ("-", "&", "|", ";")  # the next option, or the next command
+    return list(itertools.takewhile(lambda w: not w.startswith(ends), words[words.index("--adopt") + 1 :]))
 
 
 def _command(stage) -> str:

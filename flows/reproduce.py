@@ -55,6 +55,7 @@ class StageFailed(RuntimeError):
 @task(name="dvc-stage")
 def dvc_stage(stage: str, project_dir: str, env: dict[str, str]) -> dict[str, Any]:
     logger = get_run_logger()
+    logger.info("stage %s: starting", stage)  # with the line below: which stages ran at once
     result = run_stage(stage, project_dir, env=env, on_line=logger.info)
     if result.returncode != 0:
         tail = "\n".join(result.output.splitlines()[-40:])
@@ -99,6 +100,17 @@ MAX_AUTO_JOBS = 4
 THREADS_ENV = "OMP_NUM_THREADS"  # torch's (and OpenMP's) intra-op threads of each command
 
 
+def available_cpus() -> int:
+    """The CPUs this process may use: its affinity mask, capped by a cgroup v2 CPU quota
+    (``cpu.max`` of a container limited to fewer cores than the host shows)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    return cpus if quota == "max" else max(1, min(cpus, int(quota) // int(period)))
+
+
 def stage_jobs(setting: int | None) -> int:
     """How many stages run at once: ``pipeline.jobs``, or when it is None 1 on a machine
     with a CUDA device (the stages would share it) and min(CPU count, 4) on one without."""
@@ -108,16 +120,16 @@ def stage_jobs(setting: int | None) -> int:
         return int(setting)
     import torch  # noqa: PLC0415 -- only here: the flow itself needs no torch
 
-    return 1 if torch.cuda.is_available() else max(1, min(len(os.sched_getaffinity(0)), MAX_AUTO_JOBS))
+    return 1 if torch.cuda.is_available() else min(available_cpus(), MAX_AUTO_JOBS)
 
 
 def thread_environment(jobs: int) -> dict[str, str]:
     """Each command's share of the CPUs when ``jobs`` stages run at once (nothing with one,
-    or when the user set the threads): CPU count / jobs torch threads, never more threads
-    than cores (two trainings of 2 threads each on 2 cores run ~15x slower)."""
+    or when the user set the threads): CPU count / jobs threads, never more threads than
+    cores (two trainings of 2 threads each on 2 cores run ~15x slower)."""
     if jobs == 1 or THREADS_ENV in os.environ:
         return {}
-    return {THREADS_ENV: str(max(1, len(os.sched_getaffinity(0)) // jobs))}
+    return {THREADS_ENV: str(max(1, available_cpus() // jobs))}
 
 
 def run_plan(
@@ -129,31 +141,36 @@ def run_plan(
     """Run ``plan``'s stages, up to ``jobs`` at once, each once every stage it waits for has
     finished, the first ready one in plan order first (``start`` submits one and returns its
     future). After a failure nothing new starts; the running stages finish (their work is
-    kept) and then the first failure is raised. The stages' results go into ``results`` (a new
-    list by default) as they finish, which is returned."""
+    kept) and then the first failure is raised (a Ctrl-C is not held back). The stages'
+    results go into ``results`` (a new list by default) as they finish, which is returned."""
     names = {s.name for s in plan}
     pending, running = list(plan), {}
     finished: set[str] = set()
     results = [] if results is None else results
-    failure: BaseException | None = None
-    while pending or running:
-        while failure is None and len(running) < jobs:
-            ready = next((s for s in pending if (s.after & names) <= finished), None)
-            if ready is None:
+    failure: Exception | None = None
+    try:
+        while pending or running:
+            while failure is None and len(running) < jobs:
+                ready = next((s for s in pending if (s.after & names) <= finished), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running[start(ready)] = ready.name
+            if not running:
+                if failure is None:  # cannot happen with stage_plan's order; never wait forever
+                    raise SSPError(f"stages waiting for stages that never run: {[s.name for s in pending]}")
                 break
-            pending.remove(ready)
-            running[start(ready)] = ready.name
-        if not running:
-            if failure is None:  # cannot happen with stage_plan's order; never wait forever
-                raise SSPError(f"stages waiting for stages that never run: {[s.name for s in pending]}")
-            break
-        future = next(as_completed(list(running)))
-        name = running.pop(future)
-        try:
-            results.append(future.result())
-            finished.add(name)
-        except BaseException as exc:  # noqa: BLE001 -- raised once the running stages are done
-            failure = failure or exc
+            future = next(as_completed(list(running)))
+            name = running.pop(future)
+            try:
+                results.append(future.result())
+                finished.add(name)
+            except Exception as exc:  # raised once the running stages are done
+                failure = failure or exc
+    except Exception:
+        for future in running:  # e.g. a stage that could not be submitted: the others finish
+            future.wait()
+        raise
     if failure is not None:
         raise failure
     return results
@@ -196,10 +213,12 @@ def reproduce(
     status = "FAILED"
     try:
         warm = warm_start and run_ssp_commands(plan)  # not for a project without ssp
+        # every stage's thread share, the server's too: its forks are then the fresh processes
+        # they stand for (torch and OpenBLAS read the count at import)
+        env = {**env, **thread_environment(jobs)}
         # cold: not even a server this process's environment names (the README's manual one)
         cold_env = {**env, SERVER_ENV: ""}
-        with stage_server(project_dir, env) if warm else nullcontext(cold_env) as server_env:
-            stage_env = {**server_env, **thread_environment(jobs)}
+        with stage_server(project_dir, env) if warm else nullcontext(cold_env) as stage_env:
 
             def start(stage: PlannedStage) -> PrefectFuture:
                 task_fn = dvc_stage.with_options(

@@ -128,9 +128,7 @@ def serve_stages(args: argparse.Namespace) -> int:
             import_paused_gc(module_name)
         except ImportError:  # an optional backend not installed: its commands import nothing
             pass
-    import torch  # noqa: PLC0415 -- imported above (train, ...): each child may get its own thread count
-
-    return stage_server.serve(args.socket, run=main, environment=environment, set_threads=torch.set_num_threads)
+    return stage_server.serve(args.socket, run=main, environment=environment)
 
 
 def main(argv: list[str] | None = None) -> int:

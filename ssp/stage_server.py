@@ -22,10 +22,7 @@ differ from a fresh process: another ``ssp`` package (path), its code changed si
 server imported it, another user's process, or any environment variable that differs
 beyond the per-stage ones DVC and the shell set (:data:`PER_STAGE_VARIABLES`): libraries
 read some settings once at import (``HF_HUB_OFFLINE``, thread counts), so a fork of a
-server started with other settings would not be the same command. The one exception is
-a client's ``OMP_NUM_THREADS``, which the child applies (``set_threads``) as a fresh
-process would at import: the reproduce flow sets it per stage when it runs stages side by
-side. A refusal,
+server started with other settings would not be the same command. A refusal,
 an unreachable socket or a server still importing costs nothing but the warm start.
 
 A leaf: imports nothing of ssp (``ssp.cli`` passes its ``main`` in).
@@ -49,10 +46,6 @@ SERVER_ENV = "SSP_STAGE_SERVER"  # path of the server's UNIX socket
 PER_STAGE_VARIABLES = frozenset(
     {"DVC_STAGE", "DVC_ROOT", "DVC_EXP_BASELINE_REV", "DVC_EXP_NAME", "PWD", "OLDPWD", "SHLVL", "_"}
 )
-# the one setting read at import that a child can still change the way a fresh process
-# would have it: the intra-op thread count (the reproduce flow gives each of the stages it
-# runs side by side its share of the cores), applied with ``serve``'s ``set_threads``
-THREADS_VARIABLE = "OMP_NUM_THREADS"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 ACCEPTED = b"A"
 REFUSED = b"R"
@@ -115,21 +108,10 @@ def _loaded_code(package: str) -> dict[str, tuple[int, int]]:
     return stats
 
 
-def environment_differences(
-    server: Mapping[str, str], client: Mapping[str, str], threads_settable: bool = False
-) -> list[str]:
-    """Names of the variables whose values differ, per-stage ones aside, and the thread
-    count when ``threads_settable`` and the client sets it to a count."""
+def environment_differences(server: Mapping[str, str], client: Mapping[str, str]) -> list[str]:
+    """Names of the variables whose values differ, per-stage ones aside."""
     names = (set(server) | set(client)) - PER_STAGE_VARIABLES
-    if threads_settable and thread_count(client) is not None:
-        names.discard(THREADS_VARIABLE)
     return sorted(n for n in names if server.get(n) != client.get(n))
-
-
-def thread_count(env: Mapping[str, str]) -> int | None:
-    """``OMP_NUM_THREADS`` of ``env`` when it is a positive count."""
-    value = env.get(THREADS_VARIABLE, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 # -- client ---------------------------------------------------------------------------------
@@ -186,19 +168,12 @@ def _wait_for_status(sock: socket.socket) -> int:
 
 
 # -- server ---------------------------------------------------------------------------------
-def serve(
-    socket_path: str | Path,
-    run: Callable[[list[str]], int],
-    environment: Mapping[str, str],
-    set_threads: Callable[[int], None] | None = None,
-) -> int:
+def serve(socket_path: str | Path, run: Callable[[list[str]], int], environment: Mapping[str, str]) -> int:
     """Serve commands on ``socket_path`` until SIGTERM, or until the process that started
     this one exits. Import what the commands need before calling it (the children share
     it) and pass ``environment``, the process environment from before those imports: the
-    clients' must equal it, but for a client's ``OMP_NUM_THREADS`` when ``set_threads``
-    can apply it in the child (e.g. ``torch.set_num_threads``). Returns in each forked
-    child with the status of ``run(argv)`` (the caller exits with it); in the server, 0
-    once stopped."""
+    clients' must equal it. Returns in each forked child with the status of ``run(argv)``
+    (the caller exits with it); in the server, 0 once stopped."""
     path = str(socket_path)
     started_by = os.getppid()
     environment, package = dict(environment), _package_path()
@@ -227,7 +202,7 @@ def serve(
         while not stop and os.getppid() == started_by:
             for key, _ in selector.select(timeout=0.2):
                 if key.fileobj is listener:
-                    command = _accept(listener, environment, package, code, set_threads is not None)
+                    command = _accept(listener, environment, package, code)
                     if command is None:
                         continue
                     conn, request, fds = command
@@ -245,13 +220,6 @@ def serve(
                             sock.close()
                         selector.close()
                         _become(request, fds, set_by_imports)
-                        threads = thread_count(request["env"])
-                        if (
-                            set_threads
-                            and threads
-                            and request["env"][THREADS_VARIABLE] != environment.get(THREADS_VARIABLE)
-                        ):
-                            set_threads(threads)
                         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
                         return run(request["argv"])
                     signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
@@ -294,7 +262,7 @@ def serve(
     return 0
 
 
-def _accept(listener: socket.socket, environment: dict[str, str], package: str, code: dict, threads_settable: bool):
+def _accept(listener: socket.socket, environment: dict[str, str], package: str, code: dict):
     """The next command, or None when it must run on its own (the client is told why)."""
     conn, _ = listener.accept()
     uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
@@ -317,7 +285,7 @@ def _accept(listener: socket.socket, environment: dict[str, str], package: str, 
     elif _loaded_code(package) != code:
         reason = f"the ssp code under {package} changed since this server imported it: restart it"
     else:
-        differ = environment_differences(environment, request.get("env", {}), threads_settable)
+        differ = environment_differences(environment, request.get("env", {}))
         reason = f"environment differs: {', '.join(differ)}" if differ else ""
     if not reason:
         return conn, request, fds

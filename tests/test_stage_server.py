@@ -26,19 +26,13 @@ SERVER = textwrap.dedent(
     from ssp.stage_server import serve
 
     def command(argv):
-        print("argv", argv, "cwd", os.getcwd(), "value", os.environ.get("SSP_TEST_VALUE"), "threads", threads, flush=True)
+        print("argv", argv, "cwd", os.getcwd(), "value", os.environ.get("SSP_TEST_VALUE"), flush=True)
         print("to stderr", file=sys.stderr, flush=True)
         open(argv[0], "w").write(str(os.getpid()))
         time.sleep(float(argv[1]))
         return int(argv[2])
 
-    threads = None  # what set_threads was given in this child (torch.set_num_threads in ssp's)
-
-    def set_threads(n):
-        global threads
-        threads = n
-
-    sys.exit(serve(sys.argv[1], run=command, environment=dict(os.environ), set_threads=set_threads))
+    sys.exit(serve(sys.argv[1], run=command, environment=dict(os.environ)))
     """
 )
 CLIENT = "import sys; from ssp.stage_server import run_on_server; code = run_on_server(sys.argv[1:]); print('local' if code is None else '', end=''); sys.exit(code or 0)"
@@ -95,9 +89,7 @@ def test_a_served_command_has_the_clients_streams_folder_environment_and_exit_st
     out = client({**env, "SSP_TEST_VALUE": "server"}, str(tmp_path / "pid"), "0", "3", cwd=work)
     stdout, stderr = out.communicate(timeout=60)
     assert out.returncode == 3
-    assert stdout.decode().splitlines() == [
-        f"argv {[str(tmp_path / 'pid'), '0', '3']} cwd {work} value server threads None"
-    ]
+    assert stdout.decode().splitlines() == [f"argv {[str(tmp_path / 'pid'), '0', '3']} cwd {work} value server"]
     assert stderr.decode() == "to stderr\n"
     assert wait_for_pid(tmp_path / "pid") not in (out.pid, os.getpid())  # a fork of the server ran it
 
@@ -113,18 +105,6 @@ def test_a_client_whose_environment_differs_runs_on_its_own(server, tmp_path):
     assert environment_differences({"A": "1"}, {"A": "2", "B": "3"}) == ["A", "B"]
     proc.terminate()
     assert "SSP_TEST_VALUE" in proc.communicate(timeout=30)[1]  # the server says why
-
-
-def test_a_clients_thread_count_is_applied_in_its_command_and_anything_else_runs_on_its_own(server, tmp_path):
-    # the reproduce flow gives each of the stages it runs side by side OMP_NUM_THREADS=cores/jobs
-    env, _ = server
-    assert env.get("OMP_NUM_THREADS") != "3"  # the server's own (conftest sets 1)
-    served = client({**env, "OMP_NUM_THREADS": "3"}, str(tmp_path / "pid"), "0", "0", cwd=tmp_path)
-    assert served.communicate(timeout=60)[0].decode().split()[-2:] == ["threads", "3"]
-    local = client({**env, "OMP_NUM_THREADS": "many"}, str(tmp_path / "pid2"), "0", "0", cwd=tmp_path)
-    assert local.communicate(timeout=60)[0].decode() == "local"  # not a count: not the same command
-    assert environment_differences({"A": "1"}, {"A": "1", "OMP_NUM_THREADS": "2"}) == ["OMP_NUM_THREADS"]
-    assert environment_differences({"A": "1"}, {"A": "1", "OMP_NUM_THREADS": "2"}, threads_settable=True) == []
 
 
 def test_a_signal_to_the_client_reaches_the_command_and_ends_the_client_alike(server, tmp_path):

@@ -92,16 +92,11 @@ def demo_run(tmp_path_factory, _mlflow_template_db):
 
 
 def most_at_once(log: str) -> int:
-    """The most stages the flow's log shows running at the same time."""
-    events = sorted(
-        (m.group(1), m.group(3) == "Running")
-        for m in re.finditer(
-            r"^(\d\d:\d\d:\d\d\.\d+) \| INFO +\| Task run 'dvc:([^']+)' - (Running|Finished in state)", log, re.M
-        )
-    )
+    """The most stages the flow's log shows running at the same time (the reproduce flow's
+    task logs "stage X: starting" and, once done, "stage X: ran" or "...: up to date")."""
     running = most = 0
-    for _, start in events:
-        running += 1 if start else -1
+    for m in re.finditer(r"Task run 'dvc:[^']+' - stage \S+: (starting|ran|up to date)", log):
+        running += 1 if m.group(1) == "starting" else -1
         most = max(most, running)
     return most
 
