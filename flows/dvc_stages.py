@@ -85,11 +85,6 @@ def stage_plan(project_dir: str | Path = ".", targets: Iterable[str] | None = No
     return [PlannedStage(s.name, _command(s), frozenset(d.name for d in graph.successors(s))) for s in order]
 
 
-def stage_order(project_dir: str | Path = ".", targets: Iterable[str] | None = None) -> list[str]:
-    """The names of :func:`stage_plan`'s stages, in its order."""
-    return [s.name for s in stage_plan(project_dir, targets)]
-
-
 def adopted_folders(cmd: str) -> list[str]:
     """The folders an ``ssp train ... --adopt DIR [DIR ...]`` command may take a finished
     run from (none for any other command)."""
@@ -180,7 +175,7 @@ def run_stage(
     env: dict[str, str] | None = None,
     on_line: Callable[[str], None] | None = None,
 ) -> StageResult:
-    """``dvc repro --single-item STAGE``, streaming its output line by line."""
+    """``dvc --wait-for-lock repro --single-item STAGE``, streaming its output line by line."""
     proc = subprocess.Popen(
         # --wait-for-lock: a stage run beside others waits for DVC's repository lock (held
         # while a stage checks or records its deps and outs) instead of failing after 3 s

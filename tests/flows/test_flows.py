@@ -21,7 +21,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.dvc_stages import PlannedStage, adopted_folders, run_ssp_commands, stage_order, stage_plan, stale_stages
+from flows.dvc_stages import PlannedStage, adopted_folders, run_ssp_commands, stage_plan, stale_stages
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -83,10 +83,10 @@ def make_project(tmp_path: Path, fail_validate: bool = False) -> Path:
     return proj
 
 
-def test_stage_order_follows_dependencies(tmp_path):
+def test_stage_plan_follows_dependencies(tmp_path):
     proj = make_project(tmp_path)
-    assert stage_order(proj) == ["synth", "validate", "train", "sweep@1", "sweep@10"]
-    assert stage_order(proj, ["train"]) == ["synth", "validate", "train"]
+    assert [s.name for s in stage_plan(proj)] == ["synth", "validate", "train", "sweep@1", "sweep@10"]
+    assert [s.name for s in stage_plan(proj, ["train"])] == ["synth", "validate", "train"]
     # no ssp command here: the reproduce flow starts no stage server for it; the pipeline's do
     assert not run_ssp_commands(stage_plan(proj))
     assert run_ssp_commands(stage_plan(ROOT, ["train_stage1"])) and not run_ssp_commands([])
